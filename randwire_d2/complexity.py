@@ -1,0 +1,138 @@
+"""Model complexity as the paper counts it: fvcore FLOPs (one multiply-add = one FLOP), params.
+
+`flops_params` measures one model; `seed_statistics` gives mean and std over the paper's seeds
+(Tables 2-3 report "mean +- std" over seeds 1..5); `find_channels` sets C to the integer whose
+complexity is nearest the target (Sec. 4: "set C to the nearest integer such that target model
+complexity is met").
+"""
+
+import logging
+from typing import Callable, Dict, Iterable, Tuple
+
+import numpy as np
+import torch
+from detectron2.modeling import build_model
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+__all__ = ["flops_params", "model_complexity", "seed_statistics", "find_channels", "wiring_stats"]
+
+
+class _Logits(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.logits(x)
+
+
+def flops_params(module: nn.Module, input_size: int = 224) -> Tuple[int, int]:
+    """(FLOPs, params) of `module` on one 3 x size x size image, in eval mode.
+
+    `module` is a RandWireClassifier (its logits are counted) or any module taking a tensor.
+    """
+    net = _Logits(module) if hasattr(module, "logits") else module
+    was_training = module.training
+    module.eval()
+    x = torch.zeros(1, 3, input_size, input_size, device=next(module.parameters()).device)
+    counter = FlopCountAnalysis(net, x)
+    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
+    with torch.no_grad():
+        flops = int(counter.total())
+    module.train(was_training)
+    params = sum(p.numel() for p in module.parameters())
+    return flops, params
+
+
+def model_complexity(cfg, input_size: int = 224) -> Tuple[int, int]:
+    """(FLOPs, params) of the classifier `build_model(cfg)` on the CPU."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    return flops_params(build_model(cfg), input_size)
+
+
+def seed_statistics(cfg, seeds: Iterable[int] = range(1, 6), input_size: int = 224) -> Dict:
+    """FLOPs and params for each seed s (MODEL.RANDWIRE.SEED), with their mean and std."""
+    rows = {}
+    for s in seeds:
+        c = cfg.clone()
+        c.defrost()
+        c.MODEL.RANDWIRE.SEED = int(s)
+        rows[int(s)] = model_complexity(c, input_size)
+    flops = np.array([f for f, _ in rows.values()], dtype=np.float64)
+    params = np.array([p for _, p in rows.values()], dtype=np.float64)
+    return {
+        "per_seed": rows,
+        "flops_mean": float(flops.mean()),
+        "flops_std": float(flops.std()),
+        "params_mean": float(params.mean()),
+        "params_std": float(params.std()),
+    }
+
+
+def find_channels(
+    cfg,
+    target_flops: float,
+    seeds: Iterable[int] = range(1, 6),
+    input_size: int = 224,
+    measure: Callable = None,
+) -> Tuple[int, float]:
+    """C whose mean FLOPs over `seeds` is nearest `target_flops`; returns (C, its mean FLOPs).
+
+    FLOPs grow monotonically with C, so a bisection finds the bracketing pair; of the two, the
+    nearer one wins.
+    """
+    if target_flops <= 0:
+        raise ValueError(f"target_flops={target_flops!r} is invalid: expected a positive number")
+    seeds = list(seeds)
+
+    def mean_flops(c: int) -> float:
+        conf = cfg.clone()
+        conf.defrost()
+        conf.MODEL.RANDWIRE.CHANNELS = int(c)
+        if measure is not None:
+            return float(measure(conf))
+        return seed_statistics(conf, seeds, input_size)["flops_mean"]
+
+    cache: Dict[int, float] = {}
+
+    def f(c: int) -> float:
+        if c not in cache:
+            cache[c] = mean_flops(c)
+        return cache[c]
+
+    lo, hi = 2, 4
+    while f(hi) < target_flops:
+        lo, hi = hi, hi * 2
+        if hi > 1 << 14:
+            raise ValueError(f"target_flops={target_flops!r} needs C > {1 << 14}: too large")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if f(mid) < target_flops:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda c: abs(f(c) - target_flops))
+    return best, f(best)
+
+
+def wiring_stats(wiring) -> Dict[str, Dict[str, float]]:
+    """Per stage: nodes, edges, input/output node counts, mean input degree, longest path."""
+    import networkx as nx
+
+    out = {}
+    for name, w in wiring.items():
+        g = w.to_networkx()
+        out[name] = {
+            "nodes": w.num_nodes,
+            "edges": len(w.edges),
+            "input_nodes": len(w.input_nodes),
+            "output_nodes": len(w.output_nodes),
+            "mean_in_degree": len(w.edges) / w.num_nodes,
+            "longest_path": nx.dag_longest_path_length(w.to_networkx(with_io=True)),
+            "components": nx.number_weakly_connected_components(g),
+        }
+    return out

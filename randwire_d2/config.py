@@ -1,0 +1,54 @@
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_randwire_config"]
+
+
+def add_randwire_config(cfg):
+    """Add every key randwire_d2 reads to a Detectron2 config (in place), with its default."""
+    _C = cfg
+
+    _C.MODEL.RANDWIRE = CN()
+    # Random graph model of the network generator g(theta, s): "ws", "er", "ba" or a name added
+    # with randwire_d2.graphs.register_generator.
+    _C.MODEL.RANDWIRE.GENERATOR = "ws"
+    # Node count N of Table 1 (regular regime: conv2 has N/2 nodes), excluding input/output nodes.
+    _C.MODEL.RANDWIRE.NUM_NODES = 32
+    # Generator seed s; the paper's instances are seeds 1..5. Each stage derives its own graph.
+    _C.MODEL.RANDWIRE.SEED = 1
+    # WS(K, P): each node is joined to K/2 ring neighbours per side (K even, 2 <= K < N).
+    _C.MODEL.RANDWIRE.WS_K = 4
+    # WS(K, P): rewiring probability P in [0, 1].
+    _C.MODEL.RANDWIRE.WS_P = 0.75
+    # ER(P): edge probability P in [0, 1].
+    _C.MODEL.RANDWIRE.ER_P = 0.2
+    # BA(M): edges added with each new node, 1 <= M < N.
+    _C.MODEL.RANDWIRE.BA_M = 5
+    # Parameters (theta) of a user-registered generator, as keyword arguments.
+    _C.MODEL.RANDWIRE.GENERATOR_PARAMS = CN(new_allowed=True)
+    # Channel count C of Table 1 (C=78 small; C=109 or 154 regular).
+    _C.MODEL.RANDWIRE.CHANNELS = 78
+    # Complexity regime of Table 1: "small" (conv2 is one conv) or "regular" (conv2 is random).
+    _C.MODEL.RANDWIRE.REGIME = "small"
+    # Node transformation (Fig. 6): "sep_conv3x3" (paper default), "conv3x3",
+    # "max_pool3x3_conv1x1", "avg_pool3x3_conv1x1", or a name added with register_node_op.
+    _C.MODEL.RANDWIRE.NODE_OP = "sep_conv3x3"
+    # Normalization of every conv: "BN", "FrozenBN", "SyncBN", "naiveSyncBN", "GN".
+    _C.MODEL.RANDWIRE.NORM = "BN"
+    # Stage outputs the trunk returns (conv1..conv5; strides 2, 4, 8, 16, 32).
+    _C.MODEL.RANDWIRE.OUT_FEATURES = ["conv5"]
+    # A saved wiring (JSON from NetworkWiring.save); when set it overrides the generator keys.
+    _C.MODEL.RANDWIRE.WIRING_FILE = ""
+    # Edge removal (Sec. 4.2): per training minibatch, the probability of removing one random
+    # edge whose target node has input degree > 1 (0.1 in the regular regime). Never in eval.
+    _C.MODEL.RANDWIRE.DROP_EDGE_PROB = 0.0
+
+    _C.MODEL.CLASSIFIER = CN()
+    # Number of classes of the fc layer (1000 for ImageNet).
+    _C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+    # Channels of the 1x1 conv before global average pooling (Table 1: 1280).
+    _C.MODEL.CLASSIFIER.HEAD_CHANNELS = 1280
+    # Dropout rate before the fc layer (0.2 in the regular regime, Sec. 4.2).
+    _C.MODEL.CLASSIFIER.DROPOUT = 0.0
+    # Label smoothing coefficient of the training loss (0.1 in the paper).
+    _C.MODEL.CLASSIFIER.LABEL_SMOOTHING = 0.1
+    return cfg

@@ -1,0 +1,13 @@
+from .classifier import ClassifierHead, RandWireClassifier
+from .ops import NODE_OPS, build_node_op, register_node_op
+from .randwire import (
+    REGIMES,
+    Node,
+    RandWire,
+    WiredStage,
+    WiringMismatchError,
+    build_randwire_backbone,
+    network_wiring,
+    stage_specs,
+    wiring_from_cfg,
+)

@@ -1,0 +1,295 @@
+"""RandWire trunk: randomly wired stages (Sec. 3.2, Table 1) as a Detectron2 backbone.
+
+Xie, Kirillov, Girshick, He, "Exploring Randomly Wired Neural Networks for Image Recognition"
+(ICCV 2019). The trunk is shared by the ImageNet classifier and the detector; its stage outputs
+are named `conv2..conv5` with strides 4..32 (the digit is log2 of the stride, as `res2..res5`).
+
+Deviations from the paper, all deliberate:
+- `conv1` has C // 2 channels (C/2 rounded down when C is odd, e.g. 54 for C=109).
+- The edge-removal regularization (Sec. 4.2) is implemented as a zero weight on the removed
+  edge, so every parameter stays in the autograd graph (DistributedDataParallel needs it).
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
+
+from ..graphs import NetworkWiring, StageWiring, sample_stages
+from .ops import build_node_op
+
+__all__ = [
+    "Node",
+    "WiredStage",
+    "RandWire",
+    "REGIMES",
+    "stage_specs",
+    "network_wiring",
+    "wiring_from_cfg",
+    "build_randwire_backbone",
+    "WiringMismatchError",
+]
+
+# Per regime: (stage name, node count as a multiple of N, channels as a multiple of C); stage
+# `conv1` (3x3 conv, C//2, stride 2) comes first, and small-regime `conv2` is one ReLU-conv-BN.
+REGIMES = {
+    "small": [("conv3", 1.0, 1), ("conv4", 1.0, 2), ("conv5", 1.0, 4)],
+    "regular": [("conv2", 0.5, 1), ("conv3", 1.0, 2), ("conv4", 1.0, 4), ("conv5", 1.0, 8)],
+}
+STAGE_STRIDES = {"conv1": 2, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
+
+
+class WiringMismatchError(ValueError):
+    """Weights were trained with another wiring than the model's."""
+
+
+def stage_specs(regime: str, num_nodes: int, channels: int) -> List[Tuple[str, int, int]]:
+    """[(stage name, N of the stage, channels of its nodes)] of the random stages (Table 1)."""
+    if regime not in REGIMES:
+        raise ValueError(f"REGIME={regime!r} is unknown: expected one of {sorted(REGIMES)}")
+    if channels < 2:
+        raise ValueError(f"CHANNELS={channels!r} is invalid: expected an integer >= 2")
+    return [(name, max(2, int(num_nodes * n)), c * channels) for name, n, c in REGIMES[regime]]
+
+
+def network_wiring(
+    generator: str, num_nodes: int, seed: int, regime: str, **params
+) -> NetworkWiring:
+    """g(theta, s): the wiring of every random stage of a network of the given regime."""
+    stages = {name: n for name, n, _ in stage_specs(regime, num_nodes, 2)}
+    return sample_stages(generator, stages, seed, **params)
+
+
+class Node(nn.Module):
+    """Node (Fig. 2): y = conv(sum_i sigmoid(w_i) * x_i), conv = ReLU -> op -> norm."""
+
+    def __init__(self, num_inputs: int, in_channels: int, out_channels: int, stride: int, op, norm):
+        super().__init__()
+        # A node with a single input passes it on: no aggregation weight.
+        self.weight = nn.Parameter(torch.zeros(num_inputs)) if num_inputs > 1 else None
+        self.transform = build_node_op(op, in_channels, out_channels, stride, norm)
+
+    def forward(self, inputs: Sequence[torch.Tensor], removed: Optional[int] = None):
+        if self.weight is None:
+            x = inputs[0]
+        else:
+            w = torch.sigmoid(self.weight)
+            if removed is not None:
+                keep = torch.ones_like(w)
+                keep[removed] = 0.0
+                w = w * keep
+            x = sum(w[i] * inp for i, inp in enumerate(inputs))
+        return self.transform(x)
+
+
+class WiredStage(nn.Module):
+    """One random graph: input node -> N nodes wired by `wiring` -> output node (mean).
+
+    Nodes fed by the stage input take `in_channels` and stride 2; every other node maps
+    `out_channels` to `out_channels` at stride 1.
+    """
+
+    def __init__(self, wiring: StageWiring, in_channels: int, out_channels: int, op, norm):
+        super().__init__()
+        self.wiring = wiring
+        inputs = set(wiring.input_nodes)
+        self.preds = [wiring.predecessors(v) for v in range(wiring.num_nodes)]
+        self.outputs = wiring.output_nodes
+        self.nodes = nn.ModuleList(
+            Node(
+                max(1, len(self.preds[v])),
+                in_channels if v in inputs else out_channels,
+                out_channels,
+                2 if v in inputs else 1,
+                op,
+                norm,
+            )
+            for v in range(wiring.num_nodes)
+        )
+
+    def removable_edges(self) -> List[Tuple[int, int]]:
+        """Edges whose target node has input degree > 1, as (target node, input position)."""
+        return [(v, i) for v, p in enumerate(self.preds) if len(p) > 1 for i in range(len(p))]
+
+    def forward(self, x, removed_edge: Optional[Tuple[int, int]] = None):
+        out: Dict[int, torch.Tensor] = {}
+        # Labels are a topological order: every edge goes from a smaller to a larger label.
+        for v, node in enumerate(self.nodes):
+            preds = self.preds[v]
+            removed = removed_edge[1] if removed_edge and removed_edge[0] == v else None
+            out[v] = node([out[u] for u in preds] if preds else [x], removed)
+        return sum(out[v] for v in self.outputs) / len(self.outputs)
+
+
+class RandWire(Backbone):
+    """RandWire trunk (Table 1): conv1, [conv2], then one WiredStage per random stage."""
+
+    def __init__(
+        self,
+        *,
+        wiring: NetworkWiring,
+        channels: int,
+        regime: str = "small",
+        node_op: str = "sep_conv3x3",
+        norm: str = "BN",
+        out_features: Sequence[str] = ("conv5",),
+        drop_edge_prob: float = 0.0,
+        freeze_at: int = 0,
+        in_channels: int = 3,
+    ):
+        """
+        Args:
+            wiring: the DAG of every random stage, keyed by stage name (see `network_wiring`).
+            channels: C of Table 1; random stages have C, 2C, 4C (small) or C..8C (regular).
+            regime: "small" or "regular" (Table 1).
+            node_op: node transformation name in `NODE_OPS` (default: 3x3 separable conv).
+            norm: Detectron2 norm name ("BN", "FrozenBN", "SyncBN", "naiveSyncBN", "GN", ...).
+            out_features: stage names to return, a subset of conv1..conv5.
+            drop_edge_prob: probability, per training forward, of removing one random edge
+                whose target node has input degree > 1 (Sec. 4.2). Never applied in eval.
+            freeze_at: freeze stages conv1..conv{freeze_at} (0 = nothing), as ResNet's FREEZE_AT.
+        """
+        super().__init__()
+        specs = stage_specs(regime, 2, channels)  # validates regime and channels
+        if not 0.0 <= drop_edge_prob <= 1.0:
+            raise ValueError(f"DROP_EDGE_PROB={drop_edge_prob!r} is invalid: expected [0, 1]")
+        missing = [name for name, _, _ in specs if name not in wiring]
+        if missing:
+            raise ValueError(f"wiring has no stage {missing}: regime {regime!r} needs {[s[0] for s in specs]}")
+        self.wiring = wiring
+        self.regime = regime
+        self.drop_edge_prob = drop_edge_prob
+        self.stage_names: List[str] = []
+        self._out_feature_channels: Dict[str, int] = {}
+        self._out_feature_strides: Dict[str, int] = {}
+
+        c1 = channels // 2
+        self._add_stage("conv1", Conv2d(in_channels, c1, 3, 2, 1, bias=False, norm=get_norm(norm, c1)), c1)
+        prev = c1
+        if regime == "small":
+            conv2 = nn.Sequential(
+                nn.ReLU(), nn.Conv2d(c1, channels, 3, 2, 1, bias=False), get_norm(norm, channels)
+            )
+            self._add_stage("conv2", conv2, channels)
+            prev = channels
+        for name, _, c in specs:
+            self._add_stage(name, WiredStage(wiring[name], prev, c, node_op, norm), c)
+            prev = c
+
+        out_features = list(out_features)
+        bad = [f for f in out_features if f not in self.stage_names]
+        if not out_features or bad:
+            raise ValueError(f"OUT_FEATURES={out_features!r} is invalid: expected a non-empty subset of {self.stage_names}")
+        self._out_features = out_features
+        fp = wiring.fingerprint().encode()
+        self.register_buffer("wiring_fingerprint", torch.tensor(list(fp), dtype=torch.uint8))
+        self.freeze(freeze_at)
+
+    def _add_stage(self, name: str, module: nn.Module, channels: int):
+        self.add_module(name, module)
+        self.stage_names.append(name)
+        self._out_feature_channels[name] = channels
+        self._out_feature_strides[name] = STAGE_STRIDES[name]
+
+    def wired_stages(self) -> Dict[str, WiredStage]:
+        return {n: getattr(self, n) for n in self.stage_names if isinstance(getattr(self, n), WiredStage)}
+
+    def _sample_removed_edge(self) -> Optional[Tuple[str, Tuple[int, int]]]:
+        if not self.training or self.drop_edge_prob <= 0.0:
+            return None
+        if torch.rand(()).item() >= self.drop_edge_prob:
+            return None
+        candidates = [(n, e) for n, s in self.wired_stages().items() for e in s.removable_edges()]
+        if not candidates:
+            return None
+        return candidates[int(torch.randint(len(candidates), ()).item())]
+
+    def forward(self, x):
+        removed = self._sample_removed_edge()
+        outputs = {}
+        last = max(self._out_features, key=self.stage_names.index)
+        for name in self.stage_names:
+            stage = getattr(self, name)
+            if isinstance(stage, WiredStage):
+                x = stage(x, removed[1] if removed and removed[0] == name else None)
+            else:
+                x = stage(x)
+            if name in self._out_features:
+                outputs[name] = x
+            if name == last:
+                break
+        return outputs
+
+    def output_shape(self):
+        return {
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            for name in self._out_features
+        }
+
+    def freeze(self, freeze_at: int = 0):
+        """Freeze conv1..conv{freeze_at}: no gradients, BN becomes FrozenBN (0 = nothing)."""
+        if not 0 <= freeze_at <= len(self.stage_names):
+            raise ValueError(f"FREEZE_AT={freeze_at!r} is invalid: expected an integer in [0, {len(self.stage_names)}]")
+        for name in self.stage_names[:freeze_at]:
+            stage = getattr(self, name)
+            for p in stage.parameters():
+                p.requires_grad_(False)
+            setattr(self, name, FrozenBatchNorm2d.convert_frozen_batchnorm(stage))
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "wiring_fingerprint"
+        mine = self.wiring.fingerprint()
+        if key in state_dict:
+            theirs = bytes(state_dict[key].tolist()).decode(errors="replace")
+            if theirs != mine:
+                raise WiringMismatchError(
+                    f"weights were trained with wiring {theirs}, but the model has wiring {mine}: "
+                    "nodes of different wirings have the same shapes and would load silently. "
+                    "Build the model with the checkpoint's wiring (MODEL.RANDWIRE.WIRING_FILE, or "
+                    "the same GENERATOR/SEED/NUM_NODES and generator parameters)."
+                )
+        elif any(k.startswith(prefix) for k in state_dict):
+            raise WiringMismatchError(
+                f"weights under {prefix!r} carry no wiring fingerprint ({key} is missing), so "
+                f"they cannot be checked against the model's wiring {mine}"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def generator_params(cfg) -> dict:
+    """theta of the configured generator, from MODEL.RANDWIRE."""
+    rw = cfg.MODEL.RANDWIRE
+    known = {"ws": {"K": rw.WS_K, "P": rw.WS_P}, "er": {"P": rw.ER_P}, "ba": {"M": rw.BA_M}}
+    if rw.GENERATOR in known:
+        return known[rw.GENERATOR]
+    return dict(rw.GENERATOR_PARAMS)
+
+
+def wiring_from_cfg(cfg) -> NetworkWiring:
+    """MODEL.RANDWIRE.WIRING_FILE if set, else g(theta, s) from the generator keys."""
+    rw = cfg.MODEL.RANDWIRE
+    if rw.WIRING_FILE:
+        return NetworkWiring.load(rw.WIRING_FILE)
+    return network_wiring(rw.GENERATOR, rw.NUM_NODES, rw.SEED, rw.REGIME, **generator_params(cfg))
+
+
+@BACKBONE_REGISTRY.register()
+def build_randwire_backbone(cfg, input_shape: ShapeSpec):
+    """The RandWire trunk of MODEL.RANDWIRE (the only place its keys are read)."""
+    rw = cfg.MODEL.RANDWIRE
+    # fmt: off
+    return RandWire(
+        wiring         = wiring_from_cfg(cfg),
+        channels       = rw.CHANNELS,
+        regime         = rw.REGIME,
+        node_op        = rw.NODE_OP,
+        norm           = rw.NORM,
+        out_features   = rw.OUT_FEATURES,
+        drop_edge_prob = rw.DROP_EDGE_PROB,
+        freeze_at      = cfg.MODEL.BACKBONE.FREEZE_AT,
+        in_channels    = input_shape.channels,
+    )
+    # fmt: on
