@@ -1,0 +1,3 @@
+"""Embedded datasets: procedural shapes on cluttered backgrounds (see `shapes`)."""
+
+from . import shapes
