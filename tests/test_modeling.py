@@ -1,0 +1,225 @@
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+
+from randwire_d2 import add_randwire_config
+from randwire_d2.graphs import NetworkWiring, StageWiring
+from randwire_d2.modeling import (
+    NODE_OPS,
+    Node,
+    RandWire,
+    WiredStage,
+    WiringMismatchError,
+    network_wiring,
+)
+
+
+def tiny_cfg(regime="small", node_op="sep_conv3x3", generator="ws", seed=1):
+    cfg = get_cfg()
+    add_randwire_config(cfg)
+    cfg.merge_from_file("configs/imagenet/randwire_ws_c78_small.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RANDWIRE.REGIME = regime
+    cfg.MODEL.RANDWIRE.NODE_OP = node_op
+    cfg.MODEL.RANDWIRE.GENERATOR = generator
+    cfg.MODEL.RANDWIRE.SEED = seed
+    cfg.MODEL.RANDWIRE.NUM_NODES = 6
+    cfg.MODEL.RANDWIRE.WS_K = 2
+    cfg.MODEL.RANDWIRE.BA_M = 2
+    cfg.MODEL.RANDWIRE.CHANNELS = 8
+    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 5
+    cfg.MODEL.CLASSIFIER.HEAD_CHANNELS = 16
+    return cfg
+
+
+def batch(n=2, size=32, labels=True):
+    g = torch.Generator().manual_seed(0)
+    items = [{"image": torch.rand(3, size, size, generator=g) * 255} for _ in range(n)]
+    if labels:
+        for i, x in enumerate(items):
+            x["label"] = i % 5
+    return items
+
+
+@pytest.mark.parametrize("regime", ["small", "regular"])
+@pytest.mark.parametrize("node_op", sorted(NODE_OPS))
+def test_forward_backward_every_regime_and_node_op(regime, node_op):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(regime, node_op))
+    model.train()
+    loss = model(batch())["loss_cls"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} received no gradient"
+        assert torch.isfinite(p.grad).all(), name
+    model.eval()
+    out = model(batch(3, labels=False))
+    assert len(out) == 3
+    for o in out:
+        assert o["scores"].shape == (5,)
+        assert torch.allclose(o["scores"].sum(), torch.tensor(1.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("generator", ["ws", "er", "ba"])
+def test_generators_build(generator):
+    model = build_model(tiny_cfg(generator=generator))
+    model.train()
+    model(batch())["loss_cls"].backward()
+
+
+@pytest.mark.parametrize("regime,names", [
+    ("small", ["conv1", "conv2", "conv3", "conv4", "conv5"]),
+    ("regular", ["conv1", "conv2", "conv3", "conv4", "conv5"]),
+])
+def test_stage_outputs_match_output_shape(regime, names):
+    w = network_wiring("ws", 6, 1, regime, K=2, P=0.5)
+    trunk = RandWire(wiring=w, channels=8, regime=regime, out_features=names).eval()
+    feats = trunk(torch.rand(2, 3, 64, 64))
+    assert list(feats) == names
+    shapes = trunk.output_shape()
+    mult = {"small": [0.5, 1, 1, 2, 4], "regular": [0.5, 1, 2, 4, 8]}[regime]
+    for name, m in zip(names, mult):
+        assert feats[name].shape[1] == shapes[name].channels == int(8 * m)
+        assert 64 // feats[name].shape[-1] == shapes[name].stride
+    assert [shapes[n].stride for n in names] == [2, 4, 8, 16, 32]
+    # Random stages are where Table 1 says they are.
+    wired = list(trunk.wired_stages())
+    assert wired == (["conv3", "conv4", "conv5"] if regime == "small" else names[1:])
+
+
+def test_node_is_sigmoid_weighted_sum_then_relu_conv_bn():
+    node = Node(3, 4, 4, 1, "conv3x3", "BN").eval()
+    with torch.no_grad():
+        node.weight.copy_(torch.tensor([0.0, 1.0, -2.0]))
+    xs = [torch.randn(1, 4, 5, 5) for _ in range(3)]
+    agg = sum(torch.sigmoid(w) * x for w, x in zip(node.weight, xs))
+    assert torch.allclose(node(xs), node.transform(agg))
+    relu, conv, bn = node.transform
+    assert isinstance(relu, torch.nn.ReLU) and isinstance(bn, torch.nn.BatchNorm2d)
+    assert torch.allclose(node(xs), bn(conv(torch.relu(agg))))
+    # One input: passed on, no aggregation weight.
+    single = Node(1, 4, 4, 1, "conv3x3", "BN").eval()
+    assert single.weight is None
+    assert torch.allclose(single([xs[0]]), single.transform(xs[0]))
+
+
+def test_separable_conv_is_depthwise_then_pointwise():
+    op = NODE_OPS["sep_conv3x3"](6, 10, 2, "BN")
+    relu, (dw, pw), bn = op
+    assert dw.groups == 6 and dw.kernel_size == (3, 3) and dw.stride == (2, 2)
+    assert pw.kernel_size == (1, 1) and pw.in_channels == 6 and pw.out_channels == 10
+
+
+def test_stage_wiring_stride_and_unweighted_output_mean():
+    # 0 -> 2, 1 -> 2, 2 -> 3, and 1 -> 4: inputs {0, 1}, outputs {3, 4}.
+    wiring = StageWiring(5, ((0, 2), (1, 2), (2, 3), (1, 4)))
+    stage = WiredStage(wiring, 3, 8, "sep_conv3x3", "BN").eval()
+    for v, node in enumerate(stage.nodes):
+        conv = node.transform[1][0]
+        fed_by_input = v in (0, 1)
+        assert conv.stride == ((2, 2) if fed_by_input else (1, 1))
+        assert conv.in_channels == (3 if fed_by_input else 8)
+        assert (node.weight is not None) == (v == 2)
+    x = torch.randn(2, 3, 16, 16)
+    y = stage(x)
+    n0, n1 = stage.nodes[0]([x]), stage.nodes[1]([x])
+    n2 = stage.nodes[2]([n0, n1])
+    n3, n4 = stage.nodes[3]([n2]), stage.nodes[4]([n1])
+    assert torch.allclose(y, (n3 + n4) / 2, atol=1e-6)
+    # The extra input/output nodes hold no parameters: the stage's are the nodes'.
+    assert sum(p.numel() for p in stage.parameters()) == sum(
+        p.numel() for n in stage.nodes for p in n.parameters()
+    )
+
+
+def test_edge_removal_only_into_multi_input_nodes_and_only_in_training():
+    wiring = StageWiring(5, ((0, 2), (1, 2), (2, 3), (1, 4)))
+    stage = WiredStage(wiring, 3, 8, "sep_conv3x3", "BN").eval()
+    assert stage.removable_edges() == [(2, 0), (2, 1)]
+    x = torch.randn(1, 3, 16, 16)
+    n0, n1 = stage.nodes[0]([x]), stage.nodes[1]([x])
+    only_n1 = stage.nodes[2].transform(torch.sigmoid(stage.nodes[2].weight[1]) * n1)
+    assert torch.allclose(stage.nodes[2]([n0, n1], removed=0), only_n1, atol=1e-6)
+
+    trunk = RandWire(
+        wiring=NetworkWiring({"conv3": wiring, "conv4": wiring, "conv5": wiring}),
+        channels=8,
+        drop_edge_prob=1.0,
+    )
+    trunk.train()
+    picks = {trunk._sample_removed_edge() for _ in range(50)}
+    assert picks <= {(s, e) for s in ("conv3", "conv4", "conv5") for e in [(2, 0), (2, 1)]}
+    assert len(picks) > 1
+    trunk.eval()
+    assert trunk._sample_removed_edge() is None
+    trunk.train()
+    trunk.drop_edge_prob = 0.0
+    assert trunk._sample_removed_edge() is None
+
+
+def test_freeze_at():
+    w = network_wiring("ws", 6, 1, "regular", K=2, P=0.5)
+    trunk = RandWire(wiring=w, channels=8, regime="regular", freeze_at=2)
+    for name in trunk.stage_names:
+        params = list(getattr(trunk, name).parameters())
+        frozen = name in ("conv1", "conv2")
+        assert all(p.requires_grad != frozen for p in params), name
+        has_frozen_bn = any(isinstance(m, FrozenBatchNorm2d) for m in getattr(trunk, name).modules())
+        assert has_frozen_bn == frozen
+    with pytest.raises(ValueError, match=r"FREEZE_AT=6 .*\[0, 5\]"):
+        RandWire(wiring=w, channels=8, regime="regular", freeze_at=6)
+
+
+def test_bad_model_arguments_name_the_value():
+    w = network_wiring("ws", 6, 1, "small", K=2, P=0.5)
+    with pytest.raises(ValueError, match=r"REGIME='tiny' is unknown"):
+        RandWire(wiring=w, channels=8, regime="tiny")
+    with pytest.raises(ValueError, match=r"OUT_FEATURES=\['res5'\]"):
+        RandWire(wiring=w, channels=8, out_features=["res5"])
+    with pytest.raises(ValueError, match=r"wiring has no stage \['conv2'\]"):
+        RandWire(wiring=w, channels=8, regime="regular")
+    with pytest.raises(ValueError, match=r"NODE_OP='conv5x5' is unknown"):
+        RandWire(wiring=w, channels=8, node_op="conv5x5")
+    cfg = tiny_cfg()
+    cfg.MODEL.CLASSIFIER.DROPOUT = 1.0
+    with pytest.raises(ValueError, match=r"DROPOUT=1.0"):
+        build_model(cfg)
+
+
+def test_wiring_travels_with_weights_and_mismatch_raises(tmp_path):
+    a = build_model(tiny_cfg(seed=1))
+    b = build_model(tiny_cfg(seed=1))
+    b.load_state_dict(a.state_dict())  # same wiring: fine
+    c = build_model(tiny_cfg(seed=2))
+    with pytest.raises(WiringMismatchError, match="trained with wiring"):
+        c.load_state_dict(a.state_dict())
+    sd = {k: v for k, v in a.state_dict().items() if "wiring_fingerprint" not in k}
+    with pytest.raises(WiringMismatchError, match="carry no wiring fingerprint"):
+        c.load_state_dict(sd, strict=False)
+    # WIRING_FILE rebuilds the same network as the generator keys.
+    path = tmp_path / "wiring.json"
+    a.backbone.wiring.save(str(path))
+    cfg = tiny_cfg(seed=5)
+    cfg.MODEL.RANDWIRE.WIRING_FILE = str(path)
+    d = build_model(cfg)
+    assert d.backbone.wiring.fingerprint() == a.backbone.wiring.fingerprint()
+    d.load_state_dict(a.state_dict())
+
+
+def test_user_generator_from_config():
+    from randwire_d2.graphs import GENERATORS, register_generator
+
+    if "star_for_test" not in GENERATORS:
+
+        @register_generator("star_for_test")
+        def star(num_nodes, rng, hub):
+            return [(min(hub, v), max(hub, v)) for v in range(num_nodes) if v != hub]
+
+    cfg = tiny_cfg(generator="star_for_test")
+    cfg.MODEL.RANDWIRE.GENERATOR_PARAMS.hub = 0
+    model = build_model(cfg)
+    assert model.backbone.wiring["conv3"].input_nodes == [0]
+    assert len(model.backbone.wiring["conv3"].edges) == 5
