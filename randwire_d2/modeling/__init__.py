@@ -1,4 +1,5 @@
 from .classifier import ClassifierHead, RandWireClassifier
+from .fpn import build_randwire_fpn_backbone
 from .ops import NODE_OPS, build_node_op, register_node_op
 from .randwire import (
     REGIMES,
