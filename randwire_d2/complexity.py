@@ -15,7 +15,15 @@ from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-__all__ = ["flops_params", "model_complexity", "seed_statistics", "find_channels", "wiring_stats"]
+__all__ = [
+    "flops_params",
+    "flops_by_stage",
+    "model_complexity",
+    "seed_statistics",
+    "find_channels",
+    "wiring_stats",
+    "parse_count",
+]
 
 
 class _Logits(nn.Module):
@@ -27,23 +35,54 @@ class _Logits(nn.Module):
         return self.model.logits(x)
 
 
+def _flop_counter(module: nn.Module, input_size: int) -> FlopCountAnalysis:
+    net = _Logits(module) if hasattr(module, "logits") else module
+    x = torch.zeros(1, 3, input_size, input_size, device=next(module.parameters()).device)
+    counter = FlopCountAnalysis(net, x)
+    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
+    return counter
+
+
 def flops_params(module: nn.Module, input_size: int = 224) -> Tuple[int, int]:
     """(FLOPs, params) of `module` on one 3 x size x size image, in eval mode.
 
     `module` is a RandWireClassifier (its logits are counted) or any module taking a tensor.
     """
-    net = _Logits(module) if hasattr(module, "logits") else module
     was_training = module.training
     module.eval()
-    x = torch.zeros(1, 3, input_size, input_size, device=next(module.parameters()).device)
-    counter = FlopCountAnalysis(net, x)
-    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
     with torch.no_grad():
-        flops = int(counter.total())
+        flops = int(_flop_counter(module, input_size).total())
     module.train(was_training)
     params = sum(p.numel() for p in module.parameters())
     return flops, params
+
+
+def flops_by_stage(model: nn.Module, input_size: int = 224) -> Dict[str, Tuple[int, int]]:
+    """{stage or "head": (FLOPs, params)} of a RandWireClassifier, in eval mode."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        by_module = _flop_counter(model, input_size).by_module()
+    model.train(was_training)
+    out = {}
+    for name in model.backbone.stage_names:
+        stage = getattr(model.backbone, name)
+        out[name] = (int(by_module["model.backbone." + name]), sum(p.numel() for p in stage.parameters()))
+    out["head"] = (int(by_module["model.head"]), sum(p.numel() for p in model.head.parameters()))
+    return out
+
+
+def parse_count(text) -> float:
+    """'583M', '4.0B', '5.6e6' or a number -> float."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    units = {"K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}
+    t = str(text).strip().upper()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise ValueError(f"count={text!r} is invalid: expected a number like 583M, 4.0B or 5.6e6")
 
 
 def model_complexity(cfg, input_size: int = 224) -> Tuple[int, int]:
