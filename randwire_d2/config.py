@@ -51,4 +51,30 @@ def add_randwire_config(cfg):
     _C.MODEL.CLASSIFIER.DROPOUT = 0.0
     # Label smoothing coefficient of the training loss (0.1 in the paper).
     _C.MODEL.CLASSIFIER.LABEL_SMOOTHING = 0.1
+
+    _C.PRETRAIN = CN()
+    # ImageFolder root holding train/<class>/* and val/<class>/* (ImageNet's layout).
+    _C.PRETRAIN.DATA_ROOT = "datasets/imagenet"
+    # Training length in epochs (Sec. 4: 100; small regime, Table 2: 250).
+    _C.PRETRAIN.EPOCHS = 100
+    # Linear warmup length in epochs, from SOLVER.WARMUP_FACTOR x peak lr (Goyal et al.: 5).
+    _C.PRETRAIN.WARMUP_EPOCHS = 5.0
+    # Learning rate per 256 images; peak lr = this x SOLVER.IMS_PER_BATCH / 256 (Sec. 4: 0.1).
+    _C.PRETRAIN.LR_PER_256 = 0.1
+    # Side of the RandomResizedCrop training crop (224 on ImageNet).
+    _C.PRETRAIN.TRAIN_CROP = 224
+    # Range of the crop's area as a fraction of the image (RandomResizedCrop's scale).
+    _C.PRETRAIN.TRAIN_CROP_SCALE = [0.08, 1.0]
+    # Evaluation crop sides; Tables 2-3 test at 224, Table 4 at 320.
+    _C.PRETRAIN.TEST_CROPS = [224, 320]
+    # Center crop / resized shorter side at evaluation (224 / 256 = 0.875).
+    _C.PRETRAIN.TEST_CROP_RATIO = 0.875
+    # Checkpoint period in epochs (fractions allowed; at least one iteration).
+    _C.PRETRAIN.CHECKPOINT_PERIOD_EPOCHS = 1.0
+    # Evaluation period in epochs (fractions allowed); 0 evaluates only after training.
+    _C.PRETRAIN.EVAL_PERIOD_EPOCHS = 10.0
+    # Mixed precision dtype on GPU when SOLVER.AMP.ENABLED: "bfloat16" or "float16".
+    _C.PRETRAIN.AMP_DTYPE = "bfloat16"
+    # Train and evaluate in the channels_last memory format (faster convolutions on GPU).
+    _C.PRETRAIN.CHANNELS_LAST = False
     return cfg

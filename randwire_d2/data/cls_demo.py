@@ -1,0 +1,110 @@
+"""Embedded classification data: one shape per image on clutter, in ImageFolder layout.
+
+The classes and drawing are those of the detection demo (`shapes`), so a classifier pretrained
+here transfers to the demo detector. Image i of class c in a split is drawn from
+`numpy.random.default_rng([seed, split id, c, i])` alone: the same files on every machine.
+
+    python -m randwire_d2.data.cls_demo datasets/randwire_demo_cls
+
+writes `<folder>/{train,val}/<class>/<i>.png` and `<folder>/params.json`.
+"""
+
+import argparse
+import json
+import os
+import shutil
+from typing import Dict, Tuple
+
+import cv2
+import numpy as np
+
+from .shapes import CLASSES, render_background, render_object
+
+__all__ = ["DEMO_CLS_PARAMS", "render_classification_image", "generate_classification_demo"]
+
+_SPLIT_IDS = {"train": 0, "val": 1}
+_VERSION = 1
+# Generation parameters of the demo data that configs/demo/randwire_cls_demo.yaml trains on.
+DEMO_CLS_PARAMS = dict(
+    images_per_class={"train": 400, "val": 60}, image_size=64, object_scale=(0.4, 0.8), seed=0
+)
+
+
+def render_classification_image(
+    rng: np.random.Generator, class_index: int, image_size: int, object_scale
+) -> np.ndarray:
+    """An image_size^2 RGB uint8 image with one object of class `class_index` on clutter; the
+    object's box side is object_scale x image_size (aspect ratio 0.75..1.33), placed anywhere
+    inside the image."""
+    image = render_background(image_size, image_size, rng)
+    side = rng.uniform(*object_scale) * image_size
+    aspect = np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
+    w, h = min(side * np.sqrt(aspect), image_size - 1), min(side / np.sqrt(aspect), image_size - 1)
+    x0, y0 = rng.uniform(0, image_size - w), rng.uniform(0, image_size - h)
+    render_object(image, class_index, (x0, y0, x0 + w, y0 + h), rng)
+    return image
+
+
+def generate_classification_demo(
+    folder: str,
+    images_per_class: Dict[str, int],
+    image_size: int = 64,
+    object_scale: Tuple[float, float] = (0.4, 0.8),
+    seed: int = 0,
+) -> str:
+    """Write the demo splits under `folder` (skipped when `folder` already holds them); returns
+    `folder`.
+
+    Args:
+        folder: output folder; holds `<split>/<class>/<i>.png` and `params.json`.
+        images_per_class: images of each class per split, e.g. {"train": 400, "val": 60}.
+        image_size: side of the square images, >= 16.
+        object_scale: (min, max) side of the object's box as a fraction of the image side,
+            0.1 <= min <= max <= 0.95.
+        seed: dataset seed.
+    """
+    bad = [s for s in images_per_class if s not in _SPLIT_IDS]
+    if bad:
+        raise ValueError(f"splits {bad} are unknown: expected a subset of {sorted(_SPLIT_IDS)}")
+    if image_size < 16:
+        raise ValueError(f"image_size={image_size!r} is invalid: expected >= 16")
+    if not 0.1 <= object_scale[0] <= object_scale[1] <= 0.95:
+        raise ValueError(
+            f"object_scale={object_scale!r} is invalid: expected 0.1 <= min <= max <= 0.95"
+        )
+    params = dict(
+        version=_VERSION,
+        classes=CLASSES,
+        images_per_class=dict(images_per_class),
+        image_size=image_size,
+        object_scale=list(object_scale),
+        seed=seed,
+    )
+    meta = os.path.join(folder, "params.json")
+    if os.path.exists(meta):
+        with open(meta) as f:
+            if json.load(f) == params:
+                return folder
+    for split, count in images_per_class.items():
+        shutil.rmtree(os.path.join(folder, split), ignore_errors=True)  # no stale images
+        for c, name in enumerate(CLASSES):
+            os.makedirs(os.path.join(folder, split, name), exist_ok=True)
+            for i in range(count):
+                rng = np.random.default_rng([seed, _SPLIT_IDS[split], c, i])
+                image = render_classification_image(rng, c, image_size, object_scale)
+                cv2.imwrite(os.path.join(folder, split, name, f"{i:05d}.png"), image[:, :, ::-1])
+    # Written last: a folder without it (interrupted generation) is generated again.
+    with open(meta, "w") as f:
+        json.dump(params, f, indent=1)
+    return folder
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write the embedded classification demo data.")
+    parser.add_argument("folder", nargs="?", default="datasets/randwire_demo_cls")
+    args = parser.parse_args(argv)
+    print(generate_classification_demo(args.folder, **DEMO_CLS_PARAMS))
+
+
+if __name__ == "__main__":
+    main()

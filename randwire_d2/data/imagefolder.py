@@ -1,0 +1,265 @@
+"""ImageFolder data for classification pretraining (ImageNet's layout: root/<split>/<class>/*).
+
+Training draws are deterministic: the order of every epoch is a permutation keyed on
+(seed, epoch), and each image's augmentation is keyed on its own draw seed. A run resumed at
+iteration i therefore sees exactly the images and crops the uninterrupted run would have seen,
+and the global batch of an iteration is the same for any number of processes.
+"""
+
+import math
+import random
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+__all__ = [
+    "scan_image_folder",
+    "RandomResizedCropFlip",
+    "ResizeCenterCrop",
+    "ImageFolderDataset",
+    "EpochBatchSampler",
+    "ShardBatchSampler",
+    "build_cls_train_loader",
+    "build_cls_test_loader",
+]
+
+
+def scan_image_folder(folder: str) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """(class names in sorted order, [(image path, class index)]) of an ImageFolder split."""
+    classes, class_to_idx = find_classes(folder)
+    samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS)
+    if not samples:
+        raise ValueError(f"{folder!r} holds no images with extensions {IMG_EXTENSIONS}")
+    return classes, samples
+
+
+class RandomResizedCropFlip:
+    """Inception-style crop (area in `scale`, aspect ratio in `ratio`) resized to `size`, then a
+    horizontal flip with probability 1/2; all drawn from the given seed."""
+
+    def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        if size < 1:
+            raise ValueError(f"TRAIN_CROP={size!r} is invalid: expected a positive integer")
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(
+                f"TRAIN_CROP_SCALE={list(scale)!r} is invalid: expected 0 < lo <= hi <= 1"
+            )
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+
+    def crop_box(self, width: int, height: int, rnd: random.Random) -> Tuple[int, int, int, int]:
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * rnd.uniform(*self.scale)
+            aspect = math.exp(rnd.uniform(*log_ratio))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                x0, y0 = rnd.randint(0, width - w), rnd.randint(0, height - h)
+                return x0, y0, x0 + w, y0 + h
+        # Fallback: the largest central crop whose aspect ratio lies in `ratio`.
+        aspect = min(max(width / height, self.ratio[0]), self.ratio[1])
+        w, h = (
+            (width, int(round(width / aspect)))
+            if width / height < aspect
+            else (int(round(height * aspect)), height)
+        )
+        x0, y0 = (width - w) // 2, (height - h) // 2
+        return x0, y0, x0 + w, y0 + h
+
+    def __call__(self, image: Image.Image, seed: int) -> Image.Image:
+        rnd = random.Random(seed)
+        box = self.crop_box(image.width, image.height, rnd)
+        out = image.resize((self.size, self.size), Image.BILINEAR, box=box)
+        return out.transpose(Image.FLIP_LEFT_RIGHT) if rnd.random() < 0.5 else out
+
+
+class ResizeCenterCrop:
+    """Resize the shorter side to size / crop_ratio, then take the central size x size crop
+    (done as one resampling of the corresponding box of the original)."""
+
+    def __init__(self, size: int, crop_ratio: float = 0.875):
+        if size < 1:
+            raise ValueError(f"TEST_CROPS entry {size!r} is invalid: expected a positive integer")
+        if not 0.0 < crop_ratio <= 1.0:
+            raise ValueError(f"TEST_CROP_RATIO={crop_ratio!r} is invalid: expected (0, 1]")
+        self.size, self.crop_ratio = size, crop_ratio
+
+    def __call__(self, image: Image.Image, seed: Optional[int] = None) -> Image.Image:
+        side = min(image.width, image.height) * self.crop_ratio
+        x0, y0 = (image.width - side) / 2, (image.height - side) / 2
+        return image.resize(
+            (self.size, self.size), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side)
+        )
+
+
+class ImageFolderDataset(Dataset):
+    """dataset[(index, seed)] -> dict(image=CHW uint8 tensor in `image_format`, label=int)."""
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], transform, image_format: str = "RGB"):
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT={image_format!r} is invalid: expected 'RGB' or 'BGR'")
+        self.samples = list(samples)
+        self.transform = transform
+        self.image_format = image_format
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key) -> Dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path, label = self.samples[index]
+        with Image.open(path) as f:
+            image = self.transform(f.convert("RGB"), seed)
+        array = np.asarray(image)
+        if self.image_format == "BGR":
+            array = array[:, :, ::-1]
+        return {"image": torch.from_numpy(array.copy()).permute(2, 0, 1), "label": label}
+
+
+class EpochBatchSampler(Sampler):
+    """This process's part of every global batch from `start_iter` to `max_iter`.
+
+    Epoch e visits a permutation of the dataset keyed on (seed, e) in `dataset_size //
+    global_batch` global batches (the remainder is dropped); rank r takes items
+    [r * b, (r + 1) * b) of each global batch, b = global_batch / world_size. Each item is
+    (image index, augmentation seed).
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        global_batch: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_iter: int = 0,
+        max_iter: int,
+    ):
+        if global_batch % world_size:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH={global_batch} is invalid for {world_size} processes: "
+                "expected a multiple of the process count"
+            )
+        if not 0 < global_batch <= dataset_size:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH={global_batch} is invalid: expected 1..{dataset_size} "
+                "(the training set size)"
+            )
+        self.dataset_size, self.global_batch, self.seed = dataset_size, global_batch, seed
+        self.batch = global_batch // world_size
+        self.offset = rank * self.batch
+        self.iters_per_epoch = dataset_size // global_batch
+        self.start_iter, self.max_iter = start_iter, max_iter
+        self._epoch, self._order = None, None
+
+    def epoch_order(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(image index, augmentation seed) of every position of the epoch."""
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = (
+                rng.permutation(self.dataset_size),
+                rng.integers(2**62, size=self.dataset_size),
+            )
+            self._epoch = epoch
+        return self._order
+
+    def batch_at(self, iteration: int) -> List[Tuple[int, int]]:
+        epoch, step = divmod(iteration, self.iters_per_epoch)
+        indices, seeds = self.epoch_order(epoch)
+        lo = step * self.global_batch + self.offset
+        return [(int(indices[k]), int(seeds[k])) for k in range(lo, lo + self.batch)]
+
+    def __iter__(self):
+        for iteration in range(self.start_iter, self.max_iter):
+            yield self.batch_at(iteration)
+
+    def __len__(self):
+        return max(0, self.max_iter - self.start_iter)
+
+
+class ShardBatchSampler(Sampler):
+    """Batches of this process's contiguous shard of [0, dataset_size): every item exactly once
+    across processes."""
+
+    def __init__(self, dataset_size: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        shard = math.ceil(dataset_size / world_size)
+        self.indices = list(
+            range(min(rank * shard, dataset_size), min((rank + 1) * shard, dataset_size))
+        )
+        self.batch_size = max(1, batch_size)
+
+    def __iter__(self):
+        for k in range(0, len(self.indices), self.batch_size):
+            yield self.indices[k : k + self.batch_size]
+
+    def __len__(self):
+        return math.ceil(len(self.indices) / self.batch_size)
+
+
+def _list_collate(batch):
+    return batch
+
+
+def _loader(dataset, batch_sampler, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=_list_collate,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def build_cls_train_loader(
+    samples,
+    *,
+    crop: int,
+    crop_scale,
+    global_batch: int,
+    seed: int,
+    start_iter: int,
+    max_iter: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 4,
+    image_format: str = "RGB",
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Training batches (list[dict(image, label)]) of iterations start_iter..max_iter - 1."""
+    dataset = ImageFolderDataset(samples, RandomResizedCropFlip(crop, crop_scale), image_format)
+    sampler = EpochBatchSampler(
+        len(dataset),
+        global_batch,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        start_iter=start_iter,
+        max_iter=max_iter,
+    )
+    return _loader(dataset, sampler, num_workers, pin_memory)
+
+
+def build_cls_test_loader(
+    samples,
+    *,
+    crop: int,
+    crop_ratio: float,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 4,
+    image_format: str = "RGB",
+    pin_memory: bool = False,
+) -> DataLoader:
+    """One pass over this process's shard of `samples`, resized and center-cropped to `crop`."""
+    dataset = ImageFolderDataset(samples, ResizeCenterCrop(crop, crop_ratio), image_format)
+    sampler = ShardBatchSampler(len(dataset), batch_size, rank, world_size)
+    return _loader(dataset, sampler, num_workers, pin_memory)
