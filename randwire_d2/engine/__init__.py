@@ -1,0 +1,15 @@
+"""Training and evaluation of RandWire detectors (tools/train_net.py runs `train_or_evaluate`)."""
+
+from .detection import (
+    DatasetNotFoundError,
+    Trainer,
+    argument_parser,
+    build_checkpointer,
+    check_datasets_on_disk,
+    create_ddp_model,
+    detection_cfg,
+    register_user_datasets,
+    setup_cfg,
+    train_or_evaluate,
+)
+from .classification import ClassificationTrainer, dry_run_schedule, launch_from_env_or_args
