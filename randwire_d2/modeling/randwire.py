@@ -259,13 +259,31 @@ class RandWire(Backbone):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+# Config keys (under MODEL.RANDWIRE) holding the parameters theta of the paper's generators;
+# other generators read theta from MODEL.RANDWIRE.GENERATOR_PARAMS.
+GENERATOR_KEYS = {"ws": {"K": "WS_K", "P": "WS_P"}, "er": {"P": "ER_P"}, "ba": {"M": "BA_M"}}
+
+
 def generator_params(cfg) -> dict:
     """theta of the configured generator, from MODEL.RANDWIRE."""
     rw = cfg.MODEL.RANDWIRE
-    known = {"ws": {"K": rw.WS_K, "P": rw.WS_P}, "er": {"P": rw.ER_P}, "ba": {"M": rw.BA_M}}
-    if rw.GENERATOR in known:
-        return known[rw.GENERATOR]
+    if rw.GENERATOR in GENERATOR_KEYS:
+        return {p: rw[key] for p, key in GENERATOR_KEYS[rw.GENERATOR].items()}
     return dict(rw.GENERATOR_PARAMS)
+
+
+def set_generator(cfg, generator: str, params: dict) -> None:
+    """Set MODEL.RANDWIRE.GENERATOR and its parameter keys (the inverse of generator_params)."""
+    rw = cfg.MODEL.RANDWIRE
+    rw.GENERATOR = generator
+    keys = GENERATOR_KEYS.get(generator)
+    for p, v in params.items():
+        if keys is None:
+            rw.GENERATOR_PARAMS[p] = v
+        elif p in keys:
+            rw[keys[p]] = v
+        else:
+            raise ValueError(f"parameter {p!r} is invalid for generator {generator!r}: expected {sorted(keys)}")
 
 
 def wiring_from_cfg(cfg) -> NetworkWiring:

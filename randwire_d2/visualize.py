@@ -1,0 +1,111 @@
+"""Pictures of wirings: one stage as a layered DAG (Fig. 1) or the undirected graph on a ring
+(Fig. 4); blue marks nodes fed by the input node, red the nodes averaged by the output node."""
+
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import networkx as nx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .graphs import NetworkWiring, StageWiring  # noqa: E402
+
+__all__ = ["draw_stage", "draw_network", "draw_generator_grid", "graph_statistics"]
+
+INPUT_COLOR, OUTPUT_COLOR, NODE_COLOR, BOTH_COLOR = "#1f77b4", "#d62728", "#bbbbbb", "#9467bd"
+
+
+def _colors(w: StageWiring) -> List[str]:
+    ins, outs = set(w.input_nodes), set(w.output_nodes)
+    return [
+        BOTH_COLOR if v in ins and v in outs else INPUT_COLOR if v in ins else OUTPUT_COLOR if v in outs else NODE_COLOR
+        for v in range(w.num_nodes)
+    ]
+
+
+def _layered_positions(w: StageWiring) -> Dict:
+    """x = depth (longest path from the input node), y spread within a depth."""
+    g = w.to_networkx(with_io=True)
+    depth = {}
+    for v in nx.topological_sort(g):
+        depth[v] = max((depth[u] + 1 for u in g.predecessors(v)), default=0)
+    layers: Dict[int, list] = {}
+    for v, d in depth.items():
+        layers.setdefault(d, []).append(v)
+    pos = {}
+    for d, vs in layers.items():
+        for i, v in enumerate(sorted(vs, key=str)):
+            pos[v] = (d, i - (len(vs) - 1) / 2)
+    return pos
+
+
+def draw_stage(w: StageWiring, ax, layout: str = "layered", title: str = "") -> None:
+    """Draw one stage on a matplotlib axis. layout: "layered" (DAG, with the extra input and
+    output nodes) or "ring" (the undirected graph, nodes on a circle in DAG order, as Fig. 4)."""
+    if layout == "layered":
+        g = w.to_networkx(with_io=True)
+        pos = _layered_positions(w)
+        colors = _colors(w) + ["black", "black"]
+        nodelist = list(range(w.num_nodes)) + ["input", "output"]
+        nx.draw_networkx_edges(g, pos, ax=ax, arrows=True, arrowsize=6, width=0.5, alpha=0.6)
+        nx.draw_networkx_nodes(g, pos, nodelist=nodelist, node_color=colors, node_size=60, ax=ax)
+    elif layout == "ring":
+        g = w.to_networkx().to_undirected()
+        angles = 2 * np.pi * np.arange(w.num_nodes) / w.num_nodes
+        pos = {v: (np.sin(a), np.cos(a)) for v, a in enumerate(angles)}
+        nx.draw_networkx_edges(g, pos, ax=ax, width=0.5, alpha=0.6)
+        nx.draw_networkx_nodes(g, pos, node_color=_colors(w), node_size=40, ax=ax)
+        ax.set_aspect("equal")
+    else:
+        raise ValueError(f"layout={layout!r} is unknown: expected 'layered' or 'ring'")
+    ax.set_title(title or f"N={w.num_nodes}, E={len(w.edges)}", fontsize=9)
+    ax.set_axis_off()
+
+
+def draw_network(wiring: NetworkWiring, path: str, layout: str = "layered", title: str = "") -> str:
+    """One panel per random stage; saved as PNG at `path`."""
+    names = list(wiring.stages)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        w = wiring[name]
+        draw_stage(w, ax, layout, f"{name}: N={w.num_nodes}, E={len(w.edges)}")
+    fig.suptitle(title or f"wiring {wiring.fingerprint()} (blue: fed by input, red: to output)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_generator_grid(rows: Sequence, path: str) -> str:
+    """rows: [(label, StageWiring)], drawn on rings side by side (Fig. 4)."""
+    cols = min(4, len(rows))
+    nrows = (len(rows) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (label, w) in zip(axes.flat, rows):
+        draw_stage(w, ax, "ring", f"{label}: E={len(w.edges)}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def graph_statistics(w: StageWiring) -> Dict[str, float]:
+    """Statistics of one stage's graph (undirected where the measure is undirected)."""
+    dag = w.to_networkx()
+    und = dag.to_undirected()
+    connected = nx.is_connected(und)
+    return {
+        "edges": len(w.edges),
+        "input_nodes": len(w.input_nodes),
+        "output_nodes": len(w.output_nodes),
+        "mean_degree": 2 * len(w.edges) / w.num_nodes,
+        "max_in_degree": max(d for _, d in dag.in_degree()),
+        "clustering": nx.average_clustering(und),
+        "avg_path_length": nx.average_shortest_path_length(und) if connected else float("nan"),
+        "components": nx.number_connected_components(und),
+        "depth": nx.dag_longest_path_length(w.to_networkx(with_io=True)),
+    }

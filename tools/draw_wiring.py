@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Pictures of a config's stage wirings (or of a checkpoint's), as in Fig. 1 / Fig. 4.
+
+    python tools/draw_wiring.py --config-file configs/imagenet/randwire_ws_c109_regular.yaml \
+        --output output/wiring_c109.png [--layout ring] [--save-wiring output/wiring_c109.json]
+    python tools/draw_wiring.py --checkpoint output/cls/model_final.pth --output wiring.png
+"""
+
+import argparse
+import os
+
+from detectron2.config import get_cfg
+
+from randwire_d2 import add_randwire_config
+from randwire_d2.checkpoint import wiring_of_checkpoint
+from randwire_d2.modeling import wiring_from_cfg
+from randwire_d2.visualize import draw_network
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config-file", metavar="FILE")
+    src.add_argument("--checkpoint", metavar="FILE", help="a randwire_d2 checkpoint (.pth)")
+    parser.add_argument("--output", required=True, help="PNG path")
+    parser.add_argument("--layout", default="layered", choices=["layered", "ring"])
+    parser.add_argument("--save-wiring", default="", help="also write the wiring JSON (WIRING_FILE)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args()
+
+    if args.checkpoint:
+        wiring = wiring_of_checkpoint(args.checkpoint)
+    else:
+        cfg = get_cfg()
+        add_randwire_config(cfg)
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+        wiring = wiring_from_cfg(cfg)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    print(wiring)
+    print("wrote", draw_network(wiring, args.output, args.layout))
+    if args.save_wiring:
+        wiring.save(args.save_wiring)
+        print("wrote", args.save_wiring)
+
+
+if __name__ == "__main__":
+    main()
