@@ -41,8 +41,10 @@ def config_lines(data: Dict) -> List[str]:
     """The config overrides that make a detector read images as the pretraining did."""
     lines = []
     if "pixel_mean" in data:
-        lines.append(f"MODEL.PIXEL_MEAN {list(data['pixel_mean'])}")
-        lines.append(f"MODEL.PIXEL_STD {list(data['pixel_std'])}")
+        # The statistics went through float32 buffers: print them at float32 precision.
+        for key in ("pixel_mean", "pixel_std"):
+            values = [float(f"{v:.6g}") for v in data[key]]
+            lines.append(f"MODEL.{key.upper()} {values}")
     if "input_format" in data:
         lines.append(f"INPUT.FORMAT {data['input_format']}")
     return lines

@@ -1,0 +1,454 @@
+"""RandWire-FPN detection: configs, backbones, freezing, training, evaluation, transfer, tools."""
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+from torch import nn
+
+import randwire_d2
+from randwire_d2.checkpoint import RandWireCheckpointer
+from randwire_d2.data.detection_demo import generate_detection_demo
+from randwire_d2.engine import (
+    DatasetNotFoundError,
+    Trainer,
+    build_checkpointer,
+    check_datasets_on_disk,
+    detection_cfg,
+    register_user_datasets,
+)
+from randwire_d2.engine.convert import convert_classifier_checkpoint
+from randwire_d2.modeling import RandWire, WiringMismatchError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
+DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml")
+TOOL_ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+
+# A detector small enough for a CPU test: C=8, N=6, WS(2, 0.75), 16-channel FPN, 64-pixel images.
+TINY = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RANDWIRE.CHANNELS", 8,
+    "MODEL.RANDWIRE.NUM_NODES", 6,
+    "MODEL.RANDWIRE.WS_K", 2,
+    "MODEL.FPN.OUT_CHANNELS", 16,
+    "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 64,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 50,
+    "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
+    "INPUT.MIN_SIZE_TRAIN", (64,),
+    "INPUT.MAX_SIZE_TRAIN", 64,
+    "INPUT.MIN_SIZE_TEST", 64,
+    "INPUT.MAX_SIZE_TEST", 64,
+    "SOLVER.IMS_PER_BATCH", 2,
+]
+
+
+def tiny_cfg(*overrides, config=DEMO_CONFIG):
+    cfg = detection_cfg()
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(TINY + list(overrides))
+    return cfg
+
+
+def classifier_cfg(cfg):
+    """The RandWireClassifier that pretrains `cfg`'s trunk (same wiring and channels)."""
+    cls = cfg.clone()
+    cls.MODEL.META_ARCHITECTURE = "RandWireClassifier"
+    cls.MODEL.BACKBONE.NAME = "build_randwire_backbone"
+    cls.MODEL.BACKBONE.FREEZE_AT = 0
+    cls.MODEL.RANDWIRE.NORM = "BN"
+    cls.MODEL.RANDWIRE.OUT_FEATURES = ["conv5"]
+    cls.MODEL.CLASSIFIER.NUM_CLASSES = 5
+    cls.MODEL.CLASSIFIER.HEAD_CHANNELS = 32
+    return cls
+
+
+def randomized(model):
+    """Give every float parameter and BN statistic a distinct random value (not the init)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in list(model.parameters()) + [b for n, b in model.named_buffers() if "running" in n]:
+            t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+    return model
+
+
+def images_with_boxes(n=2, size=64):
+    g = torch.Generator().manual_seed(1)
+    batch = []
+    for _ in range(n):
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0]]))
+        inst.gt_classes = torch.tensor([0, 3])
+        image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
+        batch.append({"image": image.float(), "instances": inst, "height": size, "width": size})
+    return batch
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A tiny demo-style COCO dataset, registered as det_test_train / det_test_val."""
+    folder = str(tmp_path_factory.mktemp("det_data"))
+    paths = generate_detection_demo(
+        folder, {"train": 24, "val": 8}, image_size=(64, 64), objects_per_image=(1, 3),
+        object_size=(14, 30), seed=3,
+    )
+    for split in ("train", "val"):
+        name = f"det_test_{split}"
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    register_user_datasets([
+        (f"det_test_{split}", paths[split], os.path.join(folder, split)) for split in ("train", "val")
+    ])
+    return folder, paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and backbones
+
+
+def test_config_list_is_complete():
+    names = {os.path.relpath(p, os.path.join(REPO, "configs")) for p in CONFIGS}
+    for expected in [
+        "Base-RandWire-FPN.yaml",
+        "faster_rcnn_randwire_c109_fpn_1x.yaml",
+        "faster_rcnn_randwire_c154_fpn_1x.yaml",
+        "faster_rcnn_R_50_FPN_1x.yaml",
+        "faster_rcnn_R_101_FPN_1x.yaml",
+        "faster_rcnn_X_50_32x4d_FPN_1x.yaml",
+        "faster_rcnn_X_101_32x4d_FPN_1x.yaml",
+        "demo/faster_rcnn_randwire_demo.yaml",
+    ]:
+        assert expected in names
+    # Self-contained: every _BASE_ is a file of this repository's configs/ folder.
+    for path in CONFIGS:
+        with open(path) as f:
+            bases = [line.split(":", 1)[1].strip().strip("'\"") for line in f if line.startswith("_BASE_")]
+        for base in bases:
+            resolved = os.path.realpath(os.path.join(os.path.dirname(path), base))
+            assert resolved.startswith(os.path.join(REPO, "configs") + os.sep) and os.path.isfile(resolved), (path, base)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
+def test_every_config_builds(path):
+    """Every shipped yaml loads and builds at full size (no forward, no weights download)."""
+    cfg = detection_cfg()
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    backbone = model.backbone
+    shapes = backbone.output_shape()
+    if cfg.MODEL.META_ARCHITECTURE == "RandWireClassifier":
+        assert isinstance(backbone, RandWire)
+        assert model.head.fc.out_features == cfg.MODEL.CLASSIFIER.NUM_CLASSES
+        return
+    assert [k for k in shapes] == ["p2", "p3", "p4", "p5", "p6"]
+    assert [s.stride for s in shapes.values()] == [4, 8, 16, 32, 64]
+    assert all(s.channels == cfg.MODEL.FPN.OUT_CHANNELS for s in shapes.values())
+    assert model.roi_heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if cfg.MODEL.BACKBONE.NAME == "build_randwire_fpn_backbone":
+        trunk = backbone.bottom_up.output_shape()
+        c = cfg.MODEL.RANDWIRE.CHANNELS
+        mult = [1, 2, 4, 8] if cfg.MODEL.RANDWIRE.REGIME == "regular" else [1, 1, 2, 4]
+        assert {k: (s.channels, s.stride) for k, s in trunk.items()} == {
+            f"conv{i + 2}": (m * c, 2 ** (i + 2)) for i, m in enumerate(mult)
+        }
+
+
+@pytest.mark.parametrize("regime", ["small", "regular"])
+def test_output_shapes_match_forward(regime):
+    cfg = tiny_cfg("MODEL.RANDWIRE.REGIME", regime)
+    backbone = build_model(cfg).backbone.eval()
+    x = torch.zeros(1, 3, 64, 96)
+    with torch.no_grad():
+        for module in (backbone.bottom_up, backbone):
+            out = module(x)
+            shapes = module.output_shape()
+            assert list(out) == list(shapes)
+            for name, t in out.items():
+                assert t.shape[1] == shapes[name].channels, name
+                assert t.shape[2:] == (math.ceil(64 / shapes[name].stride), math.ceil(96 / shapes[name].stride)), name
+    assert list(out) == ["p2", "p3", "p4", "p5", "p6"]
+
+
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN", "SyncBN", "naiveSyncBN", "GN"])
+def test_norms_build(norm):
+    cfg = tiny_cfg("MODEL.RANDWIRE.NORM", norm, "MODEL.RANDWIRE.CHANNELS", 64)
+    trunk = build_model(cfg).backbone.bottom_up
+    kinds = {type(m).__name__ for m in trunk.modules()}
+    expected = {"BN": "BatchNorm2d", "FrozenBN": "FrozenBatchNorm2d", "SyncBN": "SyncBatchNorm",
+                "naiveSyncBN": "NaiveSyncBatchNorm", "GN": "GroupNorm"}[norm]
+    assert expected in kinds
+    if norm != "SyncBN":  # SyncBN's forward needs a CUDA process group
+        with torch.no_grad():
+            out = trunk.eval()(torch.zeros(1, 3, 64, 64))
+        assert all(torch.isfinite(t).all() for t in out.values())
+
+
+@pytest.mark.parametrize("regime", ["small", "regular"])
+@pytest.mark.parametrize("freeze_at", [0, 1, 2, 3, 5])
+def test_freeze_at_freezes_stages_like_resnet(regime, freeze_at):
+    cfg = tiny_cfg("MODEL.RANDWIRE.REGIME", regime, "MODEL.BACKBONE.FREEZE_AT", freeze_at)
+    trunk = build_model(cfg).backbone.bottom_up
+    for i, name in enumerate(["conv1", "conv2", "conv3", "conv4", "conv5"], start=1):
+        stage = getattr(trunk, name)
+        params = list(stage.parameters())
+        norms = [m for m in stage.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+        assert params and norms
+        if i <= freeze_at:
+            assert not any(p.requires_grad for p in params), name
+            assert all(isinstance(m, FrozenBatchNorm2d) for m in norms), name
+        else:
+            assert all(p.requires_grad for p in params), name
+            assert all(isinstance(m, nn.BatchNorm2d) for m in norms), name
+
+
+def test_freeze_at_out_of_range_names_the_range():
+    with pytest.raises(ValueError, match=r"FREEZE_AT=6 .*\[0, 5\]"):
+        build_model(tiny_cfg("MODEL.BACKBONE.FREEZE_AT", 6))
+
+
+# ---------------------------------------------------------------------------------------------
+# Faster R-CNN train step and inference
+
+
+def test_train_step_has_finite_losses_and_backbone_gradients():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("MODEL.BACKBONE.FREEZE_AT", 2))
+    model.train()
+    with EventStorage():
+        losses = model(images_with_boxes())
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    trunk = model.backbone.bottom_up
+    for name in ("conv1", "conv2"):
+        assert all(p.grad is None for p in getattr(trunk, name).parameters()), name
+    for name in ("conv3", "conv4", "conv5"):
+        grads = [p.grad for p in getattr(trunk, name).parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), name
+        assert any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_inference_returns_instances():
+    model = build_model(tiny_cfg()).eval()
+    batch = [{"image": b["image"], "height": 128, "width": 96} for b in images_with_boxes()]
+    with torch.no_grad():
+        outputs = model(batch)
+    assert len(outputs) == 2
+    for out in outputs:
+        inst = out["instances"]
+        assert isinstance(inst, Instances)
+        assert inst.image_size == (128, 96)
+        assert {"pred_boxes", "scores", "pred_classes"} <= set(inst.get_fields())
+
+
+# ---------------------------------------------------------------------------------------------
+# Data, training, evaluation
+
+
+def test_demo_data_is_deterministic_and_varied(tmp_path):
+    kwargs = dict(image_size=(64, 80), objects_per_image=(2, 4), object_size=(10, 30), seed=5)
+    a = generate_detection_demo(str(tmp_path / "a"), {"train": 6, "val": 3}, **kwargs)
+    b = generate_detection_demo(str(tmp_path / "b"), {"train": 6}, **kwargs)
+    with open(a["train"]) as fa, open(b["train"]) as fb:
+        ja, jb = json.load(fa), json.load(fb)
+    assert ja["annotations"] == jb["annotations"]
+    assert (tmp_path / "a/train/000003.jpg").read_bytes() == (tmp_path / "b/train/000003.jpg").read_bytes()
+    with open(a["val"]) as f:
+        val = json.load(f)
+    assert val["annotations"] != ja["annotations"][: len(val["annotations"])]
+    per_image = np.bincount([x["image_id"] for x in ja["annotations"]])[1:]
+    assert per_image.min() >= 2 and per_image.max() <= 4
+    assert len({x["category_id"] for x in ja["annotations"]}) >= 3
+    sides = [max(x["bbox"][2:]) for x in ja["annotations"]]
+    assert min(sides) < 18 and max(sides) > 20
+    for x in ja["annotations"]:
+        x0, y0, w, h = x["bbox"]
+        assert 0 <= x0 and 0 <= y0 and x0 + w <= 80 and y0 + h <= 64 and x["area"] <= w * h
+    with pytest.raises(ValueError, match="object_size"):
+        generate_detection_demo(str(tmp_path / "c"), {"train": 1}, image_size=(64, 64), object_size=(8, 64))
+
+
+def test_registered_demo_datasets():
+    for name in ("randwire_demo_det_train", "randwire_demo_det_val"):
+        meta = MetadataCatalog.get(name)
+        assert meta.thing_classes == randwire_d2.data.shapes.CLASSES
+        assert meta.evaluator_type == "coco"
+
+
+def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path):
+    cfg = tiny_cfg(
+        "DATASETS.TRAIN", ("det_test_train",),
+        "DATASETS.TEST", ("det_test_val",),
+        "SOLVER.MAX_ITER", 60,
+        "SOLVER.BASE_LR", 0.02,
+        "SOLVER.WARMUP_ITERS", 10,
+        "SOLVER.STEPS", (),
+        "SOLVER.CHECKPOINT_PERIOD", 1000,
+        "OUTPUT_DIR", str(tmp_path),
+    )
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    with open(tmp_path / "metrics.json") as f:
+        rows = [json.loads(line) for line in f if "total_loss" in line]
+    assert rows[0]["iteration"] < rows[-1]["iteration"] == 59
+    # metrics.json holds medians over the last 20 iterations.
+    first, last = rows[0], rows[-1]
+    assert last["total_loss"] < 0.9 * first["total_loss"], (first, last)
+    assert last["loss_rpn_cls"] < 0.7 * first["loss_rpn_cls"], (first, last)
+    assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
+    results = Trainer.test(cfg, trainer.model)["bbox"]  # one dataset: not keyed by name
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(results)
+    assert all(math.isfinite(results[k]) or math.isnan(results[k]) for k in results)
+    assert 0.0 <= results["AP50"] <= 100.0
+    final = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert final["wiring_fingerprint"] == trainer.model.backbone.bottom_up.wiring.fingerprint()
+    assert final["input_format"] == cfg.INPUT.FORMAT and "iteration" in final
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer from the classifier
+
+
+@pytest.fixture
+def classifier_checkpoint(tmp_path):
+    det_cfg = tiny_cfg("MODEL.RANDWIRE.REGIME", "regular", "MODEL.RANDWIRE.NORM", "FrozenBN",
+                       "MODEL.BACKBONE.FREEZE_AT", 2, "MODEL.RANDWIRE.SEED", 3)
+    classifier = randomized(build_model(classifier_cfg(det_cfg)))
+    RandWireCheckpointer(classifier, str(tmp_path), cfg=classifier_cfg(det_cfg)).save("classifier")
+    return det_cfg, classifier, str(tmp_path / "classifier.pth")
+
+
+def assert_trunk_copied(classifier, detector):
+    source = classifier.state_dict()
+    target = detector.state_dict()
+    copied = 0
+    for key, value in source.items():
+        if key.startswith("backbone.") and not key.endswith("num_batches_tracked"):
+            new = "backbone.bottom_up." + key[len("backbone."):]
+            assert torch.equal(target[new], value), key
+            copied += 1
+    assert copied > 20
+
+
+def test_transfer_via_model_weights(classifier_checkpoint):
+    det_cfg, classifier, path = classifier_checkpoint
+    det_cfg.MODEL.WEIGHTS = path
+    detector = build_model(det_cfg)
+    build_checkpointer(detector).resume_or_load(det_cfg.MODEL.WEIGHTS, resume=False)
+    assert_trunk_copied(classifier, detector)
+
+
+def test_transfer_via_converter_tool(classifier_checkpoint, tmp_path):
+    det_cfg, classifier, path = classifier_checkpoint
+    out = str(tmp_path / "converted.pth")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "convert_cls_to_d2.py"), path, out],
+        capture_output=True, text=True, env=TOOL_ENV, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "backbone.conv3.nodes.0.transform.2.weight -> backbone.bottom_up.conv3.nodes.0.transform.2.weight" in proc.stdout
+    assert "head.fc.weight" in proc.stdout.split("dropped")[1]
+    assert "MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]" in proc.stdout
+    assert "INPUT.FORMAT RGB" in proc.stdout
+    data = torch.load(out, weights_only=True)
+    assert data["wiring_fingerprint"] == classifier.backbone.wiring.fingerprint()
+    assert data["wiring"] == classifier.backbone.wiring.to_json()
+    assert not any(k.startswith("head.") for k in data["model"])
+    detector = build_model(det_cfg)
+    build_checkpointer(detector).load(out)
+    assert_trunk_copied(classifier, detector)
+
+
+def test_wiring_mismatch_raises(classifier_checkpoint, tmp_path):
+    det_cfg, _, path = classifier_checkpoint
+    det_cfg.MODEL.RANDWIRE.SEED = 4  # same shapes, different wiring
+    detector = build_model(det_cfg)
+    with pytest.raises(WiringMismatchError, match="wiring"):
+        build_checkpointer(detector).load(path)
+    out = str(tmp_path / "converted.pth")
+    convert_classifier_checkpoint(path, out)
+    with pytest.raises(WiringMismatchError):
+        build_checkpointer(detector).load(out)
+
+
+def test_converter_rejects_non_classifier(tmp_path, tiny_data):
+    detector = build_model(tiny_cfg())
+    RandWireCheckpointer(detector, str(tmp_path)).save("det")
+    with pytest.raises(ValueError, match="arch='GeneralizedRCNN'"):
+        convert_classifier_checkpoint(str(tmp_path / "det.pth"), str(tmp_path / "out.pth"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and the command line
+
+
+def test_user_dataset_option_errors(tmp_path, tiny_data):
+    with pytest.raises(DatasetNotFoundError, match="missing.json"):
+        register_user_datasets([("mine", str(tmp_path / "missing.json"), str(tmp_path))])
+    _, paths = tiny_data
+    with pytest.raises(ValueError, match="'coco_2017_val' is already registered"):
+        register_user_datasets([("coco_2017_val", paths["val"], str(tmp_path))])
+    MetadataCatalog.get("det_test_absent").set(json_file=str(tmp_path / "coco/annotations/x.json"))
+    DatasetCatalog.register("det_test_absent", lambda: [])
+    try:
+        with pytest.raises(DatasetNotFoundError, match=r"coco/annotations/x\.json .*DETECTRON2_DATASETS"):
+            check_datasets_on_disk(["det_test_absent"])
+    finally:
+        DatasetCatalog.remove("det_test_absent")
+        MetadataCatalog.remove("det_test_absent")
+    with pytest.raises(KeyError, match="not registered"):
+        check_datasets_on_disk(["no_such_dataset"])
+
+
+def test_eval_only_without_coco_exits_with_clear_error(tmp_path):
+    env = {**TOOL_ENV, "DETECTRON2_DATASETS": str(tmp_path / "nowhere")}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config",
+         os.path.join(REPO, "configs", "faster_rcnn_randwire_c109_fpn_1x.yaml"), "--eval-only",
+         "OUTPUT_DIR", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    assert proc.returncode != 0
+    expected = str(tmp_path / "nowhere" / "coco" / "annotations" / "instances_val2017.json")
+    assert "DatasetNotFoundError" in proc.stderr
+    assert f"DETECTRON2_DATASETS={tmp_path / 'nowhere'}" in proc.stderr
+    assert expected in proc.stderr
+
+
+def test_two_process_cpu_training_with_user_dataset(tiny_data, tmp_path):
+    """tools/train_net.py --num-gpus 2 on CPU: 2 gloo processes train, checkpoint, evaluate."""
+    folder, paths = tiny_data
+    out = tmp_path / "out"
+    args = [
+        sys.executable, os.path.join(REPO, "tools", "train_net.py"),
+        "--config-file", DEMO_CONFIG, "--num-gpus", "2", "--dist-url", "auto",
+        "--dataset", "cli_train", paths["train"], os.path.join(folder, "train"),
+        "--dataset", "cli_val", paths["val"], os.path.join(folder, "val"),
+    ] + [str(v) for v in TINY] + [
+        "DATASETS.TRAIN", "('cli_train',)", "DATASETS.TEST", "('cli_val',)",
+        "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
+        "OUTPUT_DIR", str(out),
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, env=TOOL_ENV, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "World size: 2" in proc.stderr + proc.stdout
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert final["iteration"] == 3 and "wiring" in final
+    assert (out / "inference" / "cli_val" / "coco_instances_results.json").exists()
