@@ -15,7 +15,7 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -62,6 +62,7 @@ class Schedule:
     peak_lr: float
     checkpoint_period: int
     eval_period: int
+    recipe: Tuple[Tuple[str, str], ...] = ()
 
     def __str__(self):
         rows = [
@@ -81,7 +82,7 @@ class Schedule:
                 "eval period",
                 f"{self.eval_period:,} iterations" if self.eval_period else "after training",
             ),
-        ]
+        ] + list(self.recipe)
         return "\n".join(f"{k:>22}: {v}" for k, v in rows)
 
 
@@ -121,6 +122,26 @@ def resolve_schedule(cfg, dataset_size: int, world_size: int) -> Schedule:
         peak_lr=p.LR_PER_256 * batch / 256,
         checkpoint_period=max(1, round(p.CHECKPOINT_PERIOD_EPOCHS * ipe)),
         eval_period=max(1, round(p.EVAL_PERIOD_EPOCHS * ipe)) if p.EVAL_PERIOD_EPOCHS > 0 else 0,
+        recipe=_recipe(cfg),
+    )
+
+
+def _recipe(cfg) -> Tuple[Tuple[str, str], ...]:
+    """What else of Sec. 4 / 4.2 the config sets, for the dry-run printout."""
+    s, m = cfg.SOLVER, cfg.MODEL
+    amp = cfg.PRETRAIN.AMP_DTYPE if s.AMP.ENABLED else "off"
+    return (
+        (
+            "lr schedule",
+            f"{s.LR_SCHEDULER_NAME} (warmup from {s.WARMUP_FACTOR:g} x peak, ends at {s.BASE_LR_END:g})",
+        ),
+        ("momentum", f"{s.MOMENTUM:g}"),
+        ("weight decay", f"{s.WEIGHT_DECAY:g} (norm layers: {s.WEIGHT_DECAY_NORM:g})"),
+        ("label smoothing", f"{m.CLASSIFIER.LABEL_SMOOTHING:g}"),
+        ("dropout before fc", f"{m.CLASSIFIER.DROPOUT:g}"),
+        ("edge removal p", f"{m.RANDWIRE.DROP_EDGE_PROB:g}"),
+        ("mixed precision", f"{amp} (on GPU)"),
+        ("test crops", ", ".join(str(c) for c in cfg.PRETRAIN.TEST_CROPS)),
     )
 
 
@@ -437,7 +458,9 @@ class ClassificationTrainer(DefaultTrainer):
         os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
         return [
             ProgressPrinter(self.max_iter, self.schedule.iters_per_epoch),
-            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            # Unsmoothed: each line holds its iteration's values, so the lines a resumed run
+            # writes equal the uninterrupted run's.
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), window_size=1),
             TensorboardXWriter(self.cfg.OUTPUT_DIR),
         ]
 
