@@ -186,7 +186,8 @@ def test_output_shapes_match_forward(regime):
 
 @pytest.mark.parametrize("norm", ["BN", "FrozenBN", "SyncBN", "naiveSyncBN", "GN"])
 def test_norms_build(norm):
-    cfg = tiny_cfg("MODEL.RANDWIRE.NORM", norm, "MODEL.RANDWIRE.CHANNELS", 64)
+    # C=12: conv1 has 6 channels, which Detectron2's 32-group GN could not split.
+    cfg = tiny_cfg("MODEL.RANDWIRE.NORM", norm, "MODEL.RANDWIRE.CHANNELS", 12)
     trunk = build_model(cfg).backbone.bottom_up
     kinds = {type(m).__name__ for m in trunk.modules()}
     expected = {"BN": "BatchNorm2d", "FrozenBN": "FrozenBatchNorm2d", "SyncBN": "SyncBatchNorm",

@@ -5,10 +5,11 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import get_norm
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
+
+from .ops import norm_layer
 
 __all__ = ["ClassifierHead", "RandWireClassifier"]
 
@@ -21,7 +22,7 @@ class ClassifierHead(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"DROPOUT={dropout!r} is invalid: expected a rate in [0, 1)")
         self.conv = nn.Conv2d(in_channels, head_channels, 1, bias=False)
-        self.norm = get_norm(norm, head_channels)
+        self.norm = norm_layer(norm, head_channels)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(head_channels, num_classes)
 

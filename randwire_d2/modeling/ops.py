@@ -10,7 +10,7 @@ from typing import Callable, Dict
 from detectron2.layers import get_norm
 from torch import nn
 
-__all__ = ["NODE_OPS", "register_node_op", "build_node_op"]
+__all__ = ["NODE_OPS", "register_node_op", "build_node_op", "norm_layer"]
 
 # Name -> function(in_channels, out_channels, stride, norm) -> nn.Module whose last child is the
 # norm layer. `norm` is a Detectron2 norm name ("BN", "FrozenBN", "SyncBN", "GN", ...).
@@ -27,8 +27,17 @@ def register_node_op(name: str):
     return deco
 
 
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """Detectron2's `get_norm`, except that "GN" uses the largest group count <= 32 that divides
+    `channels`: get_norm's fixed 32 groups cannot split the paper's widths (C=109 gives 54, 109,
+    218, ... channels; a prime width gets one group)."""
+    if norm == "GN":
+        return nn.GroupNorm(max(g for g in range(1, 33) if channels % g == 0), channels)
+    return get_norm(norm, channels)
+
+
 def _triplet(op: nn.Module, out_channels: int, norm: str) -> nn.Sequential:
-    return nn.Sequential(nn.ReLU(), op, get_norm(norm, out_channels))
+    return nn.Sequential(nn.ReLU(), op, norm_layer(norm, out_channels))
 
 
 @register_node_op("sep_conv3x3")

@@ -13,12 +13,12 @@ Deviations from the paper, all deliberate:
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, get_norm
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from ..graphs import NetworkWiring, StageWiring, sample_stages
-from .ops import build_node_op
+from .ops import build_node_op, norm_layer
 
 __all__ = [
     "Node",
@@ -166,11 +166,11 @@ class RandWire(Backbone):
         self._out_feature_strides: Dict[str, int] = {}
 
         c1 = channels // 2
-        self._add_stage("conv1", Conv2d(in_channels, c1, 3, 2, 1, bias=False, norm=get_norm(norm, c1)), c1)
+        self._add_stage("conv1", Conv2d(in_channels, c1, 3, 2, 1, bias=False, norm=norm_layer(norm, c1)), c1)
         prev = c1
         if regime == "small":
             conv2 = nn.Sequential(
-                nn.ReLU(), nn.Conv2d(c1, channels, 3, 2, 1, bias=False), get_norm(norm, channels)
+                nn.ReLU(), nn.Conv2d(c1, channels, 3, 2, 1, bias=False), norm_layer(norm, channels)
             )
             self._add_stage("conv2", conv2, channels)
             prev = channels
