@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from .graphs import NetworkWiring, StageWiring  # noqa: E402
 
-__all__ = ["draw_stage", "draw_network", "draw_generator_grid", "graph_statistics"]
+__all__ = ["draw_stage", "draw_network", "draw_generator_grid", "graph_statistics", "plot_damage"]
 
 INPUT_COLOR, OUTPUT_COLOR, NODE_COLOR, BOTH_COLOR = "#1f77b4", "#d62728", "#bbbbbb", "#9467bd"
 
@@ -109,3 +109,27 @@ def graph_statistics(w: StageWiring) -> Dict[str, float]:
         "components": nx.number_connected_components(und),
         "depth": nx.dag_longest_path_length(w.to_networkx(with_io=True)),
     }
+
+
+def plot_damage(damage: Dict, path: str) -> str:
+    """Fig. 5: accuracy change vs. output degree (node removal) and vs. the target's input
+    degree (edge removal): box per degree, mean as a red circle, individual removals as dots."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, xlabel in [(axes[0], "nodes", "output degree of the removed node"),
+                            (axes[1], "edges", "input degree of the removed edge's target")]:
+        by: Dict[int, List[float]] = {}
+        for rec in damage[key]:
+            by.setdefault(int(rec[2]), []).append(float(rec[-1]))
+        degrees = sorted(by)
+        if degrees:
+            ax.boxplot([by[d] for d in degrees], positions=degrees, widths=0.6, showfliers=False)
+            for d in degrees:
+                ax.scatter([d] * len(by[d]), by[d], s=6, color=INPUT_COLOR, alpha=0.6)
+                ax.scatter([d], [np.mean(by[d])], s=30, facecolors="none", edgecolors=OUTPUT_COLOR)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy change (points)")
+    fig.suptitle(f"graph damage (baseline top-1 {damage['baseline']:.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -100,3 +100,34 @@ def test_draw_and_tools(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert NetworkWiring.load(str(tmp_path / "c109.json"))["conv2"].num_nodes == 16
+
+
+def test_graph_damage_tool_on_a_checkpoint(tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from randwire_d2 import add_randwire_config
+    from randwire_d2.checkpoint import RandWireCheckpointer
+    from randwire_d2.data.cls_demo import generate_classification_demo
+
+    data = generate_classification_demo(str(tmp_path / "data"), {"train": 1, "val": 2}, image_size=32)
+    cfg = get_cfg()
+    add_randwire_config(cfg)
+    cfg.merge_from_file("configs/demo/randwire_cls_demo.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    RandWireCheckpointer(build_model(cfg), str(tmp_path), cfg=cfg).save("model")
+    r = subprocess.run(
+        [sys.executable, "tools/graph_damage.py", "--config-file", "configs/demo/randwire_cls_demo.yaml",
+         "--stages", "conv5", "--output", str(tmp_path / "damage.png"),
+         "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "PRETRAIN.DATA_ROOT", data,
+         "PRETRAIN.TEST_CROPS", "[28]", "MODEL.DEVICE", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "baseline top-1:" in r.stdout and "remove one edge" in r.stdout
+    import json
+
+    damage = json.load(open(tmp_path / "damage.json"))
+    w = build_model(cfg).backbone.wiring["conv5"]
+    assert len(damage["nodes"]) == w.num_nodes and len(damage["edges"]) == len(w.edges)
+    assert (tmp_path / "damage.png").stat().st_size > 1000
