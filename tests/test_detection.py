@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,7 @@ from randwire_d2.engine import (
     build_checkpointer,
     check_datasets_on_disk,
     detection_cfg,
+    draw_detections,
     register_user_datasets,
 )
 from randwire_d2.engine.convert import convert_classifier_checkpoint
@@ -318,6 +320,8 @@ def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path):
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(results)
     assert all(math.isfinite(results[k]) or math.isnan(results[k]) for k in results)
     assert 0.0 <= results["AP50"] <= 100.0
+    picture = cv2.imread(draw_detections(cfg, trainer.model, str(tmp_path / "vis.jpg"), count=4))
+    assert picture.shape == (2 * 64, 4 * 2 * 64, 3)  # 4 tiles at scale 2 in one row
     final = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert final["wiring_fingerprint"] == trainer.model.backbone.bottom_up.wiring.fingerprint()
     assert final["input_format"] == cfg.INPUT.FORMAT and "iteration" in final

@@ -8,8 +8,10 @@ from .detection import (
     check_datasets_on_disk,
     create_ddp_model,
     detection_cfg,
+    draw_detections,
     register_user_datasets,
     setup_cfg,
     train_or_evaluate,
 )
+from .classification import ClassificationTrainer, dry_run_schedule, launch_from_env_or_args
 from .classification import ClassificationTrainer, dry_run_schedule, launch_from_env_or_args

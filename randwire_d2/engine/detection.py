@@ -12,6 +12,8 @@ import os
 import weakref
 from typing import Iterable, List, Optional, Sequence
 
+import cv2
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -27,7 +29,9 @@ from detectron2.engine import (
 )
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
+from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import Visualizer
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import data as _data  # noqa: F401  (registers the embedded demo datasets)
@@ -46,6 +50,7 @@ __all__ = [
     "argument_parser",
     "setup_cfg",
     "train_or_evaluate",
+    "draw_detections",
 ]
 
 
@@ -203,3 +208,29 @@ def train_or_evaluate(args):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def draw_detections(cfg, model, path: str, count: int = 8, score_thresh: float = 0.5) -> str:
+    """Write a grid of the first `count` images of DATASETS.TEST[0] with the model's detections
+    scoring >= `score_thresh` to `path`; returns `path`."""
+    name = cfg.DATASETS.TEST[0]
+    dicts = DatasetCatalog.get(name)[:count]
+    meta = MetadataCatalog.get(name)
+    was_training = model.training
+    model.eval()
+    tiles = []
+    with torch.no_grad():
+        for d in dicts:
+            image = read_image(d["file_name"], format=cfg.INPUT.FORMAT)
+            tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            out = model([{"image": tensor, "height": d["height"], "width": d["width"]}])[0]
+            inst = out["instances"].to("cpu")
+            inst = inst[inst.scores >= score_thresh]
+            rgb = image if cfg.INPUT.FORMAT == "RGB" else image[:, :, ::-1]
+            vis = Visualizer(rgb, meta, scale=2.0).draw_instance_predictions(inst)
+            tiles.append(vis.get_image())
+    model.train(was_training)
+    rows = [np.concatenate(tiles[i : i + 4], axis=1) for i in range(0, len(tiles), 4)]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    cv2.imwrite(path, np.concatenate(rows, axis=0)[:, :, ::-1])
+    return path
