@@ -22,6 +22,7 @@ from randwire_d2.data.imagefolder import (
 )
 from randwire_d2.data.shapes import CLASSES
 from randwire_d2.engine.classification import (
+    ClassificationTrainer,
     ClassificationEvaluator,
     apply_schedule,
     resolve_schedule,
@@ -31,6 +32,15 @@ from randwire_d2.graphs import sample_stages
 from randwire_d2.modeling import Node, RandWire, WiredStage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # Tiny models on a shared 2-core machine: one thread avoids OpenMP spin-waiting (20x slower).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def imagenet_cfg(name="randwire_ws_c109_regular.yaml", opts=()):
@@ -297,3 +307,29 @@ def test_augmentation_is_keyed_on_the_draw_seed(demo_folder):
     assert torch.equal(val[0]["image"].permute(1, 2, 0), torch.from_numpy(image[4:36, 4:36].copy()))
     bgr = ImageFolderDataset(samples, ResizeCenterCrop(32, 0.8), image_format="BGR")
     assert torch.equal(bgr[0]["image"], val[0]["image"].flip(0))
+
+
+def test_channels_last_option_trains():
+    cfg = imagenet_cfg(
+        "randwire_ws_c78_small.yaml",
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.RANDWIRE.CHANNELS",
+            "8",
+            "MODEL.RANDWIRE.NUM_NODES",
+            "6",
+            "MODEL.CLASSIFIER.NUM_CLASSES",
+            "5",
+            "MODEL.CLASSIFIER.HEAD_CHANNELS",
+            "16",
+            "PRETRAIN.CHANNELS_LAST",
+            "True",
+        ],
+    )
+    model = ClassificationTrainer.build_model(cfg).train()
+    conv = model.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    loss = model([{"image": torch.rand(3, 32, 32) * 255, "label": i} for i in range(4)])["loss_cls"]
+    loss.backward()
+    assert torch.isfinite(loss) and conv.grad is not None

@@ -22,12 +22,21 @@ from randwire_d2 import add_randwire_config
 from randwire_d2.checkpoint import RandWireCheckpointer
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.shapes import CLASSES
-from randwire_d2.engine.classification import ClassificationTrainer
+from randwire_d2.engine.classification import ClassificationTrainer, evaluate_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml")
 DETECTOR_DEMO_CFG = os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml")
 TRAIN_CLS = os.path.join(REPO, "tools", "train_cls.py")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # Tiny models on a shared 2-core machine: one thread avoids OpenMP spin-waiting (20x slower).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +85,10 @@ def train_in_process(opts, resume=False):
     return trainer
 
 
-def run_cli(*args, timeout=240):
+def run_cli(*args, timeout=240, prefix=(sys.executable,)):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, TRAIN_CLS, *args],
+        [*prefix, TRAIN_CLS, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -124,23 +133,31 @@ def test_single_process_run(data_root, tmp_path):
     assert len(ckpt["wiring_fingerprint"]) == 16 and "conv5" in ckpt["wiring"]
     assert ckpt["trainer"]["iteration"] == 2 and "optimizer" in ckpt["trainer"]["_trainer"]
 
+    # --eval-only on the final checkpoint reproduces the evaluation that ended training.
+    weights = {"MODEL.WEIGHTS": str(tmp_path / "model_final.pth")}
+    results = evaluate_checkpoint(make_cfg(tiny_opts(data_root, tmp_path / "eval", **weights)))
+    assert results["val_32"]["top1"] == pytest.approx(final[0]["val_32/top1"])
 
-def test_two_processes_match_one_process_at_the_same_global_batch(data_root, tmp_path):
+
+@pytest.mark.parametrize("launcher", ["launch", "torchrun"])
+def test_two_processes_match_one_process_at_the_same_global_batch(launcher, data_root, tmp_path):
     # naiveSyncBN: the two processes normalize with the statistics of the whole global batch.
-    common = dict(epochs=2)
+    common = dict(epochs=2, **{"MODEL.RANDWIRE.NORM": "naiveSyncBN"})
     single, double = tmp_path / "one", tmp_path / "two"
-    train_in_process(
-        tiny_opts(data_root, single, **common, **{"MODEL.RANDWIRE.NORM": "naiveSyncBN"})
-    )
-    run_cli(
-        "--config-file",
-        DEMO_CFG,
-        "--num-gpus",
-        "2",
-        "--dist-url",
-        "auto",
-        *tiny_opts(data_root, double, **common, **{"MODEL.RANDWIRE.NORM": "naiveSyncBN"}),
-    )
+    train_in_process(tiny_opts(data_root, single, **common))
+    args = ["--config-file", DEMO_CFG, *tiny_opts(data_root, double, **common)]
+    if launcher == "launch":  # Detectron2's launch spawns 2 gloo processes
+        run_cli("--num-gpus", "2", "--dist-url", "auto", *args)
+    else:  # torchrun starts them; train_cls.py joins from WORLD_SIZE/RANK/LOCAL_RANK/MASTER_ADDR
+        torchrun = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+        ]
+        run_cli(*args, prefix=torchrun)
     one, two = train_losses(single), train_losses(double)
     assert sorted(one) == sorted(two) == [0, 1]
     # Iteration 0: the same images, weights and normalization; iteration 1 also checks that
