@@ -14,4 +14,3 @@ from .detection import (
     train_or_evaluate,
 )
 from .classification import ClassificationTrainer, dry_run_schedule, launch_from_env_or_args
-from .classification import ClassificationTrainer, dry_run_schedule, launch_from_env_or_args
