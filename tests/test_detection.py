@@ -26,6 +26,7 @@ from randwire_d2.engine import (
     Trainer,
     build_checkpointer,
     check_datasets_on_disk,
+    check_weights_on_disk,
     detection_cfg,
     draw_detections,
     register_user_datasets,
@@ -337,6 +338,24 @@ def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path, one_threa
     assert final["input_format"] == cfg.INPUT.FORMAT and "iteration" in final
 
 
+def test_resume_continues_from_last_checkpoint(tiny_data, tmp_path, one_thread):
+    cfg = tiny_cfg(
+        "DATASETS.TRAIN", ("det_test_train",), "DATASETS.TEST", (), "SOLVER.MAX_ITER", 4,
+        "SOLVER.CHECKPOINT_PERIOD", 2, "OUTPUT_DIR", str(tmp_path),
+    )
+    first = Trainer(cfg)
+    first.resume_or_load(resume=False)
+    first.train()
+    cfg.SOLVER.MAX_ITER = 6
+    resumed = Trainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    resumed.train()
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 5
+
+
 # ---------------------------------------------------------------------------------------------
 # Transfer from the classifier
 
@@ -430,6 +449,13 @@ def test_user_dataset_option_errors(tmp_path, tiny_data):
         MetadataCatalog.remove("det_test_absent")
     with pytest.raises(KeyError, match="not registered"):
         check_datasets_on_disk(["no_such_dataset"])
+
+
+def test_missing_local_weights_are_named():
+    with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS='pretrained/X-50-32x4d-torchvision.pkl'"):
+        check_weights_on_disk("pretrained/X-50-32x4d-torchvision.pkl")
+    check_weights_on_disk("detectron2://ImageNetPretrained/MSRA/R-50.pkl")  # URLs load lazily
+    check_weights_on_disk("")
 
 
 def test_eval_only_without_coco_exits_with_clear_error(tmp_path):

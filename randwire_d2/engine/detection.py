@@ -46,6 +46,8 @@ __all__ = [
     "build_checkpointer",
     "register_user_datasets",
     "check_datasets_on_disk",
+    "check_weights_on_disk",
+    "prepare_datasets",
     "detection_cfg",
     "argument_parser",
     "setup_cfg",
@@ -190,12 +192,34 @@ def setup_cfg(args):
     return cfg
 
 
+def prepare_datasets(dataset_names: Iterable[str]) -> None:
+    """Generate the on-demand datasets (the demo data) in the main process only, then let the
+    other processes go on: concurrent generators would rewrite files another process reads."""
+    if comm.is_main_process():
+        for name in dataset_names:
+            if getattr(MetadataCatalog.get(name), "generated_on_demand", False):
+                DatasetCatalog.get(name)
+    comm.synchronize()
+
+
+def check_weights_on_disk(weights: str) -> None:
+    """A MODEL.WEIGHTS that is a local path (not a URL) must exist."""
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"MODEL.WEIGHTS={weights!r} does not exist ({os.path.abspath(weights)}): give a "
+            "checkpoint file, a detectron2:// or https:// URL, or an empty string (random init)"
+        )
+
+
 def train_or_evaluate(args):
     """What tools/train_net.py runs in every process: train (then evaluate), or --eval-only."""
     register_user_datasets(args.dataset)
     cfg = setup_cfg(args)
+    datasets = list(cfg.DATASETS.TEST) if args.eval_only else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    check_datasets_on_disk(datasets)
+    check_weights_on_disk(cfg.MODEL.WEIGHTS)
+    prepare_datasets(datasets)
     if args.eval_only:
-        check_datasets_on_disk(cfg.DATASETS.TEST)
         model = Trainer.build_model(cfg)
         build_checkpointer(model, cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
@@ -204,7 +228,6 @@ def train_or_evaluate(args):
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
-    check_datasets_on_disk(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
