@@ -164,6 +164,10 @@ def test_two_processes_match_one_process_at_the_same_global_batch(launcher, data
     # DDP averaged the gradients of iteration 0 like one process would have computed them.
     assert two[0] == pytest.approx(one[0], rel=1e-5)
     assert two[1] == pytest.approx(one[1], rel=1e-4)
+    # The final evaluation: each process scores its half of val; the counts are summed.
+    evals = [[r for _, r in read_metrics(d) if "val_32/top1" in r] for d in (single, double)]
+    assert len(evals[0]) == len(evals[1]) == 1
+    assert evals[1][0]["val_32/top1"] == pytest.approx(evals[0][0]["val_32/top1"])
 
 
 def test_resume_continues_at_the_saved_iteration_with_the_same_lr_and_data(data_root, tmp_path):
