@@ -37,11 +37,15 @@ class TimedTrainer(Trainer):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--config-file", "--config", dest="config_file", default=DEFAULT_CONFIG)
     parser.add_argument("--vis", default="", help="write a picture of val detections here")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch intra-op threads (default 1: on a small, shared CPU more threads than free "
         "cores slow training by 10x or more; the data loader worker uses another core)",
     )
@@ -75,11 +79,16 @@ def main():
     print("| AP | AP50 | AP75 | APs | APm | APl | train wall time | eval wall time | CPU time |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(
-        "| " + " | ".join(f"{box[k]:.1f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
+        "| "
+        + " | ".join(f"{box[k]:.1f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
         + f" | {train_s / 60:.1f} min | {eval_s:.0f} s | {cpu_s / 60:.1f} min |"
     )
     with open(os.path.join(cfg.OUTPUT_DIR, "benchmark.json"), "w") as f:
-        json.dump({"bbox": box, "train_seconds": train_s, "eval_seconds": eval_s, "cpu_seconds": cpu_s}, f, indent=1)
+        json.dump(
+            {"bbox": box, "train_seconds": train_s, "eval_seconds": eval_s, "cpu_seconds": cpu_s},
+            f,
+            indent=1,
+        )
     if args.vis:
         draw_detections(cfg, trainer.model, args.vis)
         print(f"val detections: {args.vis}")

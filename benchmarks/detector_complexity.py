@@ -66,7 +66,9 @@ def fmt(values, scale, digits):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="RandWire seeds s")
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1344, help="1333 padded to a multiple of 32")
@@ -75,16 +77,18 @@ def main():
     torch.set_grad_enabled(False)
 
     print(f"Backbone complexity at {args.height}x{args.width} (fvcore, multiply-add = 1 FLOP)\n")
-    print("| backbone | config | trunk GFLOPs | FPN backbone GFLOPs | trunk params (M) "
-          "| FPN backbone params (M) | paper Table 5 AP / AP50 |")
+    print(
+        "| backbone | config | trunk GFLOPs | FPN backbone GFLOPs | trunk params (M) "
+        "| FPN backbone params (M) | paper Table 5 AP / AP50 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for config, label, paper in ROWS:
         path = os.path.join(CONFIG_DIR, config)
         seeds = args.seeds if "randwire" in config else [0]
         rows = np.array([backbone_complexity(path, s, args.height, args.width) for s in seeds])
+        cells = [fmt(rows[:, i], scale, 1) for i, scale in enumerate([1e9, 1e9, 1e6, 1e6])]
         print(
-            f"| {label} | `configs/{config}` | {fmt(rows[:, 0], 1e9, 1)} | {fmt(rows[:, 1], 1e9, 1)}"
-            f" | {fmt(rows[:, 2], 1e6, 1)} | {fmt(rows[:, 3], 1e6, 1)} | {paper} |",
+            f"| {label} | `configs/{config}` | " + " | ".join(cells) + f" | {paper} |",
             flush=True,
         )
 

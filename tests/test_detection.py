@@ -40,6 +40,7 @@ DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.y
 TOOL_ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 
 # A detector small enough for a CPU test: C=8, N=6, WS(2, 0.75), 16-channel FPN, 64-pixel images.
+# fmt: off
 TINY = [
     "MODEL.DEVICE", "cpu",
     "MODEL.RANDWIRE.CHANNELS", 8,
@@ -57,6 +58,7 @@ TINY = [
     "INPUT.MAX_SIZE_TEST", 64,
     "SOLVER.IMS_PER_BATCH", 2,
 ]
+# fmt: on
 
 
 def tiny_cfg(*overrides, config=DEMO_CONFIG):
@@ -115,17 +117,24 @@ def tiny_data(tmp_path_factory):
     """A tiny demo-style COCO dataset, registered as det_test_train / det_test_val."""
     folder = str(tmp_path_factory.mktemp("det_data"))
     paths = generate_detection_demo(
-        folder, {"train": 24, "val": 8}, image_size=(64, 64), objects_per_image=(1, 3),
-        object_size=(14, 30), seed=3,
+        folder,
+        {"train": 24, "val": 8},
+        image_size=(64, 64),
+        objects_per_image=(1, 3),
+        object_size=(14, 30),
+        seed=3,
     )
     for split in ("train", "val"):
         name = f"det_test_{split}"
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-    register_user_datasets([
-        (f"det_test_{split}", paths[split], os.path.join(folder, split)) for split in ("train", "val")
-    ])
+    register_user_datasets(
+        [
+            (f"det_test_{split}", paths[split], os.path.join(folder, split))
+            for split in ("train", "val")
+        ]
+    )
     return folder, paths
 
 
@@ -149,10 +158,16 @@ def test_config_list_is_complete():
     # Self-contained: every _BASE_ is a file of this repository's configs/ folder.
     for path in CONFIGS:
         with open(path) as f:
-            bases = [line.split(":", 1)[1].strip().strip("'\"") for line in f if line.startswith("_BASE_")]
+            bases = [
+                line.split(":", 1)[1].strip().strip("'\"")
+                for line in f
+                if line.startswith("_BASE_")
+            ]
         for base in bases:
             resolved = os.path.realpath(os.path.join(os.path.dirname(path), base))
-            assert resolved.startswith(os.path.join(REPO, "configs") + os.sep) and os.path.isfile(resolved), (path, base)
+            assert resolved.startswith(os.path.join(REPO, "configs") + os.sep) and os.path.isfile(
+                resolved
+            ), (path, base)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
@@ -193,7 +208,10 @@ def test_output_shapes_match_forward(regime):
             assert list(out) == list(shapes)
             for name, t in out.items():
                 assert t.shape[1] == shapes[name].channels, name
-                assert t.shape[2:] == (math.ceil(64 / shapes[name].stride), math.ceil(96 / shapes[name].stride)), name
+                assert t.shape[2:] == (
+                    math.ceil(64 / shapes[name].stride),
+                    math.ceil(96 / shapes[name].stride),
+                ), name
     assert list(out) == ["p2", "p3", "p4", "p5", "p6"]
 
 
@@ -203,8 +221,13 @@ def test_norms_build(norm):
     cfg = tiny_cfg("MODEL.RANDWIRE.NORM", norm, "MODEL.RANDWIRE.CHANNELS", 12)
     trunk = build_model(cfg).backbone.bottom_up
     kinds = {type(m).__name__ for m in trunk.modules()}
-    expected = {"BN": "BatchNorm2d", "FrozenBN": "FrozenBatchNorm2d", "SyncBN": "SyncBatchNorm",
-                "naiveSyncBN": "NaiveSyncBatchNorm", "GN": "GroupNorm"}[norm]
+    expected = {
+        "BN": "BatchNorm2d",
+        "FrozenBN": "FrozenBatchNorm2d",
+        "SyncBN": "SyncBatchNorm",
+        "naiveSyncBN": "NaiveSyncBatchNorm",
+        "GN": "GroupNorm",
+    }[norm]
     assert expected in kinds
     if norm != "SyncBN":  # SyncBN's forward needs a CUDA process group
         with torch.no_grad():
@@ -281,7 +304,9 @@ def test_demo_data_is_deterministic_and_varied(tmp_path):
     with open(a["train"]) as fa, open(b["train"]) as fb:
         ja, jb = json.load(fa), json.load(fb)
     assert ja["annotations"] == jb["annotations"]
-    assert (tmp_path / "a/train/000003.jpg").read_bytes() == (tmp_path / "b/train/000003.jpg").read_bytes()
+    assert (tmp_path / "a/train/000003.jpg").read_bytes() == (
+        tmp_path / "b/train/000003.jpg"
+    ).read_bytes()
     with open(a["val"]) as f:
         val = json.load(f)
     assert val["annotations"] != ja["annotations"][: len(val["annotations"])]
@@ -294,7 +319,9 @@ def test_demo_data_is_deterministic_and_varied(tmp_path):
         x0, y0, w, h = x["bbox"]
         assert 0 <= x0 and 0 <= y0 and x0 + w <= 80 and y0 + h <= 64 and x["area"] <= w * h
     with pytest.raises(ValueError, match="object_size"):
-        generate_detection_demo(str(tmp_path / "c"), {"train": 1}, image_size=(64, 64), object_size=(8, 64))
+        generate_detection_demo(
+            str(tmp_path / "c"), {"train": 1}, image_size=(64, 64), object_size=(8, 64)
+        )
 
 
 def test_registered_demo_datasets():
@@ -306,14 +333,22 @@ def test_registered_demo_datasets():
 
 def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path, one_thread):
     cfg = tiny_cfg(
-        "DATASETS.TRAIN", ("det_test_train",),
-        "DATASETS.TEST", ("det_test_val",),
-        "SOLVER.MAX_ITER", 60,
-        "SOLVER.BASE_LR", 0.02,
-        "SOLVER.WARMUP_ITERS", 10,
-        "SOLVER.STEPS", (),
-        "SOLVER.CHECKPOINT_PERIOD", 1000,
-        "OUTPUT_DIR", str(tmp_path),
+        "DATASETS.TRAIN",
+        ("det_test_train",),
+        "DATASETS.TEST",
+        ("det_test_val",),
+        "SOLVER.MAX_ITER",
+        60,
+        "SOLVER.BASE_LR",
+        0.02,
+        "SOLVER.WARMUP_ITERS",
+        10,
+        "SOLVER.STEPS",
+        (),
+        "SOLVER.CHECKPOINT_PERIOD",
+        1000,
+        "OUTPUT_DIR",
+        str(tmp_path),
     )
     torch.manual_seed(0)
     trainer = Trainer(cfg)
@@ -340,8 +375,16 @@ def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path, one_threa
 
 def test_resume_continues_from_last_checkpoint(tiny_data, tmp_path, one_thread):
     cfg = tiny_cfg(
-        "DATASETS.TRAIN", ("det_test_train",), "DATASETS.TEST", (), "SOLVER.MAX_ITER", 4,
-        "SOLVER.CHECKPOINT_PERIOD", 2, "OUTPUT_DIR", str(tmp_path),
+        "DATASETS.TRAIN",
+        ("det_test_train",),
+        "DATASETS.TEST",
+        (),
+        "SOLVER.MAX_ITER",
+        4,
+        "SOLVER.CHECKPOINT_PERIOD",
+        2,
+        "OUTPUT_DIR",
+        str(tmp_path),
     )
     first = Trainer(cfg)
     first.resume_or_load(resume=False)
@@ -362,8 +405,16 @@ def test_resume_continues_from_last_checkpoint(tiny_data, tmp_path, one_thread):
 
 @pytest.fixture
 def classifier_checkpoint(tmp_path):
-    det_cfg = tiny_cfg("MODEL.RANDWIRE.REGIME", "regular", "MODEL.RANDWIRE.NORM", "FrozenBN",
-                       "MODEL.BACKBONE.FREEZE_AT", 2, "MODEL.RANDWIRE.SEED", 3)
+    det_cfg = tiny_cfg(
+        "MODEL.RANDWIRE.REGIME",
+        "regular",
+        "MODEL.RANDWIRE.NORM",
+        "FrozenBN",
+        "MODEL.BACKBONE.FREEZE_AT",
+        2,
+        "MODEL.RANDWIRE.SEED",
+        3,
+    )
     classifier = randomized(build_model(classifier_cfg(det_cfg)))
     RandWireCheckpointer(classifier, str(tmp_path), cfg=classifier_cfg(det_cfg)).save("classifier")
     return det_cfg, classifier, str(tmp_path / "classifier.pth")
@@ -375,7 +426,7 @@ def assert_trunk_copied(classifier, detector):
     copied = 0
     for key, value in source.items():
         if key.startswith("backbone.") and not key.endswith("num_batches_tracked"):
-            new = "backbone.bottom_up." + key[len("backbone."):]
+            new = "backbone.bottom_up." + key[len("backbone.") :]
             assert torch.equal(target[new], value), key
             copied += 1
     assert copied > 20
@@ -394,10 +445,14 @@ def test_transfer_via_converter_tool(classifier_checkpoint, tmp_path):
     out = str(tmp_path / "converted.pth")
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "convert_cls_to_d2.py"), path, out],
-        capture_output=True, text=True, env=TOOL_ENV, timeout=120,
+        capture_output=True,
+        text=True,
+        env=TOOL_ENV,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "backbone.conv3.nodes.0.transform.2.weight -> backbone.bottom_up.conv3.nodes.0.transform.2.weight" in proc.stdout
+    node = "conv3.nodes.0.transform.2.weight"
+    assert f"backbone.{node} -> backbone.bottom_up.{node}" in proc.stdout
     assert "head.fc.weight" in proc.stdout.split("dropped")[1]
     assert "MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]" in proc.stdout
     assert "INPUT.FORMAT RGB" in proc.stdout
@@ -442,7 +497,9 @@ def test_user_dataset_option_errors(tmp_path, tiny_data):
     MetadataCatalog.get("det_test_absent").set(json_file=str(tmp_path / "coco/annotations/x.json"))
     DatasetCatalog.register("det_test_absent", lambda: [])
     try:
-        with pytest.raises(DatasetNotFoundError, match=r"coco/annotations/x\.json .*DETECTRON2_DATASETS"):
+        with pytest.raises(
+            DatasetNotFoundError, match=r"coco/annotations/x\.json .*DETECTRON2_DATASETS"
+        ):
             check_datasets_on_disk(["det_test_absent"])
     finally:
         DatasetCatalog.remove("det_test_absent")
@@ -452,7 +509,9 @@ def test_user_dataset_option_errors(tmp_path, tiny_data):
 
 
 def test_missing_local_weights_are_named():
-    with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS='pretrained/X-50-32x4d-torchvision.pkl'"):
+    with pytest.raises(
+        FileNotFoundError, match=r"MODEL.WEIGHTS='pretrained/X-50-32x4d-torchvision.pkl'"
+    ):
         check_weights_on_disk("pretrained/X-50-32x4d-torchvision.pkl")
     check_weights_on_disk("detectron2://ImageNetPretrained/MSRA/R-50.pkl")  # URLs load lazily
     check_weights_on_disk("")
@@ -461,10 +520,19 @@ def test_missing_local_weights_are_named():
 def test_eval_only_without_coco_exits_with_clear_error(tmp_path):
     env = {**TOOL_ENV, "DETECTRON2_DATASETS": str(tmp_path / "nowhere")}
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config",
-         os.path.join(REPO, "configs", "faster_rcnn_randwire_c109_fpn_1x.yaml"), "--eval-only",
-         "OUTPUT_DIR", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=180,
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "train_net.py"),
+            "--config",
+            os.path.join(REPO, "configs", "faster_rcnn_randwire_c109_fpn_1x.yaml"),
+            "--eval-only",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
     )
     assert proc.returncode != 0
     expected = str(tmp_path / "nowhere" / "coco" / "annotations" / "instances_val2017.json")
@@ -477,16 +545,41 @@ def test_two_process_cpu_training_with_user_dataset(tiny_data, tmp_path):
     """tools/train_net.py --num-gpus 2 on CPU: 2 gloo processes train, checkpoint, evaluate."""
     folder, paths = tiny_data
     out = tmp_path / "out"
-    args = [
-        sys.executable, os.path.join(REPO, "tools", "train_net.py"),
-        "--config-file", DEMO_CONFIG, "--num-gpus", "2", "--dist-url", "auto",
-        "--dataset", "cli_train", paths["train"], os.path.join(folder, "train"),
-        "--dataset", "cli_val", paths["val"], os.path.join(folder, "val"),
-    ] + [str(v) for v in TINY] + [
-        "DATASETS.TRAIN", "('cli_train',)", "DATASETS.TEST", "('cli_val',)",
-        "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
-        "OUTPUT_DIR", str(out),
-    ]
+    args = (
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "train_net.py"),
+            "--config-file",
+            DEMO_CONFIG,
+            "--num-gpus",
+            "2",
+            "--dist-url",
+            "auto",
+            "--dataset",
+            "cli_train",
+            paths["train"],
+            os.path.join(folder, "train"),
+            "--dataset",
+            "cli_val",
+            paths["val"],
+            os.path.join(folder, "val"),
+        ]
+        + [str(v) for v in TINY]
+        + [
+            "DATASETS.TRAIN",
+            "('cli_train',)",
+            "DATASETS.TEST",
+            "('cli_val',)",
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "SOLVER.STEPS",
+            "()",
+            "OUTPUT_DIR",
+            str(out),
+        ]
+    )
     proc = subprocess.run(args, capture_output=True, text=True, env=TOOL_ENV, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "World size: 2" in proc.stderr + proc.stdout

@@ -15,11 +15,14 @@ import argparse
 from randwire_d2.engine.convert import config_lines, convert_classifier_checkpoint
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("input", help="RandWireClassifier checkpoint (.pth)")
     parser.add_argument("output", help="detector weights to write (.pth)")
     parser.add_argument(
-        "--prefix", default="backbone.bottom_up.",
+        "--prefix",
+        default="backbone.bottom_up.",
         help="where the trunk sits in the detector (default: FPN's bottom_up)",
     )
     args = parser.parse_args()

@@ -160,7 +160,12 @@ def generate_detection_demo(
             )
             image_id = i + 1
             images.append(
-                {"id": image_id, "file_name": file_name, "height": image_size[0], "width": image_size[1]}
+                {
+                    "id": image_id,
+                    "file_name": file_name,
+                    "height": image_size[0],
+                    "width": image_size[1],
+                }
             )
             for class_index, mask in objects:
                 annotations.append(_annotation(mask, class_index, image_id, len(annotations) + 1))
@@ -184,7 +189,10 @@ def _is_current(json_path: str, num_images: int, params: Dict) -> bool:
         return False
     with open(json_path) as f:
         info = json.load(f).get("info", {})
-    current = {k: info.get(k) for k in ("version", "image_size", "objects_per_image", "object_size", "seed")}
+    current = {
+        k: info.get(k)
+        for k in ("version", "image_size", "objects_per_image", "object_size", "seed")
+    }
     expected = dict(
         version=_VERSION,
         image_size=list(params["image_size"]),

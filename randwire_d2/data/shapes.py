@@ -121,12 +121,9 @@ def _silhouette(name, x0, y0, x1, y1, rng):
     if name == "cross":
         a, b = cx - w * 0.17, cx + w * 0.17
         c, d = cy - h * 0.17, cy + h * 0.17
-        return [
-            np.array(
-                [[a, y0], [b, y0], [b, c], [x1, c], [x1, d], [b, d],
-                 [b, y1], [a, y1], [a, d], [x0, d], [x0, c], [a, c]]
-            )
-        ]
+        xs = [a, b, b, x1, x1, b, b, a, a, x0, x0, a]
+        ys = [y0, y0, c, c, d, d, y1, y1, d, d, c, c]
+        return [np.stack([xs, ys], 1).astype(np.float64)]
     if name == "star":
         t = np.linspace(0, 2 * np.pi, 10, endpoint=False) - np.pi / 2
         r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)

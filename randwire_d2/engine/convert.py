@@ -23,7 +23,9 @@ def convert_classifier_checkpoint(
     """
     data = torch.load(src, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or "model" not in data:
-        raise ValueError(f"{src} is not a randwire_d2 checkpoint: expected a dict with a 'model' entry")
+        raise ValueError(
+            f"{src} is not a randwire_d2 checkpoint: expected a dict with a 'model' entry"
+        )
     arch = data.get("arch")
     if arch != CLASSIFIER_ARCH:
         raise ValueError(f"{src} holds arch={arch!r}: expected a {CLASSIFIER_ARCH} checkpoint")

@@ -100,7 +100,9 @@ def register_user_datasets(specs: Optional[Iterable[Sequence[str]]]) -> List[str
             )
         for path, what in ((json_file, "annotation file"), (image_root, "image folder")):
             if not os.path.exists(path):
-                raise DatasetNotFoundError(f"--dataset {name}: {what} {os.path.abspath(path)} does not exist")
+                raise DatasetNotFoundError(
+                    f"--dataset {name}: {what} {os.path.abspath(path)} does not exist"
+                )
         register_coco_instances(name, {}, json_file, image_root)
         names.append(name)
     return names
@@ -111,7 +113,9 @@ def check_datasets_on_disk(dataset_names: Iterable[str]) -> None:
     files are absent (datasets generated on demand, like the demo data, are skipped)."""
     for name in dataset_names:
         if name not in DatasetCatalog.list():
-            raise KeyError(f"dataset {name!r} is not registered: known datasets are {DatasetCatalog.list()}")
+            raise KeyError(
+                f"dataset {name!r} is not registered: known datasets are {DatasetCatalog.list()}"
+            )
         meta = MetadataCatalog.get(name)
         if getattr(meta, "generated_on_demand", False):
             continue
@@ -119,7 +123,11 @@ def check_datasets_on_disk(dataset_names: Iterable[str]) -> None:
             path = getattr(meta, attr, None)
             if path and not os.path.exists(path):
                 root = os.getenv("DETECTRON2_DATASETS")
-                where = f"DETECTRON2_DATASETS={root}" if root else "DETECTRON2_DATASETS is not set, so ./datasets is used"
+                where = (
+                    f"DETECTRON2_DATASETS={root}"
+                    if root
+                    else "DETECTRON2_DATASETS is not set, so ./datasets is used"
+                )
                 raise DatasetNotFoundError(
                     f"dataset {name!r} is not on disk: {attr} {os.path.abspath(path)} does not "
                     f"exist ({where}). Set DETECTRON2_DATASETS to the folder that holds coco/ "
@@ -168,11 +176,18 @@ def argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
     """Detectron2's parser + `--config` (alias of `--config-file`) + repeatable `--dataset`."""
     parser = default_argument_parser(epilog)
     parser.add_argument(
-        "--config", dest="config_file", default=argparse.SUPPRESS, metavar="FILE",
+        "--config",
+        dest="config_file",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
         help="alias of --config-file",
     )
     parser.add_argument(
-        "--dataset", action="append", nargs=3, default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
+        "--dataset",
+        action="append",
+        nargs=3,
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
         help="register a COCO-format dataset (repeatable); use NAME in DATASETS.TRAIN/TEST",
     )
     return parser
@@ -215,7 +230,11 @@ def train_or_evaluate(args):
     """What tools/train_net.py runs in every process: train (then evaluate), or --eval-only."""
     register_user_datasets(args.dataset)
     cfg = setup_cfg(args)
-    datasets = list(cfg.DATASETS.TEST) if args.eval_only else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    datasets = (
+        list(cfg.DATASETS.TEST)
+        if args.eval_only
+        else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    )
     check_datasets_on_disk(datasets)
     check_weights_on_disk(cfg.MODEL.WEIGHTS)
     prepare_datasets(datasets)

@@ -11,7 +11,7 @@ __all__ = ["build_randwire_fpn_backbone"]
 
 @BACKBONE_REGISTRY.register()
 def build_randwire_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """FPN(RandWire trunk) with LastLevelMaxPool: p2..p6 from MODEL.FPN.IN_FEATURES (conv2..conv5)."""
+    """FPN(RandWire trunk) + LastLevelMaxPool: p2..p6 from MODEL.FPN.IN_FEATURES (conv2..conv5)."""
     bottom_up = build_randwire_backbone(cfg, input_shape)
     # fmt: off
     return FPN(
