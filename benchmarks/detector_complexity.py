@@ -31,6 +31,7 @@ ROWS = [
     ("faster_rcnn_R_101_FPN_1x.yaml", "ResNet-101", "39.8 / 61.7"),
     ("faster_rcnn_X_101_32x4d_FPN_1x.yaml", "ResNeXt-101 (32x4d)", "40.7 / 62.9"),
     ("faster_rcnn_randwire_c154_fpn_1x.yaml", "RandWire-WS, C=154", "41.1 / 63.1"),
+    ("faster_rcnn_X_101_32x8d_FPN_1x.yaml", "ResNeXt-101 (32x8d)", "not in Table 5"),
 ]
 
 
