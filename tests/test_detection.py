@@ -26,6 +26,7 @@ from randwire_d2.engine import (
     Trainer,
     build_checkpointer,
     check_datasets_on_disk,
+    check_input_normalization,
     check_weights_on_disk,
     detection_cfg,
     draw_detections,
@@ -438,6 +439,18 @@ def test_transfer_via_model_weights(classifier_checkpoint):
     detector = build_model(det_cfg)
     build_checkpointer(detector).resume_or_load(det_cfg.MODEL.WEIGHTS, resume=False)
     assert_trunk_copied(classifier, detector)
+
+
+def test_input_normalization_mismatch_is_reported(classifier_checkpoint, caplog):
+    det_cfg, _, path = classifier_checkpoint
+    data = torch.load(path, weights_only=True)
+    assert check_input_normalization(det_cfg, data)
+    det_cfg.MODEL.PIXEL_MEAN = [103.53, 116.28, 123.675]
+    det_cfg.INPUT.FORMAT = "BGR"
+    assert not check_input_normalization(det_cfg, data)
+    assert "MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]" in caplog.text
+    assert "INPUT.FORMAT RGB (config: BGR)" in caplog.text
+    assert "PIXEL_STD" not in caplog.text
 
 
 def test_transfer_via_converter_tool(classifier_checkpoint, tmp_path):

@@ -6,6 +6,7 @@ from .detection import (
     argument_parser,
     build_checkpointer,
     check_datasets_on_disk,
+    check_input_normalization,
     check_weights_on_disk,
     create_ddp_model,
     detection_cfg,

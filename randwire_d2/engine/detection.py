@@ -19,6 +19,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.data.detection_utils import read_image
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -29,7 +30,6 @@ from detectron2.engine import (
 )
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from torch.nn.parallel import DistributedDataParallel
@@ -47,6 +47,7 @@ __all__ = [
     "register_user_datasets",
     "check_datasets_on_disk",
     "check_weights_on_disk",
+    "check_input_normalization",
     "prepare_datasets",
     "detection_cfg",
     "argument_parser",
@@ -136,6 +137,27 @@ def check_datasets_on_disk(dataset_names: Iterable[str]) -> None:
                 )
 
 
+def check_input_normalization(cfg, checkpoint: dict) -> bool:
+    """Warn when the checkpoint was trained on other pixel statistics or channel order than
+    MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT; False then. (Not an error: fine-tuning with
+    other statistics is legitimate, only usually unintended.)"""
+    mismatched = []
+    for key, ours in (("pixel_mean", cfg.MODEL.PIXEL_MEAN), ("pixel_std", cfg.MODEL.PIXEL_STD)):
+        theirs = checkpoint.get(key)
+        if theirs is not None and not np.allclose(theirs, ours, rtol=0, atol=1e-3):
+            values = [float(f"{v:.6g}") for v in theirs]
+            mismatched.append(f"MODEL.{key.upper()} {values} (config: {list(ours)})")
+    fmt = checkpoint.get("input_format")
+    if fmt is not None and fmt != cfg.INPUT.FORMAT:
+        mismatched.append(f"INPUT.FORMAT {fmt} (config: {cfg.INPUT.FORMAT})")
+    if mismatched:
+        logging.getLogger(__name__).warning(
+            "MODEL.WEIGHTS was trained with other input normalization than this config; to "
+            "match it set: " + "; ".join(mismatched)
+        )
+    return not mismatched
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer + COCOEvaluator + RandWireCheckpointer + CPU-capable DDP."""
 
@@ -161,6 +183,12 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        extras = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        check_input_normalization(self.cfg, extras)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -240,9 +268,10 @@ def train_or_evaluate(args):
     prepare_datasets(datasets)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        build_checkpointer(model, cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
+        extras = build_checkpointer(model, cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        check_input_normalization(cfg, extras)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
