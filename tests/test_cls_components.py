@@ -29,7 +29,7 @@ from randwire_d2.engine.classification import (
     topk_correct,
 )
 from randwire_d2.graphs import sample_stages
-from randwire_d2.modeling import Node, RandWire, WiredStage
+from randwire_d2.modeling import Node, RandWire
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
