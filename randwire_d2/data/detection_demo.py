@@ -5,9 +5,12 @@
 split is drawn from `numpy.random.default_rng([seed, split, i])` alone, so the data is identical
 on every machine. `register_detection_demo(root)` registers "randwire_demo_det_train" and
 "randwire_demo_det_val" in Detectron2's catalogs; the files are generated the first time a
-split is loaded (or when the generation parameters change).
+split is loaded (or when the generation parameters change), or by
+
+    python -m randwire_d2.data.detection_demo [ROOT]    # ROOT/randwire_demo_det/...
 """
 
+import argparse
 import json
 import os
 from typing import Dict, List, Optional, Tuple
@@ -239,3 +242,11 @@ def register_detection_demo(root: Optional[str] = None) -> None:
             evaluator_type="coco",
             generated_on_demand=True,
         )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write the embedded detection demo data.")
+    parser.add_argument("root", nargs="?", default=None, help="data root (default: see data_root)")
+    args = parser.parse_args()
+    for split in DEMO_DET_PARAMS["num_images"]:
+        print(f"{split}: {ensure_detection_demo(args.root, split)}")
