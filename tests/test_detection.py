@@ -20,7 +20,11 @@ from torch import nn
 
 import randwire_d2
 from randwire_d2.checkpoint import RandWireCheckpointer
-from randwire_d2.data.detection_demo import generate_detection_demo
+from randwire_d2.data.detection_demo import (
+    DEMO_DET_PARAMS,
+    generate_detection_demo,
+    register_detection_demo,
+)
 from randwire_d2.engine import (
     DatasetNotFoundError,
     Trainer,
@@ -325,11 +329,21 @@ def test_demo_data_is_deterministic_and_varied(tmp_path):
         )
 
 
-def test_registered_demo_datasets():
-    for name in ("randwire_demo_det_train", "randwire_demo_det_val"):
-        meta = MetadataCatalog.get(name)
+def test_registered_demo_datasets_are_generated_on_demand(tmp_path):
+    register_detection_demo(str(tmp_path))
+    try:
+        meta = MetadataCatalog.get("randwire_demo_det_val")
         assert meta.thing_classes == randwire_d2.data.shapes.CLASSES
         assert meta.evaluator_type == "coco"
+        assert not os.path.exists(meta.json_file)
+        dicts = DatasetCatalog.get("randwire_demo_det_val")
+        assert len(dicts) == DEMO_DET_PARAMS["num_images"]["val"]
+        assert os.path.isfile(meta.json_file) and os.path.isfile(dicts[0]["file_name"])
+        assert meta.json_file.startswith(str(tmp_path / "randwire_demo_det"))
+        assert all(d["annotations"] for d in dicts)
+        assert not os.path.exists(tmp_path / "randwire_demo_det" / "train")  # only what is used
+    finally:
+        register_detection_demo()
 
 
 def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path, one_thread):
