@@ -150,7 +150,7 @@ class RandWireCheckpointer(DetectionCheckpointer):
                 f"{len(mapped)} trunk tensors mapped to '{prefix}*', dropped {dropped}"
             )
             # A fine-tuning start: optimizer/scheduler/iteration of the pretraining don't apply.
-            loaded = {k: v for k, v in loaded.items() if k not in ("optimizer", "scheduler", "iteration")}
+            loaded = {k: v for k, v in loaded.items() if k not in ("trainer", "optimizer", "scheduler", "iteration")}
         return loaded
 
 
