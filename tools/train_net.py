@@ -11,9 +11,12 @@
 Without CUDA, `--num-gpus N` runs N CPU processes (gloo).
 """
 
+import sys
+
 from detectron2.engine import launch
 
 from randwire_d2.engine import argument_parser, setup_cfg, train_or_evaluate
+from randwire_d2.engine.detection import DatasetNotFoundError
 
 
 def setup(args):
@@ -27,11 +30,14 @@ def main(args):
 if __name__ == "__main__":
     args = argument_parser(__doc__).parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except DatasetNotFoundError as e:  # a user error: the message, not a traceback
+        sys.exit(f"{type(e).__name__}: {e}")
