@@ -223,3 +223,22 @@ def test_user_generator_from_config():
     model = build_model(cfg)
     assert model.backbone.wiring["conv3"].input_nodes == [0]
     assert len(model.backbone.wiring["conv3"].edges) == 5
+
+
+def test_seeded_edge_removal_is_reproducible():
+    w = StageWiring(5, ((0, 2), (1, 2), (2, 3), (1, 4)))
+    trunk = RandWire(wiring=NetworkWiring({"conv3": w, "conv4": w, "conv5": w}), channels=8, drop_edge_prob=0.5)
+    trunk.train()
+
+    def picks(keys):
+        out = []
+        for k in keys:
+            trunk.seed_edge_removal(k)
+            out.append(trunk._sample_removed_edge())
+        return out
+
+    keys = [(0, it, 0) for it in range(40)]
+    first = picks(keys)
+    assert picks(keys) == first  # same (seed, iteration, rank): same removals, as after --resume
+    assert None in first and len({p for p in first if p is not None}) > 1  # p = 0.5, several edges
+    assert picks([(0, it, 1) for it in range(40)]) != first  # another rank removes other edges

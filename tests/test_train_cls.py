@@ -172,13 +172,15 @@ def test_two_processes_match_one_process_at_the_same_global_batch(launcher, data
 
 def test_resume_continues_at_the_saved_iteration_with_the_same_lr_and_data(data_root, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    train_in_process(tiny_opts(data_root, full, epochs=6))
+    # With edge removal on: the removed edges must also be those of the uninterrupted run.
+    edges = {"MODEL.RANDWIRE.DROP_EDGE_PROB": 0.5}
+    train_in_process(tiny_opts(data_root, full, epochs=6, **edges))
     # A run that stopped after iteration 2: its output folder holds that checkpoint only.
     os.makedirs(resumed)
     os.link(full / "model_0000002.pth", resumed / "model_0000002.pth")
     (resumed / "last_checkpoint").write_text("model_0000002.pth")
 
-    cfg = make_cfg(tiny_opts(data_root, resumed, epochs=6))
+    cfg = make_cfg(tiny_opts(data_root, resumed, epochs=6, **edges))
     trainer = ClassificationTrainer(cfg)
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 3

@@ -26,7 +26,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, JSONWriter, TensorboardXWriter, get_event_storage
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import RandWireCheckpointer
+from ..checkpoint import RandWireCheckpointer, find_trunk
 from ..data.imagefolder import build_cls_test_loader, build_cls_train_loader, scan_image_folder
 
 __all__ = [
@@ -237,6 +237,21 @@ class ThroughputHook(hooks.HookBase):
             )
 
 
+class EdgeRemovalSeed(hooks.HookBase):
+    """Key each iteration's edge removal (Sec. 4.2) on (SEED, iteration, rank): a resumed run
+    removes the same edges as an uninterrupted one, and processes remove different edges."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.trunk = None
+
+    def before_train(self):
+        _, self.trunk = find_trunk(self.trainer.model)
+
+    def before_step(self):
+        self.trunk.seed_edge_removal((self.seed, self.trainer.iter, comm.get_rank()))
+
+
 class ProgressPrinter(EventWriter):
     """One line per write: epoch, iteration, losses, lr, images/s, data time and ETA."""
 
@@ -444,7 +459,12 @@ class ClassificationTrainer(DefaultTrainer):
             self._last_eval_results = self.test(cfg, self.model, test_loaders)
             return self._last_eval_results
 
-        ret = [hooks.IterationTimer(), hooks.LRScheduler(), ThroughputHook(s.global_batch)]
+        ret = [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(),
+            ThroughputHook(s.global_batch),
+            EdgeRemovalSeed(cfg.SEED),
+        ]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, s.checkpoint_period))
         ret.append(hooks.EvalHook(s.eval_period, test_and_save_results))

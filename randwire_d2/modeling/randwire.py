@@ -12,6 +12,7 @@ Deviations from the paper, all deliberate:
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
@@ -161,6 +162,7 @@ class RandWire(Backbone):
         self.wiring = wiring
         self.regime = regime
         self.drop_edge_prob = drop_edge_prob
+        self._edge_removal_key: Optional[Tuple[int, ...]] = None
         self.stage_names: List[str] = []
         self._out_feature_channels: Dict[str, int] = {}
         self._out_feature_strides: Dict[str, int] = {}
@@ -196,15 +198,26 @@ class RandWire(Backbone):
     def wired_stages(self) -> Dict[str, WiredStage]:
         return {n: getattr(self, n) for n in self.stage_names if isinstance(getattr(self, n), WiredStage)}
 
+    def seed_edge_removal(self, key: Sequence[int]) -> None:
+        """Draw the next edge removal from `key` (e.g. (SEED, iteration, rank)) instead of the
+        global torch RNG, so that a resumed run removes the same edges as an uninterrupted one."""
+        self._edge_removal_key = tuple(int(k) for k in key)
+
     def _sample_removed_edge(self) -> Optional[Tuple[str, Tuple[int, int]]]:
         if not self.training or self.drop_edge_prob <= 0.0:
             return None
-        if torch.rand(()).item() >= self.drop_edge_prob:
+        if self._edge_removal_key is not None:
+            rng = np.random.default_rng(np.random.SeedSequence(self._edge_removal_key))
+            self._edge_removal_key = None  # one key, one draw
+            draw, pick = rng.random(), rng.random()
+        else:
+            draw, pick = torch.rand(2).tolist()
+        if draw >= self.drop_edge_prob:
             return None
         candidates = [(n, e) for n, s in self.wired_stages().items() for e in s.removable_edges()]
         if not candidates:
             return None
-        return candidates[int(torch.randint(len(candidates), ()).item())]
+        return candidates[min(int(pick * len(candidates)), len(candidates) - 1)]
 
     def forward(self, x):
         removed = self._sample_removed_edge()
