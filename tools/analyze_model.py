@@ -78,6 +78,9 @@ def main():
     if not os.path.isfile(args.config_file):
         sys.exit(f"--config-file {args.config_file!r} does not exist")
     cfg = setup(args)
+    if cfg.MODEL.META_ARCHITECTURE != "RandWireClassifier":
+        sys.exit(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: this tool counts "
+                 "RandWireClassifier configs; for detectors use benchmarks/detector_complexity.py")
 
     flops, params = describe(cfg, args.input_size)
     if args.seeds:
