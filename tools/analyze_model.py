@@ -51,7 +51,7 @@ def describe(cfg, size):
           f"node op={rw.NODE_OP}, seed={rw.SEED}, wiring {model.backbone.wiring.fingerprint()}")
     stats = wiring_stats(model.backbone.wiring)
     shapes = model.backbone._out_feature_channels
-    print(f"\n| stage | nodes | edges | input/output nodes | channels | FLOPs (M) | params (M) |")
+    print("\n| stage | nodes | edges | input/output nodes | channels | FLOPs (M) | params (M) |")
     print("|---|---|---|---|---|---|---|")
     total_f = total_p = 0
     for name, (f, p) in flops_by_stage(model, size).items():

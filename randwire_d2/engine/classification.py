@@ -8,26 +8,33 @@ dropout and edge removal per regime (configs/imagenet). Schedules are written in
 PRETRAIN.TEST_CROPS size (224 for Tables 2-3, 320 for Table 4), summed over processes.
 """
 
-import dataclasses
 import datetime
 import functools
 import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
+from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, JSONWriter, TensorboardXWriter, get_event_storage
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import RandWireCheckpointer, find_trunk
 from ..data.imagefolder import build_cls_test_loader, build_cls_train_loader, scan_image_folder
+from .evaluation import ClassificationEvaluator, topk_correct
+from .schedule import (
+    IMAGENET_TRAIN_IMAGES,
+    Schedule,
+    apply_schedule,
+    dry_run_schedule,
+    resolve_schedule,
+)
 
 __all__ = [
     "IMAGENET_TRAIN_IMAGES",
@@ -44,166 +51,7 @@ __all__ = [
     "launch_from_env_or_args",
 ]
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """A pretraining schedule in iterations, resolved from epochs."""
-
-    dataset_size: int
-    world_size: int
-    global_batch: int
-    epochs: float
-    iters_per_epoch: int
-    max_iter: int
-    warmup_iters: int
-    peak_lr: float
-    checkpoint_period: int
-    eval_period: int
-    recipe: Tuple[Tuple[str, str], ...] = ()
-
-    def __str__(self):
-        rows = [
-            ("training images", f"{self.dataset_size:,}"),
-            ("processes", self.world_size),
-            (
-                "global batch",
-                f"{self.global_batch} ({self.global_batch // self.world_size} per process)",
-            ),
-            ("epochs", f"{self.epochs:g}"),
-            ("iterations per epoch", f"{self.iters_per_epoch:,}"),
-            ("total iterations", f"{self.max_iter:,}"),
-            ("warmup iterations", f"{self.warmup_iters:,}"),
-            ("peak lr", f"{self.peak_lr:g}"),
-            ("checkpoint period", f"{self.checkpoint_period:,} iterations"),
-            (
-                "eval period",
-                f"{self.eval_period:,} iterations" if self.eval_period else "after training",
-            ),
-        ] + list(self.recipe)
-        return "\n".join(f"{k:>22}: {v}" for k, v in rows)
-
-
-def resolve_schedule(cfg, dataset_size: int, world_size: int) -> Schedule:
-    """Turn PRETRAIN's epochs and SOLVER.IMS_PER_BATCH into iterations and the peak lr."""
-    p, batch = cfg.PRETRAIN, cfg.SOLVER.IMS_PER_BATCH
-    if world_size < 1 or batch % world_size:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH={batch} is invalid for {world_size} processes: expected a "
-            "multiple of the process count (it is the global batch)"
-        )
-    if not 0 < batch <= dataset_size:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH={batch} is invalid: expected 1..{dataset_size} (the training images)"
-        )
-    if p.EPOCHS <= 0:
-        raise ValueError(f"PRETRAIN.EPOCHS={p.EPOCHS!r} is invalid: expected > 0")
-    if not 0 <= p.WARMUP_EPOCHS <= p.EPOCHS:
-        raise ValueError(
-            f"PRETRAIN.WARMUP_EPOCHS={p.WARMUP_EPOCHS!r} is invalid: expected [0, {p.EPOCHS}]"
-        )
-    if p.CHECKPOINT_PERIOD_EPOCHS <= 0 or p.EVAL_PERIOD_EPOCHS < 0:
-        raise ValueError(
-            f"PRETRAIN.CHECKPOINT_PERIOD_EPOCHS={p.CHECKPOINT_PERIOD_EPOCHS!r} / EVAL_PERIOD_EPOCHS="
-            f"{p.EVAL_PERIOD_EPOCHS!r} are invalid: expected > 0 / >= 0"
-        )
-    ipe = dataset_size // batch  # the sampler drops each epoch's last partial batch
-    max_iter = max(1, round(p.EPOCHS * ipe))
-    return Schedule(
-        dataset_size=dataset_size,
-        world_size=world_size,
-        global_batch=batch,
-        epochs=float(p.EPOCHS),
-        iters_per_epoch=ipe,
-        max_iter=max_iter,
-        warmup_iters=min(max_iter, round(p.WARMUP_EPOCHS * ipe)),
-        peak_lr=p.LR_PER_256 * batch / 256,
-        checkpoint_period=max(1, round(p.CHECKPOINT_PERIOD_EPOCHS * ipe)),
-        eval_period=max(1, round(p.EVAL_PERIOD_EPOCHS * ipe)) if p.EVAL_PERIOD_EPOCHS > 0 else 0,
-        recipe=_recipe(cfg),
-    )
-
-
-def _recipe(cfg) -> Tuple[Tuple[str, str], ...]:
-    """What else of Sec. 4 / 4.2 the config sets, for the dry-run printout."""
-    s, m = cfg.SOLVER, cfg.MODEL
-    amp = cfg.PRETRAIN.AMP_DTYPE if s.AMP.ENABLED else "off"
-    return (
-        (
-            "lr schedule",
-            f"{s.LR_SCHEDULER_NAME} (warmup from {s.WARMUP_FACTOR:g} x peak, ends at {s.BASE_LR_END:g})",
-        ),
-        ("momentum", f"{s.MOMENTUM:g}"),
-        ("weight decay", f"{s.WEIGHT_DECAY:g} (norm layers: {s.WEIGHT_DECAY_NORM:g})"),
-        ("label smoothing", f"{m.CLASSIFIER.LABEL_SMOOTHING:g}"),
-        ("dropout before fc", f"{m.CLASSIFIER.DROPOUT:g}"),
-        ("edge removal p", f"{m.RANDWIRE.DROP_EDGE_PROB:g}"),
-        ("mixed precision", f"{amp} (on GPU)"),
-        ("test crops", ", ".join(str(c) for c in cfg.PRETRAIN.TEST_CROPS)),
-    )
-
-
-def dry_run_schedule(cfg, dataset_size: int, world_size: int) -> Schedule:
-    """The schedule `tools/train_cls.py` would train with; reads no data and trains nothing."""
-    return resolve_schedule(cfg, dataset_size, world_size)
-
-
-def apply_schedule(cfg, schedule: Schedule):
-    """A copy of cfg whose SOLVER/TEST iteration keys hold the resolved schedule.
-
-    Idempotent: BASE_LR is always recomputed from PRETRAIN.LR_PER_256, never scaled twice.
-    """
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.SOLVER.BASE_LR = schedule.peak_lr
-    cfg.SOLVER.MAX_ITER = schedule.max_iter
-    cfg.SOLVER.WARMUP_ITERS = schedule.warmup_iters
-    cfg.SOLVER.CHECKPOINT_PERIOD = schedule.checkpoint_period
-    cfg.TEST.EVAL_PERIOD = schedule.eval_period
-    cfg.freeze()
-    return cfg
-
-
-def topk_correct(
-    scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
-) -> List[int]:
-    """For each k, how many rows of `scores` (N x classes) rank their label among the top k
-    (k is capped at the class count)."""
-    maxk = min(max(ks), scores.shape[1])
-    top = scores.topk(maxk, dim=1).indices
-    hit = top == labels.view(-1, 1).to(top.device)
-    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
-
-
-class ClassificationEvaluator(DatasetEvaluator):
-    """Top-k accuracy (percent) of {"scores"} outputs against the inputs' "label", summed over
-    every process; every process gets the result."""
-
-    def __init__(self, ks: Sequence[int] = (1, 5)):
-        self.ks = tuple(ks)
-        self.reset()
-
-    def reset(self):
-        self._correct = [0] * len(self.ks)
-        self._count = 0
-
-    def process(self, inputs, outputs):
-        scores = torch.stack([o["scores"] for o in outputs])
-        labels = torch.as_tensor([x["label"] for x in inputs])
-        for i, c in enumerate(topk_correct(scores, labels, self.ks)):
-            self._correct[i] += c
-        self._count += len(inputs)
-
-    def evaluate(self):
-        parts = comm.all_gather((self._correct, self._count))
-        total = sum(n for _, n in parts)
-        if total == 0:
-            raise ValueError("evaluated 0 images: the validation set is empty")
-        return {
-            f"top{k}": 100.0 * sum(c[i] for c, _ in parts) / total for i, k in enumerate(self.ks)
-        }
 
 
 class ClassList:

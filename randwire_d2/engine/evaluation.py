@@ -1,0 +1,49 @@
+"""Top-k accuracy of classifier outputs, summed over processes."""
+
+from typing import List, Sequence
+
+import torch
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+
+__all__ = ["topk_correct", "ClassificationEvaluator"]
+
+
+def topk_correct(
+    scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> List[int]:
+    """For each k, how many rows of `scores` (N x classes) rank their label among the top k
+    (k is capped at the class count)."""
+    maxk = min(max(ks), scores.shape[1])
+    top = scores.topk(maxk, dim=1).indices
+    hit = top == labels.view(-1, 1).to(top.device)
+    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+class ClassificationEvaluator(DatasetEvaluator):
+    """Top-k accuracy (percent) of {"scores"} outputs against the inputs' "label", summed over
+    every process; every process gets the result."""
+
+    def __init__(self, ks: Sequence[int] = (1, 5)):
+        self.ks = tuple(ks)
+        self.reset()
+
+    def reset(self):
+        self._correct = [0] * len(self.ks)
+        self._count = 0
+
+    def process(self, inputs, outputs):
+        scores = torch.stack([o["scores"] for o in outputs])
+        labels = torch.as_tensor([x["label"] for x in inputs])
+        for i, c in enumerate(topk_correct(scores, labels, self.ks)):
+            self._correct[i] += c
+        self._count += len(inputs)
+
+    def evaluate(self):
+        parts = comm.all_gather((self._correct, self._count))
+        total = sum(n for _, n in parts)
+        if total == 0:
+            raise ValueError("evaluated 0 images: the validation set is empty")
+        return {
+            f"top{k}": 100.0 * sum(c[i] for c, _ in parts) / total for i, k in enumerate(self.ks)
+        }
