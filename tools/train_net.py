@@ -17,6 +17,7 @@ from detectron2.engine import launch
 
 from randwire_d2.engine import argument_parser, setup_cfg, train_or_evaluate
 from randwire_d2.engine.detection import DatasetNotFoundError
+from randwire_d2.engine.distributed import CloseProcessGroupAfter
 
 
 def setup(args):
@@ -32,7 +33,7 @@ if __name__ == "__main__":
     print("Command Line Args:", args)
     try:
         launch(
-            main,
+            CloseProcessGroupAfter(main),
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,

@@ -19,7 +19,6 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.distributed as dist
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks, launch
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, JSONWriter, TensorboardXWriter, get_event_storage
@@ -27,6 +26,8 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import RandWireCheckpointer, find_trunk
 from ..data.imagefolder import build_cls_test_loader, build_cls_train_loader, scan_image_folder
+from .detection import create_ddp_model
+from .distributed import CloseProcessGroupAfter
 from .evaluation import ClassificationEvaluator, topk_correct
 from .schedule import (
     IMAGENET_TRAIN_IMAGES,
@@ -186,10 +187,7 @@ class ClassificationTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         on_cuda = next(model.parameters()).device.type == "cuda"
-        # DDP on CPU must not get device_ids (Detectron2's default passes [local rank]).
-        model = create_ddp_model(
-            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None
-        )
+        model = create_ddp_model(model, broadcast_buffers=False)  # no device_ids on CPU
         loader = self.build_train_loader(cfg, self.train_samples, start_iter=0)
         if cfg.SOLVER.AMP.ENABLED and on_cuda:
             dtype = AMP_DTYPES.get(cfg.PRETRAIN.AMP_DTYPE)
@@ -374,6 +372,7 @@ def _init_from_torchrun_env() -> bool:
 def launch_from_env_or_args(main_func, args) -> None:
     """Run main_func(args) in the process group torchrun set up, or spawn args.num_gpus
     processes per machine with Detectron2's launch (gloo on CPU)."""
+    main_func = CloseProcessGroupAfter(main_func)
     if _init_from_torchrun_env():
         main_func(args)
         return
