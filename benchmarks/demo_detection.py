@@ -15,6 +15,7 @@ import time
 
 import torch
 from detectron2.data import DatasetCatalog
+from detectron2.utils.env import seed_all_rng
 
 from randwire_d2.engine import Trainer, detection_cfg, draw_detections
 
@@ -57,6 +58,8 @@ def main():
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    if cfg.SEED >= 0:  # as default_setup: weights, data order and augmentation from SEED
+        seed_all_rng(cfg.SEED)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         DatasetCatalog.get(name)  # generate the data outside the timed training

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from detectron2.utils.env import seed_all_rng
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
@@ -365,7 +366,8 @@ def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path, one_threa
         "OUTPUT_DIR",
         str(tmp_path),
     )
-    torch.manual_seed(0)
+    # Every RNG seeded (weights, data order, augmentation), as default_setup does for the tools.
+    seed_all_rng(0)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
