@@ -34,13 +34,8 @@ from randwire_d2.modeling import Node, RandWire
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids OpenMP spin-waiting (20x slower).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Every test here trains tiny models: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def imagenet_cfg(name="randwire_ws_c109_regular.yaml", opts=()):

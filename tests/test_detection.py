@@ -108,16 +108,6 @@ def images_with_boxes(n=2, size=64):
     return batch
 
 
-@pytest.fixture
-def one_thread():
-    """Train on one intra-op thread: tiny models gain nothing from more, and on a busy 2-core
-    machine oversubscribed threads slow them down several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """A tiny demo-style COCO dataset, registered as det_test_train / det_test_val."""

@@ -30,13 +30,8 @@ DETECTOR_DEMO_CFG = os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_
 TRAIN_CLS = os.path.join(REPO, "tools", "train_cls.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids OpenMP spin-waiting (20x slower).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Every test here trains tiny models: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
