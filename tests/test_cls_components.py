@@ -46,6 +46,16 @@ def imagenet_cfg(name="randwire_ws_c109_regular.yaml", opts=()):
     return cfg
 
 
+def tiny_small_cfg(num_classes, *opts):
+    """The small-regime ImageNet config shrunk to a CPU-test size (C=8, N=6, head 16)."""
+    return imagenet_cfg(
+        "randwire_ws_c78_small.yaml",
+        ["MODEL.DEVICE", "cpu", "MODEL.RANDWIRE.CHANNELS", "8", "MODEL.RANDWIRE.NUM_NODES", "6",
+         "MODEL.CLASSIFIER.NUM_CLASSES", str(num_classes), "MODEL.CLASSIFIER.HEAD_CHANNELS", "16",
+         *opts],
+    )
+
+
 def tiny_trunk(drop_edge_prob):
     wiring = sample_stages("ws", {"conv3": 8, "conv4": 8, "conv5": 8}, 1, K=4, P=0.75)
     return RandWire(wiring=wiring, channels=8, regime="small", drop_edge_prob=drop_edge_prob)
@@ -117,21 +127,7 @@ def test_regular_configs_train_with_edge_removal_and_dropout():
 
 
 def test_label_smoothing_is_applied_to_the_training_loss():
-    cfg = imagenet_cfg(
-        "randwire_ws_c78_small.yaml",
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.RANDWIRE.CHANNELS",
-            "8",
-            "MODEL.RANDWIRE.NUM_NODES",
-            "6",
-            "MODEL.CLASSIFIER.NUM_CLASSES",
-            "7",
-            "MODEL.CLASSIFIER.HEAD_CHANNELS",
-            "16",
-        ],
-    )
+    cfg = tiny_small_cfg(7)
     assert cfg.MODEL.CLASSIFIER.LABEL_SMOOTHING == 0.1
     model = build_model(cfg).train()
     torch.manual_seed(0)
@@ -305,23 +301,7 @@ def test_augmentation_is_keyed_on_the_draw_seed(demo_folder):
 
 
 def test_channels_last_option_trains():
-    cfg = imagenet_cfg(
-        "randwire_ws_c78_small.yaml",
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.RANDWIRE.CHANNELS",
-            "8",
-            "MODEL.RANDWIRE.NUM_NODES",
-            "6",
-            "MODEL.CLASSIFIER.NUM_CLASSES",
-            "5",
-            "MODEL.CLASSIFIER.HEAD_CHANNELS",
-            "16",
-            "PRETRAIN.CHANNELS_LAST",
-            "True",
-        ],
-    )
+    cfg = tiny_small_cfg(5, "PRETRAIN.CHANNELS_LAST", "True")
     model = ClassificationTrainer.build_model(cfg).train()
     conv = model.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
