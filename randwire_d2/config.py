@@ -41,6 +41,12 @@ def add_randwire_config(cfg):
     # Edge removal (Sec. 4.2): per training minibatch, the probability of removing one random
     # edge whose target node has input degree > 1 (0.1 in the regular regime). Never in eval.
     _C.MODEL.RANDWIRE.DROP_EDGE_PROB = 0.0
+    # How wired stages run: "fast" (one plan per stage, fused aggregation + ReLU, norms folded
+    # where exact) or "reference" (the plain per-node loop). Same weights, keys and function.
+    _C.MODEL.RANDWIRE.EXECUTION = "fast"
+    # Training memory: store one activation per node and recompute the aggregation, ReLU and
+    # depthwise conv in backward (Pleiss et al. 2017, per node). Fast execution only.
+    _C.MODEL.RANDWIRE.MEMORY_EFFICIENT = True
 
     _C.MODEL.CLASSIFIER = CN()
     # Number of classes of the fc layer (1000 for ImageNet).

@@ -19,6 +19,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from ..graphs import NetworkWiring, StageWiring, sample_stages
+from .execution import EXECUTIONS, NodeSpec, StagePlan, fast_stage_forward
 from .ops import build_node_op, norm_layer
 
 __all__ = [
@@ -40,6 +41,12 @@ REGIMES = {
     "regular": [("conv2", 0.5, 1), ("conv3", 1.0, 2), ("conv4", 1.0, 4), ("conv5", 1.0, 8)],
 }
 STAGE_STRIDES = {"conv1": 2, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
+
+
+def check_execution(execution: str) -> str:
+    if execution not in EXECUTIONS:
+        raise ValueError(f"EXECUTION={execution!r} is unknown: expected one of {list(EXECUTIONS)}")
+    return execution
 
 
 class WiringMismatchError(ValueError):
@@ -92,9 +99,20 @@ class WiredStage(nn.Module):
     `out_channels` to `out_channels` at stride 1.
     """
 
-    def __init__(self, wiring: StageWiring, in_channels: int, out_channels: int, op, norm):
+    def __init__(
+        self,
+        wiring: StageWiring,
+        in_channels: int,
+        out_channels: int,
+        op,
+        norm,
+        execution: str = "fast",
+        memory_efficient: bool = True,
+    ):
         super().__init__()
         self.wiring = wiring
+        self.execution = check_execution(execution)
+        self.memory_efficient = bool(memory_efficient)
         inputs = set(wiring.input_nodes)
         self.preds = [wiring.predecessors(v) for v in range(wiring.num_nodes)]
         self.outputs = wiring.output_nodes
@@ -109,12 +127,29 @@ class WiredStage(nn.Module):
             )
             for v in range(wiring.num_nodes)
         )
+        self.plan = StagePlan(self.preds, self.outputs)
+        self._specs = None
+
+    @property
+    def specs(self) -> List[NodeSpec]:
+        """How each node's transform decomposes; rebuilt when a transform's children were
+        replaced (FrozenBN / SyncBN conversion)."""
+        key = tuple(id(m) for node in self.nodes for m in node.transform.modules())
+        if self._specs is None or self._specs[0] != key:
+            self._specs = (key, [NodeSpec(node.transform) for node in self.nodes])
+        return self._specs[1]
 
     def removable_edges(self) -> List[Tuple[int, int]]:
         """Edges whose target node has input degree > 1, as (target node, input position)."""
         return [(v, i) for v, p in enumerate(self.preds) if len(p) > 1 for i in range(len(p))]
 
     def forward(self, x, removed_edge: Optional[Tuple[int, int]] = None):
+        if self.execution == "fast":
+            return fast_stage_forward(self, x, removed_edge)
+        return self.forward_reference(x, removed_edge)
+
+    def forward_reference(self, x, removed_edge: Optional[Tuple[int, int]] = None):
+        """The per-node loop of Fig. 2 as written: the ground truth of the fast execution."""
         out: Dict[int, torch.Tensor] = {}
         # Labels are a topological order: every edge goes from a smaller to a larger label.
         for v, node in enumerate(self.nodes):
@@ -139,6 +174,8 @@ class RandWire(Backbone):
         drop_edge_prob: float = 0.0,
         freeze_at: int = 0,
         in_channels: int = 3,
+        execution: str = "fast",
+        memory_efficient: bool = True,
     ):
         """
         Args:
@@ -151,6 +188,11 @@ class RandWire(Backbone):
             drop_edge_prob: probability, per training forward, of removing one random edge
                 whose target node has input degree > 1 (Sec. 4.2). Never applied in eval.
             freeze_at: freeze stages conv1..conv{freeze_at} (0 = nothing), as ResNet's FREEZE_AT.
+            in_channels: channels of the input image.
+            execution: how wired stages run: "fast" (the same function from a plan with fused
+                aggregation, see `execution.py`) or "reference" (the plain per-node loop).
+            memory_efficient: in training, store one activation per node and recompute the
+                aggregation, ReLU and depthwise conv in backward (fast execution only).
         """
         super().__init__()
         specs = stage_specs(regime, 2, channels)  # validates regime and channels
@@ -177,7 +219,8 @@ class RandWire(Backbone):
             self._add_stage("conv2", conv2, channels)
             prev = channels
         for name, _, c in specs:
-            self._add_stage(name, WiredStage(wiring[name], prev, c, node_op, norm), c)
+            stage = WiredStage(wiring[name], prev, c, node_op, norm, execution, memory_efficient)
+            self._add_stage(name, stage, c)
             prev = c
 
         out_features = list(out_features)
@@ -197,6 +240,15 @@ class RandWire(Backbone):
 
     def wired_stages(self) -> Dict[str, WiredStage]:
         return {n: getattr(self, n) for n in self.stage_names if isinstance(getattr(self, n), WiredStage)}
+
+    def set_execution(self, execution: Optional[str] = None, memory_efficient: Optional[bool] = None):
+        """Switch how every wired stage runs (weights and function unchanged)."""
+        for stage in self.wired_stages().values():
+            if execution is not None:
+                stage.execution = check_execution(execution)
+            if memory_efficient is not None:
+                stage.memory_efficient = bool(memory_efficient)
+        return self
 
     def seed_edge_removal(self, key: Sequence[int]) -> None:
         """Draw the next edge removal from `key` (e.g. (SEED, iteration, rank)) instead of the
@@ -313,14 +365,16 @@ def build_randwire_backbone(cfg, input_shape: ShapeSpec):
     rw = cfg.MODEL.RANDWIRE
     # fmt: off
     return RandWire(
-        wiring         = wiring_from_cfg(cfg),
-        channels       = rw.CHANNELS,
-        regime         = rw.REGIME,
-        node_op        = rw.NODE_OP,
-        norm           = rw.NORM,
-        out_features   = rw.OUT_FEATURES,
-        drop_edge_prob = rw.DROP_EDGE_PROB,
-        freeze_at      = cfg.MODEL.BACKBONE.FREEZE_AT,
-        in_channels    = input_shape.channels,
+        wiring           = wiring_from_cfg(cfg),
+        channels         = rw.CHANNELS,
+        regime           = rw.REGIME,
+        node_op          = rw.NODE_OP,
+        norm             = rw.NORM,
+        out_features     = rw.OUT_FEATURES,
+        drop_edge_prob   = rw.DROP_EDGE_PROB,
+        freeze_at        = cfg.MODEL.BACKBONE.FREEZE_AT,
+        in_channels      = input_shape.channels,
+        execution        = rw.EXECUTION,
+        memory_efficient = rw.MEMORY_EFFICIENT,
     )
     # fmt: on

@@ -1,0 +1,326 @@
+#!/usr/bin/env python
+"""RandWire vs ResNet speed and training memory, measured in one process, rounds interleaved.
+
+    python benchmarks/throughput.py                                   # CPU, fp32, batch 16
+    python benchmarks/throughput.py --modes reference fast fast-stored --rounds 5
+    python benchmarks/throughput.py --device cuda --dtype bf16 --channels-last --batch 128 \
+        --modes reference fast compiled
+    python benchmarks/throughput.py --detector                        # backbones at 800x1333
+
+Models: RandWire C=78 / 109 / 154 (the shipped configs/imagenet, SEED 1) and torchvision
+ResNet-50 / ResNet-101 (random weights). Each round times, for every (model, mode), one inference
+batch (eval, no_grad) and one training step (forward, cross-entropy, backward, SGD step); every
+figure is also divided by ResNet-50's in the same round (its compiled version for "compiled"
+rows), and the table prints medians over rounds. Modes of a RandWire model:
+
+    reference     the plain per-node loop (MODEL.RANDWIRE.EXECUTION reference)
+    fast          EXECUTION fast, MEMORY_EFFICIENT on (the default)
+    fast-stored   EXECUTION fast, MEMORY_EFFICIENT off
+    compiled      the default, with torch.compile of the whole model (ResNet compiled too)
+
+Training memory per image: on CUDA, torch.cuda.max_memory_allocated of one training step,
+slope between --batch and twice it; on CPU, the slope of peak RSS between --memory-batches
+(two SGD steps, each in a forked child so peaks don't mix). --memory none skips it.
+"""
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from detectron2.modeling import build_model
+
+import randwire_d2  # noqa: F401  (registers the RandWire backbones)
+from randwire_d2.engine import detection_cfg
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+RANDWIRE = {
+    "rw-c78": "configs/imagenet/randwire_ws_c78_small.yaml",
+    "rw-c109": "configs/imagenet/randwire_ws_c109_regular.yaml",
+    "rw-c154": "configs/imagenet/randwire_ws_c154_regular.yaml",
+}
+RESNETS = {"r50": torchvision.models.resnet50, "r101": torchvision.models.resnet101}
+MODES = {
+    "reference": ("reference", False),
+    "fast": ("fast", True),
+    "fast-stored": ("fast", False),
+    "compiled": ("fast", True),
+}
+DETECTORS = {
+    "rw-c109-fpn": "configs/faster_rcnn_randwire_c109_fpn_1x.yaml",
+    "r50-fpn": "configs/faster_rcnn_R_50_FPN_1x.yaml",
+}
+
+
+class Logits(torch.nn.Module):
+    """A RandWireClassifier as a tensor -> logits module (what a ResNet is)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.logits(x)
+
+
+def randwire(config: str, mode: str, device: str) -> torch.nn.Module:
+    cfg = detection_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, config))
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.RANDWIRE.SEED = 1
+    cfg.MODEL.RANDWIRE.EXECUTION, cfg.MODEL.RANDWIRE.MEMORY_EFFICIENT = MODES[mode]
+    return Logits(build_model(cfg))
+
+
+def detector_backbone(config: str, device: str) -> torch.nn.Module:
+    cfg = detection_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, config))
+    cfg.MODEL.DEVICE = device
+    return build_model(cfg).backbone
+
+
+class Bench:
+    """One model variant: its module, optimizer and timed steps."""
+
+    def __init__(self, name, module, args, compiled=False):
+        self.name, self.args = name, args
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.module = module.to(args.device).to(memory_format=fmt)
+        if compiled:
+            self.module.compile()
+        self.opt = torch.optim.SGD(self.module.parameters(), lr=1e-4, momentum=0.9)
+        self.times: Dict[str, List[float]] = {"infer": [], "train": []}
+
+    def autocast(self):
+        dtype = torch.bfloat16 if self.args.dtype == "bf16" else None
+        return torch.autocast(self.args.device_type, dtype=dtype, enabled=dtype is not None)
+
+    def loss(self, out):
+        if isinstance(out, dict):  # a detector backbone: its features
+            return sum(v.float().mean() for v in out.values())
+        return F.cross_entropy(out.float(), self.labels)
+
+    def inputs(self, batch, size):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 3, size[0], size[1], generator=g).to(self.args.device)
+        fmt = torch.channels_last if self.args.channels_last else torch.contiguous_format
+        self.labels = torch.randint(0, 1000, (batch,), generator=g).to(self.args.device)
+        return x.contiguous(memory_format=fmt)
+
+    def train_step(self, x):
+        self.module.train()
+        with self.autocast():
+            loss = self.loss(self.module(x))
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def infer(self, x):
+        self.module.eval()
+        with torch.no_grad(), self.autocast():
+            self.module(x)
+
+    def timed(self, what: str, fn: Callable, x):
+        sync(self.args)
+        start = time.perf_counter()
+        fn(x)
+        sync(self.args)
+        self.times[what].append(time.perf_counter() - start)
+
+
+def sync(args):
+    if args.device_type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_rss_mib_of_step(bench: Bench, batch: int, size) -> float:
+    """Peak RSS of a forked child that runs two training steps at `batch`."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        try:
+            x = bench.inputs(batch, size)
+            for _ in range(2):
+                bench.train_step(x)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            os.write(w, str(peak).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return float(data)
+
+
+def memory_per_image_mib(bench: Bench, args, size) -> float:
+    if args.device_type == "cuda":
+        peaks = []
+        for b in (args.batch, 2 * args.batch):
+            x = bench.inputs(b, size)
+            bench.train_step(x)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            bench.train_step(x)
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_allocated() - base)
+            del x
+        return (peaks[1] - peaks[0]) / args.batch / 2**20
+    b1, b2 = args.memory_batches
+    p1, p2 = (peak_rss_mib_of_step(bench, b, size) for b in (b1, b2))
+    return (p2 - p1) / (b2 - b1)
+
+
+def run(benches: List[Bench], baseline: Dict[str, str], args, size, batch):
+    x = {b.name: b.inputs(batch, size) for b in benches}
+    for b in benches:  # warm-up (and compilation)
+        for _ in range(args.warmup):
+            b.train_step(x[b.name])
+            b.infer(x[b.name])
+    for _ in range(args.rounds):
+        for b in benches:
+            b.timed("infer", b.infer, x[b.name])
+            b.timed("train", b.train_step, x[b.name])
+    rows = []
+    by_name = {b.name: b for b in benches}
+    for b in benches:
+        base = by_name[baseline[b.name]]
+        row = {"model": b.name}
+        for what in ("infer", "train"):
+            ips = [batch / t for t in b.times[what]]
+            ratio = [tb / t for t, tb in zip(b.times[what], base.times[what])]
+            row[f"{what}_ips"] = statistics.median(ips)
+            row[f"{what}_ratio"] = statistics.median(ratio)
+        if args.memory != "none":
+            row["mem_mib"] = memory_per_image_mib(b, args, size)
+        rows.append(row)
+    if args.memory != "none":
+        for row in rows:
+            row["mem_ratio"] = row["mem_mib"] / by_name_row(rows, baseline[row["model"]])["mem_mib"]
+    return rows
+
+
+def by_name_row(rows, name):
+    return next(r for r in rows if r["model"] == name)
+
+
+def table(rows, base_label, memory: bool) -> str:
+    head = "| model | inference img/s | ÷ {0} | training img/s | ÷ {0} |".format(base_label)
+    sep = "|---|---|---|---|---|"
+    if memory:
+        head += f" training MiB/img | ÷ {base_label} |"
+        sep += "---|---|"
+    lines = [head, sep]
+    for r in rows:
+        line = (
+            f"| {r['model']} | {r['infer_ips']:.1f} | {r['infer_ratio']:.2f} | "
+            f"{r['train_ips']:.1f} | {r['train_ratio']:.2f} |"
+        )
+        if memory:
+            line += f" {r['mem_mib']:.0f} | {r['mem_ratio']:.2f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def machine(args) -> str:
+    if args.device_type == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    )
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--models", nargs="+", default=["rw-c109", "r50"],
+                   choices=sorted(RANDWIRE) + sorted(RESNETS))
+    p.add_argument("--modes", nargs="+", default=["reference", "fast"], choices=sorted(MODES))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--memory", default="auto", choices=["auto", "none"])
+    p.add_argument("--memory-batches", type=int, nargs=2, default=[8, 24],
+                   help="CPU: the two batch sizes of the peak-RSS slope")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--detector", action="store_true",
+                   help="also time RandWire-C109-FPN vs R-50-FPN backbones at 800x1333, batch 2")
+    p.add_argument("--json", default="", help="write the rows to this file")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available on this machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device_type = args.device
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if "r50" not in args.models:
+        args.models.append("r50")  # every ratio is to ResNet-50 of the same round
+
+    compiled = "compiled" in args.modes
+    benches, baseline = [], {}
+    for name in args.models:
+        if name in RESNETS:
+            variants = [("", False)] + ([(" compiled", True)] if compiled else [])
+            for suffix, comp in variants:
+                torch.manual_seed(0)
+                benches.append(Bench(name + suffix, RESNETS[name](), args, compiled=comp))
+                baseline[name + suffix] = "r50" + suffix
+            continue
+        for mode in args.modes:
+            torch.manual_seed(0)
+            label = f"{name} {mode}"
+            benches.append(Bench(label, randwire(RANDWIRE[name], mode, args.device), args,
+                                 compiled=mode == "compiled"))
+            baseline[label] = "r50 compiled" if mode == "compiled" else "r50"
+    print(f"# {machine(args)}; batch {args.batch}, {args.size}x{args.size}, {args.dtype}, "
+          f"{'channels_last' if args.channels_last else 'NCHW'}, {args.rounds} rounds, medians")
+    rows = run(benches, baseline, args, (args.size, args.size), args.batch)
+    print(table(rows, "ResNet-50", args.memory != "none"))
+    out = {"classifiers": rows}
+
+    if args.detector:
+        dets, dbase = [], {}
+        for name, config in DETECTORS.items():
+            modes = args.modes if name.startswith("rw") else ["-"]
+            for mode in modes:
+                if mode == "compiled":
+                    continue
+                module = detector_backbone(config, args.device)
+                if name.startswith("rw"):
+                    module.bottom_up.set_execution(*MODES[mode])
+                label = name if mode == "-" else f"{name} {mode}"
+                dets.append(Bench(label, module, args))
+                dbase[label] = "r50-fpn"
+        mem = args.memory
+        args.memory = "none"
+        print(f"\n# detector backbones (FPN included), batch 2, 800x1344 (800x1333 padded), "
+              f"FrozenBN trunks as configured")
+        drows = run(dets, dbase, args, (800, 1344), 2)
+        args.memory = mem
+        print(table(drows, "R-50-FPN", False))
+        out["detector_backbones"] = drows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(args), "args": {k: v for k, v in vars(args).items()},
+                       **out}, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()

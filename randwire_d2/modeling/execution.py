@@ -1,0 +1,458 @@
+"""Fast, exact execution of a wired stage: the same function as the per-node loop, less traffic.
+
+`WiredStage` computes y_v = norm(op(ReLU(sum_i sigmoid(w_i) * y_u_i))) node by node (Fig. 2).
+Written plainly, that loop spends most of its time moving memory, not computing: each product
+sigmoid(w_i) * y_u_i and each partial sum is a new full-size tensor, forward and backward; every
+node stores four activations for backward (its aggregate after ReLU, the depthwise output, the
+1x1 output and its own output), and every node fed by the stage input applies its own ReLU to it.
+
+This module executes the same parameters, keys and function from a plan made once per stage:
+
+- `StagePlan`: flat per-node source lists (no per-call dict or list building), the stage input's
+  ReLU computed once for all nodes it feeds, and, in eval, each node output freed after its last
+  consumer ran.
+- Aggregation + ReLU in one pass (`_AggregateReLU`): sum_i c_i * y_i accumulated in place, ReLU
+  in place; backward takes the weight gradients as dot products.
+- Norm folding: an affine norm (FrozenBN always, BN in eval) is folded into the node's last
+  convolution (W' = a * W, bias b) instead of being a pass of its own.
+- Lean training memory (`memory_efficient=True`, Pleiss et al. 2017 applied per node):
+  `_LeanNode` runs aggregation, ReLU and the node op in one autograd node that stores only its
+  inputs and recomputes the cheap parts (aggregate, ReLU, depthwise conv or pooling) in
+  backward; the expensive last convolution is never recomputed. A BatchNorm'd input is stored
+  as its pre-norm tensor z (which BatchNorm stores anyway) plus the per-channel affine of the
+  batch statistics, y = a * z + b, so each node keeps one activation instead of four.
+
+`execution="reference"` keeps the plain loop (`WiredStage.forward_reference`), used by the FLOP
+counter and as the ground truth of the tests. The eval path without gradients uses plain tensor
+ops only, so it traces (TorchScript, ONNX, fvcore) like the reference.
+"""
+
+import contextlib
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import FrozenBatchNorm2d
+from torch import nn
+
+__all__ = [
+    "EXECUTIONS",
+    "StagePlan",
+    "NodeSpec",
+    "node_spec",
+    "fast_stage_forward",
+    "execution_mode",
+]
+
+# Stage execution modes, selected by MODEL.RANDWIRE.EXECUTION.
+EXECUTIONS = ("fast", "reference")
+
+STAGE_INPUT = -1
+
+
+class StagePlan:
+    """The execution plan of one wiring: per node its sources (node indices, or STAGE_INPUT),
+    the output nodes, and per node the tensors whose last consumer it is (freed in eval)."""
+
+    def __init__(self, preds: Sequence[Sequence[int]], outputs: Sequence[int]):
+        self.sources: Tuple[Tuple[int, ...], ...] = tuple(
+            tuple(p) if p else (STAGE_INPUT,) for p in preds
+        )
+        self.outputs = tuple(outputs)
+        last = {}
+        for v, src in enumerate(self.sources):
+            for u in src:
+                last[u] = v
+        for u in self.outputs:
+            last[u] = len(self.sources)  # kept to the end: the stage output reads them
+        self.last_input_use = last[STAGE_INPUT]
+        self.free_after: Tuple[Tuple[int, ...], ...] = tuple(
+            tuple(u for u, v_last in last.items() if v_last == v and u != STAGE_INPUT)
+            for v in range(len(self.sources))
+        )
+
+
+class NodeSpec:
+    """How a node's transform (ReLU -> op -> norm) decomposes for fast execution.
+
+    `relu_first`: the transform starts with a ReLU (every registered op does), which is fused
+    into the aggregation. `layers`: the op's layers in order (nested Sequentials flattened).
+    `norm`: the last child; `affine_norm` says whether it is BatchNorm2d / FrozenBatchNorm2d,
+    whose output is a per-channel affine function of its input.
+    """
+
+    def __init__(self, transform: nn.Module):
+        children = list(transform.children()) if isinstance(transform, nn.Sequential) else []
+        self.relu_first = (
+            len(children) >= 3
+            and type(children[0]) is nn.ReLU
+            and not children[0].inplace
+        )
+        if self.relu_first:
+            self.layers = _flatten(children[1:-1])
+            self.norm = children[-1]
+        else:
+            self.layers, self.norm = [], None
+        self.affine_norm = type(self.norm) in (nn.BatchNorm2d, FrozenBatchNorm2d)
+        last = self.layers[-1] if self.layers else None
+        self.foldable = (
+            self.affine_norm
+            and isinstance(last, nn.Conv2d)
+            and last.bias is None
+            and last.padding_mode == "zeros"
+        )
+
+
+def node_spec(transform: nn.Module) -> NodeSpec:
+    return NodeSpec(transform)
+
+
+def _flatten(modules) -> List[nn.Module]:
+    out = []
+    for m in modules:
+        if isinstance(m, nn.Sequential):
+            out.extend(_flatten(m.children()))
+        else:
+            out.append(m)
+    return out
+
+
+@contextlib.contextmanager
+def execution_mode(module: nn.Module, execution: str):
+    """Run every WiredStage inside `module` with `execution` for the duration of the block."""
+    stages = [m for m in module.modules() if hasattr(m, "execution") and hasattr(m, "plan")]
+    before = [s.execution for s in stages]
+    for s in stages:
+        s.execution = execution
+    try:
+        yield module
+    finally:
+        for s, e in zip(stages, before):
+            s.execution = e
+
+
+# ---------------------------------------------------------------------------------------------
+# Norms as affine maps
+
+
+def _affine_of_norm(norm: nn.Module, z: torch.Tensor):
+    """(a, b) with norm(z) = a * z + b per channel, for FrozenBN and BN using running stats."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        return scale, norm.bias - norm.running_mean * scale
+    scale = (norm.running_var + norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = norm.weight * scale
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift
+
+
+def _uses_batch_stats(norm: nn.Module) -> bool:
+    if isinstance(norm, FrozenBatchNorm2d):
+        return False
+    return norm.training or norm.running_mean is None
+
+
+def _batch_norm_with_affine(bn: nn.BatchNorm2d, z: torch.Tensor):
+    """bn(z) exactly as nn.BatchNorm2d.forward computes it (running statistics included), plus
+    the detached per-channel (a, b) with bn(z) = a * z + b for this batch."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    y, mean, invstd = torch.native_batch_norm(
+        z,
+        bn.weight,
+        bn.bias,
+        bn.running_mean if track else None,
+        bn.running_var if track else None,
+        use_batch,
+        factor,
+        bn.eps,
+    )
+    with torch.no_grad():
+        if use_batch:
+            a = invstd.float() if bn.weight is None else bn.weight * invstd
+            b = -mean * a if bn.bias is None else bn.bias - mean * a
+        else:
+            a, b = _affine_of_norm(bn, z)
+    return y, (a.detach(), b.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def _coefficients(weight: Optional[torch.Tensor], removed: Optional[int]):
+    """sigmoid(w) with the removed edge's coefficient 0 (Sec. 4.2), detached."""
+    if weight is None:
+        return None
+    c = torch.sigmoid(weight.detach())
+    if removed is not None:
+        c = c.clone()
+        c[removed] = 0.0
+    return c
+
+
+def _aggregate(inputs: Sequence[torch.Tensor], c: Optional[torch.Tensor]) -> torch.Tensor:
+    """sum_i c_i * inputs_i in one new tensor (in-place accumulation)."""
+    if c is None:
+        return inputs[0].clone()
+    s = torch.mul(inputs[0], c[0].to(inputs[0].dtype))
+    for i in range(1, len(inputs)):
+        s.addcmul_(inputs[i], c[i].to(s.dtype))
+    return s
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)
+    return t.reshape(-1)
+
+
+def _aggregate_backward(g_s, inputs, weight, c, need_inputs):
+    """Gradients of s = sum_i c_i * inputs_i, c = sigmoid(w) (0 where removed)."""
+    if c is None:
+        return [g_s if need_inputs[0] else None], None
+    grads = [g_s * c[i].to(g_s.dtype) if need_inputs[i] else None for i in range(len(inputs))]
+    g_w = None
+    if weight is not None and weight.requires_grad:
+        if g_s.dtype in (torch.float32, torch.float64):
+            gf = _flat(g_s)
+            dots = torch.stack([torch.dot(gf, _flat(x).to(gf.dtype)) for x in inputs])
+        else:  # accumulate low-precision products in float32, as autograd's sum does
+            dots = torch.stack([torch.sum(g_s * x, dtype=torch.float32) for x in inputs])
+        g_w = (dots * (c * (1 - c)).to(dots.dtype)).to(weight.dtype)  # c = 0 on the removed edge: no gradient
+    return grads, g_w
+
+
+class _AggregateReLU(torch.autograd.Function):
+    """r = ReLU(sum_i c_i * x_i): one output tensor, stored once (the next op stores it too)."""
+
+    @staticmethod
+    def forward(ctx, weight, removed, *inputs):
+        c = _coefficients(weight, removed)
+        r = _aggregate(inputs, c).relu_()
+        ctx.c = c
+        ctx.save_for_backward(weight, r, *inputs)
+        return r
+
+    @staticmethod
+    def backward(ctx, g_r):
+        weight, r, *inputs = ctx.saved_tensors
+        g_s = torch.ops.aten.threshold_backward(g_r, r, 0)
+        need = ctx.needs_input_grad[2:]
+        grads, g_w = _aggregate_backward(g_s, inputs, weight, ctx.c, need)
+        return (g_w, None, *grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lean node: aggregation -> ReLU -> op, storing only the inputs
+
+
+class _Layer:
+    """One op layer as the lean node runs it: a zero-padded Conv2d through the functional conv
+    (its weight may be a folded one), anything else as its module."""
+
+    def __init__(self, module: nn.Module, conv_params=None):
+        self.module = module
+        self.is_conv = isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
+        if self.is_conv:
+            params = conv_params or (module.weight, module.bias)
+            self.has_bias = params[1] is not None
+            self.params = [p for p in params if p is not None]
+        else:
+            self.params = list(module.parameters())
+
+    def forward(self, x, params):
+        if not self.is_conv:
+            return self.module(x)
+        m = self.module
+        bias = params[1].to(x.dtype) if self.has_bias else None
+        return F.conv2d(x, params[0].to(x.dtype), bias, m.stride, m.padding, m.dilation, m.groups)
+
+    def backward(self, x, params, g_out):
+        """(grad of the input, grads of params) given the layer's input x."""
+        if self.is_conv:
+            m, weight = self.module, params[0]
+            bias = params[1] if self.has_bias else None
+            gi, gw, gb = torch.ops.aten.convolution_backward(
+                g_out.to(x.dtype),
+                x,
+                weight.to(x.dtype),
+                [bias.shape[0]] if self.has_bias else None,
+                list(m.stride),
+                list(m.padding),
+                list(m.dilation),
+                False,
+                [0, 0],
+                m.groups,
+                [True, weight.requires_grad, self.has_bias and bias.requires_grad],
+            )
+            grads = [None if gw is None else gw.to(weight.dtype)]
+            if self.has_bias:
+                grads.append(None if gb is None else gb.to(bias.dtype))
+            return gi, grads
+        with torch.enable_grad():
+            xi = x.detach().requires_grad_()
+            out = self.module(xi)
+            wanted = [xi] + [p for p in params if p.requires_grad]
+            got = torch.autograd.grad(out, wanted, g_out.to(out.dtype), allow_unused=True)
+        it = iter(got[1:])
+        return got[0], [next(it) if p.requires_grad else None for p in params]
+
+
+def _split(flat, counts):
+    groups, k = [], 0
+    for n in counts:
+        groups.append(flat[k : k + n])
+        k += n
+    return groups
+
+
+def _rebuild(stored, recon, dtypes):
+    """The node inputs from what was stored: y_i itself, or a_i * z_i + b_i."""
+    out = []
+    for t, r, dtype in zip(stored, recon, dtypes):
+        if r is None:
+            out.append(t)
+        else:
+            a, b = (v.view(1, -1, 1, 1) for v in r)
+            out.append(torch.addcmul(b, t, a).to(dtype))
+    return out
+
+
+class _LeanNode(torch.autograd.Function):
+    """z = op(ReLU(sum_i c_i * y_i)) storing only the inputs; backward recomputes the aggregate,
+    the ReLU and every op layer but the last. Inputs given with (z_i, a_i, b_i) are stored as
+    z_i (which their BatchNorm stores anyway) and rebuilt as y_i = a_i * z_i + b_i."""
+
+    @staticmethod
+    def forward(ctx, meta, weight, *flat):
+        layers, recon, removed = meta
+        n_in = len(recon)
+        inputs, params = flat[:n_in], flat[n_in:]
+        groups = _split(params, [len(l.params) for l in layers])
+        c = _coefficients(weight, removed)
+        with torch.no_grad():
+            x = _aggregate(inputs, c).relu_()
+            for layer, p in zip(layers, groups):
+                x = layer.forward(x, p)
+        stored = [t if r is None else r[0] for t, r in zip(inputs, recon)]
+        ctx.layers, ctx.c = layers, c
+        ctx.recon = [None if r is None else (r[1], r[2]) for r in recon]
+        ctx.dtypes = [t.dtype for t in inputs]
+        ctx.save_for_backward(weight, *stored, *params)
+        return x
+
+    @staticmethod
+    def backward(ctx, g_out):
+        layers = ctx.layers
+        n_in = len(ctx.recon)
+        weight, *rest = ctx.saved_tensors
+        inputs = _rebuild(rest[:n_in], ctx.recon, ctx.dtypes)
+        groups = _split(rest[n_in:], [len(l.params) for l in layers])
+        with torch.no_grad():
+            r = _aggregate(inputs, ctx.c).relu_()
+            acts = [r]
+            for layer, p in zip(layers[:-1], groups[:-1]):
+                acts.append(layer.forward(acts[-1], p))
+        g, param_grads = g_out, []
+        for j in range(len(layers) - 1, -1, -1):
+            g, pg = layers[j].backward(acts[j], groups[j], g)
+            acts[j] = None
+            param_grads = pg + param_grads
+        g_s = torch.ops.aten.threshold_backward(g, r, 0)
+        del r, g
+        need = ctx.needs_input_grad[2 : 2 + n_in]
+        grads, g_w = _aggregate_backward(g_s, inputs, weight, ctx.c, need)
+        return (None, g_w, *grads, *param_grads)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tensor:
+    """WiredStage's function, executed from `stage.plan` (see the module docstring)."""
+    plan: StagePlan = stage.plan
+    grad = torch.is_grad_enabled()
+    lean = grad and stage.memory_efficient
+    y: List[Optional[torch.Tensor]] = [None] * len(plan.sources)
+    # Per node, in lean mode: (z, a, b) when its output is y = a * z + b (BatchNorm of z).
+    recon: List[Optional[tuple]] = [None] * len(plan.sources)
+    shared = {}  # ReLU(x), computed once for every node fed by the stage input alone
+    for v, node in enumerate(stage.nodes):
+        spec: NodeSpec = stage.specs[v]
+        src = plan.sources[v]
+        removed = removed_edge[1] if removed_edge is not None and removed_edge[0] == v else None
+        if src[0] == STAGE_INPUT:
+            inputs = [x]
+        else:
+            inputs = [y[u] for u in src]
+        if not spec.relu_first:
+            y[v] = node(inputs, removed)
+        else:
+            y[v], recon[v] = _node_forward(
+                node, spec, inputs, [recon[u] if u >= 0 else None for u in src], removed,
+                lean, grad, shared, src[0] == STAGE_INPUT,
+            )
+        for u in plan.free_after[v]:  # autograd keeps what backward needs
+            y[u] = recon[u] = None
+        if v == plan.last_input_use:
+            shared.clear()
+    outs = plan.outputs
+    if len(outs) == 1:
+        return y[outs[0]] / 1
+    # add_/div_ on the new sum are safe under autograd: neither saves its operands.
+    s = y[outs[0]] + y[outs[1]]
+    for u in outs[2:]:
+        s.add_(y[u])
+    return s.div_(len(outs))
+
+
+def _node_forward(node, spec: NodeSpec, inputs, recon, removed, lean, grad, shared, is_input):
+    """(y, recon entry) of one node whose transform is ReLU -> layers -> norm."""
+    weight = node.weight
+    norm = spec.norm
+    fold = spec.foldable and not _uses_batch_stats(norm)
+    last = spec.layers[-1]
+    if fold:
+        a, b = _affine_of_norm(norm, None)
+        folded = (last.weight * a.to(last.weight.dtype).view(-1, 1, 1, 1), b.to(last.weight.dtype))
+    if lean:
+        layers = [_Layer(l) for l in spec.layers[:-1]]
+        layers.append(_Layer(last, folded if fold else None))
+        params = [p for l in layers for p in l.params]
+        z = _LeanNode.apply((layers, recon, removed), weight, *inputs, *params)
+    else:
+        if weight is None and is_input:
+            if "x" not in shared:
+                shared["x"] = F.relu(inputs[0])
+            r = shared["x"]
+        elif weight is None:
+            r = F.relu(inputs[0])
+        elif grad:
+            r = _AggregateReLU.apply(weight, removed, *inputs)
+        else:
+            r = _aggregate(inputs, _coefficients(weight, removed)).relu_()
+        z = r
+        for layer in spec.layers[:-1]:
+            z = layer(z)
+        if fold:
+            z = F.conv2d(z, folded[0].to(z.dtype), folded[1].to(z.dtype), last.stride,
+                         last.padding, last.dilation, last.groups)
+        else:
+            z = last(z)
+    if fold:
+        return z, None
+    if lean and type(norm) is nn.BatchNorm2d:
+        out, (a, b) = _batch_norm_with_affine(norm, z)
+        return out, (z, a, b)
+    return norm(z), None

@@ -1,0 +1,171 @@
+"""The fast execution of wired stages computes the reference per-node loop's function: same
+outputs, gradients and BatchNorm statistics, for every regime, node op, norm and mode."""
+
+import copy
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from randwire_d2.modeling import NODE_OPS, RandWire, network_wiring
+from randwire_d2.modeling.execution import StagePlan, execution_mode
+
+from test_modeling import batch, tiny_cfg
+
+NORMS = ["BN", "FrozenBN", "GN", "naiveSyncBN"]
+
+
+def tiny_trunk(regime, node_op, norm, drop_edge_prob=0.0, out=("conv5",), nodes=6, seed=1):
+    torch.manual_seed(0)
+    wiring = network_wiring("ws", nodes, seed, regime, K=2, P=0.5)
+    trunk = RandWire(
+        wiring=wiring,
+        channels=8,
+        regime=regime,
+        node_op=node_op,
+        norm=norm,
+        out_features=list(out),
+        drop_edge_prob=drop_edge_prob,
+        execution="reference",
+    )
+    # Non-trivial aggregation weights and norm statistics (they start at 0 / 1).
+    with torch.no_grad():
+        for name, t in list(trunk.named_parameters()) + list(trunk.named_buffers()):
+            if name.endswith(".weight") and t.dim() == 1 and "nodes" in name and "transform" not in name:
+                t.normal_()
+            elif "running_var" in name:
+                t.uniform_(0.5, 2.0)
+            elif "running_mean" in name:
+                t.normal_(0, 0.3)
+            elif t.dim() == 1 and t.is_floating_point() and "transform" in name:
+                t.normal_(1.0 if name.endswith("weight") else 0.0, 0.2)
+    return trunk.double()  # float64: a real difference is not lost in rounding noise
+
+
+def run(trunk, x, train, key=None):
+    """Outputs, parameter gradients and buffers after one forward (+ backward in training)."""
+    trunk.train(train)
+    x = x.clone().requires_grad_(train)
+    if key is not None:
+        trunk.seed_edge_removal(key)
+    feats = trunk(x)
+    outs = {k: v.detach().clone() for k, v in feats.items()}
+    grads = {}
+    if train:
+        g = torch.Generator().manual_seed(1)
+        loss = sum((v * torch.randn(v.shape, generator=g)).sum() for v in feats.values())
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trunk.named_parameters() if p.grad is not None}
+        grads["input"] = x.grad.clone()
+    buffers = {n: b.clone() for n, b in trunk.named_buffers()}
+    return outs, grads, buffers
+
+
+def assert_close(a, b, what):
+    assert a.keys() == b.keys(), f"{what}: {sorted(a.keys() ^ b.keys())}"
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-9, msg=lambda m: f"{what} {k}: {m}")
+        else:
+            assert torch.equal(a[k], b[k]), f"{what} {k}"
+
+
+def compare(regime, node_op, norm, train, lean, drop_edge_prob=0.0, key=None):
+    ref = tiny_trunk(regime, node_op, norm, drop_edge_prob, out=("conv3", "conv5"))
+    fast = copy.deepcopy(ref).set_execution("fast", memory_efficient=lean)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad() if not train else torch.enable_grad():
+        r = run(ref, x, train, key)
+        f = run(fast, x, train, key)
+    for a, b, what in zip(r, f, ("output", "gradient", "buffer")):
+        assert_close(a, b, what)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["stored", "lean"])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("node_op", sorted(NODE_OPS))
+@pytest.mark.parametrize("regime", ["small", "regular"])
+def test_fast_equals_reference_in_training(one_thread, regime, node_op, norm, lean):
+    compare(regime, node_op, norm, train=True, lean=lean)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("node_op", sorted(NODE_OPS))
+@pytest.mark.parametrize("regime", ["small", "regular"])
+def test_fast_equals_reference_in_eval(one_thread, regime, node_op, norm):
+    compare(regime, node_op, norm, train=False, lean=True)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["stored", "lean"])
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_fast_equals_reference_with_edge_removal(one_thread, norm, lean):
+    # p=1: an edge is removed at every step; the same key removes the same edge in both.
+    for it in range(3):
+        compare("small", "sep_conv3x3", norm, True, lean, drop_edge_prob=1.0, key=(0, it, 0))
+
+
+def test_eval_with_gradients_folds_batchnorm_exactly(one_thread):
+    """BN in eval mode is folded into the 1x1 conv also when gradients flow (fine-tuning a
+    frozen-statistics model); gradients equal the reference's."""
+    ref = tiny_trunk("small", "sep_conv3x3", "BN")
+    fast = copy.deepcopy(ref).set_execution("fast", memory_efficient=True)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    for m in (ref, fast):
+        m.eval()
+    outs = []
+    for m in (ref, fast):
+        xi = x.clone().requires_grad_()
+        m(xi)["conv5"].square().sum().backward()
+        outs.append({n: p.grad for n, p in m.named_parameters()} | {"x": xi.grad})
+    assert_close(outs[0], outs[1], "gradient")
+
+
+def test_classifier_loss_and_gradients_match(one_thread):
+    cfg = tiny_cfg("regular")
+    cfg.MODEL.RANDWIRE.EXECUTION = "reference"
+    torch.manual_seed(0)
+    ref = build_model(cfg)
+    fast = copy.deepcopy(ref)
+    fast.backbone.set_execution("fast", memory_efficient=True)
+    data = batch()
+    losses = []
+    for m in (ref, fast):
+        m.train()
+        loss = m(data)["loss_cls"]
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1])
+    for (n, p), (_, q) in zip(ref.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+
+
+def test_execution_keeps_state_dict_keys():
+    cfg = tiny_cfg()
+    keys = {}
+    for execution in ("reference", "fast"):
+        cfg.MODEL.RANDWIRE.EXECUTION = execution
+        model = build_model(cfg)
+        keys[execution] = {k: v.shape for k, v in model.state_dict().items()}
+    assert keys["reference"] == keys["fast"]
+
+
+def test_bad_execution_names_the_allowed_values():
+    cfg = tiny_cfg()
+    cfg.MODEL.RANDWIRE.EXECUTION = "fused"
+    with pytest.raises(ValueError, match=r"EXECUTION='fused' is unknown: expected one of \['fast', 'reference'\]"):
+        build_model(cfg)
+
+
+def test_execution_mode_context_restores():
+    trunk = tiny_trunk("small", "sep_conv3x3", "BN").set_execution("fast")
+    with execution_mode(trunk, "reference"):
+        assert {s.execution for s in trunk.wired_stages().values()} == {"reference"}
+    assert {s.execution for s in trunk.wired_stages().values()} == {"fast"}
+
+
+def test_plan_frees_each_node_after_its_last_consumer():
+    # 0 -> 1 -> 3, 0 -> 2 -> 3, 2 -> 4; outputs 3 and 4
+    plan = StagePlan([[], [0], [0], [1, 2], [2]], [3, 4])
+    assert plan.sources == ((-1,), (0,), (0,), (1, 2), (2,))
+    assert plan.free_after == ((), (), (0,), (1,), (2,))
+    assert plan.last_input_use == 0
