@@ -21,6 +21,7 @@ from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 
 from randwire_d2.engine import detection_cfg
+from randwire_d2.modeling.execution import execution_mode
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 # (config, row label, Table 5 box AP / AP50 of the paper)
@@ -38,7 +39,7 @@ ROWS = [
 def flops(module, x) -> int:
     counter = FlopCountAnalysis(module, x)
     counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    with torch.no_grad():
+    with torch.no_grad(), execution_mode(module, "reference"):  # norms unfolded, as counted
         return int(counter.total())
 
 

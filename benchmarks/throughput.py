@@ -24,12 +24,12 @@ slope between --batch and twice it; on CPU, the slope of peak RSS between --memo
 """
 
 import argparse
-import copy
 import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, Dict, List
@@ -142,28 +142,46 @@ def sync(args):
         torch.cuda.synchronize()
 
 
-def peak_rss_mib_of_step(bench: Bench, batch: int, size) -> float:
-    """Peak RSS of a forked child that runs two training steps at `batch`."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(r)
-        try:
-            x = bench.inputs(batch, size)
-            for _ in range(2):
-                bench.train_step(x)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-            os.write(w, str(peak).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = os.read(r, 64)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return float(data)
+def peak_rss_mib_of_step(bench: Bench, batch: int, args) -> float:
+    """Peak RSS (MiB) of a fresh process that builds the same model and runs two training steps
+    at `batch` (a fork would inherit this process's peak and its OpenMP threads)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", bench.spec, str(batch),
+           "--device", args.device, "--dtype", args.dtype, "--size", str(args.size)]
+    if args.channels_last:
+        cmd.append("--channels-last")
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def memory_child(spec: str, batch: int, args) -> None:
+    name, _, mode = spec.partition(":")
+    bench = make_bench(name, mode, args)
+    x = bench.inputs(batch, (args.size, args.size))
+    for _ in range(2):
+        bench.train_step(x)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+
+
+def label_of(name: str, mode: str) -> str:
+    if name in RESNETS:
+        return name + (" compiled" if mode == "compiled" else "")
+    return f"{name} {mode}"
+
+
+def make_bench(name: str, mode: str, args) -> "Bench":
+    torch.manual_seed(0)
+    module = RESNETS[name]() if name in RESNETS else randwire(RANDWIRE[name], mode, args.device)
+    bench = Bench(label_of(name, mode), module, args, compiled=mode == "compiled")
+    bench.spec = f"{name}:{mode}"
+    return bench
 
 
 def memory_per_image_mib(bench: Bench, args, size) -> float:
+    """Training memory per image of one model: CUDA allocator peaks, or (CPU) the peak-RSS
+    slope of fresh processes, measured while this process holds little (on a busy host a
+    large parent pushes children into swap, which flattens their peaks)."""
     if args.device_type == "cuda":
         peaks = []
         for b in (args.batch, 2 * args.batch):
@@ -178,13 +196,15 @@ def memory_per_image_mib(bench: Bench, args, size) -> float:
             del x
         return (peaks[1] - peaks[0]) / args.batch / 2**20
     b1, b2 = args.memory_batches
-    p1, p2 = (peak_rss_mib_of_step(bench, b, size) for b in (b1, b2))
+    p1, p2 = (peak_rss_mib_of_step(bench, b, args) for b in (b1, b2))
     return (p2 - p1) / (b2 - b1)
 
 
-def run(benches: List[Bench], baseline: Dict[str, str], args, size, batch):
+def run(benches: List[Bench], baseline: Dict[str, str], args, size, batch, memory=None):
+    memory = memory or {}
     x = {b.name: b.inputs(batch, size) for b in benches}
     for b in benches:  # warm-up (and compilation)
+        print(f"warm-up {b.name}", file=sys.stderr, flush=True)
         for _ in range(args.warmup):
             b.train_step(x[b.name])
             b.infer(x[b.name])
@@ -202,12 +222,13 @@ def run(benches: List[Bench], baseline: Dict[str, str], args, size, batch):
             ratio = [tb / t for t, tb in zip(b.times[what], base.times[what])]
             row[f"{what}_ips"] = statistics.median(ips)
             row[f"{what}_ratio"] = statistics.median(ratio)
-        if args.memory != "none":
-            row["mem_mib"] = memory_per_image_mib(b, args, size)
+        if b.name in memory:
+            row["mem_mib"] = memory[b.name]
         rows.append(row)
-    if args.memory != "none":
+    if memory:
         for row in rows:
-            row["mem_ratio"] = row["mem_mib"] / by_name_row(rows, baseline[row["model"]])["mem_mib"]
+            base = by_name_row(rows, baseline[row["model"]])["mem_mib"]
+            row["mem_ratio"] = row["mem_mib"] / base if base > 0 else float("nan")
     return rows
 
 
@@ -261,6 +282,7 @@ def main(argv=None):
     p.add_argument("--detector", action="store_true",
                    help="also time RandWire-C109-FPN vs R-50-FPN backbones at 800x1333, batch 2")
     p.add_argument("--json", default="", help="write the rows to this file")
+    p.add_argument("--memory-child", nargs=2, metavar=("MODEL:MODE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available on this machine")
@@ -269,29 +291,41 @@ def main(argv=None):
     args.device_type = args.device
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.memory_child:
+        return memory_child(args.memory_child[0], int(args.memory_child[1]), args)
     if "r50" not in args.models:
         args.models.append("r50")  # every ratio is to ResNet-50 of the same round
 
     compiled = "compiled" in args.modes
+    specs = [(n, m) for n in args.models for m in (["eager"] if n in RESNETS else args.modes)]
+    memory = {}
+    if args.memory != "none":
+        for name, mode in specs:
+            if args.device_type == "cpu":  # fresh processes: nothing is built here yet
+                print(f"memory {name} {mode}", file=sys.stderr, flush=True)
+                bench = argparse.Namespace(spec=f"{name}:{mode}")
+                b1, b2 = args.memory_batches
+                p1, p2 = (peak_rss_mib_of_step(bench, b, args) for b in (b1, b2))
+                memory[label_of(name, mode)] = (p2 - p1) / (b2 - b1)
     benches, baseline = [], {}
     for name in args.models:
         if name in RESNETS:
-            variants = [("", False)] + ([(" compiled", True)] if compiled else [])
-            for suffix, comp in variants:
-                torch.manual_seed(0)
-                benches.append(Bench(name + suffix, RESNETS[name](), args, compiled=comp))
-                baseline[name + suffix] = "r50" + suffix
+            for mode in ["eager"] + (["compiled"] if compiled else []):
+                bench = make_bench(name, mode, args)
+                benches.append(bench)
+                baseline[bench.name] = "r50" + (" compiled" if mode == "compiled" else "")
             continue
         for mode in args.modes:
-            torch.manual_seed(0)
-            label = f"{name} {mode}"
-            benches.append(Bench(label, randwire(RANDWIRE[name], mode, args.device), args,
-                                 compiled=mode == "compiled"))
-            baseline[label] = "r50 compiled" if mode == "compiled" else "r50"
+            bench = make_bench(name, mode, args)
+            benches.append(bench)
+            baseline[bench.name] = "r50 compiled" if mode == "compiled" else "r50"
+    if args.memory != "none" and args.device_type == "cuda":
+        for bench in benches:
+            memory[bench.name] = memory_per_image_mib(bench, args, (args.size, args.size))
     print(f"# {machine(args)}; batch {args.batch}, {args.size}x{args.size}, {args.dtype}, "
           f"{'channels_last' if args.channels_last else 'NCHW'}, {args.rounds} rounds, medians")
-    rows = run(benches, baseline, args, (args.size, args.size), args.batch)
-    print(table(rows, "ResNet-50", args.memory != "none"))
+    rows = run(benches, baseline, args, (args.size, args.size), args.batch, memory)
+    print(table(rows, "ResNet-50", bool(memory)))
     out = {"classifiers": rows}
 
     if args.detector:
@@ -307,12 +341,9 @@ def main(argv=None):
                 label = name if mode == "-" else f"{name} {mode}"
                 dets.append(Bench(label, module, args))
                 dbase[label] = "r50-fpn"
-        mem = args.memory
-        args.memory = "none"
         print(f"\n# detector backbones (FPN included), batch 2, 800x1344 (800x1333 padded), "
               f"FrozenBN trunks as configured")
         drows = run(dets, dbase, args, (800, 1344), 2)
-        args.memory = mem
         print(table(drows, "R-50-FPN", False))
         out["detector_backbones"] = drows
     if args.json:

@@ -15,6 +15,8 @@ from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
+from .modeling.execution import execution_mode
+
 __all__ = [
     "flops_params",
     "flops_by_stage",
@@ -51,7 +53,8 @@ def flops_params(module: nn.Module, input_size: int = 224) -> Tuple[int, int]:
     """
     was_training = module.training
     module.eval()
-    with torch.no_grad():
+    # The reference execution: the fast one folds norms into convs, which fvcore counts apart.
+    with torch.no_grad(), execution_mode(module, "reference"):
         flops = int(_flop_counter(module, input_size).total())
     module.train(was_training)
     params = sum(p.numel() for p in module.parameters())
@@ -62,7 +65,7 @@ def flops_by_stage(model: nn.Module, input_size: int = 224) -> Dict[str, Tuple[i
     """{stage or "head": (FLOPs, params)} of a RandWireClassifier, in eval mode."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), execution_mode(model, "reference"):
         by_module = _flop_counter(model, input_size).by_module()
     model.train(was_training)
     out = {}

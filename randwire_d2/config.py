@@ -47,6 +47,9 @@ def add_randwire_config(cfg):
     # Training memory: store one activation per node and recompute the aggregation, ReLU and
     # depthwise conv in backward (Pleiss et al. 2017, per node). Fast execution only.
     _C.MODEL.RANDWIRE.MEMORY_EFFICIENT = True
+    # torch.compile the trunk with this mode ("default", "reduce-overhead" = CUDA graphs,
+    # "max-autotune", ...); "" runs it eagerly. State-dict keys are unchanged.
+    _C.MODEL.RANDWIRE.COMPILE = ""
 
     _C.MODEL.CLASSIFIER = CN()
     # Number of classes of the fc layer (1000 for ImageNet).

@@ -169,3 +169,26 @@ def test_plan_frees_each_node_after_its_last_consumer():
     assert plan.sources == ((-1,), (0,), (0,), (1, 2), (2,))
     assert plan.free_after == ((), (), (0,), (1,), (2,))
     assert plan.last_input_use == 0
+
+
+def test_checkpoint_written_before_fast_execution_loads_and_computes_the_same():
+    """tests/data/randwire_tiny_feb114f.pth was written by commit feb114f (per-node loop only),
+    with the conv5 features and logits it computed on two images."""
+    import os
+
+    from randwire_d2.checkpoint import RandWireCheckpointer
+
+    here = os.path.join(os.path.dirname(__file__), "data")
+    expected = torch.load(os.path.join(here, "randwire_tiny_feb114f_logits.pt"), weights_only=True)
+    cfg = tiny_cfg("regular")
+    cfg.MODEL.RANDWIRE.NUM_NODES = 8
+    cfg.MODEL.RANDWIRE.DROP_EDGE_PROB = 0.1
+    for memory_efficient in (True, False):
+        cfg.MODEL.RANDWIRE.MEMORY_EFFICIENT = memory_efficient
+        model = build_model(cfg).eval()
+        assert {s.execution for s in model.backbone.wired_stages().values()} == {"fast"}
+        RandWireCheckpointer(model).load(os.path.join(here, "randwire_tiny_feb114f.pth"))
+        with torch.no_grad():
+            images = model.preprocess_image([{"image": im} for im in expected["images"]])
+            torch.testing.assert_close(model.backbone(images)["conv5"], expected["conv5"])
+            torch.testing.assert_close(model.logits(images), expected["logits"])

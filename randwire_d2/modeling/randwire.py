@@ -361,10 +361,10 @@ def wiring_from_cfg(cfg) -> NetworkWiring:
 
 @BACKBONE_REGISTRY.register()
 def build_randwire_backbone(cfg, input_shape: ShapeSpec):
-    """The RandWire trunk of MODEL.RANDWIRE (the only place its keys are read)."""
+    """The RandWire trunk of MODEL.RANDWIRE (the one builder that reads its keys)."""
     rw = cfg.MODEL.RANDWIRE
     # fmt: off
-    return RandWire(
+    trunk = RandWire(
         wiring           = wiring_from_cfg(cfg),
         channels         = rw.CHANNELS,
         regime           = rw.REGIME,
@@ -378,3 +378,11 @@ def build_randwire_backbone(cfg, input_shape: ShapeSpec):
         memory_efficient = rw.MEMORY_EFFICIENT,
     )
     # fmt: on
+    if rw.COMPILE:
+        from torch._inductor import list_mode_options
+
+        modes = list_mode_options()
+        if rw.COMPILE not in modes:
+            raise ValueError(f"COMPILE={rw.COMPILE!r} is unknown: expected '' or one of {sorted(modes)}")
+        trunk.compile(mode=rw.COMPILE)  # in place: keys stay those of the eager trunk
+    return trunk
