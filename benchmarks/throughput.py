@@ -16,6 +16,7 @@ rows), and the table prints medians over rounds. Modes of a RandWire model:
     reference     the plain per-node loop (MODEL.RANDWIRE.EXECUTION reference)
     fast          EXECUTION fast, MEMORY_EFFICIENT on (the default)
     fast-stored   EXECUTION fast, MEMORY_EFFICIENT off
+    fast-min      EXECUTION fast, MEMORY_EFFICIENT and RECOMPUTE_CONVS on
     compiled      the default, with torch.compile of the whole model (ResNet compiled too)
 
 Training memory per image: on CUDA, torch.cuda.max_memory_allocated of one training step,
@@ -49,11 +50,13 @@ RANDWIRE = {
     "rw-c154": "configs/imagenet/randwire_ws_c154_regular.yaml",
 }
 RESNETS = {"r50": torchvision.models.resnet50, "r101": torchvision.models.resnet101}
+# mode -> MODEL.RANDWIRE.(EXECUTION, MEMORY_EFFICIENT, RECOMPUTE_CONVS)
 MODES = {
-    "reference": ("reference", False),
-    "fast": ("fast", True),
-    "fast-stored": ("fast", False),
-    "compiled": ("fast", True),
+    "reference": ("reference", False, False),
+    "fast": ("fast", True, False),
+    "fast-stored": ("fast", False, False),
+    "fast-min": ("fast", True, True),
+    "compiled": ("fast", True, False),
 }
 DETECTORS = {
     "rw-c109-fpn": "configs/faster_rcnn_randwire_c109_fpn_1x.yaml",
@@ -77,7 +80,8 @@ def randwire(config: str, mode: str, device: str) -> torch.nn.Module:
     cfg.merge_from_file(os.path.join(ROOT, config))
     cfg.MODEL.DEVICE = device
     cfg.MODEL.RANDWIRE.SEED = 1
-    cfg.MODEL.RANDWIRE.EXECUTION, cfg.MODEL.RANDWIRE.MEMORY_EFFICIENT = MODES[mode]
+    rw = cfg.MODEL.RANDWIRE
+    rw.EXECUTION, rw.MEMORY_EFFICIENT, rw.RECOMPUTE_CONVS = MODES[mode]
     return Logits(build_model(cfg))
 
 

@@ -44,9 +44,11 @@ def add_randwire_config(cfg):
     # How wired stages run: "fast" (one plan per stage, fused aggregation + ReLU, norms folded
     # where exact) or "reference" (the plain per-node loop). Same weights, keys and function.
     _C.MODEL.RANDWIRE.EXECUTION = "fast"
-    # Training memory: store one activation per node and recompute the aggregation, ReLU and
-    # depthwise conv in backward (Pleiss et al. 2017, per node). Fast execution only.
+    # Training memory: store two activations per node instead of four and recompute the
+    # aggregation and ReLU in backward (Pleiss et al. 2017, per node). Fast execution only.
     _C.MODEL.RANDWIRE.MEMORY_EFFICIENT = True
+    # With MEMORY_EFFICIENT, also recompute the depthwise conv: one activation per node.
+    _C.MODEL.RANDWIRE.RECOMPUTE_CONVS = False
     # torch.compile the trunk with this mode ("default", "reduce-overhead" = CUDA graphs,
     # "max-autotune", ...); "" runs it eagerly. State-dict keys are unchanged.
     _C.MODEL.RANDWIRE.COMPILE = ""

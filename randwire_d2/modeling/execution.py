@@ -16,11 +16,13 @@ This module executes the same parameters, keys and function from a plan made onc
 - Norm folding: an affine norm (FrozenBN always, BN in eval) is folded into the node's last
   convolution (W' = a * W, bias b) instead of being a pass of its own.
 - Lean training memory (`memory_efficient=True`, Pleiss et al. 2017 applied per node):
-  `_LeanNode` runs aggregation, ReLU and the node op in one autograd node that stores only its
-  inputs and recomputes the cheap parts (aggregate, ReLU, depthwise conv or pooling) in
-  backward; the expensive last convolution is never recomputed. A BatchNorm'd input is stored
-  as its pre-norm tensor z (which BatchNorm stores anyway) plus the per-channel affine of the
-  batch statistics, y = a * z + b, so each node keeps one activation instead of four.
+  `_LeanNode` runs aggregation, ReLU and the node op in one autograd node that stores its
+  inputs and its inner convolution outputs and recomputes the cheap parts (aggregate, ReLU,
+  pooling) in backward. A BatchNorm'd input is stored as its pre-norm tensor z (which
+  BatchNorm stores anyway) plus the per-channel affine of the batch statistics,
+  y = a * z + b, so a separable-conv node keeps two activations instead of four. With
+  `recompute_convs=True` the depthwise conv is recomputed too (one activation per node); the
+  last convolution is never recomputed.
 
 `execution="reference"` keeps the plain loop (`WiredStage.forward_reference`), used by the FLOP
 counter and as the ground truth of the tests. The eval path without gradients uses plain tensor
@@ -329,26 +331,32 @@ def _rebuild(stored, recon, dtypes):
 
 
 class _LeanNode(torch.autograd.Function):
-    """z = op(ReLU(sum_i c_i * y_i)) storing only the inputs; backward recomputes the aggregate,
-    the ReLU and every op layer but the last. Inputs given with (z_i, a_i, b_i) are stored as
-    z_i (which their BatchNorm stores anyway) and rebuilt as y_i = a_i * z_i + b_i."""
+    """z = op(ReLU(sum_i c_i * y_i)) storing its inputs and (unless `recompute_convs`) the
+    outputs of its inner convolutions; backward recomputes the aggregate, the ReLU and the rest
+    of the layers but the last. Inputs given with (z_i, a_i, b_i) are stored as z_i (which
+    their BatchNorm stores anyway) and rebuilt as y_i = a_i * z_i + b_i."""
 
     @staticmethod
     def forward(ctx, meta, weight, *flat):
-        layers, recon, removed = meta
+        layers, recon, removed, recompute_convs = meta
         n_in = len(recon)
         inputs, params = flat[:n_in], flat[n_in:]
         groups = _split(params, [len(l.params) for l in layers])
         c = _coefficients(weight, removed)
+        kept, kept_at = [], []
         with torch.no_grad():
             x = _aggregate(inputs, c).relu_()
-            for layer, p in zip(layers, groups):
+            for j, (layer, p) in enumerate(zip(layers, groups)):
                 x = layer.forward(x, p)
+                if j < len(layers) - 1 and layer.is_conv and not recompute_convs:
+                    kept.append(x)
+                    kept_at.append(j + 1)
         stored = [t if r is None else r[0] for t, r in zip(inputs, recon)]
-        ctx.layers, ctx.c = layers, c
+        ctx.layers, ctx.c, ctx.kept_at = layers, c, kept_at
         ctx.recon = [None if r is None else (r[1], r[2]) for r in recon]
         ctx.dtypes = [t.dtype for t in inputs]
-        ctx.save_for_backward(weight, *stored, *params)
+        ctx.n_params = len(params)
+        ctx.save_for_backward(weight, *stored, *params, *kept)
         return x
 
     @staticmethod
@@ -357,12 +365,14 @@ class _LeanNode(torch.autograd.Function):
         n_in = len(ctx.recon)
         weight, *rest = ctx.saved_tensors
         inputs = _rebuild(rest[:n_in], ctx.recon, ctx.dtypes)
-        groups = _split(rest[n_in:], [len(l.params) for l in layers])
+        params = rest[n_in : n_in + ctx.n_params]
+        kept = dict(zip(ctx.kept_at, rest[n_in + ctx.n_params :]))
+        groups = _split(params, [len(l.params) for l in layers])
         with torch.no_grad():
             r = _aggregate(inputs, ctx.c).relu_()
             acts = [r]
-            for layer, p in zip(layers[:-1], groups[:-1]):
-                acts.append(layer.forward(acts[-1], p))
+            for j, (layer, p) in enumerate(zip(layers[:-1], groups[:-1])):
+                acts.append(kept[j + 1] if j + 1 in kept else layer.forward(acts[-1], p))
         g, param_grads = g_out, []
         for j in range(len(layers) - 1, -1, -1):
             g, pg = layers[j].backward(acts[j], groups[j], g)
@@ -401,7 +411,7 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
         else:
             y[v], recon[v] = _node_forward(
                 node, spec, inputs, [recon[u] if u >= 0 else None for u in src], removed,
-                lean, grad, shared, src[0] == STAGE_INPUT,
+                lean, grad, shared, src[0] == STAGE_INPUT, stage.recompute_convs,
             )
         for u in plan.free_after[v]:  # autograd keeps what backward needs
             y[u] = recon[u] = None
@@ -417,7 +427,9 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
     return s.div_(len(outs))
 
 
-def _node_forward(node, spec: NodeSpec, inputs, recon, removed, lean, grad, shared, is_input):
+def _node_forward(
+    node, spec: NodeSpec, inputs, recon, removed, lean, grad, shared, is_input, recompute_convs
+):
     """(y, recon entry) of one node whose transform is ReLU -> layers -> norm."""
     weight = node.weight
     norm = spec.norm
@@ -430,7 +442,8 @@ def _node_forward(node, spec: NodeSpec, inputs, recon, removed, lean, grad, shar
         layers = [_Layer(l) for l in spec.layers[:-1]]
         layers.append(_Layer(last, folded if fold else None))
         params = [p for l in layers for p in l.params]
-        z = _LeanNode.apply((layers, recon, removed), weight, *inputs, *params)
+        meta = (layers, recon, removed, recompute_convs)
+        z = _LeanNode.apply(meta, weight, *inputs, *params)
     else:
         if weight is None and is_input:
             if "x" not in shared:

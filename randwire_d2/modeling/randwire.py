@@ -108,11 +108,13 @@ class WiredStage(nn.Module):
         norm,
         execution: str = "fast",
         memory_efficient: bool = True,
+        recompute_convs: bool = False,
     ):
         super().__init__()
         self.wiring = wiring
         self.execution = check_execution(execution)
         self.memory_efficient = bool(memory_efficient)
+        self.recompute_convs = bool(recompute_convs)
         inputs = set(wiring.input_nodes)
         self.preds = [wiring.predecessors(v) for v in range(wiring.num_nodes)]
         self.outputs = wiring.output_nodes
@@ -176,6 +178,7 @@ class RandWire(Backbone):
         in_channels: int = 3,
         execution: str = "fast",
         memory_efficient: bool = True,
+        recompute_convs: bool = False,
     ):
         """
         Args:
@@ -191,8 +194,10 @@ class RandWire(Backbone):
             in_channels: channels of the input image.
             execution: how wired stages run: "fast" (the same function from a plan with fused
                 aggregation, see `execution.py`) or "reference" (the plain per-node loop).
-            memory_efficient: in training, store one activation per node and recompute the
-                aggregation, ReLU and depthwise conv in backward (fast execution only).
+            memory_efficient: in training, store two activations per node instead of four and
+                recompute the aggregation and ReLU in backward (fast execution only).
+            recompute_convs: with memory_efficient, recompute the depthwise conv as well (one
+                activation per node).
         """
         super().__init__()
         specs = stage_specs(regime, 2, channels)  # validates regime and channels
@@ -219,7 +224,9 @@ class RandWire(Backbone):
             self._add_stage("conv2", conv2, channels)
             prev = channels
         for name, _, c in specs:
-            stage = WiredStage(wiring[name], prev, c, node_op, norm, execution, memory_efficient)
+            stage = WiredStage(
+                wiring[name], prev, c, node_op, norm, execution, memory_efficient, recompute_convs
+            )
             self._add_stage(name, stage, c)
             prev = c
 
@@ -241,9 +248,16 @@ class RandWire(Backbone):
     def wired_stages(self) -> Dict[str, WiredStage]:
         return {n: getattr(self, n) for n in self.stage_names if isinstance(getattr(self, n), WiredStage)}
 
-    def set_execution(self, execution: Optional[str] = None, memory_efficient: Optional[bool] = None):
+    def set_execution(
+        self,
+        execution: Optional[str] = None,
+        memory_efficient: Optional[bool] = None,
+        recompute_convs: Optional[bool] = None,
+    ):
         """Switch how every wired stage runs (weights and function unchanged)."""
         for stage in self.wired_stages().values():
+            if recompute_convs is not None:
+                stage.recompute_convs = bool(recompute_convs)
             if execution is not None:
                 stage.execution = check_execution(execution)
             if memory_efficient is not None:
@@ -376,6 +390,7 @@ def build_randwire_backbone(cfg, input_shape: ShapeSpec):
         in_channels      = input_shape.channels,
         execution        = rw.EXECUTION,
         memory_efficient = rw.MEMORY_EFFICIENT,
+        recompute_convs  = rw.RECOMPUTE_CONVS,
     )
     # fmt: on
     if rw.COMPILE:
