@@ -17,6 +17,7 @@ rows), and the table prints medians over rounds. Modes of a RandWire model:
     fast          EXECUTION fast, MEMORY_EFFICIENT on (the default)
     fast-stored   EXECUTION fast, MEMORY_EFFICIENT off
     fast-min      EXECUTION fast, MEMORY_EFFICIENT and RECOMPUTE_CONVS on
+    fast-nofold   EXECUTION fast without folding affine norms into the 1x1 convs
     compiled      the default, with torch.compile of the whole model (ResNet compiled too)
 
 Training memory per image: on CUDA, torch.cuda.max_memory_allocated of one training step,
@@ -56,6 +57,7 @@ MODES = {
     "fast": ("fast", True, False),
     "fast-stored": ("fast", False, False),
     "fast-min": ("fast", True, True),
+    "fast-nofold": ("fast", True, False),
     "compiled": ("fast", True, False),
 }
 DETECTORS = {
@@ -82,7 +84,10 @@ def randwire(config: str, mode: str, device: str) -> torch.nn.Module:
     cfg.MODEL.RANDWIRE.SEED = 1
     rw = cfg.MODEL.RANDWIRE
     rw.EXECUTION, rw.MEMORY_EFFICIENT, rw.RECOMPUTE_CONVS = MODES[mode]
-    return Logits(build_model(cfg))
+    model = build_model(cfg)
+    if mode == "fast-nofold":
+        model.backbone.set_execution(fold_norms=False)
+    return Logits(model)
 
 
 def detector_backbone(config: str, device: str) -> torch.nn.Module:
@@ -341,7 +346,7 @@ def main(argv=None):
                     continue
                 module = detector_backbone(config, args.device)
                 if name.startswith("rw"):
-                    module.bottom_up.set_execution(*MODES[mode])
+                    module.bottom_up.set_execution(*MODES[mode], fold_norms=mode != "fast-nofold")
                 label = name if mode == "-" else f"{name} {mode}"
                 dets.append(Bench(label, module, args))
                 dbase[label] = "r50-fpn"

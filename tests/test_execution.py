@@ -73,9 +73,9 @@ def assert_close(a, b, what):
 LEAN = {"stored": (False, False), "lean": (True, False), "lean-min": (True, True)}
 
 
-def compare(regime, node_op, norm, train, lean, drop_edge_prob=0.0, key=None):
+def compare(regime, node_op, norm, train, lean, drop_edge_prob=0.0, key=None, fold=True):
     ref = tiny_trunk(regime, node_op, norm, drop_edge_prob, out=("conv3", "conv5"))
-    fast = copy.deepcopy(ref).set_execution("fast", *LEAN[lean])
+    fast = copy.deepcopy(ref).set_execution("fast", *LEAN[lean], fold_norms=fold)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad() if not train else torch.enable_grad():
         r = run(ref, x, train, key)
@@ -92,11 +92,17 @@ def test_fast_equals_reference_in_training(one_thread, regime, node_op, norm, le
     compare(regime, node_op, norm, train=True, lean=lean)
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("node_op", sorted(NODE_OPS))
 @pytest.mark.parametrize("regime", ["small", "regular"])
-def test_fast_equals_reference_in_eval(one_thread, regime, node_op, norm):
-    compare(regime, node_op, norm, train=False, lean="lean")
+def test_fast_equals_reference_in_eval(one_thread, regime, node_op, norm, fold):
+    compare(regime, node_op, norm, train=False, lean="lean", fold=fold)
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "GN"])
+def test_fast_unfolded_equals_reference_in_training(one_thread, norm):
+    compare("regular", "sep_conv3x3", norm, train=True, lean="lean", fold=False)
 
 
 @pytest.mark.parametrize("lean", sorted(LEAN))
@@ -195,3 +201,15 @@ def test_checkpoint_written_before_fast_execution_loads_and_computes_the_same():
             images = model.preprocess_image([{"image": im} for im in expected["images"]])
             torch.testing.assert_close(model.backbone(images)["conv5"], expected["conv5"])
             torch.testing.assert_close(model.logits(images), expected["logits"])
+
+
+def test_forward_hooks_on_a_node_run_in_the_fast_execution(one_thread):
+    ref = tiny_trunk("small", "sep_conv3x3", "BN").eval()
+    fast = copy.deepcopy(ref).set_execution("fast")
+    seen = []
+    for m in (ref, fast):
+        m.conv3.nodes[2].register_forward_hook(lambda mod, args, out: seen.append(out.sum()) or out * 0)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x)["conv5"], ref(x)["conv5"])
+    assert len(seen) == 2 and torch.allclose(seen[0], seen[1])

@@ -13,6 +13,8 @@ This module executes the same parameters, keys and function from a plan made onc
   consumer ran.
 - Aggregation + ReLU in one pass (`_AggregateReLU`): sum_i c_i * y_i accumulated in place, ReLU
   in place; backward takes the weight gradients as dot products.
+- Forward hooks: a node watched by a hook (on it or its layers, e.g. the Fig. 5 damage
+  analysis) runs as its module, so the hooks see what they see in the reference loop.
 - Norm folding: an affine norm (FrozenBN always, BN in eval) is folded into the node's last
   convolution (W' = a * W, bias b) instead of being a pass of its own.
 - Lean training memory (`memory_efficient=True`, Pleiss et al. 2017 applied per node):
@@ -406,12 +408,13 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
             inputs = [x]
         else:
             inputs = [y[u] for u in src]
-        if not spec.relu_first:
-            y[v] = node(inputs, removed)
+        if not spec.relu_first or _hooked(node):
+            y[v] = node(inputs, removed)  # the module call runs the user's hooks
         else:
             y[v], recon[v] = _node_forward(
                 node, spec, inputs, [recon[u] if u >= 0 else None for u in src], removed,
                 lean, grad, shared, src[0] == STAGE_INPUT, stage.recompute_convs,
+                stage.fold_norms,
             )
         for u in plan.free_after[v]:  # autograd keeps what backward needs
             y[u] = recon[u] = None
@@ -427,13 +430,23 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
     return s.div_(len(outs))
 
 
+def _hooked(node: nn.Module) -> bool:
+    """Whether forward hooks watch the node or its layers (the fast path calls no modules)."""
+    from torch.nn.modules import module as _m
+
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in node.modules())
+
+
 def _node_forward(
-    node, spec: NodeSpec, inputs, recon, removed, lean, grad, shared, is_input, recompute_convs
+    node, spec: NodeSpec, inputs, recon, removed, lean, grad, shared, is_input, recompute_convs,
+    fold_norms,
 ):
     """(y, recon entry) of one node whose transform is ReLU -> layers -> norm."""
     weight = node.weight
     norm = spec.norm
-    fold = spec.foldable and not _uses_batch_stats(norm)
+    fold = fold_norms and spec.foldable and not _uses_batch_stats(norm)
     last = spec.layers[-1]
     if fold:
         a, b = _affine_of_norm(norm, None)

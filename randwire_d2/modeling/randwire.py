@@ -115,6 +115,8 @@ class WiredStage(nn.Module):
         self.execution = check_execution(execution)
         self.memory_efficient = bool(memory_efficient)
         self.recompute_convs = bool(recompute_convs)
+        # Fold affine norms (FrozenBN; BN in eval) into the last conv of each node.
+        self.fold_norms = True
         inputs = set(wiring.input_nodes)
         self.preds = [wiring.predecessors(v) for v in range(wiring.num_nodes)]
         self.outputs = wiring.output_nodes
@@ -253,9 +255,12 @@ class RandWire(Backbone):
         execution: Optional[str] = None,
         memory_efficient: Optional[bool] = None,
         recompute_convs: Optional[bool] = None,
+        fold_norms: Optional[bool] = None,
     ):
         """Switch how every wired stage runs (weights and function unchanged)."""
         for stage in self.wired_stages().values():
+            if fold_norms is not None:
+                stage.fold_norms = bool(fold_norms)
             if recompute_convs is not None:
                 stage.recompute_convs = bool(recompute_convs)
             if execution is not None:
