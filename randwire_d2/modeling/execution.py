@@ -43,7 +43,6 @@ __all__ = [
     "EXECUTIONS",
     "StagePlan",
     "NodeSpec",
-    "node_spec",
     "fast_stage_forward",
     "execution_mode",
 ]
@@ -85,7 +84,9 @@ class NodeSpec:
     whose output is a per-channel affine function of its input.
     """
 
-    def __init__(self, transform: nn.Module):
+    def __init__(self, node: nn.Module):
+        transform = node.transform
+        self.modules = list(node.modules())
         children = list(transform.children()) if isinstance(transform, nn.Sequential) else []
         self.relu_first = (
             len(children) >= 3
@@ -107,8 +108,10 @@ class NodeSpec:
         )
 
 
-def node_spec(transform: nn.Module) -> NodeSpec:
-    return NodeSpec(transform)
+    def hooked(self) -> bool:
+        """Whether forward hooks watch the node or its layers (the fast path calls no modules;
+        such a node runs as its module)."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
 
 
 def _flatten(modules) -> List[nn.Module]:
@@ -400,15 +403,17 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
     # Per node, in lean mode: (z, a, b) when its output is y = a * z + b (BatchNorm of z).
     recon: List[Optional[tuple]] = [None] * len(plan.sources)
     shared = {}  # ReLU(x), computed once for every node fed by the stage input alone
+    specs = stage.specs
+    global_hooks = _global_hooks()
     for v, node in enumerate(stage.nodes):
-        spec: NodeSpec = stage.specs[v]
+        spec: NodeSpec = specs[v]
         src = plan.sources[v]
         removed = removed_edge[1] if removed_edge is not None and removed_edge[0] == v else None
         if src[0] == STAGE_INPUT:
             inputs = [x]
         else:
             inputs = [y[u] for u in src]
-        if not spec.relu_first or _hooked(node):
+        if not spec.relu_first or global_hooks or spec.hooked():
             y[v] = node(inputs, removed)  # the module call runs the user's hooks
         else:
             y[v], recon[v] = _node_forward(
@@ -430,13 +435,10 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
     return s.div_(len(outs))
 
 
-def _hooked(node: nn.Module) -> bool:
-    """Whether forward hooks watch the node or its layers (the fast path calls no modules)."""
+def _global_hooks() -> bool:
     from torch.nn.modules import module as _m
 
-    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in node.modules())
+    return bool(_m._global_forward_hooks or _m._global_forward_pre_hooks)
 
 
 def _node_forward(

@@ -136,11 +136,14 @@ class WiredStage(nn.Module):
 
     @property
     def specs(self) -> List[NodeSpec]:
-        """How each node's transform decomposes; rebuilt when a transform's children were
-        replaced (FrozenBN / SyncBN conversion)."""
-        key = tuple(id(m) for node in self.nodes for m in node.transform.modules())
+        """How each node's transform decomposes; rebuilt when a node's norm was replaced
+        (FrozenBN / SyncBN conversion)."""
+        key = tuple(
+            id(n.transform[-1] if isinstance(n.transform, nn.Sequential) else n.transform)
+            for n in self.nodes
+        )
         if self._specs is None or self._specs[0] != key:
-            self._specs = (key, [NodeSpec(node.transform) for node in self.nodes])
+            self._specs = (key, [NodeSpec(node) for node in self.nodes])
         return self._specs[1]
 
     def removable_edges(self) -> List[Tuple[int, int]]:
