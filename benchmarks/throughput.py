@@ -254,8 +254,8 @@ def table(rows, base_label, memory: bool) -> str:
     lines = [head, sep]
     for r in rows:
         line = (
-            f"| {r['model']} | {r['infer_ips']:.1f} | {r['infer_ratio']:.2f} | "
-            f"{r['train_ips']:.1f} | {r['train_ratio']:.2f} |"
+            f"| {r['model']} | {r['infer_ips']:.3g} | {r['infer_ratio']:.2f} | "
+            f"{r['train_ips']:.3g} | {r['train_ratio']:.2f} |"
         )
         if memory:
             line += f" {r['mem_mib']:.0f} | {r['mem_ratio']:.2f} |"
