@@ -24,8 +24,26 @@ KINDS = [
     ("conv backward", ("convolution_backward", "ConvolutionBackward", "wgrad", "dgrad")),
     ("conv forward", ("convolution", "conv2d", "cudnn_convolution", "fprop", "implicit_gemm")),
     ("norm", ("batch_norm", "bn_", "batchnorm", "welford", "native_batch_norm")),
-    ("elementwise", ("mul", "add", "relu", "threshold", "clamp", "sigmoid", "div", "dot", "sum",
-                     "elementwise", "vectorized", "reduce", "copy", "fill", "where")),
+    (
+        "elementwise",
+        (
+            "mul",
+            "add",
+            "relu",
+            "threshold",
+            "clamp",
+            "sigmoid",
+            "div",
+            "dot",
+            "sum",
+            "elementwise",
+            "vectorized",
+            "reduce",
+            "copy",
+            "fill",
+            "where",
+        ),
+    ),
 ]
 
 
@@ -38,14 +56,21 @@ def kind_of(name: str) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--models", nargs="+", default=["rw-c109", "r50"], choices=sorted(RANDWIRE) + sorted(RESNETS))
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["rw-c109", "r50"],
+        choices=sorted(RANDWIRE) + sorted(RESNETS),
+    )
     p.add_argument("--modes", nargs="+", default=["reference", "fast"], choices=sorted(MODES))
     p.add_argument("--top", type=int, default=8)
     args = p.parse_args(argv)
@@ -78,12 +103,16 @@ def main(argv=None):
                 per_op[e.key[:70]] += t
             total = sum(totals.values())
             clock = "CUDA kernel" if cuda else "CPU"
-            print(f"\n## {bench.name}: one training step, batch {args.batch}, {args.dtype}, "
-                  f"{'channels_last' if args.channels_last else 'NCHW'}: {total:.0f} ms of {clock} time")
+            print(
+                f"\n## {bench.name}: one training step, batch {args.batch}, {args.dtype}, "
+                f"{'channels_last' if args.channels_last else 'NCHW'}: {total:.0f} ms of {clock} time"
+            )
             print("| kind | ms | share | calls |\n|---|---|---|---|")
             for k, t in totals.most_common():
                 print(f"| {k} | {t:.0f} | {100 * t / total:.0f}% | {counts[k]} |")
-            print("top ops: " + "; ".join(f"{n} {t:.0f} ms" for n, t in per_op.most_common(args.top)))
+            print(
+                "top ops: " + "; ".join(f"{n} {t:.0f} ms" for n, t in per_op.most_common(args.top))
+            )
 
 
 if __name__ == "__main__":

@@ -154,8 +154,19 @@ def sync(args):
 def peak_rss_mib_of_step(bench: Bench, batch: int, args) -> float:
     """Peak RSS (MiB) of a fresh process that builds the same model and runs two training steps
     at `batch` (a fork would inherit this process's peak and its OpenMP threads)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", bench.spec, str(batch),
-           "--device", args.device, "--dtype", args.dtype, "--size", str(args.size)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--memory-child",
+        bench.spec,
+        str(batch),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--size",
+        str(args.size),
+    ]
     if args.channels_last:
         cmd.append("--channels-last")
     if args.threads:
@@ -273,25 +284,41 @@ def machine(args) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--models", nargs="+", default=["rw-c109", "r50"],
-                   choices=sorted(RANDWIRE) + sorted(RESNETS))
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["rw-c109", "r50"],
+        choices=sorted(RANDWIRE) + sorted(RESNETS),
+    )
     p.add_argument("--modes", nargs="+", default=["reference", "fast"], choices=sorted(MODES))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--memory", default="auto", choices=["auto", "none"])
-    p.add_argument("--memory-batches", type=int, nargs=2, default=[8, 24],
-                   help="CPU: the two batch sizes of the peak-RSS slope")
+    p.add_argument(
+        "--memory-batches",
+        type=int,
+        nargs=2,
+        default=[8, 24],
+        help="CPU: the two batch sizes of the peak-RSS slope",
+    )
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--detector", action="store_true",
-                   help="also time RandWire-C109-FPN vs R-50-FPN backbones at 800x1333, batch 2")
+    p.add_argument(
+        "--detector",
+        action="store_true",
+        help="also time RandWire-C109-FPN vs R-50-FPN backbones at 800x1333, batch 2",
+    )
     p.add_argument("--json", default="", help="write the rows to this file")
-    p.add_argument("--memory-child", nargs=2, metavar=("MODEL:MODE", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--memory-child", nargs=2, metavar=("MODEL:MODE", "BATCH"), help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available on this machine")
@@ -331,8 +358,10 @@ def main(argv=None):
     if args.memory != "none" and args.device_type == "cuda":
         for bench in benches:
             memory[bench.name] = memory_per_image_mib(bench, args, (args.size, args.size))
-    print(f"# {machine(args)}; batch {args.batch}, {args.size}x{args.size}, {args.dtype}, "
-          f"{'channels_last' if args.channels_last else 'NCHW'}, {args.rounds} rounds, medians")
+    print(
+        f"# {machine(args)}; batch {args.batch}, {args.size}x{args.size}, {args.dtype}, "
+        f"{'channels_last' if args.channels_last else 'NCHW'}, {args.rounds} rounds, medians"
+    )
     rows = run(benches, baseline, args, (args.size, args.size), args.batch, memory)
     print(table(rows, "ResNet-50", bool(memory)))
     out = {"classifiers": rows}
@@ -350,15 +379,20 @@ def main(argv=None):
                 label = name if mode == "-" else f"{name} {mode}"
                 dets.append(Bench(label, module, args))
                 dbase[label] = "r50-fpn"
-        print(f"\n# detector backbones (FPN included), batch 2, 800x1344 (800x1333 padded), "
-              f"FrozenBN trunks as configured")
+        print(
+            f"\n# detector backbones (FPN included), batch 2, 800x1344 (800x1333 padded), "
+            f"FrozenBN trunks as configured"
+        )
         drows = run(dets, dbase, args, (800, 1344), 2)
         print(table(drows, "R-50-FPN", False))
         out["detector_backbones"] = drows
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(args), "args": {k: v for k, v in vars(args).items()},
-                       **out}, f, indent=1)
+            json.dump(
+                {"machine": machine(args), "args": {k: v for k, v in vars(args).items()}, **out},
+                f,
+                indent=1,
+            )
     return out
 
 

@@ -31,7 +31,12 @@ def tiny_trunk(regime, node_op, norm, drop_edge_prob=0.0, out=("conv5",), nodes=
     # Non-trivial aggregation weights and norm statistics (they start at 0 / 1).
     with torch.no_grad():
         for name, t in list(trunk.named_parameters()) + list(trunk.named_buffers()):
-            if name.endswith(".weight") and t.dim() == 1 and "nodes" in name and "transform" not in name:
+            if (
+                name.endswith(".weight")
+                and t.dim() == 1
+                and "nodes" in name
+                and "transform" not in name
+            ):
                 t.normal_()
             elif "running_var" in name:
                 t.uniform_(0.5, 2.0)
@@ -65,7 +70,9 @@ def assert_close(a, b, what):
     assert a.keys() == b.keys(), f"{what}: {sorted(a.keys() ^ b.keys())}"
     for k in a:
         if a[k].is_floating_point():
-            torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-9, msg=lambda m: f"{what} {k}: {m}")
+            torch.testing.assert_close(
+                b[k], a[k], rtol=1e-9, atol=1e-9, msg=lambda m: f"{what} {k}: {m}"
+            )
         else:
             assert torch.equal(a[k], b[k]), f"{what} {k}"
 
@@ -161,7 +168,9 @@ def test_execution_keeps_state_dict_keys():
 def test_bad_execution_names_the_allowed_values():
     cfg = tiny_cfg()
     cfg.MODEL.RANDWIRE.EXECUTION = "fused"
-    with pytest.raises(ValueError, match=r"EXECUTION='fused' is unknown: expected one of \['fast', 'reference'\]"):
+    with pytest.raises(
+        ValueError, match=r"EXECUTION='fused' is unknown: expected one of \['fast', 'reference'\]"
+    ):
         build_model(cfg)
 
 
@@ -208,7 +217,9 @@ def test_forward_hooks_on_a_node_run_in_the_fast_execution(one_thread):
     fast = copy.deepcopy(ref).set_execution("fast")
     seen = []
     for m in (ref, fast):
-        m.conv3.nodes[2].register_forward_hook(lambda mod, args, out: seen.append(out.sum()) or out * 0)
+        m.conv3.nodes[2].register_forward_hook(
+            lambda mod, args, out: seen.append(out.sum()) or out * 0
+        )
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(fast(x)["conv5"], ref(x)["conv5"])
@@ -218,7 +229,9 @@ def test_forward_hooks_on_a_node_run_in_the_fast_execution(one_thread):
 def test_bad_compile_mode_names_the_allowed_values():
     cfg = tiny_cfg()
     cfg.MODEL.RANDWIRE.COMPILE = "fastest"
-    with pytest.raises(ValueError, match=r"COMPILE='fastest' is unknown: expected '' or one of \[.*'default'"):
+    with pytest.raises(
+        ValueError, match=r"COMPILE='fastest' is unknown: expected '' or one of \[.*'default'"
+    ):
         build_model(cfg)
 
 

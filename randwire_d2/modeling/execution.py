@@ -89,9 +89,7 @@ class NodeSpec:
         self.modules = list(node.modules())
         children = list(transform.children()) if isinstance(transform, nn.Sequential) else []
         self.relu_first = (
-            len(children) >= 3
-            and type(children[0]) is nn.ReLU
-            and not children[0].inplace
+            len(children) >= 3 and type(children[0]) is nn.ReLU and not children[0].inplace
         )
         if self.relu_first:
             self.layers = _flatten(children[1:-1])
@@ -106,7 +104,6 @@ class NodeSpec:
             and last.bias is None
             and last.padding_mode == "zeros"
         )
-
 
     def hooked(self) -> bool:
         """Whether forward hooks watch the node or its layers (the fast path calls no modules;
@@ -235,7 +232,9 @@ def _aggregate_backward(g_s, inputs, weight, c, need_inputs):
             dots = torch.stack([torch.dot(gf, _flat(x).to(gf.dtype)) for x in inputs])
         else:  # accumulate low-precision products in float32, as autograd's sum does
             dots = torch.stack([torch.sum(g_s * x, dtype=torch.float32) for x in inputs])
-        g_w = (dots * (c * (1 - c)).to(dots.dtype)).to(weight.dtype)  # c = 0 on the removed edge: no gradient
+        g_w = (dots * (c * (1 - c)).to(dots.dtype)).to(
+            weight.dtype
+        )  # c = 0 on the removed edge: no gradient
     return grads, g_w
 
 
@@ -417,8 +416,16 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
             y[v] = node(inputs, removed)  # the module call runs the user's hooks
         else:
             y[v], recon[v] = _node_forward(
-                node, spec, inputs, [recon[u] if u >= 0 else None for u in src], removed,
-                lean, grad, shared, src[0] == STAGE_INPUT, stage.recompute_convs,
+                node,
+                spec,
+                inputs,
+                [recon[u] if u >= 0 else None for u in src],
+                removed,
+                lean,
+                grad,
+                shared,
+                src[0] == STAGE_INPUT,
+                stage.recompute_convs,
                 stage.fold_norms,
             )
         for u in plan.free_after[v]:  # autograd keeps what backward needs
@@ -442,7 +449,16 @@ def _global_hooks() -> bool:
 
 
 def _node_forward(
-    node, spec: NodeSpec, inputs, recon, removed, lean, grad, shared, is_input, recompute_convs,
+    node,
+    spec: NodeSpec,
+    inputs,
+    recon,
+    removed,
+    lean,
+    grad,
+    shared,
+    is_input,
+    recompute_convs,
     fold_norms,
 ):
     """(y, recon entry) of one node whose transform is ReLU -> layers -> norm."""
@@ -474,8 +490,15 @@ def _node_forward(
         for layer in spec.layers[:-1]:
             z = layer(z)
         if fold:
-            z = F.conv2d(z, folded[0].to(z.dtype), folded[1].to(z.dtype), last.stride,
-                         last.padding, last.dilation, last.groups)
+            z = F.conv2d(
+                z,
+                folded[0].to(z.dtype),
+                folded[1].to(z.dtype),
+                last.stride,
+                last.padding,
+                last.dilation,
+                last.groups,
+            )
         else:
             z = last(z)
     if fold:
