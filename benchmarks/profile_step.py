@@ -18,7 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import MODES, RANDWIRE, RESNETS, make_bench  # noqa: E402
+from throughput import RESNETS, add_common_arguments, make_bench  # noqa: E402
 
 KINDS = [
     ("conv backward", ("convolution_backward", "ConvolutionBackward", "wgrad", "dgrad")),
@@ -56,22 +56,11 @@ def kind_of(name: str) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = add_common_arguments(
+        argparse.ArgumentParser(
+            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
     )
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument(
-        "--models",
-        nargs="+",
-        default=["rw-c109", "r50"],
-        choices=sorted(RANDWIRE) + sorted(RESNETS),
-    )
-    p.add_argument("--modes", nargs="+", default=["reference", "fast"], choices=sorted(MODES))
     p.add_argument("--top", type=int, default=8)
     args = p.parse_args(argv)
     if args.threads:

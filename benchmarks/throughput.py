@@ -283,22 +283,26 @@ def machine(args) -> str:
     )
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_common_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options shared with benchmarks/profile_step.py: device, batch, precision, models."""
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument(
-        "--models",
-        nargs="+",
-        default=["rw-c109", "r50"],
-        choices=sorted(RANDWIRE) + sorted(RESNETS),
-    )
+    p.add_argument("--size", type=int, default=224)
+    models = sorted(RANDWIRE) + sorted(RESNETS)
+    p.add_argument("--models", nargs="+", default=["rw-c109", "r50"], choices=models)
     p.add_argument("--modes", nargs="+", default=["reference", "fast"], choices=sorted(MODES))
+    return p
+
+
+def main(argv=None):
+    p = add_common_arguments(
+        argparse.ArgumentParser(
+            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--memory", default="auto", choices=["auto", "none"])
@@ -309,7 +313,6 @@ def main(argv=None):
         default=[8, 24],
         help="CPU: the two batch sizes of the peak-RSS slope",
     )
-    p.add_argument("--size", type=int, default=224)
     p.add_argument(
         "--detector",
         action="store_true",

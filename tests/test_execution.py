@@ -143,16 +143,21 @@ def test_classifier_loss_and_gradients_match(one_thread):
     ref = build_model(cfg)
     fast = copy.deepcopy(ref)
     fast.backbone.set_execution("fast", memory_efficient=True)
+    assert_same_training_step(ref, fast, rtol=1e-4, atol=1e-6)
+
+
+def assert_same_training_step(ref, other, rtol, atol):
+    """One training step of two classifiers on the same batch: equal losses and gradients."""
     data = batch()
     losses = []
-    for m in (ref, fast):
+    for m in (ref, other):
         m.train()
         loss = m(data)["loss_cls"]
         loss.backward()
         losses.append(loss.detach())
-    torch.testing.assert_close(losses[0], losses[1])
-    for (n, p), (_, q) in zip(ref.named_parameters(), fast.named_parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+    torch.testing.assert_close(losses[1], losses[0], rtol=rtol, atol=atol)
+    for (n, p), (_, q) in zip(ref.named_parameters(), other.named_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=rtol, atol=atol, msg=lambda m: f"{n}: {m}")
 
 
 def test_execution_keeps_state_dict_keys():
@@ -165,12 +170,25 @@ def test_execution_keeps_state_dict_keys():
     assert keys["reference"] == keys["fast"]
 
 
-def test_bad_execution_names_the_allowed_values():
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        (
+            "EXECUTION",
+            "fused",
+            r"EXECUTION='fused' is unknown: expected one of \['fast', 'reference'\]",
+        ),
+        (
+            "COMPILE",
+            "fastest",
+            r"COMPILE='fastest' is unknown: expected '' or one of \[.*'default'",
+        ),
+    ],
+)
+def test_bad_execution_keys_name_the_allowed_values(key, value, message):
     cfg = tiny_cfg()
-    cfg.MODEL.RANDWIRE.EXECUTION = "fused"
-    with pytest.raises(
-        ValueError, match=r"EXECUTION='fused' is unknown: expected one of \['fast', 'reference'\]"
-    ):
+    cfg.MODEL.RANDWIRE[key] = value
+    with pytest.raises(ValueError, match=message):
         build_model(cfg)
 
 
@@ -226,15 +244,6 @@ def test_forward_hooks_on_a_node_run_in_the_fast_execution(one_thread):
     assert len(seen) == 2 and torch.allclose(seen[0], seen[1])
 
 
-def test_bad_compile_mode_names_the_allowed_values():
-    cfg = tiny_cfg()
-    cfg.MODEL.RANDWIRE.COMPILE = "fastest"
-    with pytest.raises(
-        ValueError, match=r"COMPILE='fastest' is unknown: expected '' or one of \[.*'default'"
-    ):
-        build_model(cfg)
-
-
 def test_compiled_trunk_keeps_keys_and_function(one_thread):
     """MODEL.RANDWIRE.COMPILE compiles the trunk in place: same state-dict keys, same outputs and
     gradients as the eager trunk (tiny model: compiling takes seconds)."""
@@ -245,13 +254,4 @@ def test_compiled_trunk_keeps_keys_and_function(one_thread):
     compiled = build_model(cfg)
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     compiled.load_state_dict(eager.state_dict())
-    data = batch()
-    losses = []
-    for m in (eager, compiled):
-        m.train()
-        loss = m(data)["loss_cls"]
-        loss.backward()
-        losses.append(loss.detach())
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
-    for (n, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{n}: {m}")
+    assert_same_training_step(eager, compiled, rtol=1e-3, atol=1e-4)
