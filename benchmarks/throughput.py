@@ -2,7 +2,7 @@
 """RandWire vs ResNet speed and training memory, measured in one process, rounds interleaved.
 
     python benchmarks/throughput.py                                   # CPU, fp32, batch 16
-    python benchmarks/throughput.py --modes reference fast fast-stored --rounds 5
+    python benchmarks/throughput.py --modes reference fast fast-lean --rounds 5
     python benchmarks/throughput.py --device cuda --dtype bf16 --channels-last --batch 128 \
         --modes reference fast compiled
     python benchmarks/throughput.py --detector                        # backbones at 800x1333
@@ -14,8 +14,8 @@ figure is also divided by ResNet-50's in the same round (its compiled version fo
 rows), and the table prints medians over rounds. Modes of a RandWire model:
 
     reference     the plain per-node loop (MODEL.RANDWIRE.EXECUTION reference)
-    fast          EXECUTION fast, MEMORY_EFFICIENT on (the default)
-    fast-stored   EXECUTION fast, MEMORY_EFFICIENT off
+    fast          EXECUTION fast (the defaults: MEMORY_EFFICIENT off)
+    fast-lean     EXECUTION fast, MEMORY_EFFICIENT on
     fast-min      EXECUTION fast, MEMORY_EFFICIENT and RECOMPUTE_CONVS on
     fast-nofold   EXECUTION fast without folding affine norms into the 1x1 convs
     compiled      the default, with torch.compile of the whole model (ResNet compiled too)
@@ -42,6 +42,7 @@ import torchvision
 from detectron2.modeling import build_model
 
 import randwire_d2  # noqa: F401  (registers the RandWire backbones)
+from randwire_d2.complexity import Logits
 from randwire_d2.engine import detection_cfg
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -54,27 +55,16 @@ RESNETS = {"r50": torchvision.models.resnet50, "r101": torchvision.models.resnet
 # mode -> MODEL.RANDWIRE.(EXECUTION, MEMORY_EFFICIENT, RECOMPUTE_CONVS)
 MODES = {
     "reference": ("reference", False, False),
-    "fast": ("fast", True, False),
-    "fast-stored": ("fast", False, False),
+    "fast": ("fast", False, False),
+    "fast-lean": ("fast", True, False),
     "fast-min": ("fast", True, True),
-    "fast-nofold": ("fast", True, False),
-    "compiled": ("fast", True, False),
+    "fast-nofold": ("fast", False, False),
+    "compiled": ("fast", False, False),
 }
 DETECTORS = {
     "rw-c109-fpn": "configs/faster_rcnn_randwire_c109_fpn_1x.yaml",
     "r50-fpn": "configs/faster_rcnn_R_50_FPN_1x.yaml",
 }
-
-
-class Logits(torch.nn.Module):
-    """A RandWireClassifier as a tensor -> logits module (what a ResNet is)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model.logits(x)
 
 
 def randwire(config: str, mode: str, device: str) -> torch.nn.Module:
@@ -151,14 +141,14 @@ def sync(args):
         torch.cuda.synchronize()
 
 
-def peak_rss_mib_of_step(bench: Bench, batch: int, args) -> float:
-    """Peak RSS (MiB) of a fresh process that builds the same model and runs two training steps
-    at `batch` (a fork would inherit this process's peak and its OpenMP threads)."""
+def peak_rss_mib_of_step(spec: str, batch: int, args) -> float:
+    """Peak RSS (MiB) of a fresh process that builds model `spec` ("name:mode") and runs two
+    training steps at `batch` (a fork would inherit this process's peak and its OpenMP threads)."""
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
         "--memory-child",
-        bench.spec,
+        spec,
         str(batch),
         "--device",
         args.device,
@@ -173,6 +163,14 @@ def peak_rss_mib_of_step(bench: Bench, batch: int, args) -> float:
         cmd += ["--threads", str(args.threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
+
+
+def cpu_memory_per_image_mib(spec: str, args) -> float:
+    """Slope of peak RSS between --memory-batches, measured in fresh processes while this one
+    holds little (on a busy host a large parent pushes children into swap, flattening peaks)."""
+    b1, b2 = args.memory_batches
+    p1, p2 = (peak_rss_mib_of_step(spec, b, args) for b in (b1, b2))
+    return (p2 - p1) / (b2 - b1)
 
 
 def memory_child(spec: str, batch: int, args) -> None:
@@ -193,31 +191,23 @@ def label_of(name: str, mode: str) -> str:
 def make_bench(name: str, mode: str, args) -> "Bench":
     torch.manual_seed(0)
     module = RESNETS[name]() if name in RESNETS else randwire(RANDWIRE[name], mode, args.device)
-    bench = Bench(label_of(name, mode), module, args, compiled=mode == "compiled")
-    bench.spec = f"{name}:{mode}"
-    return bench
+    return Bench(label_of(name, mode), module, args, compiled=mode == "compiled")
 
 
-def memory_per_image_mib(bench: Bench, args, size) -> float:
-    """Training memory per image of one model: CUDA allocator peaks, or (CPU) the peak-RSS
-    slope of fresh processes, measured while this process holds little (on a busy host a
-    large parent pushes children into swap, which flattens their peaks)."""
-    if args.device_type == "cuda":
-        peaks = []
-        for b in (args.batch, 2 * args.batch):
-            x = bench.inputs(b, size)
-            bench.train_step(x)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            bench.train_step(x)
-            torch.cuda.synchronize()
-            peaks.append(torch.cuda.max_memory_allocated() - base)
-            del x
-        return (peaks[1] - peaks[0]) / args.batch / 2**20
-    b1, b2 = args.memory_batches
-    p1, p2 = (peak_rss_mib_of_step(bench, b, args) for b in (b1, b2))
-    return (p2 - p1) / (b2 - b1)
+def cuda_memory_per_image_mib(bench: Bench, args, size) -> float:
+    """max_memory_allocated of one training step, slope between --batch and twice it."""
+    peaks = []
+    for b in (args.batch, 2 * args.batch):
+        x = bench.inputs(b, size)
+        bench.train_step(x)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        bench.train_step(x)
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+        del x
+    return (peaks[1] - peaks[0]) / args.batch / 2**20
 
 
 def run(benches: List[Bench], baseline: Dict[str, str], args, size, batch, memory=None):
@@ -342,10 +332,7 @@ def main(argv=None):
         for name, mode in specs:
             if args.device_type == "cpu":  # fresh processes: nothing is built here yet
                 print(f"memory {name} {mode}", file=sys.stderr, flush=True)
-                bench = argparse.Namespace(spec=f"{name}:{mode}")
-                b1, b2 = args.memory_batches
-                p1, p2 = (peak_rss_mib_of_step(bench, b, args) for b in (b1, b2))
-                memory[label_of(name, mode)] = (p2 - p1) / (b2 - b1)
+                memory[label_of(name, mode)] = cpu_memory_per_image_mib(f"{name}:{mode}", args)
     benches, baseline = [], {}
     for name in args.models:
         if name in RESNETS:
@@ -360,7 +347,7 @@ def main(argv=None):
             baseline[bench.name] = "r50 compiled" if mode == "compiled" else "r50"
     if args.memory != "none" and args.device_type == "cuda":
         for bench in benches:
-            memory[bench.name] = memory_per_image_mib(bench, args, (args.size, args.size))
+            memory[bench.name] = cuda_memory_per_image_mib(bench, args, (args.size, args.size))
     print(
         f"# {machine(args)}; batch {args.batch}, {args.size}x{args.size}, {args.dtype}, "
         f"{'channels_last' if args.channels_last else 'NCHW'}, {args.rounds} rounds, medians"

@@ -18,6 +18,7 @@ from torch import nn
 from .modeling.execution import execution_mode
 
 __all__ = [
+    "Logits",
     "flops_params",
     "flops_by_stage",
     "model_complexity",
@@ -28,7 +29,9 @@ __all__ = [
 ]
 
 
-class _Logits(nn.Module):
+class Logits(nn.Module):
+    """A RandWireClassifier as a tensor -> logits module (as a torchvision classifier is)."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -38,7 +41,7 @@ class _Logits(nn.Module):
 
 
 def _flop_counter(module: nn.Module, input_size: int) -> FlopCountAnalysis:
-    net = _Logits(module) if hasattr(module, "logits") else module
+    net = Logits(module) if hasattr(module, "logits") else module
     x = torch.zeros(1, 3, input_size, input_size, device=next(module.parameters()).device)
     counter = FlopCountAnalysis(net, x)
     counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)

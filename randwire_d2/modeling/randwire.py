@@ -107,7 +107,7 @@ class WiredStage(nn.Module):
         op,
         norm,
         execution: str = "fast",
-        memory_efficient: bool = True,
+        memory_efficient: bool = False,
         recompute_convs: bool = False,
     ):
         super().__init__()
@@ -182,7 +182,7 @@ class RandWire(Backbone):
         freeze_at: int = 0,
         in_channels: int = 3,
         execution: str = "fast",
-        memory_efficient: bool = True,
+        memory_efficient: bool = False,
         recompute_convs: bool = False,
     ):
         """
