@@ -1,6 +1,19 @@
-from detectron2.config import CfgNode as CN
+"""Every key randwire_d2 reads (`add_randwire_config`), and how configs are loaded (`load_config`)."""
 
-__all__ = ["add_randwire_config"]
+import ast
+import os
+from typing import Sequence
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = [
+    "add_randwire_config",
+    "load_config",
+    "GENERATOR_KEYS",
+    "generator_params",
+    "set_generator",
+]
 
 
 def add_randwire_config(cfg):
@@ -67,8 +80,8 @@ def add_randwire_config(cfg):
     _C.PRETRAIN = CN()
     # ImageFolder root holding train/<class>/* and val/<class>/* (ImageNet's layout).
     _C.PRETRAIN.DATA_ROOT = "datasets/imagenet"
-    # Training length in epochs (Sec. 4: 100; small regime, Table 2: 250).
-    _C.PRETRAIN.EPOCHS = 100
+    # Training length in epochs, fractions allowed (Sec. 4: 100; small regime, Table 2: 250).
+    _C.PRETRAIN.EPOCHS = 100.0
     # Linear warmup length in epochs, from SOLVER.WARMUP_FACTOR x peak lr (Goyal et al.: 5).
     _C.PRETRAIN.WARMUP_EPOCHS = 5.0
     # Learning rate per 256 images; peak lr = this x SOLVER.IMS_PER_BATCH / 256 (Sec. 4: 0.1).
@@ -90,3 +103,85 @@ def add_randwire_config(cfg):
     # Train and evaluate in the channels_last memory format (faster convolutions on GPU).
     _C.PRETRAIN.CHANNELS_LAST = False
     return cfg
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CN:
+    """Detectron2's defaults + every randwire_d2 key, then `config_file` (with its `_BASE_`
+    chain), then the KEY VALUE list `opts`. An integer given for a float key (`PRETRAIN.EPOCHS
+    3`) is taken as that float; yacs would refuse it."""
+    if not config_file:
+        raise ValueError("no config given: pass --config-file FILE")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    cfg = add_randwire_config(get_cfg())
+    loaded = cfg.load_yaml_with_base(config_file, allow_unsafe=True)
+    if loaded.get("VERSION", cfg.VERSION) == cfg.VERSION:
+        cfg.merge_from_other_cfg(type(cfg)(_ints_as_floats(cfg, loaded)))
+    else:  # an older Detectron2 config: Detectron2 upgrades it
+        cfg.merge_from_file(config_file)
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"overrides {opts} are invalid: expected KEY VALUE pairs")
+    for i in range(0, len(opts), 2):
+        default = _lookup(cfg, opts[i])
+        if isinstance(default, float) and isinstance(_literal(opts[i + 1]), int):
+            opts[i + 1] = str(float(_literal(opts[i + 1])))
+    cfg.merge_from_list(opts)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def _literal(text):
+    try:
+        return ast.literal_eval(text) if isinstance(text, str) else text
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _lookup(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _ints_as_floats(defaults, loaded: dict) -> dict:
+    out = {}
+    for key, value in loaded.items():
+        ours = defaults.get(key) if isinstance(defaults, dict) else None
+        if isinstance(value, dict):
+            value = _ints_as_floats(ours, value)
+        elif isinstance(ours, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        out[key] = value
+    return out
+
+
+# Config keys (under MODEL.RANDWIRE) holding the parameters theta of the paper's generators;
+# other generators read theta from MODEL.RANDWIRE.GENERATOR_PARAMS.
+GENERATOR_KEYS = {"ws": {"K": "WS_K", "P": "WS_P"}, "er": {"P": "ER_P"}, "ba": {"M": "BA_M"}}
+
+
+def generator_params(cfg) -> dict:
+    """theta of the configured generator, from MODEL.RANDWIRE."""
+    rw = cfg.MODEL.RANDWIRE
+    if rw.GENERATOR in GENERATOR_KEYS:
+        return {p: rw[key] for p, key in GENERATOR_KEYS[rw.GENERATOR].items()}
+    return dict(rw.GENERATOR_PARAMS)
+
+
+def set_generator(cfg, generator: str, params: dict) -> None:
+    """Set MODEL.RANDWIRE.GENERATOR and its parameter keys (the inverse of generator_params)."""
+    rw = cfg.MODEL.RANDWIRE
+    rw.GENERATOR = generator
+    keys = GENERATOR_KEYS.get(generator)
+    for p, v in params.items():
+        if keys is None:
+            rw.GENERATOR_PARAMS[p] = v
+        elif p in keys:
+            rw[keys[p]] = v
+        else:
+            raise ValueError(f"parameter {p!r} is invalid for generator {generator!r}: expected {sorted(keys)}")

@@ -23,7 +23,7 @@ from randwire_d2.complexity import (
     seed_statistics,
     wiring_stats,
 )
-from randwire_d2.modeling.randwire import generator_params
+from randwire_d2.config import generator_params
 
 
 def parse_seeds(text: str):

@@ -15,7 +15,7 @@ from randwire_d2 import add_randwire_config
 from randwire_d2.analysis import FIG3_GENERATORS, compare_generators, label
 from randwire_d2.complexity import seed_statistics
 from randwire_d2.graphs import sample
-from randwire_d2.modeling.randwire import set_generator
+from randwire_d2.config import set_generator
 from randwire_d2.visualize import draw_generator_grid
 
 

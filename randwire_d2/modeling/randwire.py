@@ -18,6 +18,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
+from ..config import generator_params
 from ..graphs import NetworkWiring, StageWiring, sample_stages
 from .execution import EXECUTIONS, NodeSpec, StagePlan, fast_stage_forward
 from .ops import build_node_op, norm_layer
@@ -344,33 +345,6 @@ class RandWire(Backbone):
                 f"they cannot be checked against the model's wiring {mine}"
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-# Config keys (under MODEL.RANDWIRE) holding the parameters theta of the paper's generators;
-# other generators read theta from MODEL.RANDWIRE.GENERATOR_PARAMS.
-GENERATOR_KEYS = {"ws": {"K": "WS_K", "P": "WS_P"}, "er": {"P": "ER_P"}, "ba": {"M": "BA_M"}}
-
-
-def generator_params(cfg) -> dict:
-    """theta of the configured generator, from MODEL.RANDWIRE."""
-    rw = cfg.MODEL.RANDWIRE
-    if rw.GENERATOR in GENERATOR_KEYS:
-        return {p: rw[key] for p, key in GENERATOR_KEYS[rw.GENERATOR].items()}
-    return dict(rw.GENERATOR_PARAMS)
-
-
-def set_generator(cfg, generator: str, params: dict) -> None:
-    """Set MODEL.RANDWIRE.GENERATOR and its parameter keys (the inverse of generator_params)."""
-    rw = cfg.MODEL.RANDWIRE
-    rw.GENERATOR = generator
-    keys = GENERATOR_KEYS.get(generator)
-    for p, v in params.items():
-        if keys is None:
-            rw.GENERATOR_PARAMS[p] = v
-        elif p in keys:
-            rw[keys[p]] = v
-        else:
-            raise ValueError(f"parameter {p!r} is invalid for generator {generator!r}: expected {sorted(keys)}")
 
 
 def wiring_from_cfg(cfg) -> NetworkWiring:
