@@ -17,7 +17,8 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.utils.env import seed_all_rng
 
-from randwire_d2.engine import Trainer, detection_cfg, draw_detections
+from randwire_d2.config import load_config
+from randwire_d2.engine import Trainer, claim_output_dir, draw_detections
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(__file__), "..", "configs", "demo", "faster_rcnn_randwire_demo.yaml"
@@ -42,6 +43,7 @@ def main():
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--config-file", "--config", dest="config_file", default=DEFAULT_CONFIG)
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR's checkpoints")
     parser.add_argument("--vis", default="", help="write a picture of val detections here")
     parser.add_argument(
         "--threads",
@@ -54,10 +56,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = detection_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
+    claim_output_dir(cfg.OUTPUT_DIR, resume=False, overwrite=args.overwrite)
     if cfg.SEED >= 0:  # as default_setup: weights, data order and augmentation from SEED
         seed_all_rng(cfg.SEED)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

@@ -20,7 +20,7 @@ import torch
 from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 
-from randwire_d2.engine import detection_cfg
+from randwire_d2.config import load_config
 from randwire_d2.modeling.execution import execution_mode
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -45,10 +45,7 @@ def flops(module, x) -> int:
 
 def backbone_complexity(config: str, seed: int, height: int, width: int):
     """(trunk FLOPs, FPN backbone FLOPs, trunk params, FPN backbone params) of one config."""
-    cfg = detection_cfg()
-    cfg.merge_from_file(config)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RANDWIRE.SEED = seed
+    cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.RANDWIRE.SEED", seed])
     backbone = build_model(cfg).backbone.eval()
     x = torch.zeros(1, 3, height, width)
     trunk = backbone.bottom_up

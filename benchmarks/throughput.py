@@ -43,7 +43,7 @@ from detectron2.modeling import build_model
 
 import randwire_d2  # noqa: F401  (registers the RandWire backbones)
 from randwire_d2.complexity import Logits
-from randwire_d2.engine import detection_cfg
+from randwire_d2.config import load_config
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RANDWIRE = {
@@ -68,9 +68,7 @@ DETECTORS = {
 
 
 def randwire(config: str, mode: str, device: str) -> torch.nn.Module:
-    cfg = detection_cfg()
-    cfg.merge_from_file(os.path.join(ROOT, config))
-    cfg.MODEL.DEVICE = device
+    cfg = load_config(os.path.join(ROOT, config), ["MODEL.DEVICE", device], freeze=False)
     cfg.MODEL.RANDWIRE.SEED = 1
     rw = cfg.MODEL.RANDWIRE
     rw.EXECUTION, rw.MEMORY_EFFICIENT, rw.RECOMPUTE_CONVS = MODES[mode]
@@ -81,9 +79,7 @@ def randwire(config: str, mode: str, device: str) -> torch.nn.Module:
 
 
 def detector_backbone(config: str, device: str) -> torch.nn.Module:
-    cfg = detection_cfg()
-    cfg.merge_from_file(os.path.join(ROOT, config))
-    cfg.MODEL.DEVICE = device
+    cfg = load_config(os.path.join(ROOT, config), ["MODEL.DEVICE", device])
     return build_model(cfg).backbone
 
 

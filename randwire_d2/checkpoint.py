@@ -1,4 +1,5 @@
-"""Checkpoints that carry their wiring, written atomically, loadable with weights_only=True.
+"""The checkpoint format, in one place: what a checkpoint holds, how it is written and checked,
+how a classifier checkpoint becomes detector weights, and which config lines it implies.
 
 Format (a dict of tensors and plain values, as `torch.save` writes it):
     "model":               state dict; every RandWire trunk holds a `wiring_fingerprint` buffer
@@ -9,17 +10,20 @@ Format (a dict of tensors and plain values, as `torch.save` writes it):
     "cfg":                 the config that made the checkpoint (yaml text)
     plus whatever the trainer adds ("iteration", "optimizer", "scheduler", "classes", ...).
 
-Loading weights whose fingerprint differs from the model's raises `WiringMismatchError`
-(see `RandWire._load_from_state_dict`), both through this checkpointer and plain
-`load_state_dict`. A classifier checkpoint given to a detector is converted on the fly:
+Loading is strict where a silent mismatch would give wrong numbers: another wiring raises
+`WiringMismatchError` (see `RandWire._load_from_state_dict`); trunk tensors that are missing or
+have other shapes, a checkpoint of another architecture, an unreadable file and non-finite
+values raise `CheckpointError`. A classifier checkpoint given to a detector is mapped on the fly:
 "backbone.<stage>..." becomes "backbone.bottom_up.<stage>..." and the classifier head is dropped.
 """
 
+import glob
 import logging
 import os
 import tempfile
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
@@ -28,28 +32,44 @@ from .graphs import NetworkWiring
 from .modeling.randwire import RandWire
 
 __all__ = [
+    "CheckpointError",
     "RandWireCheckpointer",
     "atomic_torch_save",
+    "read_checkpoint",
+    "check_weights_on_disk",
     "find_trunk",
-    "checkpoint_extras",
     "classifier_to_detector",
+    "convert_classifier_checkpoint",
+    "config_lines",
+    "check_input_normalization",
     "wiring_of_checkpoint",
 ]
 
 CLASSIFIER_ARCH = "RandWireClassifier"
+# What a converted checkpoint keeps besides the mapped weights.
+_CARRIED = ("wiring", "wiring_fingerprint", "pixel_mean", "pixel_std", "input_format", "cfg")
+_TRAINING_STATE = ("trainer", "optimizer", "scheduler", "iteration")
+logger = logging.getLogger(__name__)
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash mid-write
-    leaves the previous file intact."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be what the user meant: unreadable, of another model, non-finite."""
+
+
+def atomic_write(path: str, write, mode: str = "wb") -> None:
+    """write(file) to a temporary file in the same folder, then rename: a crash mid-write leaves
+    the previous file intact. The file gets the umask's permissions (mkstemp's are 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pth")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -57,12 +77,43 @@ def atomic_torch_save(obj, path: str) -> None:
         raise
 
 
-def _atomic_write_text(text: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def atomic_torch_save(obj, path: str) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def check_weights_on_disk(weights: str) -> None:
+    """A MODEL.WEIGHTS that is a local path (not a URL) must exist."""
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"MODEL.WEIGHTS={weights!r} does not exist ({os.path.abspath(weights)}): give a "
+            "checkpoint file, a detectron2:// or https:// URL, or an empty string (random init)"
+        )
+
+
+def read_checkpoint(path: str, what: str = "MODEL.WEIGHTS") -> dict:
+    """torch.load(path, weights_only=True), with an error naming `what`, the file and its size
+    when it is empty, truncated or not a torch file."""
+    try:
+        with PathManager.open(path, "rb") as f:
+            data = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        size = os.path.getsize(path) if os.path.isfile(path) else "?"
+        raise CheckpointError(
+            f"{what}={path!r} is not a readable checkpoint ({size} bytes): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what}={path!r} holds a {type(data).__name__}, not a state dict")
+    return data
+
+
+def nonfinite_keys(state: Dict[str, torch.Tensor]) -> List[str]:
+    """Keys of floating-point tensors holding NaN or inf."""
+    return [
+        k
+        for k, v in state.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def find_trunk(model: torch.nn.Module) -> Tuple[str, RandWire]:
@@ -102,61 +153,206 @@ def classifier_to_detector(
     new, mapped, dropped = {}, [], []
     for k, v in state.items():
         if k.startswith("backbone."):
-            nk = prefix + k[len("backbone.") :]
-            new[nk] = v
-            mapped.append((k, nk))
+            new[prefix + k[len("backbone.") :]] = v
+            mapped.append((k, prefix + k[len("backbone.") :]))
         else:
             dropped.append(k)  # classifier head, pixel statistics
     return new, mapped, dropped
 
 
+def _describe(keys, limit: int = 3) -> str:
+    keys = list(keys)
+    return ", ".join(str(k) for k in keys[:limit]) + (", ..." if len(keys) > limit else "")
+
+
 class RandWireCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that writes atomically, adds the wiring and input statistics to
-    every checkpoint, and loads RandWireClassifier checkpoints into detectors."""
+    every checkpoint, never writes or loads non-finite values, refuses weights that do not fit
+    the trunk (with `strict`, any tensor that does not fit), loads RandWireClassifier checkpoints
+    into detectors, and resumes from the newest intact checkpoint."""
 
-    def __init__(self, model, save_dir="", *, cfg=None, **kwargs):
+    def __init__(self, model, save_dir="", *, cfg=None, strict: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.cfg = cfg
+        self.strict = strict
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
+        bad = nonfinite_keys(data["model"])
+        if bad:
+            raise FloatingPointError(
+                f"not saving {name}.pth: {len(bad)} tensors hold NaN/inf ({_describe(bad)}); "
+                "training diverged. The last intact checkpoint stays in place."
+            )
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(checkpoint_extras(self.model, self.cfg))
         data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
+        save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {save_file}")
         atomic_torch_save(data, save_file)
-        self.tag_last_checkpoint(basename)
+        self.tag_last_checkpoint(f"{name}.pth")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        _atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(path, lambda f: f.write(last_filename_basename), "w")
 
     def _torch_load(self, f):
-        with PathManager.open(f, "rb") as fh:
-            return torch.load(fh, map_location="cpu", weights_only=True)
+        return read_checkpoint(f)
 
     def _load_file(self, filename):
         loaded = super()._load_file(filename)
         inner = getattr(self.model, "module", self.model)
-        if loaded.get("arch") == CLASSIFIER_ARCH and type(inner).__name__ != CLASSIFIER_ARCH:
+        ours, theirs = type(inner).__name__, loaded.get("arch")
+        if theirs == CLASSIFIER_ARCH and ours != CLASSIFIER_ARCH:
             prefix, _ = find_trunk(self.model)
             loaded["model"], mapped, dropped = classifier_to_detector(loaded["model"], prefix)
-            logging.getLogger(__name__).info(
-                f"Loaded a {CLASSIFIER_ARCH} checkpoint into {type(inner).__name__}: "
-                f"{len(mapped)} trunk tensors mapped to '{prefix}*', dropped {dropped}"
+            logger.info(
+                f"Loaded a {CLASSIFIER_ARCH} checkpoint into {ours}: {len(mapped)} trunk tensors "
+                f"mapped to '{prefix}*', dropped {dropped}"
             )
             # A fine-tuning start: optimizer/scheduler/iteration of the pretraining don't apply.
-            loaded = {k: v for k, v in loaded.items() if k not in ("trainer", "optimizer", "scheduler", "iteration")}
+            loaded = {k: v for k, v in loaded.items() if k not in _TRAINING_STATE}
+            loaded["__mapped_from_classifier__"] = True
+        elif theirs is not None and theirs != ours:
+            raise CheckpointError(
+                f"{filename} is a {theirs} checkpoint, but the model is a {ours}: "
+                + (
+                    f"a detector's weights cannot initialise a {CLASSIFIER_ARCH}; give a "
+                    "checkpoint of tools/train_cls.py"
+                    if ours == CLASSIFIER_ARCH
+                    else "give a checkpoint of this architecture or of tools/train_cls.py"
+                )
+            )
+        bad = nonfinite_keys(loaded["model"])
+        if bad:
+            raise CheckpointError(
+                f"{filename} holds NaN/inf in {len(bad)} tensors ({_describe(bad)}): written by "
+                "a diverged run; its numbers would be meaningless"
+            )
         return loaded
+
+    def _load_model(self, checkpoint):
+        expected_partial = checkpoint.pop("__mapped_from_classifier__", False)
+        incompatible = super()._load_model(checkpoint)
+        prefix, _ = find_trunk(self.model)
+        missing = [k for k in incompatible.missing_keys if k.startswith(prefix) or self.strict]
+        shapes = [
+            s for s in incompatible.incorrect_shapes if s[0].startswith(prefix) or self.strict
+        ]
+        if missing or shapes:
+            lines = []
+            if missing:
+                lines.append(f"{len(missing)} tensors are missing ({_describe(missing)})")
+            if shapes:
+                k, theirs, ours = shapes[0]
+                lines.append(
+                    f"{len(shapes)} have other shapes (e.g. {k}: {theirs} in the file, {ours} in "
+                    "the model; other MODEL.RANDWIRE.CHANNELS, REGIME or NUM_CLASSES?)"
+                )
+            raise CheckpointError(
+                "the weights do not fit the model: "
+                + "; ".join(lines)
+                + ". Give a checkpoint of this model (tools/train_cls.py / train_net.py)."
+            )
+        others = [k for k, _, _ in incompatible.incorrect_shapes]
+        if not expected_partial:
+            others += incompatible.missing_keys
+        if others:
+            logger.warning(
+                f"{len(others)} tensors outside the trunk do not fit and keep their "
+                f"initialization: {_describe(others, 6)}"
+            )
+        return incompatible
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict:
+        """As fvcore's, but a missing, unreadable or non-finite last checkpoint falls back to the
+        newest intact one beside it (and says so)."""
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        last = self.get_checkpoint_file()
+        others = sorted(glob.glob(os.path.join(self.save_dir, "*.pth")), key=os.path.getmtime)
+        candidates = [last] + [p for p in reversed(others) if p != last]
+        for i, candidate in enumerate(candidates):
+            try:
+                if not os.path.isfile(candidate):
+                    raise CheckpointError(f"{candidate} does not exist")
+                loaded = self.load(candidate)
+            except (CheckpointError, FloatingPointError) as e:
+                logger.warning(f"cannot resume from {candidate}: {e}")
+                continue
+            if i:
+                logger.warning(f"resumed from {candidate} instead of the last checkpoint {last}")
+            loaded["__resumed_from__"] = candidate
+            return loaded
+        raise CheckpointError(f"no intact checkpoint to resume from in {self.save_dir}")
+
+
+def convert_classifier_checkpoint(
+    src: str, dst: str, prefix: str = "backbone.bottom_up."
+) -> Tuple[Dict, List[Tuple[str, str]], List[str]]:
+    """Write the trunk of RandWireClassifier checkpoint `src` as detector weights to `dst`.
+
+    The output keeps the wiring, its fingerprint and the input statistics, loads with
+    `torch.load(..., weights_only=True)`, and is given to a detector as MODEL.WEIGHTS.
+    Returns (output dict, [(old key, new key)], [dropped keys]).
+    """
+    data = read_checkpoint(src, "input")
+    if "model" not in data:
+        raise CheckpointError(f"{src} is not a randwire_d2 checkpoint: it has no 'model' entry")
+    if data.get("arch") != CLASSIFIER_ARCH:
+        raise CheckpointError(
+            f"{src} holds arch={data.get('arch')!r}: expected a {CLASSIFIER_ARCH} checkpoint"
+        )
+    if "wiring" not in data or "wiring_fingerprint" not in data:
+        raise CheckpointError(f"{src} carries no wiring: cannot check it against the detector's")
+    model, mapped, dropped = classifier_to_detector(data["model"], prefix)
+    out = {"model": model, "arch": "GeneralizedRCNN", "converted_from": CLASSIFIER_ARCH}
+    out.update({k: data[k] for k in _CARRIED if k in data})
+    dropped += [k for k in data if k not in _CARRIED and k not in ("model", "arch")]
+    atomic_torch_save(out, dst)
+    return out, mapped, dropped
+
+
+def config_lines(data: Dict) -> List[str]:
+    """The config overrides that make a model read images as the checkpoint's training did."""
+    lines = []
+    if "pixel_mean" in data:
+        # The statistics went through float32 buffers: print them at float32 precision.
+        for key in ("pixel_mean", "pixel_std"):
+            lines.append(f"MODEL.{key.upper()} {[float(f'{v:.6g}') for v in data[key]]}")
+    if "input_format" in data:
+        lines.append(f"INPUT.FORMAT {data['input_format']}")
+    return lines
+
+
+def check_input_normalization(cfg, checkpoint: dict) -> bool:
+    """Warn when the checkpoint was trained on other pixel statistics or channel order than
+    MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT; False then. (Not an error: fine-tuning with
+    other statistics is legitimate, only usually unintended.)"""
+    ours = {"pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
+    mismatched = []
+    for line in config_lines(checkpoint):
+        key, value = line.split(" ", 1)
+        name = key.split(".")[-1].lower()
+        if name in ours:
+            if not np.allclose(checkpoint[name], ours[name], rtol=0, atol=1e-3):
+                mismatched.append(f"{line} (config: {list(ours[name])})")
+        elif value != cfg.INPUT.FORMAT:
+            mismatched.append(f"{line} (config: {cfg.INPUT.FORMAT})")
+    if mismatched:
+        logger.warning(
+            "MODEL.WEIGHTS was trained with other input normalization than this config; to "
+            "match it set: " + "; ".join(mismatched)
+        )
+    return not mismatched
 
 
 def wiring_of_checkpoint(path: str) -> NetworkWiring:
     """The wiring a checkpoint was trained with (to rebuild its model)."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = read_checkpoint(path, "checkpoint")
     if "wiring" not in data:
-        raise ValueError(f"{path} carries no 'wiring': not a randwire_d2 checkpoint")
+        raise CheckpointError(f"{path} carries no 'wiring': not a randwire_d2 checkpoint")
     return NetworkWiring.from_json(data["wiring"])

@@ -16,6 +16,7 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from .modeling.execution import execution_mode
+from .visualize import graph_statistics
 
 __all__ = [
     "Logits",
@@ -74,7 +75,10 @@ def flops_by_stage(model: nn.Module, input_size: int = 224) -> Dict[str, Tuple[i
     out = {}
     for name in model.backbone.stage_names:
         stage = getattr(model.backbone, name)
-        out[name] = (int(by_module["model.backbone." + name]), sum(p.numel() for p in stage.parameters()))
+        out[name] = (
+            int(by_module["model.backbone." + name]),
+            sum(p.numel() for p in stage.parameters()),
+        )
     out["head"] = (int(by_module["model.head"]), sum(p.numel() for p in model.head.parameters()))
     return out
 
@@ -165,19 +169,6 @@ def find_channels(
 
 
 def wiring_stats(wiring) -> Dict[str, Dict[str, float]]:
-    """Per stage: nodes, edges, input/output node counts, mean input degree, longest path."""
-    import networkx as nx
-
-    out = {}
-    for name, w in wiring.items():
-        g = w.to_networkx()
-        out[name] = {
-            "nodes": w.num_nodes,
-            "edges": len(w.edges),
-            "input_nodes": len(w.input_nodes),
-            "output_nodes": len(w.output_nodes),
-            "mean_in_degree": len(w.edges) / w.num_nodes,
-            "longest_path": nx.dag_longest_path_length(w.to_networkx(with_io=True)),
-            "components": nx.number_weakly_connected_components(g),
-        }
-    return out
+    """Per stage: its node count and `visualize.graph_statistics` (edges, input/output nodes,
+    degrees, path length, depth, ...)."""
+    return {name: {"nodes": w.num_nodes, **graph_statistics(w)} for name, w in wiring.items()}

@@ -10,6 +10,7 @@ from detectron2.config import get_cfg
 __all__ = [
     "add_randwire_config",
     "load_config",
+    "explicit_keys",
     "GENERATOR_KEYS",
     "generator_params",
     "set_generator",
@@ -132,6 +133,20 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
     return cfg
 
 
+def explicit_keys(config_file: str, opts: Sequence[str] = ()) -> set:
+    """The dotted keys that `config_file` (with its `_BASE_` chain) or `opts` set explicitly."""
+
+    def walk(d: dict, prefix: str):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from walk(v, prefix + k + ".")
+            else:
+                yield prefix + k
+
+    keys = set(walk(CN.load_yaml_with_base(config_file, allow_unsafe=True), ""))
+    return keys | set(list(opts)[::2])
+
+
 def _literal(text):
     try:
         return ast.literal_eval(text) if isinstance(text, str) else text
@@ -184,4 +199,6 @@ def set_generator(cfg, generator: str, params: dict) -> None:
         elif p in keys:
             rw[keys[p]] = v
         else:
-            raise ValueError(f"parameter {p!r} is invalid for generator {generator!r}: expected {sorted(keys)}")
+            raise ValueError(
+                f"parameter {p!r} is invalid for generator {generator!r}: expected {sorted(keys)}"
+            )

@@ -65,13 +65,28 @@ def _check_probability(name: str, value: float) -> float:
     return float(value)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_int(name: str, value, low: int, high: int, high_inclusive: bool = False) -> int:
-    ok_type = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    ok_range = ok_type and (low <= value <= high if high_inclusive else low <= value < high)
+    ok_range = _is_int(value) and (low <= value <= high if high_inclusive else low <= value < high)
     if not ok_range:
         bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer in [{low}, {high}{bracket}")
+        raise ValueError(
+            f"{name}={value!r} is invalid: expected an integer in [{low}, {high}{bracket}"
+        )
     return int(value)
+
+
+def _parse_json(text: str, where: str) -> dict:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 @register_generator("er")
@@ -159,6 +174,7 @@ class StageWiring:
     def __post_init__(self):
         if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
             raise ValueError(f"num_nodes={self.num_nodes!r} is invalid: expected an integer >= 1")
+        # Generators give undirected pairs in any order: orient them u < v (from_dict is strict).
         edges = tuple(sorted({(int(min(u, v)), int(max(u, v))) for u, v in self.edges}))
         for u, v in edges:
             if u == v or u < 0 or v >= self.num_nodes:
@@ -203,10 +219,34 @@ class StageWiring:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StageWiring":
+    def from_dict(cls, d: dict, where: str = "stage wiring") -> "StageWiring":
+        """Strict inverse of `to_dict`: integer num_nodes >= 2 and distinct edges [u, v] with
+        0 <= u < v < num_nodes. Errors start with `where` (the file and stage)."""
+        for key in ("num_nodes", "edges"):
+            if not isinstance(d, dict) or key not in d:
+                got = f"missing {key!r}" if isinstance(d, dict) else f"got {d!r:.60}"
+                raise ValueError(f"{where}: {got}: expected a dict with 'num_nodes' and 'edges'")
+        n, edges, seen = d["num_nodes"], d["edges"], set()
+        if not _is_int(n) or n < 2:
+            raise ValueError(f"{where}: num_nodes={n!r} is invalid: expected an integer >= 2")
+        if not isinstance(edges, (list, tuple)):
+            raise ValueError(f"{where}: edges={edges!r:.60} is invalid: expected a list of [u, v]")
+        for e in edges:
+            if not (isinstance(e, (list, tuple)) and len(e) == 2 and all(map(_is_int, e))):
+                raise ValueError(
+                    f"{where}: edge {e!r} is invalid: expected a pair [u, v] of integers"
+                )
+            if not 0 <= e[0] < e[1] < n:
+                raise ValueError(
+                    f"{where}: edge {e!r} is invalid: expected 0 <= u < v < {n} "
+                    "(an edge points from the smaller node to the larger)"
+                )
+            if tuple(e) in seen:
+                raise ValueError(f"{where}: edge {e!r} appears twice: expected distinct edges")
+            seen.add(tuple(e))
         return cls(
-            num_nodes=int(d["num_nodes"]),
-            edges=tuple(tuple(e) for e in d["edges"]),
+            num_nodes=int(n),
+            edges=tuple(tuple(e) for e in edges),
             generator=d.get("generator", ""),
             params=dict(d.get("params", {})),
             seed=int(d.get("seed", -1)),
@@ -217,8 +257,8 @@ class StageWiring:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "StageWiring":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, where: str = "stage wiring") -> "StageWiring":
+        return cls.from_dict(_parse_json(text, where), where)
 
     def fingerprint(self) -> str:
         """Hash of the structure (num_nodes, edges): equal iff the networks are wired alike."""
@@ -282,9 +322,10 @@ class NetworkWiring:
         return json.dumps({k: w.to_dict() for k, w in self.stages.items()}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "NetworkWiring":
-        data = json.loads(text)
-        return cls({k: StageWiring.from_dict(v) for k, v in data.items()})
+    def from_json(cls, text: str, where: str = "wiring") -> "NetworkWiring":
+        """Strict: see `StageWiring.from_dict`; errors name `where` (e.g. the file) and the stage."""
+        data = _parse_json(text, where)
+        return cls({k: StageWiring.from_dict(v, f"{where}, stage {k!r}") for k, v in data.items()})
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:
@@ -293,7 +334,7 @@ class NetworkWiring:
     @classmethod
     def load(cls, path: str) -> "NetworkWiring":
         with open(path) as f:
-            return cls.from_json(f.read())
+            return cls.from_json(f.read(), f"wiring file {path!r}")
 
     def fingerprint(self) -> str:
         canon = json.dumps({k: w.fingerprint() for k, w in self.stages.items()}, sort_keys=True)

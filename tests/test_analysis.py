@@ -5,7 +5,13 @@ import sys
 import pytest
 import torch
 
-from randwire_d2.analysis import compare_generators, graph_damage, remove_edge, remove_node, summarize_damage
+from randwire_d2.analysis import (
+    compare_generators,
+    graph_damage,
+    remove_edge,
+    remove_node,
+    summarize_damage,
+)
 from randwire_d2.graphs import NetworkWiring, StageWiring
 from randwire_d2.modeling import RandWire
 from randwire_d2.visualize import draw_network, graph_statistics
@@ -74,7 +80,9 @@ def test_graph_damage_covers_every_node_and_edge():
 
 
 def test_compare_generators_and_statistics():
-    rows = compare_generators([("ws", {"K": 4, "P": 0.0}), ("ba", {"M": 2})], num_nodes=10, seeds=[1, 2])
+    rows = compare_generators(
+        [("ws", {"K": 4, "P": 0.0}), ("ba", {"M": 2})], num_nodes=10, seeds=[1, 2]
+    )
     assert rows[0]["generator"] == "WS(4, 0.0)" and rows[0]["edges"] == (20.0, 0.0)
     assert rows[0]["input_nodes"] == (1.0, 0.0)  # the ring lattice has one input node
     assert rows[1]["edges"] == (16.0, 0.0) and rows[1]["input_nodes"] == (2.0, 0.0)
@@ -87,41 +95,78 @@ def test_draw_and_tools(tmp_path):
     assert os.path.getsize(path) > 1000
     out = tmp_path / "gen.png"
     r = subprocess.run(
-        [sys.executable, "tools/compare_generators.py", "--generators", "ws:K=4,P=0.75", "er:P=0.2",
-         "--num-nodes", "12", "--seeds", "2", "--output", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "tools/compare_generators.py",
+            "--generators",
+            "ws:K=4,P=0.75",
+            "er:P=0.2",
+            "--num-nodes",
+            "12",
+            "--seeds",
+            "2",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert "| WS(4, 0.75) | 24.00 ± 0.00 |" in r.stdout and out.stat().st_size > 1000
     r = subprocess.run(
-        [sys.executable, "tools/draw_wiring.py", "--config-file", "configs/imagenet/randwire_ws_c109_regular.yaml",
-         "--output", str(tmp_path / "c109.png"), "--save-wiring", str(tmp_path / "c109.json")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "tools/draw_wiring.py",
+            "--config-file",
+            "configs/imagenet/randwire_ws_c109_regular.yaml",
+            "--output",
+            str(tmp_path / "c109.png"),
+            "--save-wiring",
+            str(tmp_path / "c109.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert NetworkWiring.load(str(tmp_path / "c109.json"))["conv2"].num_nodes == 16
 
 
 def test_graph_damage_tool_on_a_checkpoint(tmp_path):
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from randwire_d2 import add_randwire_config
     from randwire_d2.checkpoint import RandWireCheckpointer
+    from randwire_d2.config import load_config
     from randwire_d2.data.cls_demo import generate_classification_demo
 
-    data = generate_classification_demo(str(tmp_path / "data"), {"train": 1, "val": 2}, image_size=32)
-    cfg = get_cfg()
-    add_randwire_config(cfg)
-    cfg.merge_from_file("configs/demo/randwire_cls_demo.yaml")
-    cfg.MODEL.DEVICE = "cpu"
+    data = generate_classification_demo(
+        str(tmp_path / "data"), {"train": 1, "val": 2}, image_size=32
+    )
+    cfg = load_config("configs/demo/randwire_cls_demo.yaml", ["MODEL.DEVICE", "cpu"])
     RandWireCheckpointer(build_model(cfg), str(tmp_path), cfg=cfg).save("model")
     r = subprocess.run(
-        [sys.executable, "tools/graph_damage.py", "--config-file", "configs/demo/randwire_cls_demo.yaml",
-         "--stages", "conv5", "--output", str(tmp_path / "damage.png"),
-         "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "PRETRAIN.DATA_ROOT", data,
-         "PRETRAIN.TEST_CROPS", "[28]", "MODEL.DEVICE", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "tools/graph_damage.py",
+            "--config-file",
+            "configs/demo/randwire_cls_demo.yaml",
+            "--stages",
+            "conv5",
+            "--output",
+            str(tmp_path / "damage.png"),
+            "MODEL.WEIGHTS",
+            str(tmp_path / "model.pth"),
+            "PRETRAIN.DATA_ROOT",
+            data,
+            "PRETRAIN.TEST_CROPS",
+            "[28]",
+            "MODEL.DEVICE",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "baseline top-1:" in r.stdout and "remove one edge" in r.stdout

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from PIL import Image
 
-from randwire_d2 import add_randwire_config
+from randwire_d2.config import load_config
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.imagefolder import (
     EpochBatchSampler,
@@ -21,13 +20,8 @@ from randwire_d2.data.imagefolder import (
     scan_image_folder,
 )
 from randwire_d2.data.shapes import CLASSES
-from randwire_d2.engine.classification import (
-    ClassificationTrainer,
-    ClassificationEvaluator,
-    apply_schedule,
-    resolve_schedule,
-    topk_correct,
-)
+from randwire_d2.engine import ClassificationTrainer, resolve_schedule
+from randwire_d2.engine.evaluation import ClassificationEvaluator, topk_correct
 from randwire_d2.graphs import sample_stages
 from randwire_d2.modeling import Node, RandWire
 
@@ -39,20 +33,26 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def imagenet_cfg(name="randwire_ws_c109_regular.yaml", opts=()):
-    cfg = get_cfg()
-    add_randwire_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "imagenet", name))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_config(os.path.join(REPO, "configs", "imagenet", name), opts, freeze=False)
 
 
 def tiny_small_cfg(num_classes, *opts):
     """The small-regime ImageNet config shrunk to a CPU-test size (C=8, N=6, head 16)."""
     return imagenet_cfg(
         "randwire_ws_c78_small.yaml",
-        ["MODEL.DEVICE", "cpu", "MODEL.RANDWIRE.CHANNELS", "8", "MODEL.RANDWIRE.NUM_NODES", "6",
-         "MODEL.CLASSIFIER.NUM_CLASSES", str(num_classes), "MODEL.CLASSIFIER.HEAD_CHANNELS", "16",
-         *opts],
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.RANDWIRE.CHANNELS",
+            "8",
+            "MODEL.RANDWIRE.NUM_NODES",
+            "6",
+            "MODEL.CLASSIFIER.NUM_CLASSES",
+            str(num_classes),
+            "MODEL.CLASSIFIER.HEAD_CHANNELS",
+            "16",
+            *opts,
+        ],
     )
 
 
@@ -174,16 +174,13 @@ def test_topk_on_a_hand_made_case():
 
 def test_schedule_from_epochs_and_linear_lr_scaling():
     cfg = imagenet_cfg(opts=["SOLVER.IMS_PER_BATCH", "512"])
-    s = resolve_schedule(cfg, 1_281_167, 16)
-    assert (s.iters_per_epoch, s.max_iter, s.warmup_iters) == (2502, 250200, 12510)
-    assert s.peak_lr == pytest.approx(0.2)
-    resolved = apply_schedule(cfg, s)
-    assert (resolved.SOLVER.MAX_ITER, resolved.SOLVER.WARMUP_ITERS) == (250200, 12510)
-    assert resolved.SOLVER.BASE_LR == pytest.approx(0.2)
+    resolved = resolve_schedule(cfg, 1_281_167, 16)
+    s = resolved.SOLVER
+    assert (s.MAX_ITER, s.WARMUP_ITERS, s.CHECKPOINT_PERIOD) == (250200, 12510, 2502)
+    assert resolved.TEST.EVAL_PERIOD == 25020
+    assert s.BASE_LR == pytest.approx(0.2)
     # Resolving a resolved config gives the same lr: BASE_LR is never scaled twice.
-    assert apply_schedule(
-        resolved, resolve_schedule(resolved, 1_281_167, 16)
-    ).SOLVER.BASE_LR == pytest.approx(0.2)
+    assert resolve_schedule(resolved, 1_281_167, 16).SOLVER.BASE_LR == pytest.approx(0.2)
 
 
 def test_lr_curve_is_warmup_then_half_period_cosine():
@@ -199,13 +196,12 @@ def test_lr_curve_is_warmup_then_half_period_cosine():
             "2.0",
         ]
     )
-    s = resolve_schedule(cfg, 2560, 1)  # 10 iterations per epoch, 100 in all, 20 of warmup
-    cfg = apply_schedule(cfg, s)
+    cfg = resolve_schedule(cfg, 2560, 1)  # 10 iterations per epoch, 100 in all, 20 of warmup
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=cfg.SOLVER.BASE_LR)
     sched = build_lr_scheduler(cfg, opt)
     lrs = []
-    for _ in range(s.max_iter):
+    for _ in range(cfg.SOLVER.MAX_ITER):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
@@ -219,13 +215,13 @@ def test_lr_curve_is_warmup_then_half_period_cosine():
 @pytest.mark.parametrize(
     "opts, world, match",
     [
-        (["SOLVER.IMS_PER_BATCH", "250"], 8, "IMS_PER_BATCH=250 is invalid for 8 processes"),
+        (["SOLVER.IMS_PER_BATCH", "250"], 8, "IMS_PER_BATCH=250 is invalid: expected a multiple of the 8 processes"),
         (["SOLVER.IMS_PER_BATCH", "256"], 1, r"IMS_PER_BATCH=256 is invalid: expected 1\.\.100"),
-        (["PRETRAIN.EPOCHS", "0"], 1, "EPOCHS=0 is invalid"),
+        (["PRETRAIN.EPOCHS", "0"], 1, "PRETRAIN.EPOCHS=0.0 is invalid"),
         (
             ["PRETRAIN.WARMUP_EPOCHS", "200.0"],
             1,
-            r"WARMUP_EPOCHS=200.0 is invalid: expected \[0, 100\]",
+            r"WARMUP_EPOCHS=200.0 is invalid: expected \[0, PRETRAIN.EPOCHS=100\]",
         ),
     ],
 )

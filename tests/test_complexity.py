@@ -3,19 +3,15 @@ import json
 import os
 
 import pytest
-from detectron2.config import get_cfg
 
-from randwire_d2 import add_randwire_config
 from randwire_d2.complexity import find_channels, model_complexity, parse_count, seed_statistics
+from randwire_d2.config import load_config
 
 TABLE = os.path.join(os.path.dirname(__file__), "complexity_table.json")
 
 
 def load(path):
-    cfg = get_cfg()
-    add_randwire_config(cfg)
-    cfg.merge_from_file(path)
-    return cfg
+    return load_config(path, freeze=False)
 
 
 def classifier_configs():
@@ -29,7 +25,9 @@ def test_every_classifier_config_is_frozen():
     configs = classifier_configs()
     assert "configs/imagenet/randwire_ws_c78_small.yaml" in configs
     missing = [p for p in configs if p not in table]
-    assert not missing, f"{missing}: record them with python tools/analyze_model.py --config-file P --update-table {TABLE}"
+    assert (
+        not missing
+    ), f"{missing}: record them with python tools/analyze_model.py --config-file P --update-table {TABLE}"
 
 
 @pytest.mark.parametrize("path", sorted(json.load(open(TABLE))))

@@ -11,33 +11,33 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.utils.env import seed_all_rng
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from torch import nn
 
 import randwire_d2
-from randwire_d2.checkpoint import RandWireCheckpointer
+from randwire_d2.checkpoint import (
+    RandWireCheckpointer,
+    check_input_normalization,
+    check_weights_on_disk,
+    convert_classifier_checkpoint,
+)
+from randwire_d2.config import load_config
+from randwire_d2.data.checks import (
+    DatasetNotFoundError,
+    check_datasets_on_disk,
+    register_user_datasets,
+)
 from randwire_d2.data.detection_demo import (
     DEMO_DET_PARAMS,
     generate_detection_demo,
     register_detection_demo,
 )
-from randwire_d2.engine import (
-    DatasetNotFoundError,
-    Trainer,
-    build_checkpointer,
-    check_datasets_on_disk,
-    check_input_normalization,
-    check_weights_on_disk,
-    detection_cfg,
-    draw_detections,
-    register_user_datasets,
-)
-from randwire_d2.engine.convert import convert_classifier_checkpoint
+from randwire_d2.engine import Trainer, build_checkpointer, draw_detections
 from randwire_d2.modeling import RandWire, WiringMismatchError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,10 +68,7 @@ TINY = [
 
 
 def tiny_cfg(*overrides, config=DEMO_CONFIG):
-    cfg = detection_cfg()
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(TINY + list(overrides))
-    return cfg
+    return load_config(config, TINY + list(overrides), freeze=False)
 
 
 def classifier_cfg(cfg):
@@ -169,9 +166,7 @@ def test_config_list_is_complete():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_config_builds(path):
     """Every shipped yaml loads and builds at full size (no forward, no weights download)."""
-    cfg = detection_cfg()
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = load_config(path, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     backbone = model.backbone
     shapes = backbone.output_shape()

@@ -6,11 +6,10 @@ import copy
 import pytest
 import torch
 from detectron2.modeling import build_model
+from test_modeling import batch, tiny_cfg
 
 from randwire_d2.modeling import NODE_OPS, RandWire, network_wiring
 from randwire_d2.modeling.execution import StagePlan, execution_mode
-
-from test_modeling import batch, tiny_cfg
 
 NORMS = ["BN", "FrozenBN", "GN", "naiveSyncBN"]
 

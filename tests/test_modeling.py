@@ -1,10 +1,9 @@
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
-from randwire_d2 import add_randwire_config
+from randwire_d2.config import load_config
 from randwire_d2.graphs import NetworkWiring, StageWiring
 from randwire_d2.modeling import (
     NODE_OPS,
@@ -17,9 +16,7 @@ from randwire_d2.modeling import (
 
 
 def tiny_cfg(regime="small", node_op="sep_conv3x3", generator="ws", seed=1):
-    cfg = get_cfg()
-    add_randwire_config(cfg)
-    cfg.merge_from_file("configs/imagenet/randwire_ws_c78_small.yaml")
+    cfg = load_config("configs/imagenet/randwire_ws_c78_small.yaml", freeze=False)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RANDWIRE.REGIME = regime
     cfg.MODEL.RANDWIRE.NODE_OP = node_op
@@ -70,10 +67,13 @@ def test_generators_build(generator):
     model(batch())["loss_cls"].backward()
 
 
-@pytest.mark.parametrize("regime,names", [
-    ("small", ["conv1", "conv2", "conv3", "conv4", "conv5"]),
-    ("regular", ["conv1", "conv2", "conv3", "conv4", "conv5"]),
-])
+@pytest.mark.parametrize(
+    "regime,names",
+    [
+        ("small", ["conv1", "conv2", "conv3", "conv4", "conv5"]),
+        ("regular", ["conv1", "conv2", "conv3", "conv4", "conv5"]),
+    ],
+)
 def test_stage_outputs_match_output_shape(regime, names):
     w = network_wiring("ws", 6, 1, regime, K=2, P=0.5)
     trunk = RandWire(wiring=w, channels=8, regime=regime, out_features=names).eval()
@@ -167,7 +167,9 @@ def test_freeze_at():
         params = list(getattr(trunk, name).parameters())
         frozen = name in ("conv1", "conv2")
         assert all(p.requires_grad != frozen for p in params), name
-        has_frozen_bn = any(isinstance(m, FrozenBatchNorm2d) for m in getattr(trunk, name).modules())
+        has_frozen_bn = any(
+            isinstance(m, FrozenBatchNorm2d) for m in getattr(trunk, name).modules()
+        )
         assert has_frozen_bn == frozen
     with pytest.raises(ValueError, match=r"FREEZE_AT=6 .*\[0, 5\]"):
         RandWire(wiring=w, channels=8, regime="regular", freeze_at=6)
@@ -227,7 +229,9 @@ def test_user_generator_from_config():
 
 def test_seeded_edge_removal_is_reproducible():
     w = StageWiring(5, ((0, 2), (1, 2), (2, 3), (1, 4)))
-    trunk = RandWire(wiring=NetworkWiring({"conv3": w, "conv4": w, "conv5": w}), channels=8, drop_edge_prob=0.5)
+    trunk = RandWire(
+        wiring=NetworkWiring({"conv3": w, "conv4": w, "conv5": w}), channels=8, drop_edge_prob=0.5
+    )
     trunk.train()
 
     def picks(keys):

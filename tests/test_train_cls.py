@@ -14,15 +14,15 @@ import time
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
-from randwire_d2 import add_randwire_config
 from randwire_d2.checkpoint import RandWireCheckpointer
+from randwire_d2.config import load_config
+from randwire_d2.data.checks import check_image_folder
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.shapes import CLASSES
-from randwire_d2.engine.classification import ClassificationTrainer, evaluate_checkpoint
+from randwire_d2.engine import ClassificationTrainer, evaluate_checkpoint, resolve_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml")
@@ -62,13 +62,11 @@ def tiny_opts(data_root, output_dir, epochs=2, **extra):
     return [str(x) for kv in opts.items() for x in kv]
 
 
-def make_cfg(opts):
-    cfg = get_cfg()
-    add_randwire_config(cfg)
-    cfg.merge_from_file(DEMO_CFG)
-    cfg.merge_from_list(opts)
-    cfg.freeze()
-    return cfg
+def make_cfg(opts, world_size=1):
+    """The config tools/train_cls.py trains with: file, overrides, schedule resolved."""
+    cfg = load_config(DEMO_CFG, opts)
+    size = len(check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("train",))["train"][1])
+    return resolve_schedule(cfg, size, world_size)
 
 
 def train_in_process(opts, resume=False):
@@ -107,15 +105,15 @@ def train_losses(output_dir):
 
 def test_single_process_run(data_root, tmp_path):
     trainer = train_in_process(tiny_opts(data_root, tmp_path, epochs=3))
-    s = trainer.schedule
-    assert (s.iters_per_epoch, s.max_iter, s.warmup_iters) == (1, 3, 1)
-    assert s.peak_lr == pytest.approx(0.4 * 16 / 256)  # LR_PER_256 x global batch / 256
+    s = trainer.cfg.SOLVER
+    assert (trainer.iters_per_epoch, s.MAX_ITER, s.WARMUP_ITERS) == (1, 3, 1)
+    assert s.BASE_LR == pytest.approx(0.4 * 16 / 256)  # LR_PER_256 x global batch / 256
 
     records = dict(read_metrics(tmp_path))
     assert sorted(train_losses(tmp_path)) == [0, 1, 2]
     # Warmup starts at WARMUP_FACTOR x peak; the last lr is on the cosine's way down to 0.
-    assert records[0]["lr"] == pytest.approx(0.1 * s.peak_lr)
-    assert 0 < records[2]["lr"] < s.peak_lr
+    assert records[0]["lr"] == pytest.approx(0.1 * s.BASE_LR)
+    assert 0 < records[2]["lr"] < s.BASE_LR
     assert records[2]["images_per_sec"] > 0
     final = [r for _, r in read_metrics(tmp_path) if "val_32/top1" in r]
     assert len(final) == 1 and 0 <= final[0]["val_32/top1"] <= final[0]["val_32/top5"] == 100.0
@@ -217,25 +215,20 @@ def test_sigkill_then_resume_loses_at_most_one_checkpoint_period(data_root, tmp_
         if proc.poll() is None:
             proc.kill()
 
-    killed_at = max(train_losses(tmp_path))
+    killed = {it: r for it, r in read_metrics(tmp_path) if "total_loss" in r}
+    killed_at = max(killed)
     saved = (tmp_path / "last_checkpoint").read_text()
     saved_iter = torch.load(tmp_path / saved, map_location="cpu", weights_only=True)["iteration"]
     assert killed_at - saved_iter < period
 
     run_cli("--config-file", DEMO_CFG, "--resume", *opts)
-    records = read_metrics(tmp_path)
-    seen = {}
-    for it, r in records:
-        if "total_loss" in r:
-            seen.setdefault(it, []).append(r)
-    assert sorted(seen) == list(range(60))
+    iterations = [it for it, r in read_metrics(tmp_path) if "total_loss" in r]
+    assert iterations == list(range(60))  # each once: the killed run's later lines are dropped
+    resumed = {it: r for it, r in read_metrics(tmp_path) if "total_loss" in r}
     # Iterations after the checkpoint ran twice (killed run, resumed run): identically.
-    redone = [it for it, rs in seen.items() if len(rs) == 2]
-    assert redone == list(range(saved_iter + 1, killed_at + 1))
-    for it in redone:
-        first, second = seen[it]
-        assert second["lr"] == pytest.approx(first["lr"], rel=1e-9)
-        assert second["total_loss"] == pytest.approx(first["total_loss"], rel=1e-5)
+    for it in range(saved_iter + 1, killed_at + 1):
+        assert resumed[it]["lr"] == pytest.approx(killed[it]["lr"], rel=1e-9)
+        assert resumed[it]["total_loss"] == pytest.approx(killed[it]["total_loss"], rel=1e-5)
 
 
 def test_checkpoint_loads_weights_only_and_initialises_the_demo_detector(data_root, tmp_path):
@@ -253,10 +246,7 @@ def test_checkpoint_loads_weights_only_and_initialises_the_demo_detector(data_ro
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["classes"] == sorted(CLASSES)  # ImageFolder order: sorted folder names
 
-    det_cfg = get_cfg()
-    add_randwire_config(det_cfg)
-    det_cfg.merge_from_file(DETECTOR_DEMO_CFG)
-    det_cfg.MODEL.DEVICE = "cpu"
+    det_cfg = load_config(DETECTOR_DEMO_CFG, ["MODEL.DEVICE", "cpu"])
     cls_cfg = make_cfg(opts)
     for key in ("GENERATOR", "NUM_NODES", "SEED", "WS_K", "WS_P", "CHANNELS", "REGIME", "NODE_OP"):
         assert det_cfg.MODEL.RANDWIRE[key] == cls_cfg.MODEL.RANDWIRE[key], key

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """FLOPs (fvcore, one multiply-add = one FLOP) and parameters of a RandWire classifier config.
 
-    python tools/analyze_model.py --config-file configs/imagenet/randwire_ws_c78_small.yaml
-    python tools/analyze_model.py --config-file ... --seeds 1-5        # mean +- std (Tables 2-3)
-    python tools/analyze_model.py --config-file ... --find-channels 583M
-    python tools/analyze_model.py --config-file ... --update-table tests/complexity_table.json
+python tools/analyze_model.py --config-file configs/imagenet/randwire_ws_c78_small.yaml
+python tools/analyze_model.py --config-file ... --seeds 1-5        # mean +- std (Tables 2-3)
+python tools/analyze_model.py --config-file ... --find-channels 583M
+python tools/analyze_model.py --config-file ... --update-table tests/complexity_table.json
 """
 
 import argparse
@@ -12,10 +12,8 @@ import json
 import os
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from randwire_d2 import add_randwire_config
 from randwire_d2.complexity import (
     find_channels,
     flops_by_stage,
@@ -23,7 +21,7 @@ from randwire_d2.complexity import (
     seed_statistics,
     wiring_stats,
 )
-from randwire_d2.config import generator_params
+from randwire_d2.config import generator_params, load_config
 
 
 def parse_seeds(text: str):
@@ -34,21 +32,17 @@ def parse_seeds(text: str):
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_randwire_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
+    return load_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
 
 
 def describe(cfg, size):
     rw = cfg.MODEL.RANDWIRE
     model = build_model(cfg)
     theta = ", ".join(f"{k}={v}" for k, v in generator_params(cfg).items())
-    print(f"{rw.GENERATOR}({theta}), N={rw.NUM_NODES}, C={rw.CHANNELS}, regime={rw.REGIME}, "
-          f"node op={rw.NODE_OP}, seed={rw.SEED}, wiring {model.backbone.wiring.fingerprint()}")
+    print(
+        f"{rw.GENERATOR}({theta}), N={rw.NUM_NODES}, C={rw.CHANNELS}, regime={rw.REGIME}, "
+        f"node op={rw.NODE_OP}, seed={rw.SEED}, wiring {model.backbone.wiring.fingerprint()}"
+    )
     stats = wiring_stats(model.backbone.wiring)
     shapes = model.backbone._out_feature_channels
     print("\n| stage | nodes | edges | input/output nodes | channels | FLOPs (M) | params (M) |")
@@ -57,38 +51,62 @@ def describe(cfg, size):
     for name, (f, p) in flops_by_stage(model, size).items():
         total_f, total_p = total_f + f, total_p + p
         s = stats.get(name)
-        nodes, edges, io = (s["nodes"], s["edges"], f"{s['input_nodes']}/{s['output_nodes']}") if s else ("-", "-", "-")
-        print(f"| {name} | {nodes} | {edges} | {io} | {shapes.get(name, '-')} | {f / 1e6:.1f} | {p / 1e6:.3f} |")
+        nodes, edges, io = (
+            (s["nodes"], s["edges"], f"{s['input_nodes']}/{s['output_nodes']}")
+            if s
+            else ("-", "-", "-")
+        )
+        print(
+            f"| {name} | {nodes} | {edges} | {io} | {shapes.get(name, '-')} | {f / 1e6:.1f} | {p / 1e6:.3f} |"
+        )
     print(f"| total | | | | | {total_f / 1e6:.1f} | {total_p / 1e6:.3f} |")
     print(f"\nat {size}x{size}: FLOPs {total_f / 1e6:.1f}M, params {total_p / 1e6:.3f}M")
     return total_f, total_p
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--input-size", type=int, default=224, help="square input side (224; 320 for Table 4)")
-    parser.add_argument("--seeds", default="", help="e.g. 1-5 or 1,3: mean and std over these seeds")
-    parser.add_argument("--find-channels", default="", metavar="FLOPS",
-                        help="find C whose mean FLOPs over --seeds (default 1-5) is nearest, e.g. 583M")
-    parser.add_argument("--update-table", default="", metavar="JSON",
-                        help="record this config's FLOPs/params (seed from the config) in a JSON table")
+    parser.add_argument(
+        "--input-size", type=int, default=224, help="square input side (224; 320 for Table 4)"
+    )
+    parser.add_argument(
+        "--seeds", default="", help="e.g. 1-5 or 1,3: mean and std over these seeds"
+    )
+    parser.add_argument(
+        "--find-channels",
+        default="",
+        metavar="FLOPS",
+        help="find C whose mean FLOPs over --seeds (default 1-5) is nearest, e.g. 583M",
+    )
+    parser.add_argument(
+        "--update-table",
+        default="",
+        metavar="JSON",
+        help="record this config's FLOPs/params (seed from the config) in a JSON table",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
     if not os.path.isfile(args.config_file):
         sys.exit(f"--config-file {args.config_file!r} does not exist")
     cfg = setup(args)
     if cfg.MODEL.META_ARCHITECTURE != "RandWireClassifier":
-        sys.exit(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: this tool counts "
-                 "RandWireClassifier configs; for detectors use benchmarks/detector_complexity.py")
+        sys.exit(
+            f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: this tool counts "
+            "RandWireClassifier configs; for detectors use benchmarks/detector_complexity.py"
+        )
 
     flops, params = describe(cfg, args.input_size)
     if args.seeds:
         st = seed_statistics(cfg, parse_seeds(args.seeds), args.input_size)
         for s, (f, p) in st["per_seed"].items():
             print(f"seed {s}: FLOPs {f / 1e6:.1f}M, params {p / 1e6:.3f}M")
-        print(f"seeds {args.seeds}: FLOPs {st['flops_mean'] / 1e6:.1f}M +- {st['flops_std'] / 1e6:.1f}M, "
-              f"params {st['params_mean'] / 1e6:.2f}M +- {st['params_std'] / 1e6:.2f}M")
+        print(
+            f"seeds {args.seeds}: FLOPs {st['flops_mean'] / 1e6:.1f}M +- {st['flops_std'] / 1e6:.1f}M, "
+            f"params {st['params_mean'] / 1e6:.2f}M +- {st['params_std'] / 1e6:.2f}M"
+        )
     if args.find_channels:
         target = parse_count(args.find_channels)
         c, f = find_channels(cfg, target, parse_seeds(args.seeds or "1-5"), args.input_size)
@@ -98,7 +116,11 @@ def main():
         if os.path.isfile(args.update_table):
             with open(args.update_table) as f:
                 table = json.load(f)
-        table[os.path.relpath(args.config_file)] = {"flops": flops, "params": params, "input_size": args.input_size}
+        table[os.path.relpath(args.config_file)] = {
+            "flops": flops,
+            "params": params,
+            "input_size": args.input_size,
+        }
         with open(args.update_table, "w") as f:
             json.dump(table, f, indent=2, sort_keys=True)
             f.write("\n")

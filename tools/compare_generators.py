@@ -9,13 +9,10 @@ instance per generator, and optionally the small-regime complexity of each.
 import argparse
 import os
 
-from detectron2.config import get_cfg
-
-from randwire_d2 import add_randwire_config
 from randwire_d2.analysis import FIG3_GENERATORS, compare_generators, label
 from randwire_d2.complexity import seed_statistics
+from randwire_d2.config import load_config, set_generator
 from randwire_d2.graphs import sample
-from randwire_d2.config import set_generator
 from randwire_d2.visualize import draw_generator_grid
 
 
@@ -30,13 +27,25 @@ def parse_setting(text):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--generators", nargs="*", default=[], help="settings like ws:K=4,P=0.75 (default: Fig. 3's)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--generators",
+        nargs="*",
+        default=[],
+        help="settings like ws:K=4,P=0.75 (default: Fig. 3's)",
+    )
     parser.add_argument("--num-nodes", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=5, help="seeds 1..S")
-    parser.add_argument("--output", default="", help="PNG with one ring picture per generator (Fig. 4)")
-    parser.add_argument("--complexity", action="store_true",
-                        help="also FLOPs/params of the small-regime C=78 network (configs/imagenet)")
+    parser.add_argument(
+        "--output", default="", help="PNG with one ring picture per generator (Fig. 4)"
+    )
+    parser.add_argument(
+        "--complexity",
+        action="store_true",
+        help="also FLOPs/params of the small-regime C=78 network (configs/imagenet)",
+    )
     args = parser.parse_args()
     settings = [parse_setting(g) for g in args.generators] or FIG3_GENERATORS
     seeds = range(1, args.seeds + 1)
@@ -49,14 +58,15 @@ def main():
     for (gen, params), row in zip(settings, rows):
         cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" for k in keys]
         if args.complexity:
-            cfg = get_cfg()
-            add_randwire_config(cfg)
-            cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs/imagenet/randwire_ws_c78_small.yaml"))
+            base = os.path.join(os.path.dirname(__file__), "..", "configs/imagenet")
+            cfg = load_config(os.path.join(base, "randwire_ws_c78_small.yaml"), freeze=False)
             set_generator(cfg, gen, params)
             cfg.MODEL.RANDWIRE.NUM_NODES = args.num_nodes
             st = seed_statistics(cfg, seeds)
-            cells += [f"{st['flops_mean'] / 1e6:.0f} ± {st['flops_std'] / 1e6:.0f}",
-                      f"{st['params_mean'] / 1e6:.2f} ± {st['params_std'] / 1e6:.2f}"]
+            cells += [
+                f"{st['flops_mean'] / 1e6:.0f} ± {st['flops_std'] / 1e6:.0f}",
+                f"{st['params_mean'] / 1e6:.2f} ± {st['params_std'] / 1e6:.2f}",
+            ]
         print(f"| {row['generator']} | " + " | ".join(cells) + " |")
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -12,7 +12,7 @@ directly: the same mapping is then done on load.)
 
 import argparse
 
-from randwire_d2.engine.convert import config_lines, convert_classifier_checkpoint
+from randwire_d2.checkpoint import config_lines, convert_classifier_checkpoint
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(

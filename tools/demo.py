@@ -41,24 +41,30 @@ def run(cmd):
 
 
 def paper_models(out):
-    from detectron2.config import get_cfg
-
-    from randwire_d2 import add_randwire_config
     from randwire_d2.complexity import seed_statistics
+    from randwire_d2.config import load_config
 
     print("== 1. The paper's RandWire-WS(4, 0.75) networks, N=32, 224x224, seeds 1..5 (fvcore) ==")
     print("| config | FLOPs | params | paper (Tables 2-3) |")
     print("|---|---|---|---|")
     for path, paper in PAPER_MODELS:
-        cfg = get_cfg()
-        add_randwire_config(cfg)
-        cfg.merge_from_file(os.path.join(ROOT, path))
-        st = seed_statistics(cfg, range(1, 6))
-        print(f"| {os.path.basename(path)} | {fmt(st['flops_mean'])} ± {fmt(st['flops_std'])} "
-              f"| {st['params_mean'] / 1e6:.2f}M ± {st['params_std'] / 1e6:.2f} | {paper} |", flush=True)
+        st = seed_statistics(load_config(os.path.join(ROOT, path), freeze=False), range(1, 6))
+        print(
+            f"| {os.path.basename(path)} | {fmt(st['flops_mean'])} ± {fmt(st['flops_std'])} "
+            f"| {st['params_mean'] / 1e6:.2f}M ± {st['params_std'] / 1e6:.2f} | {paper} |",
+            flush=True,
+        )
     for path, _ in PAPER_MODELS:
         name = os.path.splitext(os.path.basename(path))[0]
-        run(["tools/draw_wiring.py", "--config-file", path, "--output", os.path.join(out, f"wiring_{name}.png")])
+        run(
+            [
+                "tools/draw_wiring.py",
+                "--config-file",
+                path,
+                "--output",
+                os.path.join(out, f"wiring_{name}.png"),
+            ]
+        )
 
 
 def last_eval(metrics_path, prefix):
@@ -75,26 +81,53 @@ def pretrain(out):
     print("\n== 2. Pretrain the demo RandWire classifier on the embedded classification data ==")
     cls_dir = os.path.join(out, "classification")
     run(["-m", "randwire_d2.data.cls_demo", "datasets/randwire_demo_cls"])
-    run(["tools/train_cls.py", "--config-file", CLS_CONFIG, "OUTPUT_DIR", cls_dir])
-    run(["tools/draw_wiring.py", "--checkpoint", os.path.join(cls_dir, "model_final.pth"),
-         "--output", os.path.join(out, "wiring_demo_classifier.png")])
-    return last_eval(os.path.join(cls_dir, "metrics.json"), "val_"), os.path.join(cls_dir, "model_final.pth")
+    run(["tools/train_cls.py", "--config-file", CLS_CONFIG, "--overwrite", "OUTPUT_DIR", cls_dir])
+    run(
+        [
+            "tools/draw_wiring.py",
+            "--checkpoint",
+            os.path.join(cls_dir, "model_final.pth"),
+            "--output",
+            os.path.join(out, "wiring_demo_classifier.png"),
+        ]
+    )
+    return last_eval(os.path.join(cls_dir, "metrics.json"), "val_"), os.path.join(
+        cls_dir, "model_final.pth"
+    )
 
 
 def detect(out, name, weights, opts):
     det_dir = os.path.join(out, name)
-    run(["benchmarks/demo_detection.py", "--config-file", DET_CONFIG,
-         "--vis", os.path.join(out, f"{name}_val_detections.jpg"),
-         "OUTPUT_DIR", det_dir, "MODEL.WEIGHTS", weights] + opts)
+    run(
+        [
+            "benchmarks/demo_detection.py",
+            "--config-file",
+            DET_CONFIG,
+            "--overwrite",
+            "--vis",
+            os.path.join(out, f"{name}_val_detections.jpg"),
+            "OUTPUT_DIR",
+            det_dir,
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+        + opts
+    )
     with open(os.path.join(det_dir, "benchmark.json")) as f:
         return json.load(f)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "demo"))
-    parser.add_argument("--det-iters", type=int, default=500,
-                        help="detector iterations, for both the pretrained and the from-scratch run")
+    parser.add_argument(
+        "--det-iters",
+        type=int,
+        default=500,
+        help="detector iterations, for both the pretrained and the from-scratch run",
+    )
     args = parser.parse_args()
     os.makedirs(args.output, exist_ok=True)
     start = time.time()
@@ -102,9 +135,19 @@ def main():
     paper_models(args.output)
     cls_results, cls_weights = pretrain(args.output)
     n = args.det_iters
-    opts = ["SOLVER.MAX_ITER", str(n), "SOLVER.STEPS", f"({int(n * 0.7)},{int(n * 0.9)})",
-            "SOLVER.WARMUP_ITERS", str(min(100, n // 5)), "SOLVER.CHECKPOINT_PERIOD", str(n)]
-    print(f"\n== 3. Fine-tune the demo Faster R-CNN from the pretrained classifier ({n} iterations) ==")
+    opts = [
+        "SOLVER.MAX_ITER",
+        str(n),
+        "SOLVER.STEPS",
+        f"({int(n * 0.7)},{int(n * 0.9)})",
+        "SOLVER.WARMUP_ITERS",
+        str(min(100, n // 5)),
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(n),
+    ]
+    print(
+        f"\n== 3. Fine-tune the demo Faster R-CNN from the pretrained classifier ({n} iterations) =="
+    )
     pretrained = detect(args.output, "detection_pretrained", cls_weights, opts)
     print(f"\n== 4. The same detector from scratch ({n} iterations) ==")
     scratch = detect(args.output, "detection_scratch", "", opts)
@@ -118,10 +161,15 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for label, r in [("pretrained classifier", pretrained), ("from scratch", scratch)]:
         b = r["bbox"]
-        print(f"| {label} | " + " | ".join(f"{b[k]:.1f}" for k in ("AP", "AP50", "AP75", "APs", "APm"))
-              + f" | {r['train_seconds'] / 60:.1f} min |")
-    print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min on {os.cpu_count()} CPUs; "
-          f"pictures of wirings and detections in {args.output}")
+        print(
+            f"| {label} | "
+            + " | ".join(f"{b[k]:.1f}" for k in ("AP", "AP50", "AP75", "APs", "APm"))
+            + f" | {r['train_seconds'] / 60:.1f} min |"
+        )
+    print(
+        f"\ndemo finished in {(time.time() - start) / 60:.1f} min on {os.cpu_count()} CPUs; "
+        f"pictures of wirings and detections in {args.output}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,33 +9,31 @@
 import argparse
 import os
 
-from detectron2.config import get_cfg
-
-from randwire_d2 import add_randwire_config
 from randwire_d2.checkpoint import wiring_of_checkpoint
+from randwire_d2.config import load_config
 from randwire_d2.modeling import wiring_from_cfg
 from randwire_d2.visualize import draw_network
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--config-file", metavar="FILE")
     src.add_argument("--checkpoint", metavar="FILE", help="a randwire_d2 checkpoint (.pth)")
     parser.add_argument("--output", required=True, help="PNG path")
     parser.add_argument("--layout", default="layered", choices=["layered", "ring"])
-    parser.add_argument("--save-wiring", default="", help="also write the wiring JSON (WIRING_FILE)")
+    parser.add_argument(
+        "--save-wiring", default="", help="also write the wiring JSON (WIRING_FILE)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
 
     if args.checkpoint:
         wiring = wiring_of_checkpoint(args.checkpoint)
     else:
-        cfg = get_cfg()
-        add_randwire_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        wiring = wiring_from_cfg(cfg)
+        wiring = wiring_from_cfg(load_config(args.config_file, args.opts))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     print(wiring)
     print("wrote", draw_network(wiring, args.output, args.layout))

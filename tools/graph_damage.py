@@ -11,38 +11,43 @@ import json
 import os
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.evaluation import inference_on_dataset
 
-from randwire_d2 import add_randwire_config
 from randwire_d2.analysis import graph_damage, summarize_damage
 from randwire_d2.checkpoint import RandWireCheckpointer, find_trunk
-from randwire_d2.engine.classification import ClassificationEvaluator, ClassificationTrainer, default_device
+from randwire_d2.config import load_config
+from randwire_d2.engine import ClassificationTrainer, resolve_device
+from randwire_d2.engine.evaluation import ClassificationEvaluator
 from randwire_d2.visualize import plot_damage
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--stages", nargs="*", default=[], help="random stages to damage (default: all)")
-    parser.add_argument("--output", default="", help="PNG of Fig. 5 (and a .json of every removal beside it)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)")
+    parser.add_argument(
+        "--stages", nargs="*", default=[], help="random stages to damage (default: all)"
+    )
+    parser.add_argument(
+        "--output", default="", help="PNG of Fig. 5 (and a .json of every removal beside it)"
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)"
+    )
     args = parser.parse_args()
 
-    cfg = get_cfg()
-    add_randwire_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = default_device(cfg)
+    cfg = load_config(args.config_file, args.opts, freeze=False)
+    resolve_device(cfg)
     cfg.DATALOADER.NUM_WORKERS = 0  # one pass per removal: worker start-up would dominate
     cfg.freeze()
     if not cfg.MODEL.WEIGHTS:
         raise SystemExit("MODEL.WEIGHTS is empty: graph damage needs a trained checkpoint")
 
     model = ClassificationTrainer.build_model(cfg)
-    RandWireCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    RandWireCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
     model.eval()
-    loader = next(iter(ClassificationTrainer.build_test_loaders(cfg).values()))
+    loader = ClassificationTrainer.build_test_loader(cfg, cfg.PRETRAIN.TEST_CROPS[0])
     _, trunk = find_trunk(model)
 
     def evaluate() -> float:

@@ -3,65 +3,79 @@
 
     python tools/train_cls.py --config-file configs/imagenet/randwire_ws_c109_regular.yaml --num-gpus 8
     python tools/train_cls.py --config-file ... --num-gpus 8 --dry-run     # print the schedule only
+    python tools/train_cls.py --config-file ... SOLVER.MAX_ITER 20         # a smoke test
     python tools/train_cls.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     torchrun --nproc-per-node 8 tools/train_cls.py --config-file ...     # joins torchrun's group
 
-On a machine without CUDA, --num-gpus N runs N CPU processes (gloo).
+The schedule is written in epochs (PRETRAIN.*) and resolved here into SOLVER.* for the training
+set and the global batch; SOLVER/TEST keys given explicitly are kept (and said so). On a machine
+without CUDA, --num-gpus N runs N CPU processes (gloo).
 """
 
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup
+import os
+
+from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from randwire_d2 import add_randwire_config
-from randwire_d2.engine.classification import (
-    IMAGENET_TRAIN_IMAGES,
+from randwire_d2.config import explicit_keys, load_config
+from randwire_d2.data.checks import check_image_folder
+from randwire_d2.data.cls_demo import ensure_classification_demo
+from randwire_d2.engine import (
     ClassificationTrainer,
-    default_device,
-    dry_run_schedule,
+    argument_parser,
+    claim_output_dir,
+    describe_schedule,
     evaluate_checkpoint,
-    launch_from_env_or_args,
-    training_set_size,
+    launch,
+    resolve_device,
+    resolve_schedule,
 )
+from randwire_d2.engine.schedule import IMAGENET_TRAIN_IMAGES
+from randwire_d2.engine.trainer import check_amp_dtype
 
 
-def argument_parser():
-    parser = default_argument_parser()
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the resolved schedule and exit"
-    )
+def build_parser():
+    parser = argument_parser(__doc__)
+    parser.add_argument("--dry-run", action="store_true", help="print the schedule and exit")
     parser.add_argument(
         "--dataset-size",
         type=int,
         default=None,
-        help="training images for --dry-run (default: count PRETRAIN.DATA_ROOT/train, else ImageNet-1k's)",
+        help="training images for --dry-run (default: count PRETRAIN.DATA_ROOT/train, else "
+        "ImageNet-1k's)",
     )
     return parser
 
 
-def setup(args, log=True):
-    cfg = get_cfg()
-    add_randwire_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = default_device(cfg)
-    cfg.freeze()
-    if log:
+def setup(args, world_size=None):
+    """The config this run trains with: file + overrides, data checked, schedule resolved; then
+    OUTPUT_DIR is claimed and Detectron2's default_setup writes it to OUTPUT_DIR/config.yaml."""
+    cfg = load_config(args.config_file, args.opts, freeze=False)
+    resolve_device(cfg)
+    check_amp_dtype(cfg)
+    root = cfg.PRETRAIN.DATA_ROOT
+    if comm.is_main_process():
+        ensure_classification_demo(root)  # the embedded demo data is generated on demand
+    comm.synchronize()
+    if args.eval_only:
+        check_image_folder(root, ("val",))
+        cfg.freeze()
+    else:
+        size = args.dataset_size
+        if size is None and args.dry_run and not os.path.isdir(os.path.join(root, "train")):
+            print(f"{root}/train not found: assuming ImageNet-1k's training set (--dataset-size)")
+            size = IMAGENET_TRAIN_IMAGES
+        size = size or len(check_image_folder(root, ("train", "val"))["train"][1])
+        world_size = world_size or comm.get_world_size()
+        explicit = explicit_keys(args.config_file, args.opts)
+        cfg = resolve_schedule(cfg, size, world_size, explicit)
+        print(f"Schedule:\n{describe_schedule(cfg, size, world_size)}")
+    if not args.dry_run:
+        claim_output_dir(cfg.OUTPUT_DIR, args.resume or args.eval_only, args.overwrite)
         default_setup(cfg, args)
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="randwire_d2")
     return cfg
-
-
-def dry_run(args):
-    cfg = setup(args, log=False)
-    size = args.dataset_size or training_set_size(cfg)
-    if size is None:
-        size = IMAGENET_TRAIN_IMAGES
-        print(
-            f"{cfg.PRETRAIN.DATA_ROOT}/train not found: assuming ImageNet-1k's training set (--dataset-size N to change)"
-        )
-    print(dry_run_schedule(cfg, size, args.num_gpus * args.num_machines))
 
 
 def main(args):
@@ -74,9 +88,9 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = argument_parser().parse_args()
+    args = build_parser().parse_args()
     print("Command Line Args:", args)
     if args.dry_run:
-        dry_run(args)
+        setup(args, world_size=args.num_gpus * args.num_machines)
     else:
-        launch_from_env_or_args(main, args)
+        launch(main, args)

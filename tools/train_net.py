@@ -7,38 +7,82 @@
     python tools/train_net.py --config ... --eval-only MODEL.WEIGHTS <model.pth>
     python tools/train_net.py --config ... --dataset mydata_train train.json images/ \\
         DATASETS.TRAIN '("mydata_train",)'
+    torchrun --nproc-per-node 8 tools/train_net.py --config ...          # joins torchrun's group
 
 Without CUDA, `--num-gpus N` runs N CPU processes (gloo).
 """
 
-import sys
+from detectron2.engine import default_setup
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
 
-from detectron2.engine import launch
+from randwire_d2.checkpoint import check_input_normalization, check_weights_on_disk
+from randwire_d2.config import load_config
+from randwire_d2.data.checks import (
+    check_datasets_on_disk,
+    check_num_classes,
+    prepare_datasets,
+    register_user_datasets,
+)
+from randwire_d2.engine import (
+    Trainer,
+    argument_parser,
+    build_checkpointer,
+    claim_output_dir,
+    launch,
+    resolve_device,
+)
 
-from randwire_d2.engine import argument_parser, setup_cfg, train_or_evaluate
-from randwire_d2.engine.detection import DatasetNotFoundError
-from randwire_d2.engine.distributed import CloseProcessGroupAfter
+
+def build_parser():
+    parser = argument_parser(__doc__)
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        nargs=3,
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO-format dataset (repeatable); use NAME in DATASETS.TRAIN/TEST",
+    )
+    return parser
 
 
 def setup(args):
-    return setup_cfg(args)
+    """Config, datasets and weights checked before anything trains; OUTPUT_DIR claimed."""
+    register_user_datasets(args.dataset)
+    cfg = load_config(args.config_file, args.opts, freeze=False)
+    resolve_device(cfg)
+    cfg.freeze()
+    datasets = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+    check_datasets_on_disk(datasets)
+    check_weights_on_disk(cfg.MODEL.WEIGHTS)
+    prepare_datasets(datasets)
+    check_num_classes(datasets, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    claim_output_dir(cfg.OUTPUT_DIR, args.resume or args.eval_only, args.overwrite)
+    default_setup(cfg, args)
+    return cfg
 
 
 def main(args):
-    return train_or_evaluate(args)
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        checkpointer = build_checkpointer(model, cfg.OUTPUT_DIR, cfg=cfg, strict=True)
+        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+            raise ValueError("MODEL.WEIGHTS='' and no checkpoint to resume: nothing to evaluate")
+        check_input_normalization(
+            cfg, checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        )
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
 
 
 if __name__ == "__main__":
-    args = argument_parser(__doc__).parse_args()
+    args = build_parser().parse_args()
     print("Command Line Args:", args)
-    try:
-        launch(
-            CloseProcessGroupAfter(main),
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except DatasetNotFoundError as e:  # a user error: the message, not a traceback
-        sys.exit(f"{type(e).__name__}: {e}")
+    launch(main, args)

@@ -6,11 +6,14 @@ here transfers to the demo detector. Image i of class c in a split is drawn from
 
     python -m randwire_d2.data.cls_demo datasets/randwire_demo_cls
 
-writes `<folder>/{train,val}/<class>/<i>.png` and `<folder>/params.json`.
+writes `<folder>/{train,val}/<class>/<i>.png` and `<folder>/params.json`; run again, it
+regenerates only the files that are missing. `ensure_classification_demo(PRETRAIN.DATA_ROOT)`
+does the same when the config points at the demo data (configs/demo/randwire_cls_demo.yaml).
 """
 
 import argparse
 import json
+import logging
 import os
 import shutil
 from typing import Dict, Tuple
@@ -20,10 +23,18 @@ import numpy as np
 
 from .shapes import CLASSES, render_background, render_object
 
-__all__ = ["DEMO_CLS_PARAMS", "render_classification_image", "generate_classification_demo"]
+__all__ = [
+    "DEMO_CLS_ROOT",
+    "DEMO_CLS_PARAMS",
+    "render_classification_image",
+    "generate_classification_demo",
+    "ensure_classification_demo",
+]
 
 _SPLIT_IDS = {"train": 0, "val": 1}
 _VERSION = 1
+# PRETRAIN.DATA_ROOT of configs/demo/randwire_cls_demo.yaml (relative to the working directory).
+DEMO_CLS_ROOT = "datasets/randwire_demo_cls"
 # Generation parameters of the demo data that configs/demo/randwire_cls_demo.yaml trains on.
 DEMO_CLS_PARAMS = dict(
     images_per_class={"train": 400, "val": 60}, image_size=64, object_scale=(0.4, 0.8), seed=0
@@ -52,8 +63,8 @@ def generate_classification_demo(
     object_scale: Tuple[float, float] = (0.4, 0.8),
     seed: int = 0,
 ) -> str:
-    """Write the demo splits under `folder` (skipped when `folder` already holds them); returns
-    `folder`.
+    """Write the demo splits under `folder` (when it already holds them, only the missing files);
+    returns `folder`.
 
     Args:
         folder: output folder; holds `<split>/<class>/<i>.png` and `params.json`.
@@ -81,27 +92,50 @@ def generate_classification_demo(
         seed=seed,
     )
     meta = os.path.join(folder, "params.json")
+    current = False
     if os.path.exists(meta):
         with open(meta) as f:
-            if json.load(f) == params:
-                return folder
+            current = json.load(f) == params
+    written = 0
     for split, count in images_per_class.items():
-        shutil.rmtree(os.path.join(folder, split), ignore_errors=True)  # no stale images
+        if not current:
+            shutil.rmtree(os.path.join(folder, split), ignore_errors=True)  # no stale images
         for c, name in enumerate(CLASSES):
             os.makedirs(os.path.join(folder, split, name), exist_ok=True)
             for i in range(count):
+                path = os.path.join(folder, split, name, f"{i:05d}.png")
+                if current and os.path.exists(path):
+                    continue
                 rng = np.random.default_rng([seed, _SPLIT_IDS[split], c, i])
                 image = render_classification_image(rng, c, image_size, object_scale)
-                cv2.imwrite(os.path.join(folder, split, name, f"{i:05d}.png"), image[:, :, ::-1])
-    # Written last: a folder without it (interrupted generation) is generated again.
-    with open(meta, "w") as f:
-        json.dump(params, f, indent=1)
+                cv2.imwrite(path, image[:, :, ::-1])
+                written += 1
+    if current and written:
+        logging.getLogger(__name__).warning(f"{folder}: repaired {written} missing images")
+    if not current:  # written last: a folder without it (interrupted) is generated again
+        with open(meta, "w") as f:
+            json.dump(params, f, indent=1)
     return folder
+
+
+def ensure_classification_demo(data_root: str) -> bool:
+    """Generate (or repair) the demo data when `data_root` is its folder: DEMO_CLS_ROOT, or
+    $DETECTRON2_DATASETS/randwire_demo_cls; True then, False (and nothing done) for other data.
+    Call it in the main process only: concurrent generators would rewrite each other's files."""
+    roots = [DEMO_CLS_ROOT]
+    if os.getenv("DETECTRON2_DATASETS"):
+        roots.append(
+            os.path.join(os.path.expanduser(os.environ["DETECTRON2_DATASETS"]), "randwire_demo_cls")
+        )
+    if os.path.abspath(os.path.expanduser(data_root)) not in map(os.path.abspath, roots):
+        return False
+    generate_classification_demo(data_root, **DEMO_CLS_PARAMS)
+    return True
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the embedded classification demo data.")
-    parser.add_argument("folder", nargs="?", default="datasets/randwire_demo_cls")
+    parser.add_argument("folder", nargs="?", default=DEMO_CLS_ROOT)
     args = parser.parse_args(argv)
     print(generate_classification_demo(args.folder, **DEMO_CLS_PARAMS))
 

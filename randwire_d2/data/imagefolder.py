@@ -6,6 +6,7 @@ iteration i therefore sees exactly the images and crops the uninterrupted run wo
 and the global batch of an iteration is the same for any number of processes.
 """
 
+import logging
 import math
 import random
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -98,26 +99,64 @@ class ResizeCenterCrop:
 
 
 class ImageFolderDataset(Dataset):
-    """dataset[(index, seed)] -> dict(image=CHW uint8 tensor in `image_format`, label=int)."""
+    """dataset[(index, seed)] -> dict(image=CHW uint8 tensor in `image_format`, label=int).
 
-    def __init__(self, samples: Sequence[Tuple[str, int]], transform, image_format: str = "RGB"):
+    An unreadable image (empty, not an image, truncated) is logged once and replaced by the next
+    readable one, (index + 1) % len, with the same seed, so batches keep their size; more than
+    `max_bad_images` distinct bad files (default max(10, 1% of the dataset)) in this instance
+    (one per data loader worker) raise a RuntimeError.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Tuple[str, int]],
+        transform,
+        image_format: str = "RGB",
+        max_bad_images: Optional[int] = None,
+    ):
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={image_format!r} is invalid: expected 'RGB' or 'BGR'")
         self.samples = list(samples)
         self.transform = transform
         self.image_format = image_format
+        self.max_bad_images = (
+            max(10, len(self.samples) // 100) if max_bad_images is None else max_bad_images
+        )
+        self.bad_images: Dict[str, str] = {}  # path -> error
 
     def __len__(self):
         return len(self.samples)
 
+    def _read(self, path: str, seed: Optional[int]) -> Optional[Image.Image]:
+        if path in self.bad_images:
+            return None
+        try:
+            with Image.open(path) as f:
+                return self.transform(f.convert("RGB"), seed)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
+            self.bad_images[path] = f"{type(e).__name__}: {e}"
+        logging.getLogger(__name__).warning(
+            f"skipping unreadable image {path} ({self.bad_images[path]}): bad image "
+            f"{len(self.bad_images)} of at most max_bad_images={self.max_bad_images}"
+        )
+        if len(self.bad_images) > self.max_bad_images or len(self.bad_images) == len(self):
+            raise RuntimeError(
+                f"{len(self.bad_images)} of {len(self)} images are unreadable, more than "
+                f"max_bad_images={self.max_bad_images} allows; last: {path} "
+                f"({self.bad_images[path]})"
+            )
+        return None
+
     def __getitem__(self, key) -> Dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        path, label = self.samples[index]
-        with Image.open(path) as f:
-            image = self.transform(f.convert("RGB"), seed)
+        image = self._read(self.samples[index][0], seed)
+        while image is None:
+            index = (index + 1) % len(self)
+            image = self._read(self.samples[index][0], seed)
         array = np.asarray(image)
         if self.image_format == "BGR":
             array = array[:, :, ::-1]
+        label = self.samples[index][1]
         return {"image": torch.from_numpy(array.copy()).permute(2, 0, 1), "label": label}
 
 

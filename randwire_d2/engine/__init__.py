@@ -1,19 +1,22 @@
-"""Training and evaluation of RandWire detectors (tools/train_net.py runs `train_or_evaluate`)."""
+"""Training and evaluation on Detectron2's engine: one trainer base, one module per task.
 
-from .detection import (
-    DatasetNotFoundError,
-    Trainer,
-    argument_parser,
+launch.py          starting the processes (torchrun or Detectron2's launch), both tools
+trainer.py         RandWireTrainer: what both trainers share; OUTPUT_DIR claim; resume checks
+hooks.py           hooks and the progress printer
+schedule.py        pretraining epochs resolved into SOLVER.*
+evaluation.py      top-k accuracy
+classification.py  ClassificationTrainer (tools/train_cls.py)
+detection.py       Trainer (tools/train_net.py), detection pictures
+"""
+
+from .classification import ClassificationTrainer, evaluate_checkpoint
+from .detection import Trainer, draw_detections
+from .launch import argument_parser, launch
+from .schedule import describe_schedule, resolve_schedule
+from .trainer import (
+    RandWireTrainer,
     build_checkpointer,
-    check_datasets_on_disk,
-    check_input_normalization,
-    check_weights_on_disk,
+    claim_output_dir,
     create_ddp_model,
-    detection_cfg,
-    draw_detections,
-    prepare_datasets,
-    register_user_datasets,
-    setup_cfg,
-    train_or_evaluate,
+    resolve_device,
 )
-from .classification import ClassificationTrainer, dry_run_schedule, launch_from_env_or_args

@@ -1,103 +1,139 @@
-"""Pretraining schedules: epochs (PRETRAIN.*) turned into iterations and the peak lr.
+"""Pretraining schedules: epochs (PRETRAIN.*) resolved once into the SOLVER/TEST keys.
 
 Sec. 4: lr 0.1 per 256 images scaled linearly with the global batch (SOLVER.IMS_PER_BATCH, over
-all processes), linear warmup (Goyal et al.), half-period cosine decay.
+all processes), linear warmup (Goyal et al.), half-period cosine decay. After `resolve_schedule`
+everything reads cfg.SOLVER; a SOLVER/TEST key the user set explicitly (in the config file or on
+the command line) is kept over its epoch-derived value, and the printout says so.
 """
 
-import dataclasses
-from typing import Tuple
+import logging
+from typing import Collection
 
-__all__ = ["IMAGENET_TRAIN_IMAGES", "Schedule", "resolve_schedule", "dry_run_schedule", "apply_schedule"]
+__all__ = ["IMAGENET_TRAIN_IMAGES", "DERIVED_FROM", "resolve_schedule", "describe_schedule"]
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
+# The SOLVER/TEST keys the schedule sets, and the PRETRAIN key each is derived from.
+DERIVED_FROM = {
+    "SOLVER.BASE_LR": "PRETRAIN.LR_PER_256",
+    "SOLVER.MAX_ITER": "PRETRAIN.EPOCHS",
+    "SOLVER.WARMUP_ITERS": "PRETRAIN.WARMUP_EPOCHS",
+    "SOLVER.CHECKPOINT_PERIOD": "PRETRAIN.CHECKPOINT_PERIOD_EPOCHS",
+    "TEST.EVAL_PERIOD": "PRETRAIN.EVAL_PERIOD_EPOCHS",
+}
 
 
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """A pretraining schedule in iterations, resolved from epochs."""
-
-    dataset_size: int
-    world_size: int
-    global_batch: int
-    epochs: float
-    iters_per_epoch: int
-    max_iter: int
-    warmup_iters: int
-    peak_lr: float
-    checkpoint_period: int
-    eval_period: int
-    recipe: Tuple[Tuple[str, str], ...] = ()
-
-    def __str__(self):
-        rows = [
-            ("training images", f"{self.dataset_size:,}"),
-            ("processes", self.world_size),
-            (
-                "global batch",
-                f"{self.global_batch} ({self.global_batch // self.world_size} per process)",
-            ),
-            ("epochs", f"{self.epochs:g}"),
-            ("iterations per epoch", f"{self.iters_per_epoch:,}"),
-            ("total iterations", f"{self.max_iter:,}"),
-            ("warmup iterations", f"{self.warmup_iters:,}"),
-            ("peak lr", f"{self.peak_lr:g}"),
-            ("checkpoint period", f"{self.checkpoint_period:,} iterations"),
-            (
-                "eval period",
-                f"{self.eval_period:,} iterations" if self.eval_period else "after training",
-            ),
-        ] + list(self.recipe)
-        return "\n".join(f"{k:>22}: {v}" for k, v in rows)
+def _get(cfg, key):
+    node, leaf = key.split(".")
+    return cfg[node][leaf]
 
 
-def resolve_schedule(cfg, dataset_size: int, world_size: int) -> Schedule:
-    """Turn PRETRAIN's epochs and SOLVER.IMS_PER_BATCH into iterations and the peak lr."""
+def _check(ok: bool, key: str, value, allowed: str):
+    if not ok:
+        raise ValueError(f"{key}={value!r} is invalid: expected {allowed}")
+
+
+def resolve_schedule(cfg, dataset_size: int, world_size: int, explicit: Collection[str] = ()):
+    """A copy of cfg whose SOLVER.BASE_LR / MAX_ITER / WARMUP_ITERS / CHECKPOINT_PERIOD and
+    TEST.EVAL_PERIOD hold the schedule of PRETRAIN's epochs for `dataset_size` training images,
+    except the keys in `explicit`, which keep the user's value. Idempotent."""
     p, batch = cfg.PRETRAIN, cfg.SOLVER.IMS_PER_BATCH
-    if world_size < 1 or batch % world_size:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH={batch} is invalid for {world_size} processes: expected a "
-            "multiple of the process count (it is the global batch)"
-        )
-    if not 0 < batch <= dataset_size:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH={batch} is invalid: expected 1..{dataset_size} (the training images)"
-        )
-    if p.EPOCHS <= 0:
-        raise ValueError(f"PRETRAIN.EPOCHS={p.EPOCHS!r} is invalid: expected > 0")
-    if not 0 <= p.WARMUP_EPOCHS <= p.EPOCHS:
-        raise ValueError(
-            f"PRETRAIN.WARMUP_EPOCHS={p.WARMUP_EPOCHS!r} is invalid: expected [0, {p.EPOCHS}]"
-        )
-    if p.CHECKPOINT_PERIOD_EPOCHS <= 0 or p.EVAL_PERIOD_EPOCHS < 0:
-        raise ValueError(
-            f"PRETRAIN.CHECKPOINT_PERIOD_EPOCHS={p.CHECKPOINT_PERIOD_EPOCHS!r} / EVAL_PERIOD_EPOCHS="
-            f"{p.EVAL_PERIOD_EPOCHS!r} are invalid: expected > 0 / >= 0"
-        )
-    ipe = dataset_size // batch  # the sampler drops each epoch's last partial batch
-    max_iter = max(1, round(p.EPOCHS * ipe))
-    return Schedule(
-        dataset_size=dataset_size,
-        world_size=world_size,
-        global_batch=batch,
-        epochs=float(p.EPOCHS),
-        iters_per_epoch=ipe,
-        max_iter=max_iter,
-        warmup_iters=min(max_iter, round(p.WARMUP_EPOCHS * ipe)),
-        peak_lr=p.LR_PER_256 * batch / 256,
-        checkpoint_period=max(1, round(p.CHECKPOINT_PERIOD_EPOCHS * ipe)),
-        eval_period=max(1, round(p.EVAL_PERIOD_EPOCHS * ipe)) if p.EVAL_PERIOD_EPOCHS > 0 else 0,
-        recipe=_recipe(cfg),
+    _check(
+        world_size >= 1 and batch % world_size == 0,
+        "SOLVER.IMS_PER_BATCH",
+        batch,
+        f"a multiple of the {world_size} processes (it is the global batch)",
     )
+    _check(
+        0 < batch <= dataset_size,
+        "SOLVER.IMS_PER_BATCH",
+        batch,
+        f"1..{dataset_size} (the training images)",
+    )
+    _check(p.EPOCHS > 0, "PRETRAIN.EPOCHS", p.EPOCHS, "> 0 (fractions allowed)")
+    _check(
+        0 <= p.WARMUP_EPOCHS <= p.EPOCHS,
+        "PRETRAIN.WARMUP_EPOCHS",
+        p.WARMUP_EPOCHS,
+        f"[0, PRETRAIN.EPOCHS={p.EPOCHS:g}]",
+    )
+    _check(p.LR_PER_256 > 0, "PRETRAIN.LR_PER_256", p.LR_PER_256, "> 0")
+    _check(
+        p.CHECKPOINT_PERIOD_EPOCHS > 0,
+        "PRETRAIN.CHECKPOINT_PERIOD_EPOCHS",
+        p.CHECKPOINT_PERIOD_EPOCHS,
+        "> 0",
+    )
+    _check(
+        p.EVAL_PERIOD_EPOCHS >= 0,
+        "PRETRAIN.EVAL_PERIOD_EPOCHS",
+        p.EVAL_PERIOD_EPOCHS,
+        ">= 0 (0: evaluate after training only)",
+    )
+    ipe = dataset_size // batch  # the sampler drops each epoch's last partial batch
+    explicit = set(explicit) & set(DERIVED_FROM)
+    max_iter = cfg.SOLVER.MAX_ITER if "SOLVER.MAX_ITER" in explicit else round(p.EPOCHS * ipe)
+    _check(
+        max_iter >= 1,
+        "SOLVER.MAX_ITER" if "SOLVER.MAX_ITER" in explicit else "PRETRAIN.EPOCHS",
+        max_iter if "SOLVER.MAX_ITER" in explicit else p.EPOCHS,
+        f"at least one iteration ({ipe} per epoch)",
+    )
+    derived = {
+        "SOLVER.BASE_LR": p.LR_PER_256 * batch / 256,
+        "SOLVER.MAX_ITER": max_iter,
+        # Warmup is a fraction of training: a shortened run keeps its proportions.
+        "SOLVER.WARMUP_ITERS": round(max_iter * p.WARMUP_EPOCHS / p.EPOCHS),
+        "SOLVER.CHECKPOINT_PERIOD": min(max_iter, max(1, round(p.CHECKPOINT_PERIOD_EPOCHS * ipe))),
+        "TEST.EVAL_PERIOD": (
+            max(1, round(p.EVAL_PERIOD_EPOCHS * ipe)) if p.EVAL_PERIOD_EPOCHS else 0
+        ),
+    }
+    cfg = cfg.clone()
+    cfg.defrost()
+    for key, value in derived.items():
+        node, leaf = key.split(".")
+        if key not in explicit:
+            cfg[node][leaf] = value
+        elif _get(cfg, key) != value:
+            logging.getLogger(__name__).warning(
+                f"{key}={_get(cfg, key)} is given explicitly: it is used instead of the "
+                f"{value:g} that {DERIVED_FROM[key]} would give"
+            )
+    _check(cfg.SOLVER.BASE_LR > 0, "SOLVER.BASE_LR", cfg.SOLVER.BASE_LR, "> 0")
+    for key in ("SOLVER.CHECKPOINT_PERIOD", "SOLVER.WARMUP_ITERS", "TEST.EVAL_PERIOD"):
+        _check(
+            _get(cfg, key) >= (key == "SOLVER.CHECKPOINT_PERIOD"),
+            key,
+            _get(cfg, key),
+            "an iteration count >= 1" if key == "SOLVER.CHECKPOINT_PERIOD" else ">= 0",
+        )
+    cfg.freeze()
+    return cfg
 
 
-def _recipe(cfg) -> Tuple[Tuple[str, str], ...]:
-    """What else of Sec. 4 / 4.2 the config sets, for the dry-run printout."""
-    s, m = cfg.SOLVER, cfg.MODEL
+def describe_schedule(cfg, dataset_size: int, world_size: int) -> str:
+    """The resolved schedule and the rest of Sec. 4's recipe, one `name: value` per line."""
+    s, m, batch = cfg.SOLVER, cfg.MODEL, cfg.SOLVER.IMS_PER_BATCH
+    ipe = max(1, dataset_size // batch)
     amp = cfg.PRETRAIN.AMP_DTYPE if s.AMP.ENABLED else "off"
-    return (
+    rows = [
+        ("training images", f"{dataset_size:,}"),
+        ("processes", world_size),
+        ("global batch", f"{batch} ({batch // world_size} per process)"),
+        ("epochs", f"{s.MAX_ITER / ipe:g}"),
+        ("iterations per epoch", f"{ipe:,}"),
+        ("total iterations", f"{s.MAX_ITER:,}"),
+        ("warmup iterations", f"{s.WARMUP_ITERS:,}"),
+        ("peak lr", f"{s.BASE_LR:g}"),
+        ("checkpoint period", f"{s.CHECKPOINT_PERIOD:,} iterations"),
+        (
+            "eval period",
+            f"{cfg.TEST.EVAL_PERIOD:,} iterations" if cfg.TEST.EVAL_PERIOD else "after training",
+        ),
         (
             "lr schedule",
-            f"{s.LR_SCHEDULER_NAME} (warmup from {s.WARMUP_FACTOR:g} x peak, ends at {s.BASE_LR_END:g})",
+            f"{s.LR_SCHEDULER_NAME} (warmup from {s.WARMUP_FACTOR:g} x peak, "
+            f"ends at {s.BASE_LR_END:g})",
         ),
         ("momentum", f"{s.MOMENTUM:g}"),
         ("weight decay", f"{s.WEIGHT_DECAY:g} (norm layers: {s.WEIGHT_DECAY_NORM:g})"),
@@ -106,25 +142,5 @@ def _recipe(cfg) -> Tuple[Tuple[str, str], ...]:
         ("edge removal p", f"{m.RANDWIRE.DROP_EDGE_PROB:g}"),
         ("mixed precision", f"{amp} (on GPU)"),
         ("test crops", ", ".join(str(c) for c in cfg.PRETRAIN.TEST_CROPS)),
-    )
-
-
-def dry_run_schedule(cfg, dataset_size: int, world_size: int) -> Schedule:
-    """The schedule `tools/train_cls.py` would train with; reads no data and trains nothing."""
-    return resolve_schedule(cfg, dataset_size, world_size)
-
-
-def apply_schedule(cfg, schedule: Schedule):
-    """A copy of cfg whose SOLVER/TEST iteration keys hold the resolved schedule.
-
-    Idempotent: BASE_LR is always recomputed from PRETRAIN.LR_PER_256, never scaled twice.
-    """
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.SOLVER.BASE_LR = schedule.peak_lr
-    cfg.SOLVER.MAX_ITER = schedule.max_iter
-    cfg.SOLVER.WARMUP_ITERS = schedule.warmup_iters
-    cfg.SOLVER.CHECKPOINT_PERIOD = schedule.checkpoint_period
-    cfg.TEST.EVAL_PERIOD = schedule.eval_period
-    cfg.freeze()
-    return cfg
+    ]
+    return "\n".join(f"{k:>22}: {v}" for k, v in rows)

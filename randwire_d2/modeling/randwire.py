@@ -10,6 +10,7 @@ Deviations from the paper, all deliberate:
   edge, so every parameter stays in the autograd graph (DistributedDataParallel needs it).
 """
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -60,7 +61,13 @@ def stage_specs(regime: str, num_nodes: int, channels: int) -> List[Tuple[str, i
         raise ValueError(f"REGIME={regime!r} is unknown: expected one of {sorted(REGIMES)}")
     if channels < 2:
         raise ValueError(f"CHANNELS={channels!r} is invalid: expected an integer >= 2")
-    return [(name, max(2, int(num_nodes * n)), c * channels) for name, n, c in REGIMES[regime]]
+    low = math.ceil(2 / min(n for _, n, _ in REGIMES[regime]))  # every stage needs >= 2 nodes
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < low:
+        raise ValueError(
+            f"MODEL.RANDWIRE.NUM_NODES={num_nodes!r} is invalid: expected an integer >= {low} "
+            f"(every random stage of the {regime} regime needs at least 2 nodes)"
+        )
+    return [(name, int(num_nodes * n), c * channels) for name, n, c in REGIMES[regime]]
 
 
 def network_wiring(
@@ -188,12 +195,14 @@ class RandWire(Backbone):
     ):
         """
         Args:
-            wiring: the DAG of every random stage, keyed by stage name (see `network_wiring`).
+            wiring: the DAG of every random stage of the regime (all of them, built or not),
+                keyed by stage name (see `network_wiring`).
             channels: C of Table 1; random stages have C, 2C, 4C (small) or C..8C (regular).
             regime: "small" or "regular" (Table 1).
             node_op: node transformation name in `NODE_OPS` (default: 3x3 separable conv).
             norm: Detectron2 norm name ("BN", "FrozenBN", "SyncBN", "naiveSyncBN", "GN", ...).
-            out_features: stage names to return, a subset of conv1..conv5.
+            out_features: stage names to return, a subset of conv1..conv5; the stages after
+                the last of them are not built.
             drop_edge_prob: probability, per training forward, of removing one random edge
                 whose target node has input degree > 1 (Sec. 4.2). Never applied in eval.
             freeze_at: freeze stages conv1..conv{freeze_at} (0 = nothing), as ResNet's FREEZE_AT.
@@ -206,12 +215,25 @@ class RandWire(Backbone):
                 activation per node).
         """
         super().__init__()
-        specs = stage_specs(regime, 2, channels)  # validates regime and channels
+        specs = stage_specs(regime, 4, channels)  # validates regime and channels; N is the wiring's
         if not 0.0 <= drop_edge_prob <= 1.0:
             raise ValueError(f"DROP_EDGE_PROB={drop_edge_prob!r} is invalid: expected [0, 1]")
-        missing = [name for name, _, _ in specs if name not in wiring]
-        if missing:
-            raise ValueError(f"wiring has no stage {missing}: regime {regime!r} needs {[s[0] for s in specs]}")
+        needed = [name for name, _, _ in specs]
+        missing = [name for name in needed if name not in wiring]
+        extra = [name for name in wiring.stages if name not in needed]
+        if missing or extra:
+            bad = [f"no stage {missing}"] * bool(missing) + [f"extra stages {extra}"] * bool(extra)
+            raise ValueError(
+                f"wiring has {' and '.join(bad)}: regime {regime!r} has the random stages {needed}"
+            )
+        all_names = ["conv1", "conv2"] + [n for n in needed if n != "conv2"]
+        out_features = list(out_features)
+        if not out_features or not set(out_features) <= set(all_names):
+            raise ValueError(
+                f"OUT_FEATURES={out_features!r} is invalid: expected a non-empty subset of {all_names}"
+            )
+        # As Detectron2's ResNet, stages after the last requested output are not built.
+        built = all_names[: max(all_names.index(f) for f in out_features) + 1]
         self.wiring = wiring
         self.regime = regime
         self.drop_edge_prob = drop_edge_prob
@@ -221,25 +243,22 @@ class RandWire(Backbone):
         self._out_feature_strides: Dict[str, int] = {}
 
         c1 = channels // 2
-        self._add_stage("conv1", Conv2d(in_channels, c1, 3, 2, 1, bias=False, norm=norm_layer(norm, c1)), c1)
+        self._add_stage(
+            "conv1", Conv2d(in_channels, c1, 3, 2, 1, bias=False, norm=norm_layer(norm, c1)), c1
+        )
         prev = c1
-        if regime == "small":
+        if regime == "small" and "conv2" in built:
             conv2 = nn.Sequential(
                 nn.ReLU(), nn.Conv2d(c1, channels, 3, 2, 1, bias=False), norm_layer(norm, channels)
             )
             self._add_stage("conv2", conv2, channels)
             prev = channels
-        for name, _, c in specs:
+        for name, _, c in [s for s in specs if s[0] in built]:
             stage = WiredStage(
                 wiring[name], prev, c, node_op, norm, execution, memory_efficient, recompute_convs
             )
             self._add_stage(name, stage, c)
             prev = c
-
-        out_features = list(out_features)
-        bad = [f for f in out_features if f not in self.stage_names]
-        if not out_features or bad:
-            raise ValueError(f"OUT_FEATURES={out_features!r} is invalid: expected a non-empty subset of {self.stage_names}")
         self._out_features = out_features
         fp = wiring.fingerprint().encode()
         self.register_buffer("wiring_fingerprint", torch.tensor(list(fp), dtype=torch.uint8))
@@ -252,7 +271,11 @@ class RandWire(Backbone):
         self._out_feature_strides[name] = STAGE_STRIDES[name]
 
     def wired_stages(self) -> Dict[str, WiredStage]:
-        return {n: getattr(self, n) for n in self.stage_names if isinstance(getattr(self, n), WiredStage)}
+        return {
+            n: getattr(self, n)
+            for n in self.stage_names
+            if isinstance(getattr(self, n), WiredStage)
+        }
 
     def set_execution(
         self,
@@ -297,7 +320,6 @@ class RandWire(Backbone):
     def forward(self, x):
         removed = self._sample_removed_edge()
         outputs = {}
-        last = max(self._out_features, key=self.stage_names.index)
         for name in self.stage_names:
             stage = getattr(self, name)
             if isinstance(stage, WiredStage):
@@ -306,20 +328,22 @@ class RandWire(Backbone):
                 x = stage(x)
             if name in self._out_features:
                 outputs[name] = x
-            if name == last:
-                break
         return outputs
 
     def output_shape(self):
         return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
             for name in self._out_features
         }
 
     def freeze(self, freeze_at: int = 0):
         """Freeze conv1..conv{freeze_at}: no gradients, BN becomes FrozenBN (0 = nothing)."""
-        if not 0 <= freeze_at <= len(self.stage_names):
-            raise ValueError(f"FREEZE_AT={freeze_at!r} is invalid: expected an integer in [0, {len(self.stage_names)}]")
+        if not 0 <= freeze_at <= len(STAGE_STRIDES):
+            raise ValueError(
+                f"FREEZE_AT={freeze_at!r} is invalid: expected an integer in [0, {len(STAGE_STRIDES)}]"
+            )
         for name in self.stage_names[:freeze_at]:
             stage = getattr(self, name)
             for p in stage.parameters():
@@ -357,7 +381,7 @@ def wiring_from_cfg(cfg) -> NetworkWiring:
 
 @BACKBONE_REGISTRY.register()
 def build_randwire_backbone(cfg, input_shape: ShapeSpec):
-    """The RandWire trunk of MODEL.RANDWIRE (the one builder that reads its keys)."""
+    """The RandWire trunk built from MODEL.RANDWIRE and MODEL.BACKBONE.FREEZE_AT."""
     rw = cfg.MODEL.RANDWIRE
     # fmt: off
     trunk = RandWire(
@@ -380,6 +404,8 @@ def build_randwire_backbone(cfg, input_shape: ShapeSpec):
 
         modes = list_mode_options()
         if rw.COMPILE not in modes:
-            raise ValueError(f"COMPILE={rw.COMPILE!r} is unknown: expected '' or one of {sorted(modes)}")
+            raise ValueError(
+                f"COMPILE={rw.COMPILE!r} is unknown: expected '' or one of {sorted(modes)}"
+            )
         trunk.compile(mode=rw.COMPILE)  # in place: keys stay those of the eager trunk
     return trunk

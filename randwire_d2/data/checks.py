@@ -1,0 +1,183 @@
+"""Checks that name bad data before training: ImageFolder splits (classification pretraining)
+and COCO-format datasets (detection), so that a run fails at setup, not at its first evaluation.
+"""
+
+import functools
+import json
+import os
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.utils import comm
+
+from .imagefolder import scan_image_folder
+
+__all__ = [
+    "scan_split",
+    "check_image_folder",
+    "DatasetNotFoundError",
+    "register_user_datasets",
+    "check_datasets_on_disk",
+    "load_dataset",
+    "prepare_datasets",
+    "check_num_classes",
+]
+
+_COCO_KEYS = ("images", "annotations", "categories")
+
+
+@functools.lru_cache(maxsize=8)
+def scan_split(folder: str):
+    """scan_image_folder(folder), once per process (an ImageNet split takes minutes to list on a
+    network disk); callers must not modify the lists."""
+    return scan_image_folder(folder)
+
+
+def _some(names) -> str:
+    return f"{names[:10]}" + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
+
+
+def check_image_folder(data_root: str, splits: Sequence[str] = ("train", "val")) -> Dict:
+    """{split: (class names, [(image path, class index)])} of PRETRAIN.DATA_ROOT; a
+    FileNotFoundError when a split folder is missing, a ValueError when a split's class folders
+    differ from those of the first split."""
+    found = {}
+    for split in splits:
+        folder = os.path.join(data_root, split)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"PRETRAIN.DATA_ROOT={data_root!r}: folder {os.path.abspath(folder)} does not "
+                "exist; expected ImageFolder layout <root>/<split>/<class>/*.jpg for splits "
+                f"{list(splits)}"
+            )
+        found[split] = scan_split(folder)
+        first, classes = found[splits[0]][0], found[split][0]
+        if classes != first:
+            raise ValueError(
+                f"PRETRAIN.DATA_ROOT={data_root!r}: the class folders of {split} differ from those "
+                f"of {splits[0]}: only in {splits[0]}: {_some(sorted(set(first) - set(classes)))}, "
+                f"only in {split}: {_some(sorted(set(classes) - set(first)))}; every split needs "
+                "the same <class> folders"
+            )
+    return found
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A registered dataset's annotation file or image folder is not on disk."""
+
+
+def register_user_datasets(specs: Optional[Iterable[Sequence[str]]]) -> List[str]:
+    """Register COCO-format datasets given as (name, json file, image folder); their names.
+
+    Each becomes usable as DATASETS.TRAIN / DATASETS.TEST and is evaluated with COCOEvaluator.
+    """
+    names = []
+    for spec in specs or []:
+        if len(spec) != 3:
+            raise ValueError(f"--dataset {list(spec)!r} is invalid: expected NAME JSON IMAGE_DIR")
+        name, json_file, image_root = spec
+        if name in DatasetCatalog.list():
+            raise ValueError(
+                f"--dataset name {name!r} is already registered: choose a name that is not one of "
+                "Detectron2's builtin datasets or the demo datasets"
+            )
+        for path, what in ((json_file, "annotation file"), (image_root, "image folder")):
+            if not os.path.exists(path):
+                raise DatasetNotFoundError(
+                    f"--dataset {name}: {what} {os.path.abspath(path)} does not exist"
+                )
+        register_coco_instances(name, {}, json_file, image_root)
+        names.append(name)
+    return names
+
+
+def check_datasets_on_disk(dataset_names: Iterable[str]) -> None:
+    """Raise DatasetNotFoundError naming DETECTRON2_DATASETS and the missing path, if a dataset's
+    files are absent (datasets generated on demand, like the demo data, are skipped)."""
+    for name in dataset_names:
+        if name not in DatasetCatalog.list():
+            raise KeyError(
+                f"dataset {name!r} is not registered: known datasets are {DatasetCatalog.list()}"
+            )
+        meta = MetadataCatalog.get(name)
+        if getattr(meta, "generated_on_demand", False):
+            continue
+        for attr in ("json_file", "image_root"):
+            path = getattr(meta, attr, None)
+            if path and not os.path.exists(path):
+                root = os.getenv("DETECTRON2_DATASETS")
+                where = (
+                    f"DETECTRON2_DATASETS={root}"
+                    if root
+                    else "DETECTRON2_DATASETS is not set, so ./datasets is used"
+                )
+                raise DatasetNotFoundError(
+                    f"dataset {name!r} is not on disk: {attr} {os.path.abspath(path)} does not "
+                    f"exist ({where}). Set DETECTRON2_DATASETS to the folder that holds coco/ "
+                    "(coco/annotations/instances_{train,val}2017.json, coco/{train,val}2017/), "
+                    "or register your own data with --dataset NAME JSON IMAGE_DIR."
+                )
+
+
+def _not_coco(name: str, json_file: str, cause: Optional[str] = None) -> Optional[ValueError]:
+    """The error to raise when `json_file` is not COCO instances (`cause` when the reason is
+    something else); None when it is and there is no `cause`."""
+    try:
+        with open(json_file) as f:
+            content = json.load(f)
+        missing = [k for k in _COCO_KEYS if not isinstance(content, dict) or k not in content]
+        problem = f"it has no {missing}" if missing else cause
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        problem = f"it is not valid JSON ({e})"
+    if problem is None:
+        return None
+    return ValueError(
+        f"dataset {name!r}: {os.path.abspath(json_file)} is not a COCO instances file: {problem}; "
+        f"expected a JSON object with lists {list(_COCO_KEYS)}"
+    )
+
+
+def load_dataset(name: str) -> List[Dict]:
+    """DatasetCatalog.get(name); a ValueError naming the dataset and its json file when that file
+    is not COCO instances (Detectron2 raises a bare JSON error, or loads no images or no boxes)."""
+    json_file = MetadataCatalog.get(name).get("json_file")
+    try:
+        dicts = DatasetCatalog.get(name)
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        if not json_file:
+            raise
+        raise _not_coco(name, json_file, f"{type(e).__name__}: {e}") from e
+    error = (
+        json_file and not any(d.get("annotations") for d in dicts) and _not_coco(name, json_file)
+    )
+    if error:
+        raise error
+    return dicts
+
+
+def prepare_datasets(dataset_names: Iterable[str]) -> None:
+    """Load every dataset once in the main process (which generates the on-demand demo data and
+    names a broken annotation file before the model is built), then let the other processes go
+    on: concurrent generators would rewrite files another process reads."""
+    if comm.is_main_process():
+        for name in dataset_names:
+            load_dataset(name)
+    comm.synchronize()
+
+
+def check_num_classes(
+    dataset_names: Iterable[str], num_classes: int, key: str = "MODEL.ROI_HEADS.NUM_CLASSES"
+) -> None:
+    """Every dataset's categories must fit in the model's `num_classes` outputs (`key`): more
+    give an IndexError mid-training, or fail evaluation after the whole schedule."""
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        if meta.get("thing_classes") is None:
+            load_dataset(name)  # load_coco_json sets thing_classes
+        count = len(meta.get("thing_classes") or [])
+        if count > num_classes:
+            raise ValueError(
+                f"{key}={num_classes} is too small for dataset {name!r}, which has {count} "
+                f"categories: expected {key} >= {count}"
+            )

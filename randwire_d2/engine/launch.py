@@ -1,0 +1,80 @@
+"""Starting the processes of a run, for both tools: torchrun's group, or Detectron2's `launch`."""
+
+import argparse
+import os
+
+import torch
+import torch.distributed as dist
+from detectron2.engine import default_argument_parser
+from detectron2.engine import launch as d2_launch
+from detectron2.utils import comm
+
+__all__ = ["argument_parser", "launch", "CloseProcessGroupAfter"]
+
+
+def argument_parser(epilog=None) -> argparse.ArgumentParser:
+    """Detectron2's parser + `--config` (alias of `--config-file`) + `--overwrite`."""
+    parser = default_argument_parser(epilog)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--config", dest="config_file", default=argparse.SUPPRESS, help="alias of --config-file"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUTPUT_DIR that holds checkpoints, deleting them",
+    )
+    return parser
+
+
+class CloseProcessGroupAfter:
+    """main_func(*args), then destroy the process group when one exists.
+
+    A gloo group left for interpreter exit can abort the process ("terminate called without an
+    active exception", SIGABRT) after its work is done. A class, not a closure, so that
+    Detectron2's `launch` can pickle it into spawned processes.
+    """
+
+    def __init__(self, main_func):
+        self.main_func = main_func
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.main_func(*args, **kwargs)
+        finally:
+            if dist.is_available() and dist.is_initialized():
+                comm.synchronize()
+                dist.destroy_process_group()
+
+
+def _init_from_torchrun_env() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR)."""
+    if not all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR")):
+        return False
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or 1))
+    has_gpu = torch.cuda.is_available()
+    if has_gpu:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if has_gpu else "gloo", init_method="env://")
+    comm.create_local_process_group(local_size)
+    comm.synchronize()
+    return True
+
+
+def launch(main_func, args) -> None:
+    """Run main_func(args) in the process group torchrun set up, or spawn args.num_gpus
+    processes on this machine with Detectron2's `launch` (gloo on CPU), machine args.machine_rank
+    of args.num_machines, meeting at args.dist_url."""
+    main_func = CloseProcessGroupAfter(main_func)
+    if _init_from_torchrun_env():
+        main_func(args)
+        return
+    d2_launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

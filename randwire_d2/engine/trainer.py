@@ -1,0 +1,294 @@
+"""RandWireTrainer: what the classification and detection trainers share.
+
+Detectron2's DefaultTrainer, with: DistributedDataParallel that also works on CPU (gloo;
+Detectron2's `create_ddp_model` passes `device_ids` even without CUDA), checkpoints that carry
+the wiring (RandWireCheckpointer), AMP only where it can run, an OUTPUT_DIR that one run holds at
+a time, and a resume that says what it restored and refuses what the restored state contradicts.
+"""
+
+import fcntl
+import glob
+import logging
+import os
+import socket
+import sys
+import time
+import weakref
+
+import torch
+import torch.distributed as dist
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import RandWireCheckpointer, check_input_normalization
+from ..modeling.randwire import RandWire
+from .hooks import EdgeRemovalSeed, ThroughputHook
+
+__all__ = [
+    "RandWireTrainer",
+    "create_ddp_model",
+    "build_checkpointer",
+    "claim_output_dir",
+    "resolve_device",
+    "check_amp_dtype",
+]
+
+logger = logging.getLogger(__name__)
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# Keys whose values a resumed run takes from the checkpoint's optimizer and data order, whatever
+# the config says: a change is refused rather than printed and ignored.
+RESTORED_KEYS = (
+    "SOLVER.BASE_LR",
+    "SOLVER.IMS_PER_BATCH",
+    "SOLVER.MOMENTUM",
+    "SOLVER.NESTEROV",
+    "SOLVER.WEIGHT_DECAY",
+    "SOLVER.WEIGHT_DECAY_NORM",
+    "SEED",
+)
+_HELD_OUTPUT_DIRS = {}  # absolute path -> the open, flock-ed lock file of this process
+
+
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """DistributedDataParallel(model) when there are > 1 processes; `device_ids` only on CUDA."""
+    if comm.get_world_size() == 1:
+        return model
+    if "device_ids" not in kwargs and next(model.parameters()).device.type == "cuda":
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    return DistributedDataParallel(model, **kwargs)
+
+
+def build_checkpointer(model, save_dir: str = "", cfg=None, **kwargs):
+    """RandWireCheckpointer (wiring + fingerprint in every file) for models with a RandWire
+    trunk; Detectron2's DetectionCheckpointer for the ResNet baselines."""
+    inner = getattr(model, "module", model)
+    if any(isinstance(m, RandWire) for m in inner.modules()):
+        return RandWireCheckpointer(model, save_dir, cfg=cfg, **kwargs)
+    kwargs.pop("strict", None)
+    return DetectionCheckpointer(model, save_dir, **kwargs)
+
+
+def resolve_device(cfg) -> None:
+    """MODEL.DEVICE "cuda*" on a machine without CUDA becomes "cpu", with a warning."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but CUDA is not available: using CPU")
+        cfg.MODEL.DEVICE = "cpu"
+
+
+def check_amp_dtype(cfg) -> torch.dtype:
+    if cfg.PRETRAIN.AMP_DTYPE not in AMP_DTYPES:
+        raise ValueError(
+            f"PRETRAIN.AMP_DTYPE={cfg.PRETRAIN.AMP_DTYPE!r} is invalid: expected one of "
+            f"{sorted(AMP_DTYPES)}"
+        )
+    return AMP_DTYPES[cfg.PRETRAIN.AMP_DTYPE]
+
+
+def claim_output_dir(output_dir: str, resume: bool = True, overwrite: bool = False) -> bool:
+    """Hold OUTPUT_DIR for this run (main process; until release or exit) and return whether
+    this call took it. A directory another live process holds is refused, naming the holder.
+    Without `resume`, checkpoints of an earlier run are refused unless `overwrite` (which
+    deletes them and its metrics.json). Partial files of a killed run (.tmp_*) are removed."""
+    if not comm.is_main_process():
+        return False
+    path = os.path.abspath(output_dir)
+    took = path not in _HELD_OUTPUT_DIRS
+    if took:
+        os.makedirs(path, exist_ok=True)
+        f = open(os.path.join(path, ".lock"), "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RuntimeError(
+                f"OUTPUT_DIR={output_dir!r} is in use by {holder}. Two runs in one OUTPUT_DIR "
+                "overwrite each other's checkpoints and metrics: choose another OUTPUT_DIR."
+            ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}: ")
+        f.write(" ".join(sys.argv) + "\n")
+        f.flush()
+        _HELD_OUTPUT_DIRS[path] = f
+    for tmp in glob.glob(os.path.join(path, ".tmp_*")):
+        os.remove(tmp)  # we hold the directory: no one else is writing it
+    old = sorted(glob.glob(os.path.join(path, "*.pth")) + glob.glob(os.path.join(path, "last_*")))
+    if old and not resume:
+        names = ", ".join(os.path.basename(p) for p in old[:4]) + (", ..." if len(old) > 4 else "")
+        if not overwrite:
+            release_output_dir(path) if took else None
+            raise FileExistsError(
+                f"OUTPUT_DIR={output_dir!r} holds checkpoints of an earlier run ({names}): pass "
+                "--resume to continue it, choose another OUTPUT_DIR, or pass --overwrite to "
+                "delete them and start over"
+            )
+        for p in old + glob.glob(os.path.join(path, "metrics.json")):
+            os.remove(p)
+        logger.warning(f"--overwrite: deleted {names} and metrics.json of {output_dir}")
+    return took
+
+
+def release_output_dir(output_dir: str) -> None:
+    f = _HELD_OUTPUT_DIRS.pop(os.path.abspath(output_dir), None)
+    if f is not None:
+        f.close()
+
+
+def _flat(cfg, prefix=""):
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            yield from _flat(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
+    """Refuse a resume whose config contradicts the restored optimizer / data state or leaves
+    nothing to train; name the other SOLVER/TEST/PRETRAIN changes it applies."""
+    if start_iter >= cfg.SOLVER.MAX_ITER:
+        raise ValueError(
+            f"--resume: the checkpoint is at iteration {start_iter}, but SOLVER.MAX_ITER="
+            f"{cfg.SOLVER.MAX_ITER}: nothing is left to train (another batch or epoch count?). "
+            "Start a new OUTPUT_DIR with MODEL.WEIGHTS set to the checkpoint to fine-tune."
+        )
+    if "cfg" not in checkpoint:
+        return
+    old = dict(_flat(CfgNode.load_cfg(checkpoint["cfg"])))
+    new = dict(_flat(cfg))
+    changed = [k for k in new if k in old and old[k] != new[k]]
+    refused = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k in RESTORED_KEYS]
+    if refused:
+        raise ValueError(
+            "--resume restores the checkpoint's optimizer and data order, which contradict the "
+            f"config: {'; '.join(refused)}. Resume with the checkpoint's values, or start a new "
+            "OUTPUT_DIR with MODEL.WEIGHTS set to the checkpoint."
+        )
+    applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k.split(".")[0] in
+               ("SOLVER", "TEST", "PRETRAIN")]  # fmt: skip
+    if applied:
+        logger.warning("--resume applies changed keys: " + "; ".join(applied))
+
+
+def truncate_metrics(output_dir: str, start_iter: int) -> None:
+    """Drop metrics.json lines of iterations >= start_iter (written after the checkpoint a run
+    resumes from), so that every iteration appears once."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not comm.is_main_process() or not os.path.isfile(path):
+        return
+    with open(path, "r+") as f:
+        lines = f.readlines()
+        keep = [ln for ln in lines if not ln.strip() or _iteration(ln) < start_iter]
+        f.seek(0)
+        f.writelines(keep)
+        f.truncate()
+    if len(keep) < len(lines):
+        logger.info(
+            f"metrics.json: dropped {len(lines) - len(keep)} lines after iteration {start_iter - 1}"
+        )
+
+
+def _iteration(line: str) -> int:
+    import json
+
+    try:
+        return int(json.loads(line).get("iteration", -1))
+    except ValueError:
+        return -1
+
+
+class RandWireTrainer(DefaultTrainer):
+    """DefaultTrainer + CPU-capable DDP + RandWireCheckpointer + AMP where it can run + an
+    OUTPUT_DIR held for the run + a checked resume. Tasks override the Detectron2 classmethods
+    (build_train_loader, test, ...) and `prepare(cfg)`."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.prepare(cfg)
+        self._claimed = claim_output_dir(cfg.OUTPUT_DIR)
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        if cfg.SOLVER.AMP.ENABLED and on_cuda:
+            dtype = self.amp_dtype(cfg)
+            scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+            self._trainer = AMPTrainer(model, data_loader, optimizer, scaler, precision=dtype)
+        else:
+            if cfg.SOLVER.AMP.ENABLED:
+                logger.warning("SOLVER.AMP.ENABLED needs CUDA: training in float32 on CPU")
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = build_checkpointer(
+            model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self), **self.checkpointables()
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def prepare(self, cfg):
+        """The config this trainer trains with (a task may resolve or scale keys)."""
+        return DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+    def amp_dtype(self, cfg) -> torch.dtype:
+        return torch.float16
+
+    def checkpointables(self) -> dict:
+        return {}
+
+    def resume_or_load(self, resume=True):
+        extras = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        resumed = extras.pop("__resumed_from__", None) or (
+            resume and self.checkpointer.has_checkpoint()
+        )
+        if resumed:
+            self.start_iter = self.iter + 1
+            check_resume(self.cfg, extras, self.start_iter)
+            truncate_metrics(self.cfg.OUTPUT_DIR, self.start_iter)
+            logger.info(
+                f"Resumed at iteration {self.start_iter}: model, optimizer, lr scheduler and "
+                f"iteration restored from {resumed if isinstance(resumed, str) else 'checkpoint'}"
+            )
+            return extras
+        freeze_at = self.cfg.MODEL.BACKBONE.FREEZE_AT
+        if freeze_at > 0 and not self.cfg.MODEL.WEIGHTS:
+            raise ValueError(
+                f"MODEL.BACKBONE.FREEZE_AT={freeze_at} freezes the first {freeze_at} stages, but "
+                "MODEL.WEIGHTS is empty: they would stay random. Give pretrained MODEL.WEIGHTS, "
+                "or set MODEL.BACKBONE.FREEZE_AT 0 to train from scratch."
+            )
+        check_input_normalization(self.cfg, extras)
+        return extras
+
+    def train(self):
+        try:
+            return super().train()
+        finally:
+            if self._claimed:
+                release_output_dir(self.cfg.OUTPUT_DIR)
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        extra = [ThroughputHook(self.cfg.SOLVER.IMS_PER_BATCH), EdgeRemovalSeed(self.cfg.SEED)]
+        return ret[:2] + extra + ret[2:]  # after IterationTimer and LRScheduler
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        broadcast_buffers(model)
+        return super().test(cfg, model, evaluators)
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BN statistics), so that all evaluate, and rank 0
+    saves, the same model."""
+    if comm.get_world_size() > 1:
+        for b in getattr(model, "module", model).buffers():
+            dist.broadcast(b.data, src=0)

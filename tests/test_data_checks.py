@@ -1,0 +1,185 @@
+"""Bad data is named before training, or skipped with a warning during it."""
+
+import json
+import logging
+import os
+import uuid
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from randwire_d2.data import checks, cls_demo
+from randwire_d2.data.imagefolder import ImageFolderDataset, ResizeCenterCrop
+from randwire_d2.data.shapes import CLASSES
+
+
+def write_image(path, seed=0, size=(24, 32)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    array = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+# ImageFolder layout ---------------------------------------------------------------------------
+
+
+def test_image_folder_layout_is_checked_for_every_split(tmp_path):
+    root = str(tmp_path / "data")
+    for c in ("cat", "dog"):
+        write_image(os.path.join(root, "train", c, "0.jpg"))
+    with pytest.raises(FileNotFoundError, match=r"PRETRAIN.DATA_ROOT.*val.*<split>/<class>/\*.jpg"):
+        checks.check_image_folder(root)
+    for c in ("cat", "emu"):
+        write_image(os.path.join(root, "val", c, "0.jpg"))
+    with pytest.raises(ValueError, match=r"only in train: \['dog'\].*only in val: \['emu'\]"):
+        checks.check_image_folder(root)
+    os.rename(os.path.join(root, "val", "emu"), os.path.join(root, "val", "dog"))
+    checks.scan_split.cache_clear()  # a run scans each split once; this test changed one
+    found = checks.check_image_folder(str(tmp_path / "data"))
+    assert sorted(found) == ["train", "val"]
+    classes, samples = found["val"]
+    assert classes == ["cat", "dog"] and [label for _, label in samples] == [0, 1]
+
+
+# Unreadable images ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bad_samples(tmp_path):
+    """[good, zero-byte .jpg, text .png, truncated .jpg, truncated .png, good] with labels 0..5."""
+    paths = [write_image(tmp_path / "good0.png", seed=0)]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    paths += [str(tmp_path / "empty.jpg"), str(tmp_path / "text.png")]
+    for ext in ("jpg", "png"):
+        data = open(write_image(tmp_path / f"full.{ext}", seed=1), "rb").read()
+        (tmp_path / f"cut.{ext}").write_bytes(data[: len(data) // 2])
+        paths.append(str(tmp_path / f"cut.{ext}"))
+    paths.append(write_image(tmp_path / "good1.png", seed=2))
+    return [(p, label) for label, p in enumerate(paths)]
+
+
+def test_bad_images_are_replaced_by_the_next_good_one_with_a_warning(bad_samples, caplog):
+    dataset = ImageFolderDataset(bad_samples, ResizeCenterCrop(16), max_bad_images=4)
+    with caplog.at_level(logging.WARNING):
+        item = dataset[(1, 123)]
+    expected = ImageFolderDataset(bad_samples[5:], ResizeCenterCrop(16))[(0, 123)]
+    assert item["label"] == 5 and item["image"].shape == (3, 16, 16)
+    assert np.array_equal(item["image"].numpy(), expected["image"].numpy())
+    for path, _ in bad_samples[1:5]:
+        assert any(path in r.getMessage() for r in caplog.records), path
+    # The last index wraps around to the first.
+    assert dataset[(4, 0)]["label"] == 5 and dataset[(0, 0)]["label"] == 0
+
+
+def test_too_many_bad_images_stop_the_run(bad_samples):
+    dataset = ImageFolderDataset(bad_samples, ResizeCenterCrop(16), max_bad_images=3)
+    with pytest.raises(
+        RuntimeError, match=r"4 of 6 images are unreadable.*max_bad_images=3.*cut\.png"
+    ):
+        dataset[(1, 0)]
+    only_bad = ImageFolderDataset(bad_samples[1:5], ResizeCenterCrop(16), max_bad_images=100)
+    with pytest.raises(RuntimeError, match="4 of 4 images are unreadable"):
+        only_bad[(0, 0)]
+
+
+# Classification demo data ---------------------------------------------------------------------
+
+TINY = dict(images_per_class={"train": 2, "val": 1}, image_size=16, object_scale=(0.4, 0.8), seed=0)
+
+
+def test_deleted_demo_images_are_regenerated_identically(tmp_path, caplog):
+    folder = cls_demo.generate_classification_demo(str(tmp_path / "cls"), **TINY)
+    lost = [os.path.join(folder, "train", CLASSES[1], "00001.png")]
+    lost.append(os.path.join(folder, "val", CLASSES[3], "00000.png"))
+    before = [open(p, "rb").read() for p in lost]
+    for p in lost:
+        os.remove(p)
+    os.rmdir(os.path.dirname(lost[1]))
+    with caplog.at_level(logging.INFO):
+        cls_demo.generate_classification_demo(folder, **TINY)
+    assert [open(p, "rb").read() for p in lost] == before
+    assert any("2" in r.getMessage() and "repaired" in r.getMessage() for r in caplog.records)
+
+
+def test_demo_data_root_is_generated_on_demand(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cls_demo, "DEMO_CLS_PARAMS", TINY)
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    assert not cls_demo.ensure_classification_demo("elsewhere/randwire_demo_cls")
+    assert not os.path.exists("elsewhere")
+    assert cls_demo.ensure_classification_demo("./datasets/randwire_demo_cls/")
+    found = checks.check_image_folder("datasets/randwire_demo_cls")
+    assert len(found["train"][1]) == 2 * len(CLASSES) and len(found["val"][1]) == len(CLASSES)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
+    assert cls_demo.ensure_classification_demo(str(tmp_path / "d2" / "randwire_demo_cls"))
+    assert os.path.isfile(tmp_path / "d2" / "randwire_demo_cls" / "params.json")
+
+
+# COCO-format datasets -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def coco(tmp_path):
+    """(write(content) -> registered dataset name, json path); 2 images, 3 categories."""
+    images = tmp_path / "images"
+    for i in range(2):
+        write_image(images / f"{i}.jpg", seed=i)
+    names = []
+
+    def write(content):
+        path = tmp_path / f"{uuid.uuid4().hex}.json"
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        name = f"test_checks_{uuid.uuid4().hex}"
+        names.extend(checks.register_user_datasets([(name, str(path), str(images))]))
+        return name, str(path)
+
+    yield write
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def coco_dict(num_categories=3):
+    return {
+        "images": [
+            {"id": i + 1, "file_name": f"{i}.jpg", "height": 24, "width": 32} for i in range(2)
+        ],
+        "annotations": [
+            {
+                "id": k + 1,
+                "image_id": k % 2 + 1,
+                "category_id": k + 1,
+                "bbox": [2, 2, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+            }
+            for k in range(num_categories)
+        ],
+        "categories": [{"id": k + 1, "name": f"c{k}"} for k in range(num_categories)],
+    }
+
+
+@pytest.mark.parametrize("drop", [None, "images", "annotations", "categories"])
+def test_invalid_coco_json_names_the_dataset_and_the_file(coco, drop):
+    if drop is None:
+        content = '{"images": [1, '  # malformed JSON
+    else:
+        content = {k: v for k, v in coco_dict().items() if k != drop}
+    name, path = coco(content)
+    with pytest.raises(ValueError, match=rf"{name}.*{path}") as error:
+        checks.prepare_datasets([name])
+    assert drop is None or drop in str(error.value)
+
+
+def test_more_categories_than_classes_names_the_key(coco):
+    name, _ = coco(coco_dict(num_categories=3))
+    checks.prepare_datasets([name])
+    checks.check_num_classes([name], 3)
+    with pytest.raises(ValueError, match=rf"MODEL.ROI_HEADS.NUM_CLASSES=2.*{name}.*3 categories"):
+        checks.check_num_classes([name], 2)
+    other, _ = coco(coco_dict(num_categories=3))  # not loaded yet: the check loads it
+    with pytest.raises(ValueError, match=rf"MODEL.RETINANET.NUM_CLASSES=1.*{other}"):
+        checks.check_num_classes([other], 1, key="MODEL.RETINANET.NUM_CLASSES")
