@@ -21,7 +21,11 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+STYLED := randwire_d2 tools tests benchmarks setup.py
+
 test: $(STAMP)
+	$(VENV)/bin/black -l 100 --check -q $(STYLED)
+	$(VENV)/bin/isort --check -q $(STYLED)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)

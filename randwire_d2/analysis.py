@@ -73,7 +73,9 @@ def remove_edge(trunk: RandWire, stage: str, edge: Tuple[int, int]):
     st = _stage(trunk, stage)
     u, v = edge
     if (u, v) not in st.wiring.edges:
-        raise ValueError(f"edge={edge!r} is not in stage {stage}: expected one of {list(st.wiring.edges)}")
+        raise ValueError(
+            f"edge={edge!r} is not in stage {stage}: expected one of {list(st.wiring.edges)}"
+        )
     pos = st.preds[v].index(u)
 
     def zero_input(module, args):
@@ -101,7 +103,9 @@ def remove_node(trunk: RandWire, stage: str, node: int):
         handle.remove()
 
 
-def graph_damage(trunk: RandWire, evaluate: Callable[[], float], stages: Sequence[str] = ()) -> Dict:
+def graph_damage(
+    trunk: RandWire, evaluate: Callable[[], float], stages: Sequence[str] = ()
+) -> Dict:
     """Accuracy loss of every single-node and single-edge removal (Fig. 5).
 
     `evaluate()` returns the accuracy of the (eval-mode) model containing `trunk`. Returns
@@ -123,7 +127,9 @@ def graph_damage(trunk: RandWire, evaluate: Callable[[], float], stages: Sequenc
     return out
 
 
-def summarize_damage(records: Sequence[Tuple], degree_index: int = 2) -> Dict[int, Dict[str, float]]:
+def summarize_damage(
+    records: Sequence[Tuple], degree_index: int = 2
+) -> Dict[int, Dict[str, float]]:
     """Group damage records by degree: {degree: {"count", "mean", "median"}} of delta."""
     by: Dict[int, List[float]] = {}
     for r in records:

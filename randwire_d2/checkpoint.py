@@ -236,6 +236,7 @@ class RandWireCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         expected_partial = checkpoint.pop("__mapped_from_classifier__", False)
+        theirs = f"{len(checkpoint['model'])} tensors ({_describe(checkpoint['model'])})"
         incompatible = super()._load_model(checkpoint)
         prefix, _ = find_trunk(self.model)
         missing = [k for k in incompatible.missing_keys if k.startswith(prefix) or self.strict]
@@ -253,9 +254,8 @@ class RandWireCheckpointer(DetectionCheckpointer):
                     "the model; other MODEL.RANDWIRE.CHANNELS, REGIME or NUM_CLASSES?)"
                 )
             raise CheckpointError(
-                "the weights do not fit the model: "
-                + "; ".join(lines)
-                + ". Give a checkpoint of this model (tools/train_cls.py / train_net.py)."
+                f"the weights do not fit the model: {'; '.join(lines)}. The file holds {theirs}. "
+                "Give a checkpoint of this model (tools/train_cls.py / train_net.py)."
             )
         others = [k for k, _, _ in incompatible.incorrect_shapes]
         if not expected_partial:
@@ -281,6 +281,7 @@ class RandWireCheckpointer(DetectionCheckpointer):
                     raise CheckpointError(f"{candidate} does not exist")
                 loaded = self.load(candidate)
             except (CheckpointError, FloatingPointError) as e:
+                self._parsed_url_during_load = None  # DetectionCheckpointer.load left it set
                 logger.warning(f"cannot resume from {candidate}: {e}")
                 continue
             if i:

@@ -20,7 +20,11 @@ INPUT_COLOR, OUTPUT_COLOR, NODE_COLOR, BOTH_COLOR = "#1f77b4", "#d62728", "#bbbb
 def _colors(w: StageWiring) -> List[str]:
     ins, outs = set(w.input_nodes), set(w.output_nodes)
     return [
-        BOTH_COLOR if v in ins and v in outs else INPUT_COLOR if v in ins else OUTPUT_COLOR if v in outs else NODE_COLOR
+        (
+            BOTH_COLOR
+            if v in ins and v in outs
+            else INPUT_COLOR if v in ins else OUTPUT_COLOR if v in outs else NODE_COLOR
+        )
         for v in range(w.num_nodes)
     ]
 
@@ -115,8 +119,10 @@ def plot_damage(damage: Dict, path: str) -> str:
     """Fig. 5: accuracy change vs. output degree (node removal) and vs. the target's input
     degree (edge removal): box per degree, mean as a red circle, individual removals as dots."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, xlabel in [(axes[0], "nodes", "output degree of the removed node"),
-                            (axes[1], "edges", "input degree of the removed edge's target")]:
+    for ax, key, xlabel in [
+        (axes[0], "nodes", "output degree of the removed node"),
+        (axes[1], "edges", "input degree of the removed edge's target"),
+    ]:
         by: Dict[int, List[float]] = {}
         for rec in damage[key]:
             by.setdefault(int(rec[2]), []).append(float(rec[-1]))

@@ -215,7 +215,11 @@ def test_lr_curve_is_warmup_then_half_period_cosine():
 @pytest.mark.parametrize(
     "opts, world, match",
     [
-        (["SOLVER.IMS_PER_BATCH", "250"], 8, "IMS_PER_BATCH=250 is invalid: expected a multiple of the 8 processes"),
+        (
+            ["SOLVER.IMS_PER_BATCH", "250"],
+            8,
+            "IMS_PER_BATCH=250 is invalid: expected a multiple of the 8 processes",
+        ),
         (["SOLVER.IMS_PER_BATCH", "256"], 1, r"IMS_PER_BATCH=256 is invalid: expected 1\.\.100"),
         (["PRETRAIN.EPOCHS", "0"], 1, "PRETRAIN.EPOCHS=0.0 is invalid"),
         (

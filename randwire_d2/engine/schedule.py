@@ -71,16 +71,18 @@ def resolve_schedule(cfg, dataset_size: int, world_size: int, explicit: Collecti
     )
     ipe = dataset_size // batch  # the sampler drops each epoch's last partial batch
     explicit = set(explicit) & set(DERIVED_FROM)
-    max_iter = cfg.SOLVER.MAX_ITER if "SOLVER.MAX_ITER" in explicit else round(p.EPOCHS * ipe)
+    epoch_iters = round(p.EPOCHS * ipe)
+    given = "SOLVER.MAX_ITER" in explicit
+    max_iter = cfg.SOLVER.MAX_ITER if given else epoch_iters
     _check(
         max_iter >= 1,
-        "SOLVER.MAX_ITER" if "SOLVER.MAX_ITER" in explicit else "PRETRAIN.EPOCHS",
-        max_iter if "SOLVER.MAX_ITER" in explicit else p.EPOCHS,
+        "SOLVER.MAX_ITER" if given else "PRETRAIN.EPOCHS",
+        max_iter if given else p.EPOCHS,
         f"at least one iteration ({ipe} per epoch)",
     )
     derived = {
         "SOLVER.BASE_LR": p.LR_PER_256 * batch / 256,
-        "SOLVER.MAX_ITER": max_iter,
+        "SOLVER.MAX_ITER": epoch_iters,
         # Warmup is a fraction of training: a shortened run keeps its proportions.
         "SOLVER.WARMUP_ITERS": round(max_iter * p.WARMUP_EPOCHS / p.EPOCHS),
         "SOLVER.CHECKPOINT_PERIOD": min(max_iter, max(1, round(p.CHECKPOINT_PERIOD_EPOCHS * ipe))),

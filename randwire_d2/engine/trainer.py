@@ -50,7 +50,7 @@ RESTORED_KEYS = (
     "SOLVER.WEIGHT_DECAY_NORM",
     "SEED",
 )
-_HELD_OUTPUT_DIRS = {}  # absolute path -> the open, flock-ed lock file of this process
+_HELD_OUTPUT_DIRS = {}  # absolute path -> the open, locked lock file of this process
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
@@ -100,9 +100,9 @@ def claim_output_dir(output_dir: str, resume: bool = True, overwrite: bool = Fal
     if took:
         os.makedirs(path, exist_ok=True)
         f = open(os.path.join(path, ".lock"), "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        try:  # a POSIX lock: per process, not inherited by data loader workers
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()

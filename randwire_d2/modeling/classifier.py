@@ -17,7 +17,9 @@ __all__ = ["ClassifierHead", "RandWireClassifier"]
 class ClassifierHead(nn.Module):
     """Classifier of Table 1: ReLU -> 1x1 conv -> BN -> ReLU -> global avg pool -> dropout -> fc."""
 
-    def __init__(self, in_channels: int, head_channels: int, num_classes: int, dropout: float, norm: str):
+    def __init__(
+        self, in_channels: int, head_channels: int, num_classes: int, dropout: float, norm: str
+    ):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"DROPOUT={dropout!r} is invalid: expected a rate in [0, 1)")
@@ -84,7 +86,9 @@ class RandWireClassifier(nn.Module):
         return self.head(features[self.backbone._out_features[-1]])
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> torch.Tensor:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         return ImageList.from_tensors(images).tensor
 
     def forward(self, batched_inputs: List[Dict]):

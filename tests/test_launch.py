@@ -1,0 +1,67 @@
+"""Multi-machine runs as they can be tested here: two commands on localhost, one per "machine"
+(--num-machines 2 --machine-rank 0|1 --dist-url tcp://127.0.0.1:PORT), for both tools."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+from test_detection import DEMO_CONFIG, TINY
+from test_train_cls import DEMO_CFG, REPO, read_metrics, tiny_opts
+
+from randwire_d2.data.cls_demo import generate_classification_demo
+from randwire_d2.data.detection_demo import generate_detection_demo
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_machines(tool: str, args, timeout: int = 300):
+    """Run `tool` as machine 0 and machine 1 of 2 (one process each); their outputs."""
+    url = f"tcp://127.0.0.1:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tools", tool), *args[:2], "--num-gpus", "1"]
+            + ["--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url, *args[2:]],
+            cwd=REPO,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (1, 0)
+    ]
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+def test_train_cls_on_two_machines(tmp_path):
+    data = generate_classification_demo(str(tmp_path / "data"), {"train": 4, "val": 2}, 32)
+    out = tmp_path / "out"
+    logs = two_machines("train_cls.py", ["--config-file", DEMO_CFG, *tiny_opts(data, out)])
+    assert "World size: 2" in logs[1]
+    assert [it for it, r in read_metrics(out) if "total_loss" in r] == [0, 1]
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1
+
+
+def test_train_net_on_two_machines(tmp_path):
+    paths = generate_detection_demo(
+        str(tmp_path), {"train": 8}, image_size=(64, 64), object_size=(14, 30), seed=3
+    )
+    out = tmp_path / "out"
+    args = ["--config-file", DEMO_CONFIG, "--dataset", "two_train", paths["train"]]
+    args += [str(tmp_path / "train"), *[str(v) for v in TINY], "DATASETS.TRAIN", "('two_train',)"]
+    args += ["DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1"]
+    logs = two_machines("train_net.py", args + ["SOLVER.STEPS", "()", "OUTPUT_DIR", str(out)])
+    assert "World size: 2" in logs[1]
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
