@@ -12,9 +12,8 @@ from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from .graphs import sample
+from .graphs import graph_statistics, sample
 from .modeling.randwire import RandWire
-from .visualize import graph_statistics
 
 __all__ = [
     "FIG3_GENERATORS",

@@ -15,8 +15,8 @@ from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
+from .graphs import graph_statistics
 from .modeling.execution import execution_mode
-from .visualize import graph_statistics
 
 __all__ = [
     "Logits",

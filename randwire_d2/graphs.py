@@ -33,6 +33,7 @@ __all__ = [
     "sample_stages",
     "StageWiring",
     "NetworkWiring",
+    "graph_statistics",
 ]
 
 Edge = Tuple[int, int]
@@ -343,3 +344,21 @@ class NetworkWiring:
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}: N={w.num_nodes} E={len(w.edges)}" for k, w in self.stages.items())
         return f"NetworkWiring({parts}; fingerprint={self.fingerprint()})"
+
+
+def graph_statistics(w: StageWiring) -> Dict[str, float]:
+    """Statistics of one stage's graph (undirected where the measure is undirected)."""
+    dag = w.to_networkx()
+    und = dag.to_undirected()
+    connected = nx.is_connected(und)
+    return {
+        "edges": len(w.edges),
+        "input_nodes": len(w.input_nodes),
+        "output_nodes": len(w.output_nodes),
+        "mean_degree": 2 * len(w.edges) / w.num_nodes,
+        "max_in_degree": max(d for _, d in dag.in_degree()),
+        "clustering": nx.average_clustering(und),
+        "avg_path_length": nx.average_shortest_path_length(und) if connected else float("nan"),
+        "components": nx.number_connected_components(und),
+        "depth": nx.dag_longest_path_length(w.to_networkx(with_io=True)),
+    }

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from .graphs import NetworkWiring, StageWiring  # noqa: E402
 
-__all__ = ["draw_stage", "draw_network", "draw_generator_grid", "graph_statistics", "plot_damage"]
+__all__ = ["draw_stage", "draw_network", "draw_generator_grid", "plot_damage"]
 
 INPUT_COLOR, OUTPUT_COLOR, NODE_COLOR, BOTH_COLOR = "#1f77b4", "#d62728", "#bbbbbb", "#9467bd"
 
@@ -95,24 +95,6 @@ def draw_generator_grid(rows: Sequence, path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def graph_statistics(w: StageWiring) -> Dict[str, float]:
-    """Statistics of one stage's graph (undirected where the measure is undirected)."""
-    dag = w.to_networkx()
-    und = dag.to_undirected()
-    connected = nx.is_connected(und)
-    return {
-        "edges": len(w.edges),
-        "input_nodes": len(w.input_nodes),
-        "output_nodes": len(w.output_nodes),
-        "mean_degree": 2 * len(w.edges) / w.num_nodes,
-        "max_in_degree": max(d for _, d in dag.in_degree()),
-        "clustering": nx.average_clustering(und),
-        "avg_path_length": nx.average_shortest_path_length(und) if connected else float("nan"),
-        "components": nx.number_connected_components(und),
-        "depth": nx.dag_longest_path_length(w.to_networkx(with_io=True)),
-    }
 
 
 def plot_damage(damage: Dict, path: str) -> str:

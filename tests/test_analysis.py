@@ -12,9 +12,9 @@ from randwire_d2.analysis import (
     remove_node,
     summarize_damage,
 )
-from randwire_d2.graphs import NetworkWiring, StageWiring
+from randwire_d2.graphs import NetworkWiring, StageWiring, graph_statistics
 from randwire_d2.modeling import RandWire
-from randwire_d2.visualize import draw_network, graph_statistics
+from randwire_d2.visualize import draw_network
 
 # 0 -> 2, 1 -> 2, 2 -> 3, 1 -> 4: inputs {0, 1}, outputs {3, 4}.
 W = StageWiring(5, ((0, 2), (1, 2), (2, 3), (1, 4)))

@@ -9,10 +9,9 @@ from test_modeling import tiny_cfg
 
 from randwire_d2.complexity import wiring_stats
 from randwire_d2.config import load_config
-from randwire_d2.graphs import NetworkWiring, StageWiring
+from randwire_d2.graphs import NetworkWiring, StageWiring, graph_statistics
 from randwire_d2.modeling import RandWire, network_wiring, ops, randwire
 from randwire_d2.modeling.randwire import stage_specs, wiring_from_cfg
-from randwire_d2.visualize import graph_statistics
 
 GOOD = {"num_nodes": 4, "edges": [[0, 1], [0, 2], [1, 3]]}
 
