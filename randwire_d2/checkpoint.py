@@ -235,11 +235,17 @@ class RandWireCheckpointer(DetectionCheckpointer):
         return loaded
 
     def _load_model(self, checkpoint):
-        expected_partial = checkpoint.pop("__mapped_from_classifier__", False)
-        theirs = f"{len(checkpoint['model'])} tensors ({_describe(checkpoint['model'])})"
+        # A classifier's trunk (mapped or converted) leaves the detector's heads to initialize.
+        trunk_only = checkpoint.pop("__mapped_from_classifier__", "converted_from" in checkpoint)
+        held = f"{len(checkpoint['model'])} tensors ({_describe(checkpoint['model'])})"
         incompatible = super()._load_model(checkpoint)
         prefix, _ = find_trunk(self.model)
-        missing = [k for k in incompatible.missing_keys if k.startswith(prefix) or self.strict]
+        reshaped = [k for k, _, _ in incompatible.incorrect_shapes]
+        missing = [
+            k
+            for k in incompatible.missing_keys
+            if (k.startswith(prefix) or self.strict) and k not in reshaped
+        ]
         shapes = [
             s for s in incompatible.incorrect_shapes if s[0].startswith(prefix) or self.strict
         ]
@@ -254,12 +260,11 @@ class RandWireCheckpointer(DetectionCheckpointer):
                     "the model; other MODEL.RANDWIRE.CHANNELS, REGIME or NUM_CLASSES?)"
                 )
             raise CheckpointError(
-                f"the weights do not fit the model: {'; '.join(lines)}. The file holds {theirs}. "
+                f"the weights do not fit the model: {'; '.join(lines)}. The file holds {held}. "
                 "Give a checkpoint of this model (tools/train_cls.py / train_net.py)."
             )
-        others = [k for k, _, _ in incompatible.incorrect_shapes]
-        if not expected_partial:
-            others += incompatible.missing_keys
+        others = reshaped + [k for k in incompatible.missing_keys if k not in reshaped]
+        others = reshaped if trunk_only else others
         if others:
             logger.warning(
                 f"{len(others)} tensors outside the trunk do not fit and keep their "

@@ -11,6 +11,7 @@ __all__ = [
     "add_randwire_config",
     "load_config",
     "explicit_keys",
+    "flatten",
     "GENERATOR_KEYS",
     "generator_params",
     "set_generator",
@@ -123,9 +124,9 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
     opts = list(opts)
     if len(opts) % 2:
         raise ValueError(f"overrides {opts} are invalid: expected KEY VALUE pairs")
+    defaults = flatten(cfg)
     for i in range(0, len(opts), 2):
-        default = _lookup(cfg, opts[i])
-        if isinstance(default, float) and isinstance(_literal(opts[i + 1]), int):
+        if isinstance(defaults.get(opts[i]), float) and isinstance(_literal(opts[i + 1]), int):
             opts[i + 1] = str(float(_literal(opts[i + 1])))
     cfg.merge_from_list(opts)
     if freeze:
@@ -133,18 +134,18 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
     return cfg
 
 
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """{"SOLVER.BASE_LR": 0.1, ...}: the leaves of a (nested) config, by dotted key."""
+    flat = {}
+    for k, v in cfg.items():
+        flat.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return flat
+
+
 def explicit_keys(config_file: str, opts: Sequence[str] = ()) -> set:
     """The dotted keys that `config_file` (with its `_BASE_` chain) or `opts` set explicitly."""
-
-    def walk(d: dict, prefix: str):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                yield from walk(v, prefix + k + ".")
-            else:
-                yield prefix + k
-
-    keys = set(walk(CN.load_yaml_with_base(config_file, allow_unsafe=True), ""))
-    return keys | set(list(opts)[::2])
+    keys = flatten(CN.load_yaml_with_base(config_file, allow_unsafe=True))
+    return set(keys) | set(list(opts)[::2])
 
 
 def _literal(text):
@@ -152,15 +153,6 @@ def _literal(text):
         return ast.literal_eval(text) if isinstance(text, str) else text
     except (ValueError, SyntaxError):
         return text
-
-
-def _lookup(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _ints_as_floats(defaults, loaded: dict) -> dict:

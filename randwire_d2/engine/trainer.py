@@ -8,6 +8,7 @@ a time, and a resume that says what it restored and refuses what the restored st
 
 import fcntl
 import glob
+import json
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import RandWireCheckpointer, check_input_normalization
+from ..config import flatten
 from ..modeling.randwire import RandWire
 from .hooks import EdgeRemovalSeed, ThroughputHook
 
@@ -121,7 +123,8 @@ def claim_output_dir(output_dir: str, resume: bool = True, overwrite: bool = Fal
     if old and not resume:
         names = ", ".join(os.path.basename(p) for p in old[:4]) + (", ..." if len(old) > 4 else "")
         if not overwrite:
-            release_output_dir(path) if took else None
+            if took:
+                release_output_dir(path)
             raise FileExistsError(
                 f"OUTPUT_DIR={output_dir!r} holds checkpoints of an earlier run ({names}): pass "
                 "--resume to continue it, choose another OUTPUT_DIR, or pass --overwrite to "
@@ -139,14 +142,6 @@ def release_output_dir(output_dir: str) -> None:
         f.close()
 
 
-def _flat(cfg, prefix=""):
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            yield from _flat(v, prefix + k + ".")
-        else:
-            yield prefix + k, v
-
-
 def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
     """Refuse a resume whose config contradicts the restored optimizer / data state or leaves
     nothing to train; name the other SOLVER/TEST/PRETRAIN changes it applies."""
@@ -158,8 +153,7 @@ def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
         )
     if "cfg" not in checkpoint:
         return
-    old = dict(_flat(CfgNode.load_cfg(checkpoint["cfg"])))
-    new = dict(_flat(cfg))
+    old, new = flatten(CfgNode.load_cfg(checkpoint["cfg"])), flatten(cfg)
     changed = [k for k in new if k in old and old[k] != new[k]]
     refused = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k in RESTORED_KEYS]
     if refused:
@@ -168,8 +162,8 @@ def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
             f"config: {'; '.join(refused)}. Resume with the checkpoint's values, or start a new "
             "OUTPUT_DIR with MODEL.WEIGHTS set to the checkpoint."
         )
-    applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k.split(".")[0] in
-               ("SOLVER", "TEST", "PRETRAIN")]  # fmt: skip
+    shown = ("SOLVER", "TEST", "PRETRAIN")
+    applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k.split(".")[0] in shown]
     if applied:
         logger.warning("--resume applies changed keys: " + "; ".join(applied))
 
@@ -193,11 +187,9 @@ def truncate_metrics(output_dir: str, start_iter: int) -> None:
 
 
 def _iteration(line: str) -> int:
-    import json
-
     try:
         return int(json.loads(line).get("iteration", -1))
-    except ValueError:
+    except ValueError:  # a line cut by a kill
         return -1
 
 
