@@ -101,17 +101,9 @@ def test_unknown_norm():
     assert isinstance(ops.norm_layer(torch.nn.BatchNorm2d, 8), torch.nn.BatchNorm2d)
 
 
-def tiny_detector_cfg():
-    cfg = load_config("configs/demo/faster_rcnn_randwire_demo.yaml", freeze=False)
-    cfg.MODEL.RANDWIRE.NUM_NODES = 4
-    cfg.MODEL.RANDWIRE.WS_K = 2
-    cfg.MODEL.RANDWIRE.CHANNELS = 8
-    cfg.MODEL.FPN.OUT_CHANNELS = 8
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 16
-    return cfg
-
-
 def test_fpn_in_features_not_returned_by_trunk():
+    from test_detection import tiny_cfg as tiny_detector_cfg
+
     cfg = tiny_detector_cfg()
     cfg.MODEL.RANDWIRE.OUT_FEATURES = ["conv3", "conv4", "conv5"]
     with pytest.raises(
