@@ -65,3 +65,26 @@ def test_train_net_on_two_machines(tmp_path):
     logs = two_machines("train_net.py", args + ["SOLVER.STEPS", "()", "OUTPUT_DIR", str(out)])
     assert "World size: 2" in logs[1]
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
+
+
+def test_train_net_joins_a_torchrun_group(tmp_path):
+    paths = generate_detection_demo(
+        str(tmp_path), {"train": 8}, image_size=(64, 64), object_size=(14, 30), seed=3
+    )
+    out = tmp_path / "out"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    args = [*torchrun, "2", os.path.join(REPO, "tools", "train_net.py"), "--config", DEMO_CONFIG]
+    args += ["--dataset", "tr_train", paths["train"], str(tmp_path / "train")]
+    args += [*[str(v) for v in TINY], "DATASETS.TRAIN", "('tr_train',)", "DATASETS.TEST", "()"]
+    args += ["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()", "OUTPUT_DIR", str(out)]
+    proc = subprocess.run(
+        args,
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "World size: 2" in proc.stdout + proc.stderr
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1
