@@ -226,6 +226,19 @@ def test_resume_with_more_epochs_applies_and_names_them(trained, data_root, tmp_
     )
 
 
+def test_resume_of_a_finished_run_only_evaluates(trained, data_root, tmp_path, caplog):
+    # A run killed during its final evaluation: resuming it evaluates, and trains nothing.
+    out = copy_run(trained, tmp_path / "run")
+    trainer = ClassificationTrainer(make_cfg(tiny_opts(data_root, out, epochs=3)))
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == trainer.max_iter == 3
+    assert "only its final evaluation runs" in caplog.text
+    before = [it for it, r in read_metrics(out) if "total_loss" in r]
+    trainer.train()
+    assert [it for it, r in read_metrics(out) if "total_loss" in r] == before
+    assert "val_32/top1" in read_metrics(out)[-1][1]
+
+
 # 5. Non-finite weights are never saved and never evaluated -------------------------------------
 
 

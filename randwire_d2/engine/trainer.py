@@ -145,15 +145,20 @@ def release_output_dir(output_dir: str) -> None:
 def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
     """Refuse a resume whose config contradicts the restored optimizer / data state or leaves
     nothing to train; name the other SOLVER/TEST/PRETRAIN changes it applies."""
-    if start_iter >= cfg.SOLVER.MAX_ITER:
+    old = flatten(CfgNode.load_cfg(checkpoint["cfg"])) if "cfg" in checkpoint else {}
+    if start_iter == cfg.SOLVER.MAX_ITER == old.get("SOLVER.MAX_ITER"):
+        logger.warning(
+            "--resume: the run trained all its iterations: only its final evaluation runs"
+        )
+    elif start_iter >= cfg.SOLVER.MAX_ITER:
         raise ValueError(
             f"--resume: the checkpoint is at iteration {start_iter}, but SOLVER.MAX_ITER="
             f"{cfg.SOLVER.MAX_ITER}: nothing is left to train (another batch or epoch count?). "
             "Start a new OUTPUT_DIR with MODEL.WEIGHTS set to the checkpoint to fine-tune."
         )
-    if "cfg" not in checkpoint:
+    if not old:
         return
-    old, new = flatten(CfgNode.load_cfg(checkpoint["cfg"])), flatten(cfg)
+    new = flatten(cfg)
     changed = [k for k in new if k in old and old[k] != new[k]]
     refused = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k in RESTORED_KEYS]
     if refused:
