@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PURELIB = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: install test demo clean-venv
+.PHONY: install test demo sweep-demo clean-venv
 
 install: $(STAMP)
 
@@ -30,6 +30,16 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+# Reduced Fig. 3 and Fig. 6 on the embedded data (each under 20 minutes on 2 CPU cores).
+SWEEP_DEMO := $(PY) tools/sweep.py --config-file configs/demo/randwire_sweep_demo.yaml
+SWEEP_GENS := --generators er:P=0.2 --generators ba:M=5 --generators ws:K=4,P=0.75
+sweep-demo: $(STAMP)
+	OMP_NUM_THREADS=1 $(SWEEP_DEMO) $(SWEEP_GENS) --generators ws:K=4,P=0 --seeds 1-3 \
+		--output output/sweeps/demo_fig3
+	OMP_NUM_THREADS=1 $(SWEEP_DEMO) $(SWEEP_GENS) --seeds 1-2 --match-flops \
+		--node-ops sep_conv3x3 --node-ops conv3x3 --node-ops max_pool3x3_conv1x1 \
+		--node-ops avg_pool3x3_conv1x1 --output output/sweeps/demo_fig6 PRETRAIN.EPOCHS 5
 
 clean-venv:
 	rm -rf $(VENV)

@@ -69,7 +69,7 @@ def test_runs_are_named_and_carry_their_overrides():
     ]
     opts = dict(zip(runs[2].opts[::2], runs[2].opts[1::2]))
     assert opts["MODEL.RANDWIRE.GENERATOR"] == "er" and opts["MODEL.RANDWIRE.ER_P"] == "0.2"
-    assert opts["MODEL.RANDWIRE.SEED"] == "1" and runs[2].group == "ER(0.2)"
+    assert opts["MODEL.RANDWIRE.SEED"] == opts["SEED"] == "1" and runs[2].group == "ER(0.2)"
     with pytest.raises(ValueError, match="twice"):
         expand([DEMO], [("er", {"P": 0.2})] * 2, seeds=[1])
     with pytest.raises(ValueError, match="parameter 'K' is invalid for generator 'er'"):

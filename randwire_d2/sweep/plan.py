@@ -136,6 +136,8 @@ def expand(
                         ("MODEL.RANDWIRE.NODE_OP", op),
                         ("MODEL.RANDWIRE.CHANNELS", channels),
                         ("MODEL.RANDWIRE.SEED", seed),
+                        # Each instance also gets its own initialization and data order.
+                        ("SEED", seed),
                     ]
                     run_opts = tuple(opts) + tuple(str(x) for kv in pairs for x in kv)
                     name = _name(generator, params, op, channels, regime, seed)
