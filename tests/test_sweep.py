@@ -143,3 +143,14 @@ def test_submitit_local_executor_trains_a_run(data_root, tmp_path):
         assert list(json.load(f)) == [runs[0].name]
     with open(tmp_path / runs[0].name / "results.json") as f:
         assert 0 <= json.load(f)["val_32"]["top1"] <= 100
+
+
+def test_a_sweep_folder_refuses_runs_of_another_plan(tmp_path):
+    from randwire_d2.sweep import save_plan
+
+    runs = expand([DEMO], [("er", {"P": 0.2})], seeds=[1], opts=["PRETRAIN.EPOCHS", "5"])
+    save_plan(runs, str(tmp_path), {runs[0].name: (1, 1)})
+    save_plan(runs, str(tmp_path), {runs[0].name: (1, 1)})  # the same plan again: fine
+    other = expand([DEMO], [("er", {"P": 0.2})], seeds=[1], opts=["PRETRAIN.EPOCHS", "9"])
+    with pytest.raises(ValueError, match="holds run er_P0.2-sep_conv3x3-C16-small-s1 of another"):
+        save_plan(other, str(tmp_path), {other[0].name: (1, 1)})

@@ -92,14 +92,14 @@ def plan(args):
     cache_path = os.path.join(folder, "complexity.json")
     cache = json.load(open(cache_path)) if os.path.isfile(cache_path) else {}
     complexity = {}
-    for r in runs:  # FLOPs/params at 224x224, as Tables 2-3
-        complexity[r.name] = cache.get(r.name) or model_complexity(
-            load_config(r.config_file, r.opts)
-        )
+    for r in runs:  # FLOPs/params at 224x224, as Tables 2-3; cached by config and overrides
+        key = " ".join([r.config_file, *r.opts])
+        cache[key] = cache.get(key) or model_complexity(load_config(r.config_file, r.opts))
+        complexity[r.name] = cache[key]
     if not args.dry_run:
         os.makedirs(folder, exist_ok=True)
         with open(cache_path, "w") as f:
-            json.dump(complexity, f)
+            json.dump(cache, f)
     return folder, runs, complexity
 
 

@@ -322,6 +322,20 @@ def submit_sweep(runs, sweep_dir: str, *, cluster=None, num_gpus=1, nodes=1, wai
 
 
 def save_plan(runs: Sequence[Run], sweep_dir: str, complexity: Dict[str, Tuple[int, int]]):
+    """Write sweep.json. A run folder of an earlier plan with other overrides is refused: its
+    results would be skipped as finished, though they answer another question."""
+    path = os.path.join(sweep_dir, "sweep.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = {r["name"]: r for r in json.load(f)}
+        for r in runs:
+            old = before.get(r.name)
+            if old and (old["config_file"], list(old["opts"])) != (r.config_file, list(r.opts)):
+                raise ValueError(
+                    f"{sweep_dir} holds run {r.name} of another plan (config {old['config_file']}, "
+                    f"overrides {old['opts']}; now {r.config_file}, {list(r.opts)}): choose "
+                    "another --output, or the same config and overrides"
+                )
     os.makedirs(sweep_dir, exist_ok=True)
     plan = [
         dict(dataclasses.asdict(r), flops=complexity[r.name][0], params_count=complexity[r.name][1])
