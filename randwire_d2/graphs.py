@@ -31,6 +31,7 @@ __all__ = [
     "register_generator",
     "sample",
     "sample_stages",
+    "parse_seeds",
     "StageWiring",
     "NetworkWiring",
     "graph_statistics",
@@ -287,6 +288,19 @@ def sample(generator: str, num_nodes: int, seed: int, stage: int = 0, **params) 
     if not nx.is_directed_acyclic_graph(g):  # cannot happen with u < v; a guard for plugins
         raise ValueError(f"generator {generator!r} produced a cyclic graph")
     return wiring
+
+
+def parse_seeds(text: str) -> List[int]:
+    """Generator seeds from the command line: "1-5" -> [1, 2, 3, 4, 5], "1,3" -> [1, 3]."""
+    try:
+        if "-" in text:
+            lo, hi = text.split("-")
+            return list(range(int(lo), int(hi) + 1))
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"seeds {text!r} are invalid: expected a range like 1-5 or a list like 1,3"
+        ) from None
 
 
 def sample_stages(

@@ -194,3 +194,11 @@ def test_user_generator_by_name():
     assert w.input_nodes == [0] and w.output_nodes == [5]
     with pytest.raises(ValueError, match="already registered"):
         register_generator(name)(lambda n, rng: [])
+
+
+def test_seeds_from_the_command_line():
+    from randwire_d2.graphs import parse_seeds
+
+    assert parse_seeds("1-5") == [1, 2, 3, 4, 5] and parse_seeds("1,3") == [1, 3]
+    with pytest.raises(ValueError, match="seeds 'a-b' are invalid"):
+        parse_seeds("a-b")

@@ -22,13 +22,7 @@ from randwire_d2.complexity import (
     wiring_stats,
 )
 from randwire_d2.config import generator_params, load_config
-
-
-def parse_seeds(text: str):
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
+from randwire_d2.graphs import parse_seeds
 
 
 def setup(args):

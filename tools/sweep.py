@@ -23,6 +23,7 @@ import sys
 
 from randwire_d2.complexity import model_complexity
 from randwire_d2.config import load_config
+from randwire_d2.graphs import parse_seeds
 from randwire_d2.sweep import (
     NODE_OPS,
     PRESETS,
@@ -65,13 +66,6 @@ def build_parser():
     slurm.add_argument("--wait", action="store_true", help="wait for the jobs, then aggregate")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run")
     return parser
-
-
-def parse_seeds(text: str):
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
 
 
 def plan(args):
