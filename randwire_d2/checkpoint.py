@@ -338,16 +338,15 @@ def check_input_normalization(cfg, checkpoint: dict) -> bool:
     """Warn when the checkpoint was trained on other pixel statistics or channel order than
     MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT; False then. (Not an error: fine-tuning with
     other statistics is legitimate, only usually unintended.)"""
-    ours = {"pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
     mismatched = []
-    for line in config_lines(checkpoint):
-        key, value = line.split(" ", 1)
-        name = key.split(".")[-1].lower()
-        if name in ours:
-            if not np.allclose(checkpoint[name], ours[name], rtol=0, atol=1e-3):
-                mismatched.append(f"{line} (config: {list(ours[name])})")
-        elif value != cfg.INPUT.FORMAT:
-            mismatched.append(f"{line} (config: {cfg.INPUT.FORMAT})")
+    for key, ours in (("pixel_mean", cfg.MODEL.PIXEL_MEAN), ("pixel_std", cfg.MODEL.PIXEL_STD)):
+        theirs = checkpoint.get(key)
+        if theirs is not None and not np.allclose(theirs, ours, rtol=0, atol=1e-3):
+            values = [float(f"{v:.6g}") for v in theirs]
+            mismatched.append(f"MODEL.{key.upper()} {values} (config: {list(ours)})")
+    fmt = checkpoint.get("input_format")
+    if fmt is not None and fmt != cfg.INPUT.FORMAT:
+        mismatched.append(f"INPUT.FORMAT {fmt} (config: {cfg.INPUT.FORMAT})")
     if mismatched:
         logger.warning(
             "MODEL.WEIGHTS was trained with other input normalization than this config; to "

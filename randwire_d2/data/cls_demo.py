@@ -21,6 +21,7 @@ from typing import Dict, Tuple
 import cv2
 import numpy as np
 
+from .detection_demo import data_root as datasets_root
 from .shapes import CLASSES, render_background, render_object
 
 __all__ = [
@@ -122,11 +123,7 @@ def ensure_classification_demo(data_root: str) -> bool:
     """Generate (or repair) the demo data when `data_root` is its folder: DEMO_CLS_ROOT, or
     $DETECTRON2_DATASETS/randwire_demo_cls; True then, False (and nothing done) for other data.
     Call it in the main process only: concurrent generators would rewrite each other's files."""
-    roots = [DEMO_CLS_ROOT]
-    if os.getenv("DETECTRON2_DATASETS"):
-        roots.append(
-            os.path.join(os.path.expanduser(os.environ["DETECTRON2_DATASETS"]), "randwire_demo_cls")
-        )
+    roots = [DEMO_CLS_ROOT, os.path.join(datasets_root(), "randwire_demo_cls")]
     if os.path.abspath(os.path.expanduser(data_root)) not in map(os.path.abspath, roots):
         return False
     generate_classification_demo(data_root, **DEMO_CLS_PARAMS)

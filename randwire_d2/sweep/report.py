@@ -155,14 +155,8 @@ def plot_fig3(rows: Sequence[Dict], path: str, metric: str = "val_224/top1") -> 
     lo, hi = float((mean - std).min()), float((mean + std).max())
     pad = max(hi - lo, 1.0) * 0.3
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xticks(x, gens, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(metric)
     ax.legend(handles=[Patch(color=plt.cm.tab10(i), label=n) for i, n in enumerate(families)])
-    ax.set_title(f"{op}: mean ± std over seeds", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, x, gens, metric, f"{op}: mean ± std over seeds", path)
 
 
 def plot_fig6(rows: Sequence[Dict], path: str, metric: str = "val_224/top1") -> str:
@@ -176,10 +170,16 @@ def plot_fig6(rows: Sequence[Dict], path: str, metric: str = "val_224/top1") -> 
         xs = [i for i, g in enumerate(gens) if g in by_gen]
         mean, std = np.array([by_gen[gens[i]] for i in xs]).T
         ax.errorbar(xs, mean, yerr=std, marker="o", markersize=4, capsize=2, label=op)
-    ax.set_xticks(range(len(gens)), gens, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(metric)
     ax.legend(fontsize=8)
-    ax.set_title(f"node operations, sorted by {_reference(series)}", fontsize=9)
+    title = f"node operations, sorted by {_reference(series)}"
+    return _save(fig, ax, range(len(gens)), gens, metric, title, path)
+
+
+def _save(fig, ax, x, gens, metric: str, title: str, path: str) -> str:
+    """Generator labels under the x ticks, the metric and title; write `path` and return it."""
+    ax.set_xticks(x, gens, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
