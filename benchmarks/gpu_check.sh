@@ -14,7 +14,8 @@
 # 5. the benchmark again with torch.compile of both models (last: it may take minutes).
 # Each step has its own time limit and the whole check GPU_CHECK_SECONDS (470), so a slow or
 # failing step does not hide the others.
-# PYTHON selects the interpreter (default .venv/bin/python).
+# PYTHON selects the interpreter (default .venv/bin/python); GPU_CHECK_SKIP names steps to skip
+# (e.g. GPU_CHECK_SKIP="benchmark benchmark_compiled" reruns only the trainers).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -31,6 +32,10 @@ TOTAL=${GPU_CHECK_SECONDS:-470}  # the whole check's time; each step gets what i
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT_DIR/NAME.log
     local name=$1 limit=$2 start rc left
     shift 2
+    if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+        echo "$name: skipped (GPU_CHECK_SKIP)" | tee -a "$SUMMARY"
+        return 0
+    fi
     left=$(( TOTAL - ($(date +%s) - START) ))
     if [ "$left" -lt 15 ]; then
         echo "$name: skipped (the check's $TOTAL s are spent)" | tee -a "$SUMMARY"

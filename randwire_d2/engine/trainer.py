@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 import weakref
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,7 @@ from .hooks import EdgeRemovalSeed, ThroughputHook
 
 __all__ = [
     "RandWireTrainer",
+    "step_trainer",
     "create_ddp_model",
     "build_checkpointer",
     "claim_output_dir",
@@ -198,6 +200,16 @@ def _iteration(line: str) -> int:
         return -1
 
 
+def step_trainer(model, data_loader, optimizer, amp_dtype: Optional[torch.dtype] = None):
+    """The trainer of one iteration: SimpleTrainer, or AMPTrainer in `amp_dtype` (float16 with
+    a GradScaler, bfloat16 without). Arguments by keyword: AMPTrainer's third positional one is
+    gather_metric_period, not the scaler."""
+    if amp_dtype is None:
+        return SimpleTrainer(model, data_loader, optimizer)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler, precision=amp_dtype)
+
+
 class RandWireTrainer(DefaultTrainer):
     """DefaultTrainer + CPU-capable DDP + RandWireCheckpointer + AMP where it can run + an
     OUTPUT_DIR held for the run + a checked resume. Tasks override the Detectron2 classmethods
@@ -214,14 +226,10 @@ class RandWireTrainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
         on_cuda = next(model.parameters()).device.type == "cuda"
-        if cfg.SOLVER.AMP.ENABLED and on_cuda:
-            dtype = self.amp_dtype(cfg)
-            scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-            self._trainer = AMPTrainer(model, data_loader, optimizer, scaler, precision=dtype)
-        else:
-            if cfg.SOLVER.AMP.ENABLED:
-                logger.warning("SOLVER.AMP.ENABLED needs CUDA: training in float32 on CPU")
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        if cfg.SOLVER.AMP.ENABLED and not on_cuda:
+            logger.warning("SOLVER.AMP.ENABLED needs CUDA: training in float32 on CPU")
+        amp_dtype = self.amp_dtype(cfg) if cfg.SOLVER.AMP.ENABLED and on_cuda else None
+        self._trainer = step_trainer(model, data_loader, optimizer, amp_dtype)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = build_checkpointer(
             model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self), **self.checkpointables()
