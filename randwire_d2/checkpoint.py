@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
+from yacs.config import CfgNode
 
 from .graphs import NetworkWiring
 from .modeling.randwire import RandWire
@@ -81,11 +82,11 @@ def atomic_torch_save(obj, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def check_weights_on_disk(weights: str) -> None:
-    """A MODEL.WEIGHTS that is a local path (not a URL) must exist."""
+def check_weights_on_disk(weights: str, key: str = "MODEL.WEIGHTS") -> None:
+    """Weights (`key`) that are a local path (not a URL) must exist."""
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(
-            f"MODEL.WEIGHTS={weights!r} does not exist ({os.path.abspath(weights)}): give a "
+            f"{key}={weights!r} does not exist ({os.path.abspath(weights)}): give a "
             "checkpoint file, a detectron2:// or https:// URL, or an empty string (random init)"
         )
 
@@ -137,9 +138,15 @@ def checkpoint_extras(model: torch.nn.Module, cfg=None) -> Dict:
     if hasattr(inner, "pixel_mean"):
         extras["pixel_mean"] = [float(v) for v in inner.pixel_mean.flatten().tolist()]
         extras["pixel_std"] = [float(v) for v in inner.pixel_std.flatten().tolist()]
-    if cfg is not None:
+    if isinstance(cfg, CfgNode):
         extras["input_format"] = cfg.INPUT.FORMAT
         extras["cfg"] = cfg.dump()
+    elif cfg is not None:  # a LazyConfig: its plain values, by dotted key
+        from .config import flatten_lazy
+
+        if getattr(inner, "input_format", None):
+            extras["input_format"] = inner.input_format
+        extras["lazy_cfg"] = flatten_lazy(cfg)
     return extras
 
 
@@ -206,6 +213,9 @@ class RandWireCheckpointer(DetectionCheckpointer):
         loaded = super()._load_file(filename)
         inner = getattr(self.model, "module", self.model)
         ours, theirs = type(inner).__name__, loaded.get("arch")
+        # tools/convert_cls_to_d2.py's output names arch GeneralizedRCNN but holds only a trunk:
+        # it fits every detector (RetinaNet too).
+        converted = loaded.get("converted_from") == CLASSIFIER_ARCH and ours != CLASSIFIER_ARCH
         if theirs == CLASSIFIER_ARCH and ours != CLASSIFIER_ARCH:
             prefix, _ = find_trunk(self.model)
             loaded["model"], mapped, dropped = classifier_to_detector(loaded["model"], prefix)
@@ -216,7 +226,7 @@ class RandWireCheckpointer(DetectionCheckpointer):
             # A fine-tuning start: optimizer/scheduler/iteration of the pretraining don't apply.
             loaded = {k: v for k, v in loaded.items() if k not in _TRAINING_STATE}
             loaded["__mapped_from_classifier__"] = True
-        elif theirs is not None and theirs != ours:
+        elif theirs is not None and theirs != ours and not converted:
             raise CheckpointError(
                 f"{filename} is a {theirs} checkpoint, but the model is a {ours}: "
                 + (
@@ -336,20 +346,28 @@ def config_lines(data: Dict) -> List[str]:
 
 def check_input_normalization(cfg, checkpoint: dict) -> bool:
     """Warn when the checkpoint was trained on other pixel statistics or channel order than
-    MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT; False then. (Not an error: fine-tuning with
+    MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT (a LazyConfig's model.pixel_mean/pixel_std/
+    input_format); False then. (Not an error: fine-tuning with
     other statistics is legitimate, only usually unintended.)"""
+    if isinstance(cfg, CfgNode):
+        ours = {"MODEL.PIXEL_MEAN": cfg.MODEL.PIXEL_MEAN, "MODEL.PIXEL_STD": cfg.MODEL.PIXEL_STD}
+        ours["INPUT.FORMAT"] = cfg.INPUT.FORMAT
+    else:  # a LazyConfig
+        model = cfg.model
+        ours = {f"model.{k}": model.get(k) for k in ("pixel_mean", "pixel_std", "input_format")}
     mismatched = []
-    for key, ours in (("pixel_mean", cfg.MODEL.PIXEL_MEAN), ("pixel_std", cfg.MODEL.PIXEL_STD)):
-        theirs = checkpoint.get(key)
-        if theirs is not None and not np.allclose(theirs, ours, rtol=0, atol=1e-3):
-            values = [float(f"{v:.6g}") for v in theirs]
-            mismatched.append(f"MODEL.{key.upper()} {values} (config: {list(ours)})")
+    for key, theirs in zip(ours, (checkpoint.get(k) for k in ("pixel_mean", "pixel_std"))):
+        if theirs is not None and ours[key] is not None:
+            if not np.allclose(theirs, list(ours[key]), rtol=0, atol=1e-3):
+                values = [float(f"{v:.6g}") for v in theirs]
+                mismatched.append(f"{key} {values} (config: {list(ours[key])})")
+    fmt_key = list(ours)[2]
     fmt = checkpoint.get("input_format")
-    if fmt is not None and fmt != cfg.INPUT.FORMAT:
-        mismatched.append(f"INPUT.FORMAT {fmt} (config: {cfg.INPUT.FORMAT})")
+    if fmt is not None and ours[fmt_key] is not None and fmt != ours[fmt_key]:
+        mismatched.append(f"{fmt_key} {fmt} (config: {ours[fmt_key]})")
     if mismatched:
         logger.warning(
-            "MODEL.WEIGHTS was trained with other input normalization than this config; to "
+            "The weights were trained with other input normalization than this config; to "
             "match it set: " + "; ".join(mismatched)
         )
     return not mismatched

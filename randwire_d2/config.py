@@ -1,6 +1,8 @@
-"""Every key randwire_d2 reads (`add_randwire_config`), and how configs are loaded (`load_config`)."""
+"""Every key randwire_d2 reads (`add_randwire_config`), and how configs are loaded: yaml
+(`load_config`) and LazyConfig python files (`load_lazy_config`)."""
 
 import ast
+import difflib
 import os
 from typing import Sequence
 
@@ -10,6 +12,8 @@ from detectron2.config import get_cfg
 __all__ = [
     "add_randwire_config",
     "load_config",
+    "load_lazy_config",
+    "flatten_lazy",
     "explicit_keys",
     "flatten",
     "GENERATOR_KEYS",
@@ -132,6 +136,74 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def load_lazy_config(config_file: str, overrides: Sequence[str] = ()):
+    """A LazyConfig python file, then `KEY=VALUE` overrides (Hydra's syntax, as Detectron2's
+    `LazyConfig.apply_overrides`), where a KEY the config does not have is an error naming its
+    closest keys: Detectron2 would add it silently, so `train.max_iters=10` would train the
+    config's max_iter. `+KEY=VALUE` adds a new key on purpose."""
+    from detectron2.config import LazyConfig
+    from omegaconf import OmegaConf
+
+    if not config_file:
+        raise ValueError("no config given: pass --config-file FILE.py")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    if not config_file.endswith(".py"):
+        raise ValueError(
+            f"config file {config_file!r} is not a LazyConfig (.py) file: yaml configs go to "
+            "tools/train_net.py or tools/train_cls.py"
+        )
+    cfg = LazyConfig.load(config_file)
+    checked = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep:
+            where = " (options such as --resume go before the overrides)" * item.startswith("-")
+            raise ValueError(f"override {item!r} is invalid: expected KEY=VALUE{where}")
+        if key.startswith("+"):
+            checked.append(item[1:])
+            continue
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            keys = list(flatten_lazy(cfg, leaves_only=False))
+            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise KeyError(
+                f"override {item!r}: the config {config_file} has no key {key!r}.{hint} "
+                f"(+{key}=... adds it on purpose)"
+            )
+        checked.append(item)
+    return LazyConfig.apply_overrides(cfg, checked)
+
+
+_MISSING = object()
+
+
+def flatten_lazy(cfg, prefix: str = "", leaves_only: bool = True) -> dict:
+    """{"optimizer.lr": 0.02, ...}: the plain values (numbers, strings, bools, lists of them) of
+    a LazyConfig by dotted key; with `leaves_only=False`, every node's key too."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    flat = {}
+    for k, v in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, (DictConfig, dict)):
+            if not leaves_only:
+                flat[key] = None
+            flat.update(flatten_lazy(v, key + ".", leaves_only))
+            continue
+        if isinstance(v, ListConfig):
+            v = OmegaConf.to_container(v, resolve=False)
+        if _plain(v):
+            flat[key] = v
+    return flat
+
+
+def _plain(v) -> bool:
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, (bool, int, float, str))
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict:

@@ -27,7 +27,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import RandWireCheckpointer, check_input_normalization
-from ..config import flatten
+from ..config import flatten, flatten_lazy
 from ..modeling.randwire import RandWire
 from .hooks import EdgeRemovalSeed, ThroughputHook
 
@@ -54,6 +54,15 @@ RESTORED_KEYS = (
     "SOLVER.WEIGHT_DECAY_NORM",
     "SEED",
 )
+LAZY_RESTORED_KEYS = (  # the same, in a LazyConfig
+    "optimizer.lr",
+    "optimizer.momentum",
+    "optimizer.nesterov",
+    "optimizer.weight_decay",
+    "optimizer.params.weight_decay_norm",
+    "dataloader.train.total_batch_size",
+    "train.seed",
+)
 _HELD_OUTPUT_DIRS = {}  # absolute path -> the open, locked lock file of this process
 
 
@@ -77,10 +86,20 @@ def build_checkpointer(model, save_dir: str = "", cfg=None, **kwargs):
 
 
 def resolve_device(cfg) -> None:
-    """MODEL.DEVICE "cuda*" on a machine without CUDA becomes "cpu", with a warning."""
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but CUDA is not available: using CPU")
-        cfg.MODEL.DEVICE = "cpu"
+    """MODEL.DEVICE (a LazyConfig's train.device) "cuda*" on a machine without CUDA becomes
+    "cpu", with a warning."""
+    node, key, name = (
+        (cfg.MODEL, "DEVICE", "MODEL.DEVICE")
+        if "MODEL" in cfg
+        else (
+            cfg.train,
+            "device",
+            "train.device",
+        )
+    )
+    if node[key].startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"{name}={node[key]!r} but CUDA is not available: using CPU")
+        node[key] = "cpu"
 
 
 def check_amp_dtype(cfg) -> torch.dtype:
@@ -146,30 +165,37 @@ def release_output_dir(output_dir: str) -> None:
 
 def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
     """Refuse a resume whose config contradicts the restored optimizer / data state or leaves
-    nothing to train; name the other SOLVER/TEST/PRETRAIN changes it applies."""
-    old = flatten(CfgNode.load_cfg(checkpoint["cfg"])) if "cfg" in checkpoint else {}
-    if start_iter == cfg.SOLVER.MAX_ITER == old.get("SOLVER.MAX_ITER"):
+    nothing to train; name the other solver/test changes it applies. `cfg` is a yaml CfgNode or
+    a LazyConfig."""
+    if isinstance(cfg, CfgNode):
+        old = flatten(CfgNode.load_cfg(checkpoint["cfg"])) if "cfg" in checkpoint else {}
+        new, restored, shown = flatten(cfg), RESTORED_KEYS, ("SOLVER", "TEST", "PRETRAIN")
+        max_key, weights_key = "SOLVER.MAX_ITER", "MODEL.WEIGHTS"
+    else:
+        old, new = checkpoint.get("lazy_cfg", {}), flatten_lazy(cfg)
+        restored, shown = LAZY_RESTORED_KEYS, ("optimizer", "lr_multiplier", "train", "dataloader")
+        max_key, weights_key = "train.max_iter", "train.init_checkpoint"
+    max_iter = new[max_key]
+    if start_iter == max_iter == old.get(max_key):
         logger.warning(
             "--resume: the run trained all its iterations: only its final evaluation runs"
         )
-    elif start_iter >= cfg.SOLVER.MAX_ITER:
+    elif start_iter >= max_iter:
         raise ValueError(
-            f"--resume: the checkpoint is at iteration {start_iter}, but SOLVER.MAX_ITER="
-            f"{cfg.SOLVER.MAX_ITER}: nothing is left to train (another batch or epoch count?). "
-            "Start a new OUTPUT_DIR with MODEL.WEIGHTS set to the checkpoint to fine-tune."
+            f"--resume: the checkpoint is at iteration {start_iter}, but {max_key}="
+            f"{max_iter}: nothing is left to train (another batch or epoch count?). "
+            f"Start a new OUTPUT_DIR with {weights_key} set to the checkpoint to fine-tune."
         )
     if not old:
         return
-    new = flatten(cfg)
     changed = [k for k in new if k in old and old[k] != new[k]]
-    refused = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k in RESTORED_KEYS]
+    refused = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k in restored]
     if refused:
         raise ValueError(
             "--resume restores the checkpoint's optimizer and data order, which contradict the "
             f"config: {'; '.join(refused)}. Resume with the checkpoint's values, or start a new "
-            "OUTPUT_DIR with MODEL.WEIGHTS set to the checkpoint."
+            f"OUTPUT_DIR with {weights_key} set to the checkpoint."
         )
-    shown = ("SOLVER", "TEST", "PRETRAIN")
     applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k.split(".")[0] in shown]
     if applied:
         logger.warning("--resume applies changed keys: " + "; ".join(applied))

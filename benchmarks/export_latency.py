@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Exported RandWire classifiers: graph op counts and onnxruntime vs eager latency, one process.
+
+    python benchmarks/export_latency.py                      # demo classifier + C=109 regular
+    python benchmarks/export_latency.py --configs configs/imagenet/randwire_ws_c78_small.yaml \\
+        --size 224 --runs 50 --threads 2
+
+Per config (random weights; SEED from the config), at --size (default: the config's
+PRETRAIN.TEST_CROPS[0]) and batch --batch:
+- op counts of images -> logits traced three ways: the "reference" execution (per-node loop)
+  and the "fast" one as they are, and "export" (`freeze_for_export`: what tools/export_model.py
+  writes). ONNX: nodes other than Constant; TorchScript: aten:: nodes of the inlined trace;
+  torch.export: call_function nodes.
+- latency: median milliseconds per call over --runs, the variants interleaved in each round:
+  eager reference / fast / export (no_grad) and onnxruntime (CPU provider, as many threads as
+  torch) on the exported ONNX file.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import torch
+from detectron2.modeling import build_model
+
+import randwire_d2  # noqa: F401  (registers the RandWire backbones)
+from randwire_d2.config import load_config
+from randwire_d2.export import (
+    EXECUTIONS_COMPARED,
+    ClassifierExport,
+    classifier_latency,
+    classifier_samples,
+    markdown_table,
+    op_counts,
+)
+
+CONFIGS = [
+    "configs/demo/randwire_cls_demo.yaml",
+    "configs/imagenet/randwire_ws_c109_regular.yaml",
+]
+FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript", "pt2": "torch.export"}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+        f"load average {os.getloadavg()[0]:.1f} (torch {torch.__version__})"
+    )
+
+
+def measure(config: str, size: int, batch: int, runs: int, formats) -> dict:
+    cfg = load_config(config, ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg).eval()
+    size = size or cfg.PRETRAIN.TEST_CROPS[0]
+    x = classifier_samples(size, batch, 1)[0]
+    start = time.perf_counter()
+    counts = op_counts(model, ClassifierExport, (x,), formats)
+    count_s = time.perf_counter() - start
+    latency = classifier_latency(model, x, runs=runs)
+    return {"config": config, "size": size, "counts": counts, "ms": latency, "count_s": count_s}
+
+
+def ops_table(results, formats) -> str:
+    header = ["config", "input"] + [
+        f"{FORMAT_NAMES[f]} ops ({' / '.join(EXECUTIONS_COMPARED)})" for f in formats
+    ]
+    rows = [
+        [os.path.basename(r["config"]), f"{r['size']}x{r['size']}"]
+        + [" / ".join(str(r["counts"][e][f]) for e in EXECUTIONS_COMPARED) for f in formats]
+        for r in results
+    ]
+    return markdown_table(header, rows)
+
+
+def latency_table(results) -> str:
+    names = list(results[0]["ms"])
+    header = ["config", "input"] + [f"{n} (ms)" for n in names] + ["eager fast / onnxruntime"]
+    rows = [
+        [os.path.basename(r["config"]), f"{r['size']}x{r['size']}"]
+        + [f"{r['ms'][n]:.2f}" for n in names]
+        + [f"{r['ms']['eager fast'] / r['ms']['onnxruntime']:.2f}x"]
+        for r in results
+    ]
+    return markdown_table(header, rows)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--configs", nargs="+", default=CONFIGS)
+    p.add_argument("--size", type=int, default=0, help="input side (default: TEST_CROPS[0])")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
+    p.add_argument(
+        "--formats", nargs="+", default=["onnx", "torchscript", "pt2"], choices=list(FORMAT_NAMES)
+    )
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    for config in args.configs:
+        r = measure(config, args.size, args.batch, args.runs, args.formats)
+        print(
+            f"{config}: traced {len(EXECUTIONS_COMPARED)} ways in {r['count_s']:.0f} s",
+            file=sys.stderr,
+        )
+        results.append(r)
+    print(f"Machine: {machine()}; batch {args.batch}, median of {args.runs} interleaved runs.\n")
+    print(ops_table(results, args.formats))
+    print()
+    print(latency_table(results))
+
+
+if __name__ == "__main__":
+    main()

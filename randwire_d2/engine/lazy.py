@@ -1,0 +1,185 @@
+"""Training and evaluation from a LazyConfig (tools/lazyconfig_train_net.py), as Detectron2's
+`tools/lazyconfig_train_net.py` does it, with what the yaml trainers guarantee: CPU-capable DDP,
+the RandWire checkpointer (wiring check, atomic writes, classifier -> detector transfer through
+`train.init_checkpoint`), AMP only where it runs, one run per output_dir, and a checked resume.
+
+The config has Detectron2's top-level keys: `model`, `dataloader` (train, test, evaluator),
+`optimizer`, `lr_multiplier` and `train` (output_dir, init_checkpoint, max_iter, amp, ddp,
+checkpointer, eval_period, log_period, device, seed).
+"""
+
+import logging
+
+import torch
+from detectron2.config import instantiate
+from detectron2.engine import default_writers, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from omegaconf import OmegaConf
+
+from ..checkpoint import check_input_normalization, check_weights_on_disk
+from ..data.checks import check_datasets_on_disk, check_num_classes, prepare_datasets
+from .hooks import EdgeRemovalSeed, ThroughputHook
+from .trainer import (
+    AMP_DTYPES,
+    broadcast_buffers,
+    build_checkpointer,
+    check_resume,
+    claim_output_dir,
+    create_ddp_model,
+    release_output_dir,
+    resolve_device,
+    step_trainer,
+    truncate_metrics,
+)
+
+__all__ = ["setup_lazy", "build_model", "do_train", "do_test", "load_for_eval", "lazy_num_classes"]
+
+logger = logging.getLogger(__name__)
+
+
+def lazy_num_classes(cfg):
+    """(key, value) of the model's class count: roi_heads.num_classes (R-CNN) or num_classes
+    (RetinaNet, FCOS); (None, None) when the model has neither."""
+    for key in ("model.roi_heads.num_classes", "model.num_classes"):
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if isinstance(node, int):
+            return key, node
+    return None, None
+
+
+def _dataset_names(loader_cfg) -> list:
+    names = loader_cfg.dataset.names
+    return [names] if isinstance(names, str) else list(names)
+
+
+def setup_lazy(cfg, args) -> None:
+    """Check what can be checked before anything is built: the device, the datasets on disk,
+    their class count against the model's, train.init_checkpoint; then hold train.output_dir."""
+    resolve_device(cfg)
+    datasets = _dataset_names(cfg.dataloader.test) if "test" in cfg.dataloader else []
+    if not args.eval_only:
+        datasets += _dataset_names(cfg.dataloader.train)
+    check_datasets_on_disk(datasets)
+    check_weights_on_disk(cfg.train.init_checkpoint, key="train.init_checkpoint")
+    prepare_datasets(datasets)
+    key, num_classes = lazy_num_classes(cfg)
+    if key is not None:
+        check_num_classes(datasets, num_classes, key=key)
+    claim_output_dir(cfg.train.output_dir, args.resume or args.eval_only, args.overwrite)
+
+
+def build_model(cfg) -> torch.nn.Module:
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    logger.info(f"Model:\n{model}")
+    return model
+
+
+def do_test(cfg, model):
+    """COCO (or the configured) evaluation of `model` on dataloader.test."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    broadcast_buffers(model)
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def load_for_eval(cfg, model, resume: bool) -> None:
+    """Weights for --eval-only: train.init_checkpoint, or the last checkpoint with --resume;
+    strict (every tensor must fit)."""
+    checkpointer = build_checkpointer(model, cfg.train.output_dir, cfg=cfg, strict=True)
+    if not cfg.train.init_checkpoint and not (resume and checkpointer.has_checkpoint()):
+        raise ValueError(
+            "train.init_checkpoint='' and no checkpoint to resume: nothing to evaluate"
+        )
+    extras = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    check_input_normalization(cfg, extras)
+
+
+def do_train(cfg, args):
+    """Train `cfg.train.max_iter` iterations with Detectron2's hooks; evaluate at the end (and
+    every train.eval_period iterations)."""
+    model = build_model(cfg)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    ddp = dict(cfg.train.get("ddp", {}))
+    fp16_compression = ddp.pop("fp16_compression", False)
+    model = create_ddp_model(model, **ddp)
+    if fp16_compression and comm.get_world_size() > 1:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        model.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    amp = cfg.train.get("amp", {})
+    amp_dtype = None
+    if amp.get("enabled", False):
+        name = amp.get("precision", "float16")
+        if name not in AMP_DTYPES:
+            raise ValueError(
+                f"train.amp.precision={name!r} is invalid: expected one of {sorted(AMP_DTYPES)}"
+            )
+        if on_cuda:
+            amp_dtype = AMP_DTYPES[name]
+        else:
+            logger.warning("train.amp.enabled needs CUDA: training in float32 on CPU")
+    trainer = step_trainer(model, train_loader, optimizer, amp_dtype)
+    checkpointer = build_checkpointer(model, cfg.train.output_dir, cfg=cfg, trainer=trainer)
+    batch = cfg.dataloader.train.get("total_batch_size", 0)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            ThroughputHook(batch),
+            EdgeRemovalSeed(cfg.train.get("seed", -1)),
+            (
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+                if comm.is_main_process()
+                else None
+            ),
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            (
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    period=cfg.train.log_period,
+                )
+                if comm.is_main_process()
+                else None
+            ),
+        ]
+    )
+    extras = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    resumed = extras.pop("__resumed_from__", None) or (
+        args.resume and checkpointer.has_checkpoint()
+    )
+    start_iter = 0
+    if resumed:
+        start_iter = trainer.iter + 1
+        check_resume(cfg, extras, start_iter)
+        truncate_metrics(cfg.train.output_dir, start_iter)
+        logger.info(f"Resumed at iteration {start_iter}")
+    else:
+        _check_frozen_stages_have_weights(cfg)
+        check_input_normalization(cfg, extras)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    finally:
+        release_output_dir(cfg.train.output_dir)
+
+
+def _check_frozen_stages_have_weights(cfg) -> None:
+    key = "model.backbone.bottom_up.freeze_at"
+    freeze_at = OmegaConf.select(cfg, key, default=0) or 0
+    if freeze_at > 0 and not cfg.train.init_checkpoint:
+        raise ValueError(
+            f"{key}={freeze_at} freezes the first {freeze_at} stages, but train.init_checkpoint "
+            f"is empty: they would stay random. Give a pretrained train.init_checkpoint, or set "
+            f"{key}=0 to train from scratch."
+        )

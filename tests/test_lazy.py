@@ -1,0 +1,287 @@
+"""LazyConfig: configs/lazy/*, tools/lazyconfig_train_net.py, and yaml/lazy equivalence."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.config import instantiate
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+from test_detection import REPO, TOOL_ENV, classifier_cfg, images_with_boxes, tiny_cfg
+
+from randwire_d2.checkpoint import RandWireCheckpointer
+from randwire_d2.config import flatten_lazy, load_config, load_lazy_config
+from randwire_d2.engine.lazy import lazy_num_classes
+from randwire_d2.modeling import RandWire
+
+LAZY = os.path.join(REPO, "configs", "lazy")
+LAZY_CONFIGS = sorted(
+    p for p in glob.glob(os.path.join(LAZY, "**", "*.py"), recursive=True) if "/common/" not in p
+)
+MASK_DEMO = os.path.join(LAZY, "demo", "mask_rcnn_randwire_demo.py")
+FASTER_DEMO = os.path.join(LAZY, "demo", "faster_rcnn_randwire_demo.py")
+TOOL = os.path.join(REPO, "tools", "lazyconfig_train_net.py")
+
+# The lazy twin of test_detection.TINY (C=8, N=6, WS(2, 0.75), 16-channel FPN, 64-pixel images).
+TINY_LAZY = [
+    "model.backbone.bottom_up.channels=8",
+    "model.backbone.bottom_up.wiring.num_nodes=6",
+    "model.backbone.bottom_up.wiring.K=2",
+    "model.backbone.out_channels=16",
+    "model.proposal_generator.head.in_channels=16",
+    "model.proposal_generator.batch_size_per_image=64",
+    "model.proposal_generator.post_nms_topk=[50,50]",
+    "model.roi_heads.batch_size_per_image=32",
+    "model.roi_heads.box_head.input_shape.channels=16",
+    "model.roi_heads.box_head.fc_dims=[32,32]",
+    "model.roi_heads.box_predictor.input_shape.channels=32",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
+    "dataloader.train.mapper.augmentations.0.max_size=64",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+    "dataloader.test.mapper.augmentations.0.max_size=64",
+    "dataloader.train.total_batch_size=2",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+]
+TINY_MASK = TINY_LAZY + [
+    "model.roi_heads.mask_head.input_shape.channels=16",
+    "model.roi_heads.mask_head.conv_dims=[16,16]",
+]
+
+
+def trunk_of(model) -> RandWire:
+    return model.backbone.bottom_up
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_every_lazy_config_is_listed_and_instantiates():
+    names = {os.path.relpath(p, LAZY) for p in LAZY_CONFIGS}
+    assert {
+        "faster_rcnn_randwire_c109_fpn_1x.py",
+        "faster_rcnn_randwire_c154_fpn_1x.py",
+        "mask_rcnn_randwire_c109_fpn_1x.py",
+        "retinanet_randwire_c109_fpn_1x.py",
+        "demo/faster_rcnn_randwire_demo.py",
+        "demo/mask_rcnn_randwire_demo.py",
+    } <= names
+    for path in LAZY_CONFIGS:
+        cfg = load_lazy_config(path)
+        assert {"model", "dataloader", "optimizer", "lr_multiplier", "train"} <= set(cfg), path
+        model = instantiate(cfg.model)
+        trunk = trunk_of(model)
+        assert isinstance(trunk, RandWire), path
+        mask_on = "mask_rcnn" in path
+        assert getattr(getattr(model, "roi_heads", None), "mask_on", False) == mask_on, path
+        assert cfg.dataloader.train.mapper.use_instance_mask == mask_on, path
+        assert cfg.model.input_format == cfg.dataloader.train.mapper.image_format == "RGB", path
+        with torch.no_grad():
+            model.eval()
+            (out,) = model([{"image": torch.zeros(3, 64, 64)}])
+        assert "instances" in out, path
+
+
+@pytest.mark.parametrize(
+    "name, channels",
+    [("faster_rcnn_randwire_c109_fpn_1x", 109), ("faster_rcnn_randwire_c154_fpn_1x", 154)],
+)
+def test_yaml_and_lazy_faster_rcnn_build_the_same_detector(name, channels):
+    """Same (generator, theta, seed) -> same wiring fingerprint, and the same keys, shapes and
+    parameter count for the whole detector; same schedule and solver."""
+    yaml_cfg = load_config(os.path.join(REPO, "configs", name + ".yaml"), ["MODEL.DEVICE", "cpu"])
+    lazy_cfg = load_lazy_config(os.path.join(LAZY, name + ".py"))
+    yaml_model, lazy_model = build_model(yaml_cfg), instantiate(lazy_cfg.model)
+    assert trunk_of(lazy_model).wiring.fingerprint() == trunk_of(yaml_model).wiring.fingerprint()
+    assert trunk_of(lazy_model)._out_feature_channels["conv5"] == 8 * channels
+    assert n_params(lazy_model) == n_params(yaml_model)
+    shapes = {k: tuple(v.shape) for k, v in yaml_model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in lazy_model.state_dict().items()} == shapes
+    frozen = lambda m: {n for n, p in m.named_parameters() if not p.requires_grad}  # noqa: E731
+    assert frozen(lazy_model) == frozen(yaml_model) and frozen(yaml_model)
+    s = yaml_cfg.SOLVER
+    sched = flatten_lazy(lazy_cfg.lr_multiplier)
+    assert (lazy_cfg.train.max_iter, lazy_cfg.dataloader.train.total_batch_size) == (
+        s.MAX_ITER,
+        s.IMS_PER_BATCH,
+    )
+    assert lazy_cfg.optimizer.lr == s.BASE_LR and lazy_cfg.optimizer.weight_decay == s.WEIGHT_DECAY
+    assert sched["scheduler.milestones"][:2] == list(s.STEPS)
+    assert sched["warmup_length"] * s.MAX_ITER == s.WARMUP_ITERS
+    assert list(lazy_cfg.model.pixel_mean) == list(yaml_cfg.MODEL.PIXEL_MEAN)
+    aug = lazy_cfg.dataloader.train.mapper.augmentations[0]
+    assert list(aug.short_edge_length) == list(yaml_cfg.INPUT.MIN_SIZE_TRAIN)
+
+
+def test_yaml_and_lazy_demo_detectors_are_twins():
+    yaml_cfg = load_config(os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml"))
+    lazy_cfg = load_lazy_config(FASTER_DEMO)
+    yaml_model, lazy_model = build_model(yaml_cfg), instantiate(lazy_cfg.model)
+    assert trunk_of(lazy_model).wiring.fingerprint() == trunk_of(yaml_model).wiring.fingerprint()
+    shapes = {k: tuple(v.shape) for k, v in yaml_model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in lazy_model.state_dict().items()} == shapes
+    assert lazy_cfg.train.max_iter == yaml_cfg.SOLVER.MAX_ITER
+    assert lazy_num_classes(lazy_cfg) == ("model.roi_heads.num_classes", 5)
+
+
+@pytest.mark.parametrize(
+    "config, overrides",
+    [
+        (FASTER_DEMO, TINY_LAZY),
+        (MASK_DEMO, TINY_MASK),
+        (
+            os.path.join(LAZY, "retinanet_randwire_c109_fpn_1x.py"),
+            [
+                "model.backbone.bottom_up.channels=8",
+                "model.backbone.bottom_up.regime=small",
+                "model.backbone.bottom_up.wiring.num_nodes=6",
+                "model.backbone.bottom_up.wiring.K=2",
+                "model.backbone.bottom_up.norm=BN",
+                "model.backbone.bottom_up.freeze_at=0",
+                "model.backbone.out_channels=16",
+                "model.backbone.top_block.in_channels=32",  # conv5 = 4C in the small regime
+                "model.head.input_shape=[{channels: 16}]",
+                "model.head.conv_dims=[16]",
+                "model.num_classes=5",
+            ],
+        ),
+    ],
+    ids=["faster_rcnn", "mask_rcnn", "retinanet"],
+)
+def test_a_train_step_for_each_meta_architecture(config, overrides, one_thread):
+    from detectron2.layers import ShapeSpec
+
+    cfg = load_lazy_config(config, overrides)
+    if "retinanet" in config:  # a list of ShapeSpec is simplest to set here
+        cfg.model.head.input_shape = [ShapeSpec(channels=16)] * 5
+    model = instantiate(cfg.model)
+    model.train()
+    batch = images_with_boxes()
+    if getattr(model.roi_heads if hasattr(model, "roi_heads") else None, "mask_on", False):
+        from detectron2.structures import BitMasks
+
+        for item in batch:
+            boxes = item["instances"].gt_boxes.tensor.long()
+            masks = torch.zeros(len(boxes), 64, 64, dtype=torch.bool)
+            for m, (x0, y0, x1, y1) in zip(masks, boxes.tolist()):
+                m[y0:y1, x0:x1] = True
+            item["instances"].gt_masks = BitMasks(masks)
+    with EventStorage():
+        losses = model(batch)
+    loss = sum(losses.values())
+    assert torch.isfinite(loss)
+    if "mask" in config:
+        assert "loss_mask" in losses
+    loss.backward()
+    trunk = trunk_of(model)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trunk.parameters())
+
+
+def test_an_override_of_a_missing_key_is_an_error_naming_the_close_keys():
+    with pytest.raises(KeyError, match=r"no key 'train.max_iters'.*train.max_iter"):
+        load_lazy_config(FASTER_DEMO, ["train.max_iters=10"])
+    with pytest.raises(KeyError, match="model.backbone.bottom_up.wiring.seeds"):
+        load_lazy_config(FASTER_DEMO, ["model.backbone.bottom_up.wiring.seeds=2"])
+    cfg = load_lazy_config(FASTER_DEMO, ["+train.note=hello", "train.max_iter=7"])
+    assert cfg.train.note == "hello" and cfg.train.max_iter == 7
+    with pytest.raises(ValueError, match="not a LazyConfig"):
+        load_lazy_config(os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml"))
+
+
+def run_tool(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, TOOL, *args], env=TOOL_ENV, capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def lazy_classifier(tmp_path_factory):
+    """A classifier checkpoint whose trunk is the tiny lazy detector's (same wiring)."""
+    det_cfg = tiny_cfg()  # the yaml twin of TINY_LAZY: C=8, N=6, WS(2, 0.75), seed 1, small
+    classifier = build_model(classifier_cfg(det_cfg))  # its init: finite detections
+    folder = str(tmp_path_factory.mktemp("lazy_cls"))
+    RandWireCheckpointer(classifier, folder, cfg=classifier_cfg(det_cfg)).save("classifier")
+    return classifier, os.path.join(folder, "classifier.pth")
+
+
+def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume(
+    lazy_classifier, tmp_path
+):
+    classifier, weights = lazy_classifier
+    out = str(tmp_path / "run")
+    common = ["--config-file", MASK_DEMO, *TINY_MASK, f"train.output_dir={out}"]
+    proc = run_tool(
+        *common,
+        f"train.init_checkpoint={weights}",
+        "train.max_iter=3",
+        "train.log_period=1",
+        "train.checkpointer.period=2",
+        "model.roi_heads.box_predictor.test_score_thresh=0.0",  # 3 iterations: low scores
+    )
+    log = proc.stdout + proc.stderr
+    assert "copypaste: Task: segm" in log and "copypaste: Task: bbox" in log
+    lines = [json.loads(x) for x in open(os.path.join(out, "metrics.json")) if x.strip()]
+    assert [x["iteration"] for x in lines if "loss_mask" in x] == [0, 1, 2]
+    saved = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    trunk = trunk_of(instantiate(load_lazy_config(MASK_DEMO, TINY_MASK).model))
+    assert saved["wiring_fingerprint"] == trunk.wiring.fingerprint()
+    assert saved["lazy_cfg"]["optimizer.lr"] == 0.02 and saved["input_format"] == "RGB"
+    assert "Loaded a RandWireClassifier checkpoint into GeneralizedRCNN" in log
+
+    # A second fresh run in the same folder is refused; --resume with another lr is refused.
+    again = run_tool(*common, "train.max_iter=3", check=False)
+    assert again.returncode and "--resume" in again.stderr and "--overwrite" in again.stderr
+    resume = ["--config-file", MASK_DEMO, "--resume", *common[2:]]
+    lr = run_tool(*resume, "train.max_iter=5", "optimizer.lr=0.5", check=False)
+    assert lr.returncode and "optimizer.lr 0.02 -> 0.5" in lr.stderr
+
+    # --eval-only with the trained model: bbox and segm AP.
+    ev = run_tool(
+        "--config-file",
+        MASK_DEMO,
+        "--eval-only",
+        *TINY_MASK,
+        f"train.output_dir={tmp_path / 'eval'}",
+        f"train.init_checkpoint={out}/model_final.pth",
+        "model.roi_heads.box_predictor.test_score_thresh=0.0",
+    )
+    assert "copypaste: Task: segm" in ev.stdout + ev.stderr
+
+
+def test_cli_refuses_weights_of_another_wiring_and_frozen_stages_without_weights(
+    lazy_classifier, tmp_path
+):
+    _, weights = lazy_classifier
+    other = run_tool(
+        "--config-file",
+        FASTER_DEMO,
+        *TINY_LAZY,
+        "model.backbone.bottom_up.wiring.seed=2",
+        f"train.init_checkpoint={weights}",
+        f"train.output_dir={tmp_path / 'a'}",
+        "train.max_iter=1",
+        check=False,
+    )
+    assert other.returncode and "wiring" in other.stderr.lower()
+    frozen = run_tool(
+        "--config-file",
+        FASTER_DEMO,
+        *TINY_LAZY,
+        "model.backbone.bottom_up.freeze_at=2",
+        f"train.output_dir={tmp_path / 'b'}",
+        "train.max_iter=1",
+        check=False,
+    )
+    assert frozen.returncode and "model.backbone.bottom_up.freeze_at=2" in frozen.stderr
+    typo = run_tool("--config-file", FASTER_DEMO, "train.max_iters=1", check=False)
+    assert typo.returncode and "Did you mean train.max_iter" in typo.stderr
+    late = run_tool("--config-file", FASTER_DEMO, "train.max_iter=1", "--resume", check=False)
+    assert late.returncode and "options such as --resume go before the overrides" in late.stderr

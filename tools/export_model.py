@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Export a trained RandWire model for deployment and check it against the eager model.
+
+    # detector: TorchScript through Detectron2's TracingAdapter (as tools/deploy/export_model.py)
+    python tools/export_model.py --config-file configs/demo/faster_rcnn_randwire_demo.yaml \\
+        --export-method tracing --format torchscript --output output/export_det \\
+        MODEL.WEIGHTS output/demo_detection/model_final.pth
+    # ... and ONNX, traced on --sample-image (default: images of DATASETS.TEST[0])
+    python tools/export_model.py --config-file ... --format onnx --sample-image img.jpg ...
+    # classifier: torch.export (model.pt2) and ONNX of images -> logits at a fixed size
+    python tools/export_model.py --config-file configs/demo/randwire_cls_demo.yaml \\
+        --output output/export_cls MODEL.WEIGHTS output/demo_classification/model_final.pth
+
+torchscript and onnx files are made by tracing (detectors through TracingAdapter), pt2 by
+torch.export (classifiers only). Every file is run on --num-samples inputs (onnx in
+onnxruntime) and compared with the eager model; a difference beyond tolerance exits with
+status 1, naming the numbers. The exported graph is the frozen fast execution (see
+randwire_d2/export.py); --compare-executions also prints the op counts of the reference and
+fast executions traced as they are.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+from detectron2.utils.logger import setup_logger
+
+from randwire_d2.config import load_config
+from randwire_d2.engine import resolve_device
+from randwire_d2.export import (
+    FORMATS,
+    ClassifierExport,
+    ExportMismatchError,
+    build_export_model,
+    classifier_samples,
+    detector_adapter,
+    detector_samples,
+    export_classifier,
+    export_detector,
+    markdown_table,
+    op_counts,
+)
+
+CLASSIFIER = "RandWireClassifier"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--format",
+        nargs="+",
+        choices=sorted(FORMATS),
+        default=None,
+        help="output formats (default: torchscript for detectors, pt2 onnx for classifiers)",
+    )
+    parser.add_argument(
+        "--export-method",
+        choices=["tracing"],
+        default="tracing",
+        help="as Detectron2's tool; torchscript and onnx are traced, pt2 uses torch.export",
+    )
+    parser.add_argument("--output", default="", help="output folder (default: OUTPUT_DIR/export)")
+    parser.add_argument("--sample-image", default=None, help="detector: trace on this image")
+    parser.add_argument("--num-samples", type=int, default=2, help="inputs compared per format")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=0,
+        help="classifier: side (default PRETRAIN.TEST_CROPS[0])",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="classifier: batch size")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="export without MODEL.WEIGHTS (untrained)"
+    )
+    parser.add_argument(
+        "--compare-executions",
+        action="store_true",
+        help="also trace the reference and fast executions and print their op counts",
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser
+
+
+def setup(args):
+    # The export traces the eager trunk: no torch.compile.
+    cfg = load_config(args.config_file, list(args.opts) + ["MODEL.RANDWIRE.COMPILE", ""], False)
+    resolve_device(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logger = setup_logger(name="randwire_d2")
+    cfg = setup(args)
+    classifier = cfg.MODEL.META_ARCHITECTURE == CLASSIFIER
+    formats = args.format or (["pt2", "onnx"] if classifier else ["torchscript"])
+    if args.num_samples < 1:
+        sys.exit(f"--num-samples {args.num_samples} is invalid: expected an integer >= 1")
+    if classifier and args.sample_image:
+        sys.exit("--sample-image is for detectors: a classifier is exported at --input-size")
+    if not classifier and "pt2" in formats:
+        sys.exit(
+            f"--format pt2 is invalid for MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}"
+            ": detectors export by tracing (torchscript, onnx); pt2 is for RandWireClassifier"
+        )
+    output = args.output or os.path.join(cfg.OUTPUT_DIR, "export")
+    try:
+        model = build_export_model(cfg, args.random_weights)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    logger.info(f"exporting {cfg.MODEL.META_ARCHITECTURE} as {formats} to {output}")
+
+    try:
+        if classifier:
+            size = args.input_size or cfg.PRETRAIN.TEST_CROPS[0]
+            samples = classifier_samples(
+                size, args.batch_size, args.num_samples, cfg.SEED, model.device
+            )
+            report = export_classifier(model, output, samples, formats)
+            wrap, trace_args = ClassifierExport, (samples[0],)
+        else:
+            samples = detector_samples(cfg, args.sample_image, args.num_samples)
+            report = export_detector(model, output, samples, formats)
+            wrap, trace_args = (lambda m: detector_adapter(m, samples[0])), (samples[0]["image"],)
+    except ExportMismatchError as e:
+        sys.exit(f"error: {e}")
+
+    rows = []
+    for fmt, r in report.items():
+        worst = {
+            k: max(c.get(k, 0.0) for c in r["checks"].values()) for k in _DIFF_KEYS[classifier]
+        }
+        diffs = ", ".join(f"{k} {v:.3g}" for k, v in worst.items())
+        rows.append([fmt, r["file"], r["ops"], f"{len(r['checks'])} inputs, {diffs}"])
+    print(markdown_table(["format", "file", "ops", "matches eager"], rows))
+    if args.compare_executions:
+        counts = op_counts(model, wrap, trace_args, formats)
+        print("\nop counts by execution (exported: 'export'):")
+        print(
+            markdown_table(
+                ["execution"] + formats, [[e] + [c[f] for f in formats] for e, c in counts.items()]
+            )
+        )
+        report["op_counts"] = counts
+    with open(os.path.join(output, "export_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+
+
+_DIFF_KEYS = {True: ["max_abs_diff"], False: ["max_box_diff", "max_score_diff"]}
+
+
+if __name__ == "__main__":
+    main()

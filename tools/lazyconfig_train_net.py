@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Train or evaluate a detector from a LazyConfig (python) config, as Detectron2's
+tools/lazyconfig_train_net.py: the same command line, KEY=VALUE overrides.
+
+    python tools/lazyconfig_train_net.py --config-file configs/lazy/demo/faster_rcnn_randwire_demo.py
+    python tools/lazyconfig_train_net.py --config-file configs/lazy/mask_rcnn_randwire_c109_fpn_1x.py \\
+        --num-gpus 8 train.init_checkpoint=<classifier checkpoint>
+    python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=<model.pth>
+    torchrun --nproc-per-node 8 tools/lazyconfig_train_net.py --config-file ...
+
+An override of a key the config does not have is an error (`+KEY=VALUE` adds one on purpose).
+Without CUDA, `--num-gpus N` runs N CPU processes (gloo).
+"""
+
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from randwire_d2.config import load_lazy_config
+from randwire_d2.engine import argument_parser, launch
+from randwire_d2.engine.lazy import build_model, do_test, do_train, load_for_eval, setup_lazy
+
+
+def main(args):
+    cfg = load_lazy_config(args.config_file, args.opts)
+    setup_lazy(cfg, args)
+    default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="randwire_d2")
+    if args.eval_only:
+        model = build_model(cfg)
+        load_for_eval(cfg, model, args.resume)
+        return do_test(cfg, model)
+    return do_train(cfg, args)
+
+
+if __name__ == "__main__":
+    args = argument_parser(__doc__).parse_args()
+    print("Command Line Args:", args)
+    launch(main, args)
