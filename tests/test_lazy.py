@@ -11,7 +11,14 @@ import torch
 from detectron2.config import instantiate
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from test_detection import REPO, TOOL_ENV, classifier_cfg, images_with_boxes, tiny_cfg
+from test_detection import (  # noqa: F401 (tiny_data is a fixture)
+    REPO,
+    TOOL_ENV,
+    classifier_cfg,
+    images_with_boxes,
+    tiny_cfg,
+    tiny_data,
+)
 
 from randwire_d2.checkpoint import RandWireCheckpointer
 from randwire_d2.config import flatten_lazy, load_config, load_lazy_config
@@ -213,11 +220,18 @@ def lazy_classifier(tmp_path_factory):
 
 
 def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume(
-    lazy_classifier, tmp_path
+    lazy_classifier, tiny_data, tmp_path
 ):
     classifier, weights = lazy_classifier
+    folder, paths = tiny_data
+    data = ["--dataset", "det_test_train", paths["train"], os.path.join(folder, "train")]
+    data += ["--dataset", "det_test_val", paths["val"], os.path.join(folder, "val")]
+    names = [
+        "dataloader.train.dataset.names=det_test_train",
+        "dataloader.test.dataset.names=det_test_val",
+    ]
     out = str(tmp_path / "run")
-    common = ["--config-file", MASK_DEMO, *TINY_MASK, f"train.output_dir={out}"]
+    common = ["--config-file", MASK_DEMO, *data, *TINY_MASK, *names, f"train.output_dir={out}"]
     proc = run_tool(
         *common,
         f"train.init_checkpoint={weights}",
@@ -239,16 +253,14 @@ def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume
     # A second fresh run in the same folder is refused; --resume with another lr is refused.
     again = run_tool(*common, "train.max_iter=3", check=False)
     assert again.returncode and "--resume" in again.stderr and "--overwrite" in again.stderr
-    resume = ["--config-file", MASK_DEMO, "--resume", *common[2:]]
+    resume = ["--resume", *common]
     lr = run_tool(*resume, "train.max_iter=5", "optimizer.lr=0.5", check=False)
     assert lr.returncode and "optimizer.lr 0.02 -> 0.5" in lr.stderr
 
     # --eval-only with the trained model: bbox and segm AP.
     ev = run_tool(
-        "--config-file",
-        MASK_DEMO,
         "--eval-only",
-        *TINY_MASK,
+        *common[:-1],
         f"train.output_dir={tmp_path / 'eval'}",
         f"train.init_checkpoint={out}/model_final.pth",
         "model.roi_heads.box_predictor.test_score_thresh=0.0",

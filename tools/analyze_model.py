@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from randwire_d2.utils.warnings import quiet_third_party_warnings  # isort: split
 from detectron2.modeling import build_model
 
 from randwire_d2.complexity import (
@@ -59,6 +60,7 @@ def describe(cfg, size):
 
 
 def main():
+    quiet_third_party_warnings()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

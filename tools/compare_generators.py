@@ -13,6 +13,7 @@ from randwire_d2.analysis import FIG3_GENERATORS, compare_generators, label
 from randwire_d2.complexity import seed_statistics
 from randwire_d2.config import load_config, set_generator
 from randwire_d2.graphs import sample
+from randwire_d2.utils.warnings import quiet_third_party_warnings
 from randwire_d2.visualize import draw_generator_grid
 
 
@@ -27,6 +28,7 @@ def parse_setting(text):
 
 
 def main():
+    quiet_third_party_warnings()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 
+from randwire_d2.utils.warnings import quiet_third_party_warnings  # isort: split
 import torch
 from detectron2.evaluation import inference_on_dataset
 
@@ -22,6 +23,7 @@ from randwire_d2.visualize import plot_damage
 
 
 def main():
+    quiet_third_party_warnings()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

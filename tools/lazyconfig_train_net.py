@@ -6,22 +6,28 @@ tools/lazyconfig_train_net.py: the same command line, KEY=VALUE overrides.
     python tools/lazyconfig_train_net.py --config-file configs/lazy/mask_rcnn_randwire_c109_fpn_1x.py \\
         --num-gpus 8 train.init_checkpoint=<classifier checkpoint>
     python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=<model.pth>
+    python tools/lazyconfig_train_net.py --config-file ... --dataset mydata_train train.json images/ \\
+        dataloader.train.dataset.names=mydata_train
     torchrun --nproc-per-node 8 tools/lazyconfig_train_net.py --config-file ...
 
 An override of a key the config does not have is an error (`+KEY=VALUE` adds one on purpose).
 Without CUDA, `--num-gpus N` runs N CPU processes (gloo).
 """
 
+# First: importing randwire_d2 quiets the deprecation notes that Detectron2's imports print.
+import randwire_d2  # noqa: F401  # isort: split
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from randwire_d2.config import load_lazy_config
+from randwire_d2.data.checks import register_user_datasets
 from randwire_d2.engine import argument_parser, launch
 from randwire_d2.engine.lazy import build_model, do_test, do_train, load_for_eval, setup_lazy
 
 
 def main(args):
+    register_user_datasets(args.dataset)
     cfg = load_lazy_config(args.config_file, args.opts)
     setup_lazy(cfg, args)
     default_setup(cfg, args)
@@ -34,6 +40,6 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = argument_parser(__doc__).parse_args()
+    args = argument_parser(__doc__, user_datasets=True).parse_args()
     print("Command Line Args:", args)
     launch(main, args)

@@ -36,6 +36,7 @@ from randwire_d2.sweep import (
     submit_sweep,
 )
 from randwire_d2.sweep.report import report
+from randwire_d2.utils.warnings import quiet_third_party_warnings
 
 
 def build_parser():
@@ -106,6 +107,7 @@ def first_metric(records) -> str:
 
 
 def main(argv=None):
+    quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     misplaced = [o for o in args.opts if o.startswith("--")]

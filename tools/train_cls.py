@@ -14,6 +14,8 @@ without CUDA, --num-gpus N runs N CPU processes (gloo).
 
 import os
 
+# First: importing randwire_d2 quiets the deprecation notes that Detectron2's imports print.
+import randwire_d2  # noqa: F401  # isort: split
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger

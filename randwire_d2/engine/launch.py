@@ -9,11 +9,14 @@ from detectron2.engine import default_argument_parser
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-__all__ = ["argument_parser", "launch", "CloseProcessGroupAfter"]
+from ..utils.warnings import quiet_third_party_warnings
+
+__all__ = ["argument_parser", "launch", "CloseProcessGroupAfter", "quiet_third_party_warnings"]
 
 
-def argument_parser(epilog=None) -> argparse.ArgumentParser:
-    """Detectron2's parser + `--config` (alias of `--config-file`) + `--overwrite`."""
+def argument_parser(epilog=None, user_datasets: bool = False) -> argparse.ArgumentParser:
+    """Detectron2's parser + `--config` (alias of `--config-file`) + `--overwrite`; with
+    `user_datasets`, `--dataset NAME JSON IMAGE_DIR` (repeatable) too."""
     parser = default_argument_parser(epilog)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
@@ -24,11 +27,21 @@ def argument_parser(epilog=None) -> argparse.ArgumentParser:
         action="store_true",
         help="start afresh in an OUTPUT_DIR that holds checkpoints, deleting them",
     )
+    if user_datasets:
+        parser.add_argument(
+            "--dataset",
+            action="append",
+            nargs=3,
+            default=[],
+            metavar=("NAME", "JSON", "IMAGE_DIR"),
+            help="register a COCO-format dataset (repeatable); use NAME in the config's datasets",
+        )
     return parser
 
 
 class CloseProcessGroupAfter:
-    """main_func(*args), then destroy the process group when one exists.
+    """main_func(*args) with third-party notes quiet, then destroy the process group when one
+    exists.
 
     A gloo group left for interpreter exit can abort the process ("terminate called without an
     active exception", SIGABRT) after its work is done. A class, not a closure, so that
@@ -39,6 +52,7 @@ class CloseProcessGroupAfter:
         self.main_func = main_func
 
     def __call__(self, *args, **kwargs):
+        quiet_third_party_warnings()  # in each spawned process: filters are not inherited
         try:
             return self.main_func(*args, **kwargs)
         finally:
@@ -66,6 +80,7 @@ def launch(main_func, args) -> None:
     """Run main_func(args) in the process group torchrun set up, or spawn args.num_gpus
     processes on this machine with Detectron2's `launch` (gloo on CPU), machine args.machine_rank
     of args.num_machines, meeting at args.dist_url."""
+    quiet_third_party_warnings()
     main_func = CloseProcessGroupAfter(main_func)
     if _init_from_torchrun_env():
         main_func(args)

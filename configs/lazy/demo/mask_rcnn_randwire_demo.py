@@ -8,8 +8,8 @@ demo classifier's checkpoint is a train.init_checkpoint.
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from ..common.randwire_rcnn import dataloader, model, optimizer, train
 
@@ -38,7 +38,9 @@ dataloader.train.mapper.augmentations = [
 dataloader.train.mapper.instance_mask_format = "bitmask"
 dataloader.train.update(total_batch_size=8, num_workers=1)
 dataloader.test.dataset.names = "randwire_demo_det_val"
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=160, max_size=160)]
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=160, max_size=160)
+]
 dataloader.test.num_workers = 1
 
 optimizer.update(lr=0.02, weight_decay=1e-4)
