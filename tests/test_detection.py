@@ -174,16 +174,22 @@ def test_every_config_builds(path):
         assert isinstance(backbone, RandWire)
         assert model.head.fc.out_features == cfg.MODEL.CLASSIFIER.NUM_CLASSES
         return
-    assert [k for k in shapes] == ["p2", "p3", "p4", "p5", "p6"]
-    assert [s.stride for s in shapes.values()] == [4, 8, 16, 32, 64]
+    levels = (3, 8) if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else (2, 7)  # p3-p7 / p2-p6
+    assert [k for k in shapes] == [f"p{i}" for i in range(*levels)]
+    assert [s.stride for s in shapes.values()] == [2**i for i in range(*levels)]
     assert all(s.channels == cfg.MODEL.FPN.OUT_CHANNELS for s in shapes.values())
-    assert model.roi_heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if cfg.MODEL.BACKBONE.NAME == "build_randwire_fpn_backbone":
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        assert model.num_classes == cfg.MODEL.RETINANET.NUM_CLASSES
+    else:
+        assert model.roi_heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if cfg.MODEL.BACKBONE.NAME.startswith("build_randwire_"):
         trunk = backbone.bottom_up.output_shape()
         c = cfg.MODEL.RANDWIRE.CHANNELS
         mult = [1, 2, 4, 8] if cfg.MODEL.RANDWIRE.REGIME == "regular" else [1, 1, 2, 4]
         assert {k: (s.channels, s.stride) for k, s in trunk.items()} == {
-            f"conv{i + 2}": (m * c, 2 ** (i + 2)) for i, m in enumerate(mult)
+            f"conv{i + 2}": (m * c, 2 ** (i + 2))
+            for i, m in enumerate(mult)
+            if f"conv{i + 2}" in cfg.MODEL.RANDWIRE.OUT_FEATURES
         }
 
 

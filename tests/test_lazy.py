@@ -56,7 +56,7 @@ TINY_LAZY = [
 ]
 TINY_MASK = TINY_LAZY + [
     "model.roi_heads.mask_head.input_shape.channels=16",
-    "model.roi_heads.mask_head.conv_dims=[16,16]",
+    "model.roi_heads.mask_head.conv_dims=[16,16,16]",
 ]
 
 
@@ -96,9 +96,14 @@ def test_every_lazy_config_is_listed_and_instantiates():
 
 @pytest.mark.parametrize(
     "name, channels",
-    [("faster_rcnn_randwire_c109_fpn_1x", 109), ("faster_rcnn_randwire_c154_fpn_1x", 154)],
+    [
+        ("faster_rcnn_randwire_c109_fpn_1x", 109),
+        ("faster_rcnn_randwire_c154_fpn_1x", 154),
+        ("mask_rcnn_randwire_c109_fpn_1x", 109),
+        ("retinanet_randwire_c109_fpn_1x", 109),
+    ],
 )
-def test_yaml_and_lazy_faster_rcnn_build_the_same_detector(name, channels):
+def test_yaml_and_lazy_configs_build_the_same_detector(name, channels):
     """Same (generator, theta, seed) -> same wiring fingerprint, and the same keys, shapes and
     parameter count for the whole detector; same schedule and solver."""
     yaml_cfg = load_config(os.path.join(REPO, "configs", name + ".yaml"), ["MODEL.DEVICE", "cpu"])
@@ -125,9 +130,10 @@ def test_yaml_and_lazy_faster_rcnn_build_the_same_detector(name, channels):
     assert list(aug.short_edge_length) == list(yaml_cfg.INPUT.MIN_SIZE_TRAIN)
 
 
-def test_yaml_and_lazy_demo_detectors_are_twins():
-    yaml_cfg = load_config(os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml"))
-    lazy_cfg = load_lazy_config(FASTER_DEMO)
+@pytest.mark.parametrize("name", ["faster_rcnn_randwire_demo", "mask_rcnn_randwire_demo"])
+def test_yaml_and_lazy_demo_detectors_are_twins(name):
+    yaml_cfg = load_config(os.path.join(REPO, "configs", "demo", name + ".yaml"))
+    lazy_cfg = load_lazy_config(os.path.join(LAZY, "demo", name + ".py"))
     yaml_model, lazy_model = build_model(yaml_cfg), instantiate(lazy_cfg.model)
     assert trunk_of(lazy_model).wiring.fingerprint() == trunk_of(yaml_model).wiring.fingerprint()
     shapes = {k: tuple(v.shape) for k, v in yaml_model.state_dict().items()}
@@ -293,6 +299,15 @@ def test_cli_refuses_weights_of_another_wiring_and_frozen_stages_without_weights
         check=False,
     )
     assert frozen.returncode and "model.backbone.bottom_up.freeze_at=2" in frozen.stderr
+    polygon = run_tool(
+        "--config-file",
+        MASK_DEMO,
+        "dataloader.train.mapper.instance_mask_format=polygon",
+        f"train.output_dir={tmp_path / 'c'}",
+        check=False,
+    )
+    assert polygon.returncode
+    assert "dataloader.train.mapper.instance_mask_format='polygon' cannot read" in polygon.stderr
     typo = run_tool("--config-file", FASTER_DEMO, "train.max_iters=1", check=False)
     assert typo.returncode and "Did you mean train.max_iter" in typo.stderr
     late = run_tool("--config-file", FASTER_DEMO, "train.max_iter=1", "--resume", check=False)

@@ -157,8 +157,6 @@ def test_detection_predictor_equals_default_predictor(demo_root, detector_weight
 
 
 def test_mask_model_writes_rle_segmentations(demo_root, tmp_path):
-    if not os.path.isfile(MASK_CONFIG):
-        pytest.skip("configs/demo/mask_rcnn_randwire_demo.yaml is not in this tree")
     opts = TINY + ["MODEL.ROI_MASK_HEAD.CONV_DIM", "8"]
     weights = save_random_model(MASK_CONFIG, opts, tmp_path)
     predictor = build_predictor(setup_cfg(MASK_CONFIG, opts + ["MODEL.WEIGHTS", weights], 0.1))

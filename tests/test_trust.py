@@ -410,3 +410,15 @@ def test_amp_step_trainer_runs_an_iteration(dtype, monkeypatch):
             trainer.iter = 0
             trainer.run_step()
         assert "total_loss" in storage.histories() and not torch.equal(before, model.fc.weight)
+
+
+def test_ddp_gets_forward_sync_buffers_instead_of_the_deprecated_broadcast_buffers(monkeypatch):
+    """torch 2.13 deprecates DistributedDataParallel(broadcast_buffers=...) with a FutureWarning
+    in every process of a multi-process run."""
+    import randwire_d2.engine.trainer as trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(trainer, "DistributedDataParallel", lambda model, **kw: seen.update(kw))
+    trainer.create_ddp_model(torch.nn.Linear(2, 2), broadcast_buffers=False)
+    assert seen == {"forward_sync_buffers": False}

@@ -12,15 +12,18 @@
 Without CUDA, `--num-gpus N` runs N CPU processes (gloo).
 """
 
+# First: importing randwire_d2 quiets the deprecation notes that Detectron2's imports print.
+import randwire_d2  # noqa: F401  # isort: split
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from randwire_d2.checkpoint import check_input_normalization, check_weights_on_disk
 from randwire_d2.config import load_config
 from randwire_d2.data.checks import (
+    check_datasets_fit_model,
     check_datasets_on_disk,
-    check_num_classes,
     prepare_datasets,
     register_user_datasets,
 )
@@ -35,16 +38,7 @@ from randwire_d2.engine import (
 
 
 def build_parser():
-    parser = argument_parser(__doc__)
-    parser.add_argument(
-        "--dataset",
-        action="append",
-        nargs=3,
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_DIR"),
-        help="register a COCO-format dataset (repeatable); use NAME in DATASETS.TRAIN/TEST",
-    )
-    return parser
+    return argument_parser(__doc__, user_datasets=True)
 
 
 def setup(args):
@@ -57,9 +51,10 @@ def setup(args):
     check_datasets_on_disk(datasets)
     check_weights_on_disk(cfg.MODEL.WEIGHTS)
     prepare_datasets(datasets)
-    check_num_classes(datasets, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    check_datasets_fit_model(datasets, cfg)  # class count (per meta-arch), mask format
     claim_output_dir(cfg.OUTPUT_DIR, args.resume or args.eval_only, args.overwrite)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="randwire_d2")
     return cfg
 
 

@@ -5,7 +5,7 @@ and COCO-format datasets (detection), so that a run fails at setup, not at its f
 import functools
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
@@ -22,9 +22,23 @@ __all__ = [
     "load_dataset",
     "prepare_datasets",
     "check_num_classes",
+    "NUM_CLASSES_KEYS",
+    "num_classes_key",
+    "check_mask_format",
+    "check_datasets_fit_model",
 ]
 
 _COCO_KEYS = ("images", "annotations", "categories")
+# Meta-architecture -> the config key holding its number of object classes (None: no classes).
+NUM_CLASSES_KEYS = {
+    "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES",
+    "PanopticFPN": "MODEL.ROI_HEADS.NUM_CLASSES",
+    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
+    "ProposalNetwork": None,
+}
+# Per dataset, the kinds of non-crowd instance masks it holds ("polygon", "rle"), recorded by
+# load_dataset so that check_mask_format need not load a large dataset again.
+_MASK_KINDS: Dict[str, frozenset] = {}
 
 
 @functools.lru_cache(maxsize=8)
@@ -153,7 +167,18 @@ def load_dataset(name: str) -> List[Dict]:
     )
     if error:
         raise error
+    _MASK_KINDS[name] = _mask_kinds(dicts)
     return dicts
+
+
+def _mask_kinds(dicts: List[Dict]) -> frozenset:
+    kinds = set()
+    for d in dicts:
+        for a in d.get("annotations", ()):
+            segm = a.get("segmentation")
+            if segm is not None and not a.get("iscrowd", 0):  # the mapper drops crowd boxes
+                kinds.add("rle" if isinstance(segm, dict) else "polygon")
+    return frozenset(kinds)
 
 
 def prepare_datasets(dataset_names: Iterable[str]) -> None:
@@ -181,3 +206,60 @@ def check_num_classes(
                 f"{key}={num_classes} is too small for dataset {name!r}, which has {count} "
                 f"categories: expected {key} >= {count}"
             )
+
+
+def num_classes_key(cfg) -> Tuple[Optional[str], Optional[int]]:
+    """(config key, value) of the model's number of object classes for its
+    MODEL.META_ARCHITECTURE, e.g. ("MODEL.RETINANET.NUM_CLASSES", 80); (None, None) for a
+    meta-architecture without classes or not in NUM_CLASSES_KEYS (nothing to check then)."""
+    key = NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE)
+    if key is None:
+        return None, None
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return key, int(node)
+
+
+def check_mask_format(
+    dataset_names: Iterable[str],
+    mask_on: bool,
+    fmt: str,
+    keys: Tuple[str, str] = ("MODEL.MASK_ON", "INPUT.MASK_FORMAT"),
+) -> None:
+    """With masks on (`keys[0]`), every dataset must hold instance masks that the mask format
+    (`keys[1]`) reads: "polygon" reads only polygon lists, "bitmask" reads both polygons and
+    RLE. Detectron2 would fail in a data loader worker at the first iteration, or evaluate no
+    masks."""
+    if not mask_on:
+        return
+    on_key, fmt_key = keys
+    if fmt not in ("polygon", "bitmask"):
+        raise ValueError(f"{fmt_key}={fmt!r} is invalid: expected 'polygon' or 'bitmask'")
+    for name in dataset_names:
+        kinds = _MASK_KINDS.get(name)
+        if kinds is None:
+            if not comm.is_main_process():
+                continue  # the main process checks; only it loaded the data (prepare_datasets)
+            load_dataset(name)
+            kinds = _MASK_KINDS[name]
+        if not kinds:
+            raise ValueError(
+                f"{on_key}=True but dataset {name!r} has no instance masks ('segmentation' "
+                "of its annotations): turn the masks off, or give a dataset with masks"
+            )
+        if fmt == "polygon" and "rle" in kinds:
+            raise ValueError(
+                f"{fmt_key}='polygon' cannot read dataset {name!r}: its masks are RLE; "
+                f"set {fmt_key} bitmask (reads RLE and polygons)"
+            )
+
+
+def check_datasets_fit_model(dataset_names: Iterable[str], cfg) -> None:
+    """check_num_classes with the class-count key of MODEL.META_ARCHITECTURE, and
+    check_mask_format."""
+    dataset_names = list(dataset_names)
+    key, num_classes = num_classes_key(cfg)
+    if key is not None:
+        check_num_classes(dataset_names, num_classes, key)
+    check_mask_format(dataset_names, cfg.MODEL.MASK_ON, cfg.INPUT.MASK_FORMAT)

@@ -35,7 +35,8 @@ class Trainer(RandWireTrainer):
 
 def draw_detections(cfg, model, path: str, count: int = 8, score_thresh: float = 0.5) -> str:
     """Write a grid of the first `count` images of DATASETS.TEST[0] with the model's detections
-    scoring >= `score_thresh` to `path`; returns `path`."""
+    scoring >= `score_thresh` (boxes, classes, scores; masks too when the model predicts them,
+    as Mask R-CNN does) to `path`; returns `path`."""
     name = cfg.DATASETS.TEST[0]
     dicts = DatasetCatalog.get(name)[:count]
     meta = MetadataCatalog.get(name)

@@ -18,7 +18,12 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from ..checkpoint import check_input_normalization, check_weights_on_disk
-from ..data.checks import check_datasets_on_disk, check_num_classes, prepare_datasets
+from ..data.checks import (
+    check_datasets_on_disk,
+    check_mask_format,
+    check_num_classes,
+    prepare_datasets,
+)
 from .hooks import EdgeRemovalSeed, ThroughputHook
 from .trainer import (
     AMP_DTYPES,
@@ -68,6 +73,13 @@ def setup_lazy(cfg, args) -> None:
     key, num_classes = lazy_num_classes(cfg)
     if key is not None:
         check_num_classes(datasets, num_classes, key=key)
+    mapper = cfg.dataloader.train.get("mapper", {})
+    if not args.eval_only and mapper.get("use_instance_mask", False):
+        fmt = mapper.get("instance_mask_format", "polygon")
+        keys = tuple(
+            f"dataloader.train.mapper.{k}" for k in ("use_instance_mask", "instance_mask_format")
+        )
+        check_mask_format(_dataset_names(cfg.dataloader.train), True, fmt, keys)
     claim_output_dir(cfg.train.output_dir, args.resume or args.eval_only, args.overwrite)
 
 

@@ -8,6 +8,7 @@ a time, and a resume that says what it restored and refuses what the restored st
 
 import fcntl
 import glob
+import inspect
 import json
 import logging
 import os
@@ -67,12 +68,21 @@ _HELD_OUTPUT_DIRS = {}  # absolute path -> the open, locked lock file of this pr
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
-    """DistributedDataParallel(model) when there are > 1 processes; `device_ids` only on CUDA."""
+    """DistributedDataParallel(model) when there are > 1 processes; `device_ids` only on CUDA.
+    Detectron2's `broadcast_buffers` becomes `forward_sync_buffers` where torch deprecates the
+    former (2.13+): the same per-forward behaviour, and buffers still agree at the start."""
     if comm.get_world_size() == 1:
         return model
     if "device_ids" not in kwargs and next(model.parameters()).device.type == "cuda":
         kwargs["device_ids"] = [comm.get_local_rank()]
+    if "broadcast_buffers" in kwargs and _DDP_HAS_FORWARD_SYNC:
+        kwargs.setdefault("forward_sync_buffers", kwargs.pop("broadcast_buffers"))
     return DistributedDataParallel(model, **kwargs)
+
+
+_DDP_HAS_FORWARD_SYNC = (
+    "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+)
 
 
 def build_checkpointer(model, save_dir: str = "", cfg=None, **kwargs):

@@ -27,7 +27,10 @@ model.roi_heads.box_head.update(
     input_shape=L(ShapeSpec)(channels=64, height=7, width=7), fc_dims=[256, 256]
 )
 model.roi_heads.box_predictor.input_shape = L(ShapeSpec)(channels=256)
-model.roi_heads.mask_head.input_shape = L(ShapeSpec)(channels=64, height=14, width=14)
+# Detectron2's head has 4 convs of 256 channels; 2 of 64 suffice for 5 silhouettes.
+model.roi_heads.mask_head.update(
+    input_shape=L(ShapeSpec)(channels=64, height=14, width=14), conv_dims=[64, 64, 64]
+)
 
 dataloader.train.dataset.names = "randwire_demo_det_train"
 dataloader.train.mapper.augmentations = [
