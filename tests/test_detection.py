@@ -606,3 +606,36 @@ def test_two_process_cpu_training_with_user_dataset(tiny_data, tmp_path):
     final = torch.load(out / "model_final.pth", weights_only=True)
     assert final["iteration"] == 3 and "wiring" in final
     assert (out / "inference" / "cli_val" / "coco_instances_results.json").exists()
+
+
+def test_train_net_logs_the_projects_messages(classifier_checkpoint, tiny_data, tmp_path):
+    """train_net set up Detectron2's loggers only: randwire_d2's INFO lines (which weights went
+    where) reached neither the screen nor log.txt."""
+    _, _, weights = classifier_checkpoint
+    folder, paths = tiny_data
+    out = str(tmp_path / "run")
+    opts = [str(v) for v in TINY] + [
+        *("MODEL.RANDWIRE.REGIME", "regular", "MODEL.RANDWIRE.NORM", "FrozenBN"),
+        *("MODEL.BACKBONE.FREEZE_AT", "2", "MODEL.RANDWIRE.SEED", "3"),
+        *("MODEL.WEIGHTS", weights, "SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0"),
+        *("DATASETS.TRAIN", '("det_test_train",)', "DATASETS.TEST", '("det_test_val",)'),
+        *("DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", out),
+    ]
+    data = [
+        a
+        for s in ("train", "val")
+        for a in ("--dataset", f"det_test_{s}", paths[s], os.path.join(folder, s))
+    ]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", DEMO_CONFIG]
+        + data
+        + opts,
+        capture_output=True,
+        text=True,
+        env=TOOL_ENV,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = "Loaded a RandWireClassifier checkpoint into GeneralizedRCNN"
+    assert line in proc.stdout + proc.stderr
+    assert line in open(os.path.join(out, "log.txt")).read()

@@ -42,7 +42,6 @@ def run(cmd):
     # One torch thread per process: on a small CPU, OpenMP spin-waiting on a busy core slows
     # these tiny models by 10x or more (the data loader worker takes the other core).
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # torch.jit deprecation notes
     subprocess.run([sys.executable] + cmd, cwd=ROOT, check=True, env=env)
 
 
