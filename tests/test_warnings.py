@@ -55,15 +55,21 @@ def emit_notes():
     warn_from("randwire_d2.modeling.ops", JIT_NOTE, FutureWarning)
     warn_from("torch.functional", "torch.foo is deprecated", UserWarning)
     warn_from("torch.jit._script", JIT_NOTE, DeprecationWarning)
+    # What a LazyConfig calling model_zoo.get_config prints, and the same from randwire_d2.
+    warn_from("detectron2.config.lazy", PKG_NOTE, UserWarning)
+    warn_from("randwire_d2.config", PKG_NOTE, UserWarning)
+
+
+PKG_NOTE = "pkg_resources is deprecated as an API. See https://setuptools.pypa.io/en/latest/"
 
 
 def test_only_the_known_notes_are_ignored():
-    assert shown(emit_notes) == [JIT_NOTE, "torch.foo is deprecated", JIT_NOTE]
+    assert shown(emit_notes) == [JIT_NOTE, "torch.foo is deprecated", JIT_NOTE, PKG_NOTE]
 
 
 @pytest.mark.parametrize("value", ["1", "yes"])
 def test_environment_variable_shows_everything(value):
-    assert len(shown(emit_notes, value)) == 5
+    assert len(shown(emit_notes, value)) == 7
 
 
 def test_log_records_of_torch_are_dropped_precisely(caplog):

@@ -31,6 +31,9 @@ THIRD_PARTY_WARNINGS = (
     (FutureWarning, r"`torch\.jit\.script` is (deprecated|not supported)", r"torch\.jit\._script"),
     # detectron2's anchor generator, at the first detector forward.
     (UserWarning, r"torch\.meshgrid: in an upcoming release", r"torch\.functional"),
+    # detectron2.model_zoo imports pkg_resources (setuptools < 81 is pinned for it); a LazyConfig
+    # that calls model_zoo.get_config prints it from inside detectron2.config.lazy.
+    (UserWarning, r"pkg_resources is deprecated as an API", r"detectron2\."),
 )
 # (logger name, message regex) of log records that torch writes at WARNING level.
 THIRD_PARTY_LOG_RECORDS = (
