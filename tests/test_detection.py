@@ -14,7 +14,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from torch import nn
@@ -93,13 +93,19 @@ def randomized(model):
     return model
 
 
-def images_with_boxes(n=2, size=64):
+def images_with_boxes(n=2, size=64, masks=False):
+    """n random images with the same two boxes (classes 0, 3); with `masks`, each box's mask
+    fills it (gt_masks as BitMasks)."""
     g = torch.Generator().manual_seed(1)
     batch = []
     for _ in range(n):
-        inst = Instances((size, size))
-        inst.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0]]))
-        inst.gt_classes = torch.tensor([0, 3])
+        boxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0]])
+        inst = Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=torch.tensor([0, 3]))
+        if masks:
+            fill = torch.zeros(len(boxes), size, size, dtype=torch.bool)
+            for m, (x0, y0, x1, y1) in zip(fill, boxes.int().tolist()):
+                m[y0:y1, x0:x1] = True
+            inst.gt_masks = BitMasks(fill)
         image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
         batch.append({"image": image.float(), "instances": inst, "height": size, "width": size})
     return batch

@@ -174,16 +174,8 @@ def test_a_train_step_for_each_meta_architecture(config, overrides, one_thread):
         cfg.model.head.input_shape = [ShapeSpec(channels=16)] * 5
     model = instantiate(cfg.model)
     model.train()
-    batch = images_with_boxes()
-    if getattr(model.roi_heads if hasattr(model, "roi_heads") else None, "mask_on", False):
-        from detectron2.structures import BitMasks
-
-        for item in batch:
-            boxes = item["instances"].gt_boxes.tensor.long()
-            masks = torch.zeros(len(boxes), 64, 64, dtype=torch.bool)
-            for m, (x0, y0, x1, y1) in zip(masks, boxes.tolist()):
-                m[y0:y1, x0:x1] = True
-            item["instances"].gt_masks = BitMasks(masks)
+    mask_on = getattr(getattr(model, "roi_heads", None), "mask_on", False)
+    batch = images_with_boxes(masks=mask_on)
     with EventStorage():
         losses = model(batch)
     loss = sum(losses.values())

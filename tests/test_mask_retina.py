@@ -11,9 +11,10 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
+from test_detection import images_with_boxes
 
 from randwire_d2.checkpoint import RandWireCheckpointer, convert_classifier_checkpoint
 from randwire_d2.config import load_config
@@ -72,21 +73,6 @@ def tiny_retina_cfg(*overrides):
     return load_config(
         RETINA_DEMO, TINY + ["MODEL.RETINANET.NUM_CONVS", 1] + list(overrides), freeze=False
     )
-
-
-def images_with_masks(n=2, size=64):
-    g = torch.Generator().manual_seed(1)
-    batch = []
-    for _ in range(n):
-        boxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0]])
-        masks = torch.zeros(2, size, size, dtype=torch.bool)
-        for m, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
-            m[y0:y1, x0:x1] = True
-        inst = Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=torch.tensor([0, 3]))
-        inst.gt_masks = BitMasks(masks)
-        image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
-        batch.append({"image": image.float(), "instances": inst, "height": size, "width": size})
-    return batch
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +156,7 @@ def test_mask_rcnn_train_step(one_thread):
     torch.manual_seed(0)
     model = build_model(tiny_mask_cfg()).train()
     with EventStorage():
-        losses = model(images_with_masks())
+        losses = model(images_with_boxes(masks=True))
     assert {"loss_mask", "loss_cls", "loss_box_reg", "loss_rpn_cls"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
@@ -182,7 +168,7 @@ def test_retinanet_train_step(one_thread):
     torch.manual_seed(0)
     model = build_model(tiny_retina_cfg()).train()
     with EventStorage():
-        losses = model(images_with_masks())
+        losses = model(images_with_boxes())
     assert set(losses) == {"loss_cls", "loss_box_reg"}
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()

@@ -29,6 +29,7 @@ from .trainer import (
     AMP_DTYPES,
     broadcast_buffers,
     build_checkpointer,
+    check_frozen_stages_have_weights,
     check_resume,
     claim_output_dir,
     create_ddp_model,
@@ -178,20 +179,13 @@ def do_train(cfg, args):
         truncate_metrics(cfg.train.output_dir, start_iter)
         logger.info(f"Resumed at iteration {start_iter}")
     else:
-        _check_frozen_stages_have_weights(cfg)
+        key = "model.backbone.bottom_up.freeze_at"
+        freeze_at = OmegaConf.select(cfg, key, default=0) or 0
+        check_frozen_stages_have_weights(
+            freeze_at, cfg.train.init_checkpoint, (key, "train.init_checkpoint")
+        )
         check_input_normalization(cfg, extras)
     try:
         trainer.train(start_iter, cfg.train.max_iter)
     finally:
         release_output_dir(cfg.train.output_dir)
-
-
-def _check_frozen_stages_have_weights(cfg) -> None:
-    key = "model.backbone.bottom_up.freeze_at"
-    freeze_at = OmegaConf.select(cfg, key, default=0) or 0
-    if freeze_at > 0 and not cfg.train.init_checkpoint:
-        raise ValueError(
-            f"{key}={freeze_at} freezes the first {freeze_at} stages, but train.init_checkpoint "
-            f"is empty: they would stay random. Give a pretrained train.init_checkpoint, or set "
-            f"{key}=0 to train from scratch."
-        )

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 import weakref
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -173,6 +173,21 @@ def release_output_dir(output_dir: str) -> None:
         f.close()
 
 
+def check_frozen_stages_have_weights(
+    freeze_at: int,
+    weights: str,
+    keys: Tuple[str, str] = ("MODEL.BACKBONE.FREEZE_AT", "MODEL.WEIGHTS"),
+) -> None:
+    """Frozen stages (`keys[0]` > 0) without pretrained weights (`keys[1]`) would stay random."""
+    freeze_key, weights_key = keys
+    if freeze_at > 0 and not weights:
+        raise ValueError(
+            f"{freeze_key}={freeze_at} freezes the first {freeze_at} stages, but {weights_key} "
+            f"is empty: they would stay random. Give pretrained {weights_key}, or set "
+            f"{freeze_key} 0 to train from scratch."
+        )
+
+
 def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
     """Refuse a resume whose config contradicts the restored optimizer / data state or leaves
     nothing to train; name the other solver/test changes it applies. `cfg` is a yaml CfgNode or
@@ -299,13 +314,7 @@ class RandWireTrainer(DefaultTrainer):
                 f"iteration restored from {resumed if isinstance(resumed, str) else 'checkpoint'}"
             )
             return extras
-        freeze_at = self.cfg.MODEL.BACKBONE.FREEZE_AT
-        if freeze_at > 0 and not self.cfg.MODEL.WEIGHTS:
-            raise ValueError(
-                f"MODEL.BACKBONE.FREEZE_AT={freeze_at} freezes the first {freeze_at} stages, but "
-                "MODEL.WEIGHTS is empty: they would stay random. Give pretrained MODEL.WEIGHTS, "
-                "or set MODEL.BACKBONE.FREEZE_AT 0 to train from scratch."
-            )
+        check_frozen_stages_have_weights(self.cfg.MODEL.BACKBONE.FREEZE_AT, self.cfg.MODEL.WEIGHTS)
         check_input_normalization(self.cfg, extras)
         return extras
 
