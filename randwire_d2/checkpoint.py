@@ -20,6 +20,7 @@ values raise `CheckpointError`. A classifier checkpoint given to a detector is m
 import glob
 import logging
 import os
+import pickle
 import tempfile
 from typing import Dict, List, Tuple
 
@@ -35,6 +36,8 @@ from .modeling.randwire import RandWire
 __all__ = [
     "CheckpointError",
     "RandWireCheckpointer",
+    "SafeDetectionCheckpointer",
+    "read_pickled_weights",
     "atomic_torch_save",
     "read_checkpoint",
     "check_weights_on_disk",
@@ -108,6 +111,54 @@ def read_checkpoint(path: str, what: str = "MODEL.WEIGHTS") -> dict:
     return data
 
 
+# What a Detectron2 / Caffe2 / torchvision-converted `.pkl` weights file may hold: dicts, lists,
+# strings, numbers (pickle opcodes, no lookup) and numpy arrays and scalars (these lookups).
+# Anything else would be a call into arbitrary code while unpickling.
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),  # written by numpy >= 2
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol 2 spells bytes
+    ("collections", "OrderedDict"),
+}
+
+
+class _ForbiddenType(pickle.UnpicklingError):
+    pass
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module.replace("numpy._core", "numpy.core"), name)
+        raise _ForbiddenType(f"{module}.{name}")
+
+
+def read_pickled_weights(path: str, what: str = "MODEL.WEIGHTS") -> dict:
+    """A `.pkl` weights file (Detectron2's model zoo, Caffe2, tools/convert-torchvision-to-d2)
+    read without running code: only dicts/lists of numpy arrays, numbers and strings load; a
+    file that asks for any other type is refused, naming it, before anything of it runs."""
+    try:
+        with PathManager.open(path, "rb") as f:
+            data = _WeightsUnpickler(f, encoding="latin1").load()
+    except _ForbiddenType as e:
+        raise CheckpointError(
+            f"{what}={path!r} is a pickle that asks for {e}, which weights never need: refusing "
+            "to load it (unpickling it could run code). A .pkl weights file holds only dicts of "
+            "numpy arrays; give such a file or a .pth checkpoint"
+        ) from None
+    except Exception as e:
+        raise CheckpointError(
+            f"{what}={path!r} is not a readable .pkl weights file: {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what}={path!r} holds a {type(data).__name__}, not a dict")
+    return data
+
+
 def nonfinite_keys(state: Dict[str, torch.Tensor]) -> List[str]:
     """Keys of floating-point tensors holding NaN or inf."""
     return [
@@ -172,8 +223,41 @@ def _describe(keys, limit: int = 3) -> str:
     return ", ".join(str(k) for k in keys[:limit]) + (", ..." if len(keys) > limit else "")
 
 
-class RandWireCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that writes atomically, adds the wiring and input statistics to
+class SafeDetectionCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer whose loading never runs code from the file: `.pth` (and pycls'
+    `.pyth`) through `torch.load(weights_only=True)`, `.pkl` through an unpickler that allows
+    only numpy arrays (Detectron2's own uses plain pickle)."""
+
+    def _load_file(self, filename):
+        if filename.endswith(".pyth"):
+            data = read_checkpoint(filename)
+            if "model_state" not in data:
+                raise CheckpointError(
+                    f"{filename} is not a pycls checkpoint: it has no 'model_state' entry"
+                )
+            state = {
+                k: v
+                for k, v in data["model_state"].items()
+                if not k.endswith("num_batches_tracked")
+            }
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        if not filename.endswith(".pkl"):
+            return super()._load_file(filename)
+        data = read_pickled_weights(filename)
+        if "model" in data and "__author__" in data:  # Detectron2's model zoo format
+            self.logger.info(f"Reading a file from '{data['__author__']}'")
+            return data
+        # Caffe2 / Detectron1 model zoo, as DetectionCheckpointer reads it
+        data = data.get("blobs", data)
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+    def _torch_load(self, f):
+        return read_checkpoint(f)
+
+
+class RandWireCheckpointer(SafeDetectionCheckpointer):
+    """SafeDetectionCheckpointer that writes atomically, adds the wiring and input statistics to
     every checkpoint, never writes or loads non-finite values, refuses weights that do not fit
     the trunk (with `strict`, any tensor that does not fit), loads RandWireClassifier checkpoints
     into detectors, and resumes from the newest intact checkpoint."""
@@ -205,9 +289,6 @@ class RandWireCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename), "w")
-
-    def _torch_load(self, f):
-        return read_checkpoint(f)
 
     def _load_file(self, filename):
         loaded = super()._load_file(filename)

@@ -12,6 +12,8 @@ from detectron2.config import get_cfg
 __all__ = [
     "add_randwire_config",
     "load_config",
+    "read_yaml",
+    "UnsafeConfigError",
     "load_lazy_config",
     "flatten_lazy",
     "explicit_keys",
@@ -111,20 +113,21 @@ def add_randwire_config(cfg):
     return cfg
 
 
-def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True) -> CN:
+def load_config(
+    config_file: str, opts: Sequence[str] = (), freeze: bool = True, allow_unsafe: bool = False
+) -> CN:
     """Detectron2's defaults + every randwire_d2 key, then `config_file` (with its `_BASE_`
     chain), then the KEY VALUE list `opts`. An integer given for a float key (`PRETRAIN.EPOCHS
-    3`) is taken as that float; yacs would refuse it."""
-    if not config_file:
-        raise ValueError("no config given: pass --config-file FILE")
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    3`) is taken as that float; yacs would refuse it.
+
+    The yaml is parsed safely: a python tag (`!!python/...`, which can run code) is refused
+    unless `allow_unsafe` (the tools' `--allow-unsafe-config`)."""
     cfg = add_randwire_config(get_cfg())
-    loaded = cfg.load_yaml_with_base(config_file, allow_unsafe=True)
+    loaded = read_yaml(config_file, allow_unsafe)
     if loaded.get("VERSION", cfg.VERSION) == cfg.VERSION:
         cfg.merge_from_other_cfg(type(cfg)(_ints_as_floats(cfg, loaded)))
     else:  # an older Detectron2 config: Detectron2 upgrades it
-        cfg.merge_from_file(config_file)
+        cfg.merge_from_file(config_file, allow_unsafe=allow_unsafe)
     opts = list(opts)
     if len(opts) % 2:
         raise ValueError(f"overrides {opts} are invalid: expected KEY VALUE pairs")
@@ -136,6 +139,31 @@ def load_config(config_file: str, opts: Sequence[str] = (), freeze: bool = True)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def read_yaml(config_file: str, allow_unsafe: bool = False) -> dict:
+    """The yaml `config_file` merged with its `_BASE_` chain, as a dict, parsed with
+    `yaml.safe_load`; a tag that constructs python objects is an error naming the file unless
+    `allow_unsafe` (then Detectron2 loads it unsafely, with its warning)."""
+    import yaml
+
+    if not config_file:
+        raise ValueError("no config given: pass --config-file FILE")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    try:
+        return CN.load_yaml_with_base(config_file, allow_unsafe=allow_unsafe)
+    except yaml.constructor.ConstructorError as e:
+        mark = f" ({e.problem_mark.name}, line {e.problem_mark.line + 1})" if e.problem_mark else ""
+        raise UnsafeConfigError(
+            f"config {config_file!r} holds a python tag{mark}: {e.problem}. Configs are parsed "
+            "safely because such a tag can run code; if you trust this file, pass "
+            "--allow-unsafe-config"
+        ) from None
+
+
+class UnsafeConfigError(ValueError):
+    """A yaml config whose tags construct python objects, refused without --allow-unsafe-config."""
 
 
 def load_lazy_config(config_file: str, overrides: Sequence[str] = ()):
@@ -214,9 +242,9 @@ def flatten(cfg: dict, prefix: str = "") -> dict:
     return flat
 
 
-def explicit_keys(config_file: str, opts: Sequence[str] = ()) -> set:
+def explicit_keys(config_file: str, opts: Sequence[str] = (), allow_unsafe: bool = False) -> set:
     """The dotted keys that `config_file` (with its `_BASE_` chain) or `opts` set explicitly."""
-    keys = flatten(CN.load_yaml_with_base(config_file, allow_unsafe=True))
+    keys = flatten(read_yaml(config_file, allow_unsafe))
     return set(keys) | set(list(opts)[::2])
 
 

@@ -53,7 +53,7 @@ def build_parser():
 def setup(args, world_size=None):
     """The config this run trains with: file + overrides, data checked, schedule resolved; then
     OUTPUT_DIR is claimed and Detectron2's default_setup writes it to OUTPUT_DIR/config.yaml."""
-    cfg = load_config(args.config_file, args.opts, freeze=False)
+    cfg = load_config(args.config_file, args.opts, False, args.allow_unsafe_config)
     resolve_device(cfg)
     check_amp_dtype(cfg)
     root = cfg.PRETRAIN.DATA_ROOT
@@ -70,7 +70,7 @@ def setup(args, world_size=None):
             size = IMAGENET_TRAIN_IMAGES
         size = size or len(check_image_folder(root, ("train", "val"))["train"][1])
         world_size = world_size or comm.get_world_size()
-        explicit = explicit_keys(args.config_file, args.opts)
+        explicit = explicit_keys(args.config_file, args.opts, args.allow_unsafe_config)
         cfg = resolve_schedule(cfg, size, world_size, explicit)
         print(f"Schedule:\n{describe_schedule(cfg, size, world_size)}")
     if not args.dry_run:

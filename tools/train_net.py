@@ -44,7 +44,7 @@ def build_parser():
 def setup(args):
     """Config, datasets and weights checked before anything trains; OUTPUT_DIR claimed."""
     register_user_datasets(args.dataset)
-    cfg = load_config(args.config_file, args.opts, freeze=False)
+    cfg = load_config(args.config_file, args.opts, False, args.allow_unsafe_config)
     resolve_device(cfg)
     cfg.freeze()
     datasets = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))

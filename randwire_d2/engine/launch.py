@@ -15,8 +15,9 @@ __all__ = ["argument_parser", "launch", "CloseProcessGroupAfter", "quiet_third_p
 
 
 def argument_parser(epilog=None, user_datasets: bool = False) -> argparse.ArgumentParser:
-    """Detectron2's parser + `--config` (alias of `--config-file`) + `--overwrite`; with
-    `user_datasets`, `--dataset NAME JSON IMAGE_DIR` (repeatable) too."""
+    """Detectron2's parser + `--config` (alias of `--config-file`) + `--overwrite` +
+    `--allow-unsafe-config`; with `user_datasets`, `--dataset NAME JSON IMAGE_DIR` (repeatable)
+    too."""
     parser = default_argument_parser(epilog)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
@@ -26,6 +27,12 @@ def argument_parser(epilog=None, user_datasets: bool = False) -> argparse.Argume
         "--overwrite",
         action="store_true",
         help="start afresh in an OUTPUT_DIR that holds checkpoints, deleting them",
+    )
+    parser.add_argument(
+        "--allow-unsafe-config",
+        action="store_true",
+        help="let a yaml config use python tags (!!python/...), which can run code; off: "
+        "configs are parsed with yaml.safe_load",
     )
     if user_datasets:
         parser.add_argument(

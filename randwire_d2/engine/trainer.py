@@ -20,14 +20,13 @@ from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import RandWireCheckpointer, check_input_normalization
+from ..checkpoint import RandWireCheckpointer, SafeDetectionCheckpointer, check_input_normalization
 from ..config import flatten, flatten_lazy
 from ..modeling.randwire import RandWire
 from .hooks import EdgeRemovalSeed, ThroughputHook
@@ -87,12 +86,13 @@ _DDP_HAS_FORWARD_SYNC = (
 
 def build_checkpointer(model, save_dir: str = "", cfg=None, **kwargs):
     """RandWireCheckpointer (wiring + fingerprint in every file) for models with a RandWire
-    trunk; Detectron2's DetectionCheckpointer for the ResNet baselines."""
+    trunk; SafeDetectionCheckpointer (Detectron2's, loading without running code) for the
+    ResNet baselines."""
     inner = getattr(model, "module", model)
     if any(isinstance(m, RandWire) for m in inner.modules()):
         return RandWireCheckpointer(model, save_dir, cfg=cfg, **kwargs)
     kwargs.pop("strict", None)
-    return DetectionCheckpointer(model, save_dir, **kwargs)
+    return SafeDetectionCheckpointer(model, save_dir, **kwargs)
 
 
 def resolve_device(cfg) -> None:
