@@ -20,6 +20,7 @@ starts from a star graph instead).
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -79,6 +80,14 @@ def _check_int(name: str, value, low: int, high: int, high_inclusive: bool = Fal
             f"{name}={value!r} is invalid: expected an integer in [{low}, {high}{bracket}"
         )
     return int(value)
+
+
+# Bounds on what a wiring may hold, whether sampled or read from a file: the paper's stages have
+# N = 32 nodes and ~64 edges; a model of MAX_NODES nodes per stage already takes seconds to build,
+# and a file asking for 10^9 nodes must be refused before anything is allocated.
+MAX_NODES = 2048
+MAX_EDGES = 100_000
+MAX_WIRING_FILE_BYTES = 64 * 2**20
 
 
 def _parse_json(text: str, where: str) -> dict:
@@ -229,10 +238,17 @@ class StageWiring:
                 got = f"missing {key!r}" if isinstance(d, dict) else f"got {d!r:.60}"
                 raise ValueError(f"{where}: {got}: expected a dict with 'num_nodes' and 'edges'")
         n, edges, seen = d["num_nodes"], d["edges"], set()
-        if not _is_int(n) or n < 2:
-            raise ValueError(f"{where}: num_nodes={n!r} is invalid: expected an integer >= 2")
+        if not _is_int(n) or not 2 <= n <= MAX_NODES:
+            raise ValueError(
+                f"{where}: num_nodes={n!r} is invalid: expected an integer in [2, {MAX_NODES}] "
+                "(graphs.MAX_NODES)"
+            )
         if not isinstance(edges, (list, tuple)):
             raise ValueError(f"{where}: edges={edges!r:.60} is invalid: expected a list of [u, v]")
+        if len(edges) > MAX_EDGES:
+            raise ValueError(
+                f"{where}: {len(edges)} edges is too many: at most {MAX_EDGES} (graphs.MAX_EDGES)"
+            )
         for e in edges:
             if not (isinstance(e, (list, tuple)) and len(e) == 2 and all(map(_is_int, e))):
                 raise ValueError(
@@ -275,7 +291,7 @@ def sample(generator: str, num_nodes: int, seed: int, stage: int = 0, **params) 
         raise ValueError(
             f"generator={generator!r} is unknown: expected one of {sorted(GENERATORS)}"
         )
-    n = _check_int("num_nodes", num_nodes, 2, 10**6)
+    n = _check_int("num_nodes", num_nodes, 2, MAX_NODES, high_inclusive=True)
     s = _check_int("seed", seed, 0, 2**63)
     st = _check_int("stage", stage, 0, 2**31)
     rng = np.random.default_rng(np.random.SeedSequence([s, st]))
@@ -283,7 +299,13 @@ def sample(generator: str, num_nodes: int, seed: int, stage: int = 0, **params) 
         edges = GENERATORS[generator](n, rng, **params)
     except TypeError as e:  # wrong parameter names for this generator
         raise ValueError(f"generator {generator!r} got invalid parameters {params}: {e}") from e
-    wiring = StageWiring(n, tuple(edges), generator, dict(params), s, st)
+    edges = tuple(edges)
+    if len(edges) > MAX_EDGES:
+        raise ValueError(
+            f"generator {generator!r} with {params} on {n} nodes gave {len(edges)} edges: at most "
+            f"{MAX_EDGES} (graphs.MAX_EDGES); use fewer nodes or sparser parameters"
+        )
+    wiring = StageWiring(n, edges, generator, dict(params), s, st)
     g = wiring.to_networkx()
     if not nx.is_directed_acyclic_graph(g):  # cannot happen with u < v; a guard for plugins
         raise ValueError(f"generator {generator!r} produced a cyclic graph")
@@ -348,6 +370,13 @@ class NetworkWiring:
 
     @classmethod
     def load(cls, path: str) -> "NetworkWiring":
+        size = os.path.getsize(path)
+        if size > MAX_WIRING_FILE_BYTES:
+            raise ValueError(
+                f"wiring file {path!r} is {size / 2**20:.0f} MiB: at most "
+                f"{MAX_WIRING_FILE_BYTES // 2**20} MiB (a wiring of {MAX_NODES} nodes per stage "
+                "is far smaller); is it a wiring file?"
+            )
         with open(path) as f:
             return cls.from_json(f.read(), f"wiring file {path!r}")
 

@@ -31,6 +31,7 @@ from randwire_d2.engine import (
     Trainer,
     argument_parser,
     build_checkpointer,
+    check_iterations,
     claim_output_dir,
     launch,
     resolve_device,
@@ -47,6 +48,8 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts, False, args.allow_unsafe_config)
     resolve_device(cfg)
     cfg.freeze()
+    if not args.eval_only:
+        check_iterations(cfg)
     datasets = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
     check_datasets_on_disk(datasets)
     check_weights_on_disk(cfg.MODEL.WEIGHTS)

@@ -26,6 +26,8 @@ __all__ = [
     "num_classes_key",
     "check_mask_format",
     "check_datasets_fit_model",
+    "check_instance_counts",
+    "MAX_INSTANCES_PER_IMAGE",
 ]
 
 _COCO_KEYS = ("images", "annotations", "categories")
@@ -36,6 +38,10 @@ NUM_CLASSES_KEYS = {
     "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
     "ProposalNetwork": None,
 }
+# Most annotations one training image may hold. COCO's densest image has 93 and LVIS's ~800;
+# the matchers compare every anchor and proposal with every box, so 300,000 boxes on one image
+# ask for ~15 GB at the first iteration. Raise it here if your data really is that dense.
+MAX_INSTANCES_PER_IMAGE = 1000
 # Per dataset, the kinds of non-crowd instance masks it holds ("polygon", "rle"), recorded by
 # load_dataset so that check_mask_format need not load a large dataset again.
 _MASK_KINDS: Dict[str, frozenset] = {}
@@ -167,8 +173,27 @@ def load_dataset(name: str) -> List[Dict]:
     )
     if error:
         raise error
+    check_instance_counts(name, dicts)
     _MASK_KINDS[name] = _mask_kinds(dicts)
     return dicts
+
+
+def check_instance_counts(name: str, dicts: List[Dict], limit: Optional[int] = None) -> None:
+    """No image of dataset `name` holds more than `limit` (MAX_INSTANCES_PER_IMAGE) annotations:
+    the error names the image, its count and the limit, at setup rather than as an
+    out-of-memory error at the first iteration."""
+    limit = MAX_INSTANCES_PER_IMAGE if limit is None else limit
+    counts = [len(d.get("annotations", ())) for d in dicts]
+    over = [i for i, c in enumerate(counts) if c > limit]
+    if over:
+        worst = max(over, key=counts.__getitem__)
+        d = dicts[worst]
+        raise ValueError(
+            f"dataset {name!r}: {len(over)} images hold more than {limit} annotations, e.g. "
+            f"{d.get('file_name')} (image_id {d.get('image_id')}) with {counts[worst]}; at most "
+            f"{limit} per image (randwire_d2.data.checks.MAX_INSTANCES_PER_IMAGE): matching "
+            "every anchor with every box would exhaust memory. Is the annotation file right?"
+        )
 
 
 def _mask_kinds(dicts: List[Dict]) -> frozenset:

@@ -16,6 +16,7 @@ from .schedule import describe_schedule, resolve_schedule
 from .trainer import (
     RandWireTrainer,
     build_checkpointer,
+    check_iterations,
     claim_output_dir,
     create_ddp_model,
     resolve_device,

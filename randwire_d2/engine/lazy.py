@@ -30,6 +30,7 @@ from .trainer import (
     broadcast_buffers,
     build_checkpointer,
     check_frozen_stages_have_weights,
+    check_iterations,
     check_resume,
     claim_output_dir,
     create_ddp_model,
@@ -65,6 +66,8 @@ def setup_lazy(cfg, args) -> None:
     """Check what can be checked before anything is built: the device, the datasets on disk,
     their class count against the model's, train.init_checkpoint; then hold train.output_dir."""
     resolve_device(cfg)
+    if not args.eval_only:
+        check_iterations(cfg)
     datasets = _dataset_names(cfg.dataloader.test) if "test" in cfg.dataloader else []
     if not args.eval_only:
         datasets += _dataset_names(cfg.dataloader.train)

@@ -39,6 +39,7 @@ __all__ = [
     "claim_output_dir",
     "resolve_device",
     "check_amp_dtype",
+    "check_iterations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,36 @@ def resolve_device(cfg) -> None:
     if node[key].startswith("cuda") and not torch.cuda.is_available():
         logger.warning(f"{name}={node[key]!r} but CUDA is not available: using CPU")
         node[key] = "cpu"
+
+
+# The iteration counts of a run, by config system: (yaml key, LazyConfig key, least value).
+ITERATION_KEYS = (
+    ("SOLVER.MAX_ITER", "train.max_iter", 1),
+    ("SOLVER.CHECKPOINT_PERIOD", "train.checkpointer.period", 1),
+    ("TEST.EVAL_PERIOD", "train.eval_period", 0),
+    ("SOLVER.WARMUP_ITERS", None, 0),
+)
+
+
+def check_iterations(cfg) -> None:
+    """The iteration counts of a yaml CfgNode or a LazyConfig (ITERATION_KEYS) are integers in
+    range: `train.max_iter=-5` would train nothing and evaluate the untrained model, 0 divide by
+    zero after evaluating, a string fail inside the scheduler."""
+    from omegaconf import OmegaConf
+
+    lazy = not isinstance(cfg, CfgNode)
+    for yaml_key, lazy_key, least in ITERATION_KEYS:
+        key = lazy_key if lazy else yaml_key
+        if key is None:
+            continue
+        if lazy:
+            value = OmegaConf.select(cfg, key, default=None)
+            if value is None and key != "train.max_iter":
+                continue
+        else:
+            value = flatten(cfg)[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{key}={value!r} is invalid: expected an integer >= {least}")
 
 
 def check_amp_dtype(cfg) -> torch.dtype:
