@@ -312,17 +312,36 @@ def sample(generator: str, num_nodes: int, seed: int, stage: int = 0, **params) 
     return wiring
 
 
-def parse_seeds(text: str) -> List[int]:
-    """Generator seeds from the command line: "1-5" -> [1, 2, 3, 4, 5], "1,3" -> [1, 3]."""
+def parse_seeds(text: str, max_count: int = 10_000, flag: str = "--seeds") -> List[int]:
+    """Generator seeds from the command line: "1-5" -> [1, 2, 3, 4, 5], "1,3" -> [1, 3]. At most
+    `max_count` distinct seeds, each in [0, 2**31) (a run's data-order SEED too), counted before
+    any list is built: "1-1000000000" is refused, not expanded."""
+    bad, high = f"{flag} {text!r} are invalid", 2**31
+    form = f"expected a range like 1-5 or a list like 1,3, at most {max_count} seeds in [0, {high})"
+    parts = text.split("-") if "-" in text else text.split(",")
+    if len(parts) > max_count:
+        raise ValueError(f"{bad}: {len(parts)} seeds, at most {max_count} are allowed")
     try:
-        if "-" in text:
-            lo, hi = text.split("-")
-            return list(range(int(lo), int(hi) + 1))
-        return [int(s) for s in text.split(",")]
+        seeds = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(
-            f"seeds {text!r} are invalid: expected a range like 1-5 or a list like 1,3"
-        ) from None
+        raise ValueError(f"{bad}: {form}") from None
+    if "-" in text:
+        if len(seeds) != 2:
+            raise ValueError(f"{bad}: {form}")
+        lo, hi = seeds
+        if lo > hi:
+            raise ValueError(f"{bad}: the range is empty ({lo} > {hi}): expected LO-HI, LO <= HI")
+        if hi - lo + 1 > max_count:
+            raise ValueError(f"{bad}: {hi - lo + 1} seeds, at most {max_count} are allowed")
+        seeds = list(range(lo, hi + 1))
+    seen = set()
+    for s in seeds:
+        if not 0 <= s < high:
+            raise ValueError(f"{bad}: seed {s} is outside [0, {high})")
+        if s in seen:
+            raise ValueError(f"{bad}: they give seed {s} twice")
+        seen.add(s)
+    return seeds
 
 
 def sample_stages(

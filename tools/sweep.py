@@ -13,7 +13,11 @@
     python tools/sweep.py --collect output/sweeps/fig3   # tables and charts from what is on disk
 
 Every run is an ordinary train_cls.py run in OUTPUT_DIR <output>/<run name>. Re-running the same
-command skips finished runs and resumes interrupted ones. KEY VALUE overrides go to every run.
+command skips finished runs and resumes interrupted ones; a run whose results.json is corrupt or out
+of range is trained again (--collect leaves it out), with a warning naming the file. A run another
+sweep is training is reported as in progress elsewhere, not as failed. KEY VALUE overrides go to
+every run; keys the sweep sets per run (seeds, generator, node op, OUTPUT_DIR) are refused. A sweep
+has at most 2000 runs (randwire_d2.sweep.MAX_RUNS).
 """
 
 import argparse
@@ -80,22 +84,35 @@ def plan(args):
     opts = list(opts) + (["PRETRAIN.DATA_ROOT", args.data_root] if args.data_root else [])
     opts += args.opts
     match = args.match_flops or args.preset == "fig6"
-    channels_for = matching_channels(ops[0], parse_seeds(args.seeds)[0]) if match else None
-    runs = expand(configs, generators, ops, parse_seeds(args.seeds), opts, channels_for)
+    seeds = parse_seeds(args.seeds)
+    channels_for = matching_channels(ops[0], seeds[0]) if match else None
+    runs = expand(configs, generators, ops, seeds, opts, channels_for)
     name = args.preset or os.path.splitext(os.path.basename(configs[0]))[0]
     folder = args.output or os.path.join("output", "sweeps", name)
     cache_path = os.path.join(folder, "complexity.json")
-    cache = json.load(open(cache_path)) if os.path.isfile(cache_path) else {}
+    cache = read_cache(cache_path)
     complexity = {}
     for r in runs:  # FLOPs/params at 224x224, as Tables 2-3; cached by config and overrides
         key = " ".join([r.config_file, *r.opts])
-        cache[key] = cache.get(key) or model_complexity(load_config(r.config_file, r.opts))
+        hit = cache.get(key)
+        if not (isinstance(hit, list) and len(hit) == 2):  # else a damaged cache: recompute
+            cache[key] = model_complexity(load_config(r.config_file, r.opts))
         complexity[r.name] = cache[key]
     if not args.dry_run:
         os.makedirs(folder, exist_ok=True)
         with open(cache_path, "w") as f:
             json.dump(cache, f)
     return folder, runs, complexity
+
+
+def read_cache(path: str) -> dict:
+    """The complexity cache of a sweep folder; {} when missing or unreadable (it is a cache)."""
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def first_metric(records) -> str:
@@ -113,11 +130,18 @@ def main(argv=None):
     misplaced = [o for o in args.opts if o.startswith("--")]
     if misplaced:
         parser.error(f"options {misplaced} must come before the KEY VALUE overrides")
+    try:  # a bad flag, override or sweep folder is named in one line, not a traceback
+        if args.collect:
+            records = load_records(args.collect)
+        else:
+            folder, runs, complexity = plan(args)
+            if not args.dry_run:
+                save_plan(runs, folder, complexity)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
     if args.collect:
-        records = load_records(args.collect)
         print(report(records, args.collect, first_metric(records)))
         return 0
-    folder, runs, complexity = plan(args)
     if args.dry_run:
         print(f"{len(runs)} runs in {folder}:")
         print(
@@ -130,7 +154,6 @@ def main(argv=None):
                 f"| {flops / 1e6:.1f} | {params / 1e6:.2f} |"
             )
         return 0
-    save_plan(runs, folder, complexity)
     if args.slurm:
         failed = submit_sweep(
             runs,
