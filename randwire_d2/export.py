@@ -48,8 +48,10 @@ __all__ = [
     "detector_samples",
     "classifier_samples",
     "FORMATS",
+    "EXPORT_FILES",
     "ONNX_OPSET",
     "ExportMismatchError",
+    "prepare_export_folder",
     "EXECUTIONS_COMPARED",
     "FrozenStage",
     "freeze_for_export",
@@ -68,6 +70,16 @@ FORMATS = {
     "onnx": "model.onnx",  # torch.onnx.export(dynamo=False), run in onnxruntime
     "pt2": "model.pt2",  # torch.export (classifier only)
 }
+# Every file an export writes: the formats, tools/export_model.py's report, and the TorchScript
+# code and graphs of Detectron2's dump_torchscript_IR. An earlier export is these files.
+EXPORT_FILES = (
+    *FORMATS.values(),
+    "export_report.json",
+    "model_ts_code.txt",
+    "model_ts_IR.txt",
+    "model_ts_IR_inlined.txt",
+    "model.txt",
+)
 # ONNX opset: 17 exports the detector (RoIAlign, NMS, TopK) and runs in onnxruntime.
 ONNX_OPSET = 17
 logger = logging.getLogger(__name__)
@@ -75,6 +87,30 @@ logger = logging.getLogger(__name__)
 
 class ExportMismatchError(RuntimeError):
     """An exported model computes something else than the eager model."""
+
+
+def prepare_export_folder(output_dir: str, overwrite: bool = False) -> List[str]:
+    """Make `output_dir` ready for an export: a folder holding an earlier export (any of
+    EXPORT_FILES) is refused, or with `overwrite` those files (only them) are removed, so that
+    the models of two exports never lie side by side. Returns the removed names."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(
+            f"--output {output_dir!r} is an existing file: expected a folder (created if missing) "
+            "for the exported model files and export_report.json"
+        )
+    earlier = [n for n in EXPORT_FILES if os.path.isfile(os.path.join(output_dir, n))]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"--output {output_dir!r} holds an earlier export ({', '.join(earlier)}): pass "
+            "--overwrite to replace it (only the files an export writes are removed), or give "
+            "another folder"
+        )
+    for name in earlier:
+        os.remove(os.path.join(output_dir, name))
+    if earlier:
+        logger.info(f"removed the earlier export in {output_dir}: {', '.join(earlier)}")
+    os.makedirs(output_dir, exist_ok=True)
+    return earlier
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,11 +149,13 @@ def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) ->
     DATASETS.TEST[0] (the demo data is generated on demand)."""
     if sample_image:
         import detectron2.data.transforms as T
-        from detectron2.data.detection_utils import read_image
+
+        from .data.imagefolder import read_rgb_image
 
         if not os.path.isfile(sample_image):
             raise FileNotFoundError(f"--sample-image {sample_image!r} does not exist")
-        image = read_image(sample_image, format=cfg.INPUT.FORMAT)
+        image = np.asarray(read_rgb_image(sample_image))
+        image = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
         size = cfg.INPUT.MIN_SIZE_TEST
         resized = T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST).get_transform(image)
         tensor = torch.as_tensor(resized.apply_image(image).astype("float32").transpose(2, 0, 1))

@@ -6,7 +6,9 @@ COCO-format results; the classifier's top-k classes are printed and written with
 its checkpoint carries. Inputs are prepared as evaluation prepares them, so that predictions equal
 evaluation's: detectors as Detectron2's DefaultPredictor (ResizeShortestEdge to
 INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, channels in INPUT.FORMAT), the classifier as its validation
-loader at the first PRETRAIN.TEST_CROPS size (resize, center crop).
+loader at the first PRETRAIN.TEST_CROPS size (resize, center crop). Images are read as the
+classification loader reads them (`read_rgb_image`: 16-bit grayscale scaled to 8 bits, more than
+MAX_IMAGE_PIXELS pixels refused); pictures are drawn at most MAX_DRAWN_SIDE pixels long.
 """
 
 import glob
@@ -22,23 +24,24 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
+from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from . import data as _data  # noqa: F401  (registers the embedded demo datasets)
 from .checkpoint import check_input_normalization, check_weights_on_disk
 from .config import load_config
-from .data.imagefolder import ResizeCenterCrop
+from .data.imagefolder import ResizeCenterCrop, read_rgb_image
 from .engine.trainer import build_checkpointer, resolve_device
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "setup_cfg",
     "find_images",
+    "check_output_folder",
     "read_image_file",
     "read_video",
     "build_predictor",
@@ -49,8 +52,10 @@ __all__ = [
 
 CLASSIFIER_ARCH = "RandWireClassifier"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# Small images are drawn enlarged, so that the labels stay legible.
+# Small images are drawn enlarged, so that the labels stay legible; large ones shrunk, so that
+# drawing takes bounded time and memory (Detectron2's default INPUT.MAX_SIZE_TEST).
 MIN_DRAWN_SIDE = 480
+MAX_DRAWN_SIDE = 1333
 logger = logging.getLogger(__name__)
 
 
@@ -100,12 +105,20 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def check_output_folder(output: Optional[str], flag: str = "--output") -> None:
+    """`output` must be a folder or not exist yet (it is created)."""
+    if output and os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(
+            f"{flag} {output!r} is an existing file: expected a folder (created if missing) for "
+            "the drawn images and results.json"
+        )
+
+
 def read_image_file(path: str) -> np.ndarray:
-    """HWC uint8 BGR (as cv2 reads it) of an image file; an error names an unreadable file."""
-    try:
-        return read_image(path, format="BGR")
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
-        raise ValueError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from e
+    """HWC uint8 BGR (as cv2 reads it) of an image file, read by the training loader's
+    `read_rgb_image` (16-bit grayscale scaled to 8 bits, at most MAX_IMAGE_PIXELS pixels); an
+    error names the file."""
+    return np.asarray(read_rgb_image(path))[:, :, ::-1]
 
 
 def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
@@ -192,10 +205,44 @@ class DetectionPredictor(DefaultPredictor):
         return records
 
     def draw(self, bgr: np.ndarray, instances) -> np.ndarray:
-        """The image (BGR) with the detections drawn, enlarged when small."""
-        scale = max(1.0, MIN_DRAWN_SIDE / min(bgr.shape[:2]))
+        """The image (BGR) with the detections drawn, at `drawn_scale` of its size."""
+        scale = drawn_scale(*bgr.shape[:2])
+        if scale < 1:  # shrunk before drawing: matplotlib's canvas of the full image is huge
+            bgr, instances = _shrink(bgr, instances, scale)
+            scale = 1.0
         vis = Visualizer(bgr[:, :, ::-1], self.metadata, scale=scale)
         return vis.draw_instance_predictions(instances).get_image()[:, :, ::-1]
+
+
+def drawn_scale(height: int, width: int) -> float:
+    """Scale of a drawn picture: the shorter side enlarged to MIN_DRAWN_SIDE, the longer side at
+    most MAX_DRAWN_SIDE."""
+    return min(max(1.0, MIN_DRAWN_SIDE / min(height, width)), MAX_DRAWN_SIDE / max(height, width))
+
+
+def _shrink(bgr: np.ndarray, instances: Instances, scale: float) -> Tuple[np.ndarray, Instances]:
+    """The image and its detections (boxes, masks, keypoints) resized by `scale` < 1."""
+    height, width = bgr.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    sx, sy = size[0] / width, size[1] / height
+    out = Instances(small.shape[:2])
+    for name, value in instances.get_fields().items():
+        if name == "pred_boxes":
+            value = value.clone()
+            value.scale(sx, sy)
+        elif name == "pred_masks":  # one at a time: a full-size mask of each detection
+            masks = [
+                cv2.resize(m.view(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+                for m in value.numpy()
+            ]
+            value = torch.from_numpy(np.array(masks, dtype=bool).reshape(-1, size[1], size[0]))
+        elif name == "pred_keypoints":
+            value = value.clone()
+            value[..., 0] *= sx
+            value[..., 1] *= sy
+        out.set(name, value)
+    return small, out
 
 
 class ClassificationPredictor:
@@ -265,6 +312,7 @@ def predict(
     format); the classifier writes its top-k classes per image to results.json. Returns the
     records written to results.json."""
     detector = isinstance(predictor, DetectionPredictor)
+    check_output_folder(output)
     if output:
         os.makedirs(output, exist_ok=True)
     if video:
@@ -283,16 +331,24 @@ def predict(
                 continue
             instances = predictor(bgr)["instances"].to("cpu")
             records.extend(predictor.results(instances, image_id, video or name))
-            print(f"{name}: {len(instances)} detections in {time.perf_counter() - start:.2f}s")
+            line = f"{name}: {len(instances)} detections in {time.perf_counter() - start:.2f}s"
             if not output:
+                print(line)
                 continue
             drawn = predictor.draw(bgr, instances)
+            if drawn.shape[0] < bgr.shape[0] and not (video and image_id):  # a video: once
+                line += (
+                    f"; drawn at {drawn.shape[1]}x{drawn.shape[0]} (the image is "
+                    f"{bgr.shape[1]}x{bgr.shape[0]}; MAX_DRAWN_SIDE={MAX_DRAWN_SIDE})"
+                )
+            print(line)
             if video:
                 writer = writer or _video_writer(video, output, fps, drawn.shape)
                 writer.write(drawn)
             else:
                 path = os.path.join(output, _unique_name(os.path.basename(name), taken))
-                cv2.imwrite(path, drawn)
+                if not cv2.imwrite(path, drawn):
+                    raise OSError(f"cannot write {path!r}: OpenCV's imwrite failed (disk full?)")
     finally:
         if writer is not None:
             writer.release()

@@ -16,7 +16,8 @@ torch.export (classifiers only). Every file is run on --num-samples inputs (onnx
 onnxruntime) and compared with the eager model; a difference beyond tolerance exits with
 status 1, naming the numbers. The exported graph is the frozen fast execution (see
 randwire_d2/export.py); --compare-executions also prints the op counts of the reference and
-fast executions traced as they are.
+fast executions traced as they are. A folder holding an earlier export is refused unless
+--overwrite, which removes that export's files (EXPORT_FILES; other files stay) first.
 """
 
 import argparse
@@ -41,6 +42,7 @@ from randwire_d2.export import (
     export_detector,
     markdown_table,
     op_counts,
+    prepare_export_folder,
 )
 
 CLASSIFIER = "RandWireClassifier"
@@ -65,6 +67,11 @@ def build_parser():
         help="as Detectron2's tool; torchscript and onnx are traced, pt2 uses torch.export",
     )
     parser.add_argument("--output", default="", help="output folder (default: OUTPUT_DIR/export)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in --output (its files only; other files stay)",
+    )
     parser.add_argument("--sample-image", default=None, help="detector: trace on this image")
     parser.add_argument("--num-samples", type=int, default=2, help="inputs compared per format")
     parser.add_argument(
@@ -111,8 +118,9 @@ def main(argv=None):
         )
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "export")
     try:
+        prepare_export_folder(output, args.overwrite)
         model = build_export_model(cfg, args.random_weights)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # FileNotFoundError, FileExistsError: named paths
         sys.exit(f"error: {e}")
     logger.info(f"exporting {cfg.MODEL.META_ARCHITECTURE} as {formats} to {output}")
 
@@ -128,7 +136,7 @@ def main(argv=None):
             samples = detector_samples(cfg, args.sample_image, args.num_samples)
             report = export_detector(model, output, samples, formats)
             wrap, trace_args = (lambda m: detector_adapter(m, samples[0])), (samples[0]["image"],)
-    except ExportMismatchError as e:
+    except (ExportMismatchError, ValueError, OSError) as e:  # a bad --sample-image, a full disk
         sys.exit(f"error: {e}")
 
     rows = []

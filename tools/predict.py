@@ -12,12 +12,21 @@ COCO-format results, or a classifier's top-k classes.
 
 --input takes image files, folders and glob patterns. With --output (a folder), detectors write
 each image with its detections and results.json (COCO results: image_id, category_id, bbox, score,
-segmentation); the classifier writes its top-k classes per image to results.json.
+segmentation); the classifier writes its top-k classes per image to results.json. Images of more
+than MAX_IMAGE_PIXELS pixels are refused; drawn pictures are at most MAX_DRAWN_SIDE pixels long
+(randwire_d2/predict.py). An error in the inputs exits with status 1 and one line naming it.
 """
 
 import argparse
+import sys
 
-from randwire_d2.predict import build_predictor, find_images, predict, setup_cfg
+from randwire_d2.predict import (
+    build_predictor,
+    check_output_folder,
+    find_images,
+    predict,
+    setup_cfg,
+)
 from randwire_d2.utils.warnings import quiet_third_party_warnings
 
 
@@ -41,15 +50,20 @@ def build_parser():
     return parser
 
 
-def main(args):
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     quiet_third_party_warnings()
-    if args.topk < 1:
-        raise ValueError(f"--topk={args.topk} is invalid: expected a positive integer")
-    images = find_images(args.input) if args.input else ()
-    cfg = setup_cfg(args.config_file, args.opts, args.confidence_threshold)
-    predictor = build_predictor(cfg)
-    return predict(predictor, images, args.video_input, args.output, args.topk)
+    try:
+        if args.topk < 1:
+            raise ValueError(f"--topk={args.topk} is invalid: expected a positive integer")
+        check_output_folder(args.output)
+        images = find_images(args.input) if args.input else ()
+        cfg = setup_cfg(args.config_file, args.opts, args.confidence_threshold)
+        predictor = build_predictor(cfg)
+        return predict(predictor, images, args.video_input, args.output, args.topk)
+    except (ValueError, OSError) as e:  # bad inputs, named by the message
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    main()

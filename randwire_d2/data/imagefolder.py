@@ -9,15 +9,18 @@ and the global batch of an iteration is the same for any number of processes.
 import logging
 import math
 import random
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
+    "read_rgb_image",
     "scan_image_folder",
     "RandomResizedCropFlip",
     "ResizeCenterCrop",
@@ -27,6 +30,63 @@ __all__ = [
     "build_cls_train_loader",
     "build_cls_test_loader",
 ]
+
+# Images with more pixels are refused before they are decoded: PIL's decompression-bomb limit
+# (Image.MAX_IMAGE_PIXELS), about 9459 x 9459, 268 MB as 8-bit RGB.
+MAX_IMAGE_PIXELS = 89_478_485
+# PIL modes of 16-bit (and 32-bit integer) grayscale, as PNG and TIFF files open.
+_WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def read_rgb_image(path: str) -> Image.Image:
+    """An image file as 8-bit RGB, its EXIF orientation applied (as Detectron2's read_image).
+
+    16-bit grayscale (PIL modes I;16, I;16B, I) is scaled to 8 bits, v >> 8, where PIL's
+    convert("RGB") would clip it to white. An image of more than MAX_IMAGE_PIXELS pixels is
+    refused before it is decoded, as are float pixels; every error is a ValueError naming the file.
+    """
+    try:
+        with warnings.catch_warnings():  # PIL warns above its limit; ours refuses there
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as e:  # over twice PIL's limit: refused by PIL itself
+        raise ValueError(f"image {path!r} is refused by PIL: {e} Downscale it first") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
+        raise _unreadable(path, e) from e
+    with image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"image {path!r} is {width}x{height} ({width * height:,} pixels), more than "
+                f"MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS:,} allows: downscale it first"
+            )
+        try:
+            ImageOps.exif_transpose(image, in_place=True)  # decodes the image
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
+            raise _unreadable(path, e) from e
+        return _to_rgb8(image, path)
+
+
+def _unreadable(path: str, error: Exception) -> ValueError:
+    return ValueError(f"cannot read image {path!r}: {type(error).__name__}: {error}")
+
+
+def _to_rgb8(image: Image.Image, path: str) -> Image.Image:
+    if image.mode in _WIDE_GRAY_MODES:
+        values = np.asarray(image)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"image {path!r} has 32-bit integer pixels in [{low}, {high}] (PIL mode "
+                f"{image.mode}): expected 8-bit or 16-bit values (0..65535)"
+            )
+        return Image.fromarray((values >> 8).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise ValueError(
+            f"image {path!r} has 32-bit float pixels (PIL mode F): expected 8-bit or 16-bit "
+            "values"
+        )
+    return image.convert("RGB")
 
 
 def scan_image_folder(folder: str) -> Tuple[List[str], List[Tuple[str, int]]]:
@@ -101,10 +161,11 @@ class ResizeCenterCrop:
 class ImageFolderDataset(Dataset):
     """dataset[(index, seed)] -> dict(image=CHW uint8 tensor in `image_format`, label=int).
 
-    An unreadable image (empty, not an image, truncated) is logged once and replaced by the next
-    readable one, (index + 1) % len, with the same seed, so batches keep their size; more than
-    `max_bad_images` distinct bad files (default max(10, 1% of the dataset)) in this instance
-    (one per data loader worker) raise a RuntimeError.
+    Images are read by `read_rgb_image`. An unreadable image (empty, not an image, truncated,
+    over MAX_IMAGE_PIXELS) is logged once and replaced by the next readable one,
+    (index + 1) % len, with the same seed, so batches keep their size; more than `max_bad_images`
+    distinct bad files (default max(10, 1% of the dataset)) in this instance (one per data loader
+    worker) raise a RuntimeError.
     """
 
     def __init__(
@@ -131,19 +192,19 @@ class ImageFolderDataset(Dataset):
         if path in self.bad_images:
             return None
         try:
-            with Image.open(path) as f:
-                return self.transform(f.convert("RGB"), seed)
-        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
-            self.bad_images[path] = f"{type(e).__name__}: {e}"
+            image = read_rgb_image(path)
+        except ValueError as e:  # names the file: broken, too large, or of float pixels
+            self.bad_images[path] = str(e)
+        else:
+            return self.transform(image, seed)
         logging.getLogger(__name__).warning(
-            f"skipping unreadable image {path} ({self.bad_images[path]}): bad image "
+            f"skipping an image: {self.bad_images[path]}; bad image "
             f"{len(self.bad_images)} of at most max_bad_images={self.max_bad_images}"
         )
         if len(self.bad_images) > self.max_bad_images or len(self.bad_images) == len(self):
             raise RuntimeError(
                 f"{len(self.bad_images)} of {len(self)} images are unreadable, more than "
-                f"max_bad_images={self.max_bad_images} allows; last: {path} "
-                f"({self.bad_images[path]})"
+                f"max_bad_images={self.max_bad_images} allows; last: {self.bad_images[path]}"
             )
         return None
 
