@@ -315,6 +315,9 @@ def _loader(dataset, batch_sampler, num_workers: int, pin_memory: bool) -> DataL
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
+        # Its own generator: starting the iterator must not draw from the global one, which
+        # each training step seeds (StepSeed) for an exact resume.
+        generator=torch.Generator().manual_seed(0),
     )
 
 

@@ -73,14 +73,6 @@ class ClassificationTrainer(RandWireTrainer):
     def checkpointables(self):
         return {"classes": ClassList(self.classes)}
 
-    def resume_or_load(self, resume=True):
-        extras = super().resume_or_load(resume)
-        # Continue the data order where the checkpoint left it.
-        self._trainer.reset_data_loader(
-            lambda: self.build_train_loader(self.cfg, start_iter=self.start_iter)
-        )
-        return extras
-
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
@@ -89,7 +81,7 @@ class ClassificationTrainer(RandWireTrainer):
         return model
 
     @classmethod
-    def build_train_loader(cls, cfg, start_iter: int = 0):
+    def build_train_loader(cls, cfg, start_iter: int = 0, seed=None):
         _, samples = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("train",))["train"]
         # fmt: off
         return build_cls_train_loader(
@@ -97,7 +89,7 @@ class ClassificationTrainer(RandWireTrainer):
             crop         = cfg.PRETRAIN.TRAIN_CROP,
             crop_scale   = cfg.PRETRAIN.TRAIN_CROP_SCALE,
             global_batch = cfg.SOLVER.IMS_PER_BATCH,
-            seed         = cfg.SEED,
+            seed         = cfg.SEED if seed is None else seed,
             start_iter   = start_iter,
             max_iter     = cfg.SOLVER.MAX_ITER,
             rank         = comm.get_rank(),

@@ -4,24 +4,82 @@
 OUTPUT_DIR, checked resume) with Detectron2's COCOEvaluator.
 """
 
+import logging
 import os
+from typing import Optional
 
 import cv2
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data.detection_utils import read_image
+from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
 from detectron2.utils.visualizer import Visualizer
 
 from .. import data as _data  # noqa: F401  (registers the embedded demo datasets)
+from ..data.detection_loader import build_resumable_train_loader
+from .hooks import RunSeed
 from .trainer import RandWireTrainer
 
-__all__ = ["Trainer", "draw_detections"]
+__all__ = ["Trainer", "draw_detections", "RESUMABLE_SAMPLERS"]
+
+# DATALOADER.SAMPLER_TRAIN values whose order a resumed run continues exactly.
+RESUMABLE_SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler")
+logger = logging.getLogger(__name__)
 
 
 class Trainer(RandWireTrainer):
-    """RandWireTrainer + COCOEvaluator."""
+    """RandWireTrainer + COCOEvaluator + a training loader that `--resume` continues."""
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):
+        """Detectron2's training data (DATASETS.TRAIN through DatasetMapper, SOLVER.IMS_PER_BATCH,
+        DATALOADER.*), batched by `build_resumable_train_loader` from `start_iter` on. Samplers
+        other than RESUMABLE_SAMPLERS use Detectron2's loader, whose order restarts on resume."""
+        sampler = cfg.DATALOADER.SAMPLER_TRAIN
+        if sampler not in RESUMABLE_SAMPLERS:
+            if start_iter:
+                logger.warning(
+                    f"--resume: DATALOADER.SAMPLER_TRAIN={sampler} draws its order anew: the "
+                    f"data of iteration {start_iter} on differ from an uninterrupted run's "
+                    f"(exact with {' or '.join(RESUMABLE_SAMPLERS)})"
+                )
+            return build_detection_train_loader(cfg)
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=(
+                cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+            ),
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        repeat = None
+        if sampler == "RepeatFactorTrainingSampler":
+            repeat = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dicts, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+            ).tolist()
+        # fmt: off
+        return build_resumable_train_loader(
+            dicts,
+            DatasetMapper(cfg, True),
+            cfg.SOLVER.IMS_PER_BATCH,
+            seed                  = RunSeed(cfg.SEED).seed if seed is None else seed,
+            start_iter            = start_iter,
+            rank                  = comm.get_rank(),
+            world_size            = comm.get_world_size(),
+            aspect_ratio_grouping = cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers           = cfg.DATALOADER.NUM_WORKERS,
+            repeat_factors        = repeat,
+        )
+        # fmt: on
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -2,14 +2,17 @@
 
 import datetime
 import logging
+import random
 
+import numpy as np
+import torch
 from detectron2.engine import hooks
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, get_event_storage
 
 from ..modeling.randwire import RandWire
 
-__all__ = ["ThroughputHook", "EdgeRemovalSeed", "ProgressPrinter"]
+__all__ = ["ThroughputHook", "RunSeed", "StepSeed", "ProgressPrinter"]
 
 
 class ThroughputHook(hooks.HookBase):
@@ -26,12 +29,29 @@ class ThroughputHook(hooks.HookBase):
             )
 
 
-class EdgeRemovalSeed(hooks.HookBase):
-    """Key each iteration's edge removal (Sec. 4.2) on (SEED, iteration, rank): a resumed run
-    removes the same edges as an uninterrupted one, and processes remove different edges."""
+class RunSeed:
+    """The seed of a run's data order and of its steps' randomness: SEED (a LazyConfig's
+    train.seed) when >= 0, else one drawn at start and shared by all processes. Checkpointed, so
+    that `--resume` continues with the seed the run started with."""
 
     def __init__(self, seed: int):
-        self.seed = seed
+        self.seed = int(seed) if seed is not None and seed >= 0 else comm.shared_random_seed()
+
+    def state_dict(self):
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state):
+        self.seed = int(state["seed"])
+
+
+class StepSeed(hooks.HookBase):
+    """Key each iteration's randomness on (run seed, iteration, rank): the global torch, numpy
+    and random generators (RPN/ROI box sampling, dropout) and the trunks' edge removal (Sec.
+    4.2). A resumed run then draws what an uninterrupted one draws, and processes draw
+    differently."""
+
+    def __init__(self, run_seed: RunSeed):
+        self.run_seed = run_seed
         self.trunks = []
 
     def before_train(self):
@@ -39,8 +59,13 @@ class EdgeRemovalSeed(hooks.HookBase):
         self.trunks = [m for m in model.modules() if isinstance(m, RandWire)]
 
     def before_step(self):
+        key = (self.run_seed.seed, self.trainer.iter, comm.get_rank())
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
         for trunk in self.trunks:
-            trunk.seed_edge_removal((self.seed, self.trainer.iter, comm.get_rank()))
+            trunk.seed_edge_removal(key)
 
 
 class ProgressPrinter(EventWriter):

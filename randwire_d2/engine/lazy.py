@@ -24,7 +24,8 @@ from ..data.checks import (
     check_num_classes,
     prepare_datasets,
 )
-from .hooks import EdgeRemovalSeed, ThroughputHook
+from ..data.detection_loader import build_resumable_train_loader
+from .hooks import RunSeed, StepSeed, ThroughputHook
 from .trainer import (
     AMP_DTYPES,
     broadcast_buffers,
@@ -34,13 +35,22 @@ from .trainer import (
     check_resume,
     claim_output_dir,
     create_ddp_model,
+    log_resume,
     release_output_dir,
     resolve_device,
     step_trainer,
     truncate_metrics,
 )
 
-__all__ = ["setup_lazy", "build_model", "do_train", "do_test", "load_for_eval", "lazy_num_classes"]
+__all__ = [
+    "setup_lazy",
+    "build_model",
+    "build_train_loader",
+    "do_train",
+    "do_test",
+    "load_for_eval",
+    "lazy_num_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +129,68 @@ def load_for_eval(cfg, model, resume: bool) -> None:
     check_input_normalization(cfg, extras)
 
 
+# What build_resumable_train_loader reproduces of Detectron2's build_detection_train_loader.
+_RESUMABLE_LOADER_KEYS = {
+    "_target_",
+    "dataset",
+    "mapper",
+    "total_batch_size",
+    "aspect_ratio_grouping",
+    "num_workers",
+}
+
+
+def _resumable(loader_cfg) -> bool:
+    from detectron2.data import build_detection_train_loader
+
+    target = loader_cfg.get("_target_")
+    name = target if isinstance(target, str) else getattr(target, "__qualname__", "")
+    return (
+        (target is build_detection_train_loader or name.endswith("build_detection_train_loader"))
+        and set(loader_cfg.keys()) <= _RESUMABLE_LOADER_KEYS
+        and loader_cfg.get("sampler") is None
+    )
+
+
+def build_train_loader(cfg, start_iter: int = 0, seed: int = 0):
+    """dataloader.train from iteration `start_iter` on. Detectron2's
+    build_detection_train_loader (dataset, mapper, total_batch_size, aspect_ratio_grouping,
+    num_workers) is built by `build_resumable_train_loader`, so a resumed run continues its
+    data; any other loader is instantiated as written and restarts its order on resume."""
+    loader = cfg.dataloader.train
+    if not _resumable(loader):
+        if start_iter:
+            logger.warning(
+                "--resume: dataloader.train is not Detectron2's build_detection_train_loader "
+                "with dataset, mapper, total_batch_size, aspect_ratio_grouping and num_workers "
+                f"only: its order restarts, so the data of iteration {start_iter} on differ "
+                "from an uninterrupted run's"
+            )
+        return instantiate(loader)
+    # fmt: off
+    return build_resumable_train_loader(
+        instantiate(loader.dataset),
+        instantiate(loader.mapper),
+        loader.total_batch_size,
+        seed                  = seed,
+        start_iter            = start_iter,
+        rank                  = comm.get_rank(),
+        world_size            = comm.get_world_size(),
+        aspect_ratio_grouping = loader.get("aspect_ratio_grouping", True),
+        num_workers           = loader.get("num_workers", 0),
+        batch_key             = "dataloader.train.total_batch_size",
+    )
+    # fmt: on
+
+
 def do_train(cfg, args):
     """Train `cfg.train.max_iter` iterations with Detectron2's hooks; evaluate at the end (and
     every train.eval_period iterations)."""
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    run_seed = RunSeed(cfg.train.get("seed", -1))
+    train_loader = build_train_loader(cfg, 0, run_seed.seed)
     ddp = dict(cfg.train.get("ddp", {}))
     fp16_compression = ddp.pop("fp16_compression", False)
     model = create_ddp_model(model, **ddp)
@@ -147,14 +212,16 @@ def do_train(cfg, args):
         else:
             logger.warning("train.amp.enabled needs CUDA: training in float32 on CPU")
     trainer = step_trainer(model, train_loader, optimizer, amp_dtype)
-    checkpointer = build_checkpointer(model, cfg.train.output_dir, cfg=cfg, trainer=trainer)
+    checkpointer = build_checkpointer(
+        model, cfg.train.output_dir, cfg=cfg, trainer=trainer, run_seed=run_seed
+    )
     batch = cfg.dataloader.train.get("total_batch_size", 0)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             ThroughputHook(batch),
-            EdgeRemovalSeed(cfg.train.get("seed", -1)),
+            StepSeed(run_seed),
             (
                 hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
                 if comm.is_main_process()
@@ -175,12 +242,13 @@ def do_train(cfg, args):
     resumed = extras.pop("__resumed_from__", None) or (
         args.resume and checkpointer.has_checkpoint()
     )
-    start_iter = 0
+    start_iter = trainer.iter + 1 if resumed else 0
     if resumed:
-        start_iter = trainer.iter + 1
         check_resume(cfg, extras, start_iter)
+    trainer.reset_data_loader(lambda: build_train_loader(cfg, start_iter, run_seed.seed))
+    if resumed:
         truncate_metrics(cfg.train.output_dir, start_iter)
-        logger.info(f"Resumed at iteration {start_iter}")
+        log_resume(start_iter, resumed, run_seed.seed, _resumable(cfg.dataloader.train))
     else:
         key = "model.backbone.bottom_up.freeze_at"
         freeze_at = OmegaConf.select(cfg, key, default=0) or 0

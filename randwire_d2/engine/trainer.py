@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import RandWireCheckpointer, SafeDetectionCheckpointer, check_input_normalization
 from ..config import flatten, flatten_lazy
 from ..modeling.randwire import RandWire
-from .hooks import EdgeRemovalSeed, ThroughputHook
+from .hooks import RunSeed, StepSeed, ThroughputHook
 
 __all__ = [
     "RandWireTrainer",
@@ -244,7 +244,7 @@ def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
         )
     if not old:
         return
-    changed = [k for k in new if k in old and old[k] != new[k]]
+    changed = [k for k in new if k in old and _as_lists(old[k]) != _as_lists(new[k])]
     refused = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k in restored]
     if refused:
         raise ValueError(
@@ -255,6 +255,21 @@ def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
     applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k.split(".")[0] in shown]
     if applied:
         logger.warning("--resume applies changed keys: " + "; ".join(applied))
+
+
+def _as_lists(value):
+    """A config value with tuples as lists: a checkpoint's yaml holds lists where the running
+    config holds tuples (SOLVER.STEPS), and they are the same setting."""
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value
+
+
+def log_resume(start_iter: int, source, seed: int, data_order: bool = True) -> None:
+    """The line both trainers print when they resume: what was restored, and from where."""
+    what = "model, optimizer, lr scheduler, iteration, " + ("data order, " if data_order else "")
+    where = source if isinstance(source, str) else "the last checkpoint"
+    logger.info(f"Resumed at iteration {start_iter}: {what}run seed {seed} restored from {where}")
 
 
 def truncate_metrics(output_dir: str, start_iter: int) -> None:
@@ -303,9 +318,10 @@ class RandWireTrainer(DefaultTrainer):
             setup_logger()
         cfg = self.prepare(cfg)
         self._claimed = claim_output_dir(cfg.OUTPUT_DIR)
+        self.run_seed = RunSeed(cfg.SEED)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        data_loader = self.build_train_loader(cfg, seed=self.run_seed.seed)
         model = create_ddp_model(model, broadcast_buffers=False)
         on_cuda = next(model.parameters()).device.type == "cuda"
         if cfg.SOLVER.AMP.ENABLED and not on_cuda:
@@ -314,7 +330,12 @@ class RandWireTrainer(DefaultTrainer):
         self._trainer = step_trainer(model, data_loader, optimizer, amp_dtype)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = build_checkpointer(
-            model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self), **self.checkpointables()
+            model,
+            cfg.OUTPUT_DIR,
+            cfg=cfg,
+            trainer=weakref.proxy(self),
+            run_seed=self.run_seed,
+            **self.checkpointables(),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -331,6 +352,12 @@ class RandWireTrainer(DefaultTrainer):
     def checkpointables(self) -> dict:
         return {}
 
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):
+        """The training batches from iteration `start_iter` on, in the order of run seed `seed`
+        (SEED when None): a resumed run continues the data where the interrupted one stopped."""
+        raise NotImplementedError
+
     def resume_or_load(self, resume=True):
         extras = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         resumed = extras.pop("__resumed_from__", None) or (
@@ -339,11 +366,13 @@ class RandWireTrainer(DefaultTrainer):
         if resumed:
             self.start_iter = self.iter + 1
             check_resume(self.cfg, extras, self.start_iter)
+        # The data continue where the checkpoint left them (seed restored with the checkpoint).
+        self._trainer.reset_data_loader(
+            lambda: self.build_train_loader(self.cfg, self.start_iter, self.run_seed.seed)
+        )
+        if resumed:
             truncate_metrics(self.cfg.OUTPUT_DIR, self.start_iter)
-            logger.info(
-                f"Resumed at iteration {self.start_iter}: model, optimizer, lr scheduler and "
-                f"iteration restored from {resumed if isinstance(resumed, str) else 'checkpoint'}"
-            )
+            log_resume(self.start_iter, resumed, self.run_seed.seed)
             return extras
         check_frozen_stages_have_weights(self.cfg.MODEL.BACKBONE.FREEZE_AT, self.cfg.MODEL.WEIGHTS)
         check_input_normalization(self.cfg, extras)
@@ -358,7 +387,7 @@ class RandWireTrainer(DefaultTrainer):
 
     def build_hooks(self):
         ret = super().build_hooks()
-        extra = [ThroughputHook(self.cfg.SOLVER.IMS_PER_BATCH), EdgeRemovalSeed(self.cfg.SEED)]
+        extra = [ThroughputHook(self.cfg.SOLVER.IMS_PER_BATCH), StepSeed(self.run_seed)]
         return ret[:2] + extra + ret[2:]  # after IterationTimer and LRScheduler
 
     @classmethod
