@@ -14,9 +14,9 @@ from test_lazy import FASTER_DEMO, TINY_LAZY
 
 from randwire_d2.config import load_lazy_config
 from randwire_d2.data.detection_loader import GroupedBatchSampler
-from randwire_d2.engine import Trainer
+from randwire_d2.engine import RandWireTrainer, Trainer
 from randwire_d2.engine.lazy import do_train
-from randwire_d2.engine.trainer import release_output_dir
+from randwire_d2.engine.trainer import log_resume, release_output_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,3 +105,18 @@ def test_batches_depend_on_the_iteration_only_and_group_by_aspect_ratio():
         from randwire_d2.data.detection_loader import build_resumable_train_loader
 
         build_resumable_train_loader([{}] * 4, None, 3, seed=0, world_size=2)
+
+
+def test_a_loader_that_cannot_resume_says_so(tiny_data, caplog):
+    cfg = tiny_cfg("DATASETS.TRAIN", ("det_test_train",), "SEED", 5)
+    assert Trainer.resumes_data_order(cfg) and not RandWireTrainer.resumes_data_order(cfg)
+    other = cfg.clone()
+    other.DATALOADER.SAMPLER_TRAIN = "RandomSubsetTrainingSampler"
+    assert not Trainer.resumes_data_order(other)
+    with caplog.at_level(logging.WARNING, logger="randwire_d2"):
+        RandWireTrainer.build_train_loader(cfg, start_iter=3, seed=5)  # Detectron2's loader
+    assert "RandWireTrainer's training data restart their order" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="randwire_d2"):
+        log_resume(3, "x.pth", 5, data_order=False)
+    assert "iteration, run seed 5 restored from x.pth" in caplog.text

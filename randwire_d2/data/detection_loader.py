@@ -27,6 +27,8 @@ import torch
 from detectron2.data import DatasetFromList
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .imagefolder import batched_loader
+
 __all__ = ["GroupedBatchSampler", "SeededMapDataset", "build_resumable_train_loader"]
 
 logger = logging.getLogger(__name__)
@@ -137,10 +139,6 @@ class SeededMapDataset(Dataset):
         raise RuntimeError("the mapper dropped every training image")
 
 
-def _list_collate(batch):
-    return batch
-
-
 def build_resumable_train_loader(
     dicts: Sequence[Dict],
     mapper,
@@ -175,12 +173,6 @@ def build_resumable_train_loader(
         start_iter=start_iter,
         repeat_factors=repeat_factors,
     )
-    return DataLoader(
-        SeededMapDataset(dicts, mapper),
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=_list_collate,
-        # Its own generator: starting the iterator must not draw from the global one, which
-        # each training step seeds (StepSeed).
-        generator=torch.Generator().manual_seed(sampler.seed),
+    return batched_loader(
+        SeededMapDataset(dicts, mapper), sampler, num_workers, pin_memory=False, seed=sampler.seed
     )

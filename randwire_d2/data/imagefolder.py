@@ -306,7 +306,10 @@ def _list_collate(batch):
     return batch
 
 
-def _loader(dataset, batch_sampler, num_workers: int, pin_memory: bool) -> DataLoader:
+def batched_loader(
+    dataset, batch_sampler, num_workers: int, pin_memory: bool, seed: int = 0
+) -> DataLoader:
+    """A DataLoader of `batch_sampler`'s batches of `dataset` as lists (no collation)."""
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
@@ -317,7 +320,7 @@ def _loader(dataset, batch_sampler, num_workers: int, pin_memory: bool) -> DataL
         prefetch_factor=4 if num_workers > 0 else None,
         # Its own generator: starting the iterator must not draw from the global one, which
         # each training step seeds (StepSeed) for an exact resume.
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -347,7 +350,7 @@ def build_cls_train_loader(
         start_iter=start_iter,
         max_iter=max_iter,
     )
-    return _loader(dataset, sampler, num_workers, pin_memory)
+    return batched_loader(dataset, sampler, num_workers, pin_memory)
 
 
 def build_cls_test_loader(
@@ -365,4 +368,4 @@ def build_cls_test_loader(
     """One pass over this process's shard of `samples`, resized and center-cropped to `crop`."""
     dataset = ImageFolderDataset(samples, ResizeCenterCrop(crop, crop_ratio), image_format)
     sampler = ShardBatchSampler(len(dataset), batch_size, rank, world_size)
-    return _loader(dataset, sampler, num_workers, pin_memory)
+    return batched_loader(dataset, sampler, num_workers, pin_memory)

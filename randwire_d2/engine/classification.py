@@ -81,6 +81,10 @@ class ClassificationTrainer(RandWireTrainer):
         return model
 
     @classmethod
+    def resumes_data_order(cls, cfg) -> bool:
+        return True
+
+    @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed=None):
         _, samples = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("train",))["train"]
         # fmt: off

@@ -45,7 +45,7 @@ class Trainer(RandWireTrainer):
         DATALOADER.*), batched by `build_resumable_train_loader` from `start_iter` on. Samplers
         other than RESUMABLE_SAMPLERS use Detectron2's loader, whose order restarts on resume."""
         sampler = cfg.DATALOADER.SAMPLER_TRAIN
-        if sampler not in RESUMABLE_SAMPLERS:
+        if not cls.resumes_data_order(cfg):
             if start_iter:
                 logger.warning(
                     f"--resume: DATALOADER.SAMPLER_TRAIN={sampler} draws its order anew: the "
@@ -80,6 +80,10 @@ class Trainer(RandWireTrainer):
             repeat_factors        = repeat,
         )
         # fmt: on
+
+    @classmethod
+    def resumes_data_order(cls, cfg) -> bool:
+        return cfg.DATALOADER.SAMPLER_TRAIN in RESUMABLE_SAMPLERS
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -355,8 +355,19 @@ class RandWireTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):
         """The training batches from iteration `start_iter` on, in the order of run seed `seed`
-        (SEED when None): a resumed run continues the data where the interrupted one stopped."""
-        raise NotImplementedError
+        (SEED when None). Here Detectron2's loader, whose order restarts on resume (said when
+        resuming); the tasks override it with loaders that continue where a run stopped."""
+        if start_iter:
+            logger.warning(
+                f"--resume: {cls.__name__}'s training data restart their order: the data of "
+                f"iteration {start_iter} on differ from an uninterrupted run's"
+            )
+        return DefaultTrainer.build_train_loader(cfg)
+
+    @classmethod
+    def resumes_data_order(cls, cfg) -> bool:
+        """Whether build_train_loader(cfg, start_iter) continues an interrupted run's data."""
+        return False
 
     def resume_or_load(self, resume=True):
         extras = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
@@ -372,7 +383,9 @@ class RandWireTrainer(DefaultTrainer):
         )
         if resumed:
             truncate_metrics(self.cfg.OUTPUT_DIR, self.start_iter)
-            log_resume(self.start_iter, resumed, self.run_seed.seed)
+            log_resume(
+                self.start_iter, resumed, self.run_seed.seed, self.resumes_data_order(self.cfg)
+            )
             return extras
         check_frozen_stages_have_weights(self.cfg.MODEL.BACKBONE.FREEZE_AT, self.cfg.MODEL.WEIGHTS)
         check_input_normalization(self.cfg, extras)
