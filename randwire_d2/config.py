@@ -63,10 +63,14 @@ def add_randwire_config(cfg):
     # edge whose target node has input degree > 1 (0.1 in the regular regime). Never in eval.
     _C.MODEL.RANDWIRE.DROP_EDGE_PROB = 0.0
     # How wired stages run: "fast" (one plan per stage, fused aggregation + ReLU, norms folded
-    # where exact) or "reference" (the plain per-node loop). Same weights, keys and function.
+    # where exact; on CUDA where Triton passes a self-check, separable-conv nodes run the fused
+    # Triton kernels), "triton" (those kernels, an error where they cannot run; on CPU only
+    # under TRITON_INTERPRET=1, for tests) or "reference" (the plain per-node loop). Same
+    # weights, keys and function; the log says once which execution runs and why.
     _C.MODEL.RANDWIRE.EXECUTION = "fast"
     # Training memory: store two activations per node instead of four and recompute the
-    # aggregation and ReLU in backward (Pleiss et al. 2017, per node). Fast execution only.
+    # aggregation and ReLU in backward (Pleiss et al. 2017, per node). For the eager fast
+    # path (nodes on the Triton kernels store two activations anyway).
     # Off by default: 1.43x instead of 2.52x ResNet-50's memory, but 32% slower on an H100.
     _C.MODEL.RANDWIRE.MEMORY_EFFICIENT = False
     # With MEMORY_EFFICIENT, also recompute the depthwise conv: one activation per node.

@@ -1,5 +1,11 @@
-import pytest
-import torch
+import os
+
+# The Triton node kernels run on CPU tensors through Triton's interpreter, which Triton selects
+# when a kernel is defined: set before anything imports randwire_d2.modeling.kernels.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture

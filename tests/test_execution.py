@@ -175,7 +175,7 @@ def test_execution_keeps_state_dict_keys():
         (
             "EXECUTION",
             "fused",
-            r"EXECUTION='fused' is unknown: expected one of \['fast', 'reference'\]",
+            r"EXECUTION='fused' is unknown: expected one of \['fast', 'reference', 'triton'\]",
         ),
         (
             "COMPILE",

@@ -27,12 +27,18 @@ This module executes the same parameters, keys and function from a plan made onc
   `recompute_convs=True` the depthwise conv is recomputed too (one activation per node); the
   last convolution is never recomputed.
 
+- Fused kernels (`execution="triton"`, and `"fast"` on CUDA where Triton works): a node whose
+  op is the separable conv runs its aggregation, ReLU and depthwise conv as one Triton kernel
+  (`kernels.py`), in inference the 1x1 conv and folded norm too; other nodes run as above.
+  Which one runs is logged once per process and device.
+
 `execution="reference"` keeps the plain loop (`WiredStage.forward_reference`), used by the FLOP
 counter and as the ground truth of the tests. The eval path without gradients uses plain tensor
 ops only, so it traces (TorchScript, ONNX, fvcore) like the reference.
 """
 
 import contextlib
+import logging
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -46,10 +52,13 @@ __all__ = [
     "NodeSpec",
     "fast_stage_forward",
     "execution_mode",
+    "uses_kernels",
 ]
 
+logger = logging.getLogger(__name__)
+
 # Stage execution modes, selected by MODEL.RANDWIRE.EXECUTION.
-EXECUTIONS = ("fast", "reference")
+EXECUTIONS = ("fast", "reference", "triton")
 
 STAGE_INPUT = -1
 
@@ -105,11 +114,42 @@ class NodeSpec:
             and last.bias is None
             and last.padding_mode == "zeros"
         )
+        self.kernel_stride = _separable_stride(self.layers) if self.relu_first else None
+
+    @property
+    def fused(self) -> bool:
+        """Whether the Triton node kernels compute this node (a 3x3 separable conv)."""
+        return self.kernel_stride is not None
 
     def hooked(self) -> bool:
         """Whether forward hooks watch the node or its layers (the fast path calls no modules;
         such a node runs as its module)."""
         return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+
+
+def _separable_stride(layers) -> Optional[int]:
+    """The depthwise stride when `layers` are a 3x3 depthwise conv (padding 1, no bias) then a
+    1x1 conv (stride 1, no bias), the kernels' op; else None."""
+    if len(layers) != 2 or not all(type(m) is nn.Conv2d for m in layers):
+        return None
+    dw, pw = layers
+    channels = dw.in_channels
+    if not (
+        dw.out_channels == channels == dw.groups == pw.in_channels
+        and dw.kernel_size == (3, 3)
+        and dw.padding == (1, 1)
+        and dw.dilation == (1, 1)
+        and dw.stride[0] == dw.stride[1]
+        and dw.stride[0] in (1, 2)
+        and pw.kernel_size == (1, 1)
+        and pw.stride == (1, 1)
+        and pw.groups == 1
+        and dw.bias is None
+        and pw.bias is None
+        and dw.padding_mode == pw.padding_mode == "zeros"
+    ):
+        return None
+    return dw.stride[0]
 
 
 def _flatten(modules) -> List[nn.Module]:
@@ -390,6 +430,69 @@ class _LeanNode(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------
+# Kernel selection
+
+_CHOICES = {}  # (execution, device string) -> whether the kernels run
+
+
+def uses_kernels(execution: str, device: torch.device) -> bool:
+    """Whether wired stages with `execution` run the Triton node kernels on `device`; says once
+    per (execution, device) in the log which execution runs and why. `"triton"` where the
+    kernels cannot run is an error naming the reason."""
+    if execution == "reference":
+        return False
+    key = (execution, str(device))
+    if key in _CHOICES:
+        return _CHOICES[key]
+    if device.type == "meta":  # shapes only (traffic counting): the kernels' fake ops
+        return _CHOICES.setdefault(key, execution == "triton")
+    from . import kernels
+
+    ok, why = kernels.runnable(device)
+    if execution == "triton":
+        if not ok:
+            raise RuntimeError(
+                f"MODEL.RANDWIRE.EXECUTION='triton' cannot run on {device}: {why}. "
+                "Use EXECUTION 'fast' (the Triton kernels on CUDA where they work, the eager "
+                "fast path elsewhere) or 'reference'."
+            )
+        logger.info(
+            f"EXECUTION triton on {device}: separable-conv nodes run the fused Triton kernels, "
+            "other node ops the eager fast path"
+        )
+        return _CHOICES.setdefault(key, True)
+    if device.type != "cuda":
+        ok, why = False, f"the Triton node kernels run on CUDA only, not on {device.type}"
+    elif ok:
+        why = kernels.self_check(device)
+        ok = not why
+    if ok:
+        logger.info(
+            f"EXECUTION fast on {device}: separable-conv nodes run the fused Triton kernels "
+            "(checked against the eager ops), other node ops the eager fast path"
+        )
+    else:
+        log = logger.warning if device.type == "cuda" else logger.info
+        log(f"EXECUTION fast on {device}: the eager fast path, because {why}")
+    return _CHOICES.setdefault(key, ok)
+
+
+# The kernels' dtypes; another (float64) runs the eager fast path, said once.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _kernel_dtype(dtype: torch.dtype) -> bool:
+    if dtype in KERNEL_DTYPES:
+        return True
+    if ("dtype", dtype) not in _CHOICES:
+        _CHOICES[("dtype", dtype)] = False
+        logger.info(
+            f"the Triton node kernels take {KERNEL_DTYPES}: {dtype} runs the eager fast path"
+        )
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
 # The stage
 
 
@@ -398,6 +501,7 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
     plan: StagePlan = stage.plan
     grad = torch.is_grad_enabled()
     lean = grad and stage.memory_efficient
+    fused = uses_kernels(stage.execution, x.device) and _kernel_dtype(x.dtype)
     y: List[Optional[torch.Tensor]] = [None] * len(plan.sources)
     # Per node, in lean mode: (z, a, b) when its output is y = a * z + b (BatchNorm of z).
     recon: List[Optional[tuple]] = [None] * len(plan.sources)
@@ -414,6 +518,8 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
             inputs = [y[u] for u in src]
         if not spec.relu_first or global_hooks or spec.hooked():
             y[v] = node(inputs, removed)  # the module call runs the user's hooks
+        elif fused and spec.fused:
+            y[v] = _kernel_node_forward(stage, node, spec, inputs, removed)
         else:
             rec = [recon[u] if u >= 0 else None for u in src]
             is_input = src[0] == STAGE_INPUT
@@ -487,3 +593,52 @@ def _node_forward(stage, node, spec: NodeSpec, inputs, recon, removed, lean, sha
         out, (a, b) = _batch_norm_with_affine(norm, z)
         return out, (z, a, b)
     return norm(z), None
+
+
+def _kernel_node_forward(stage, node, spec: NodeSpec, inputs, removed):
+    """y of a separable-conv node through the Triton kernels: the training op (aggregation,
+    ReLU and depthwise conv fused; the 1x1 conv and norm eager) or, without autograd, one kernel
+    up to the 1x1 conv and the folded norm."""
+    from . import kernels
+
+    dw, pw = spec.layers
+    norm = spec.norm
+    x = inputs[0]
+    if node.weight is None:
+        c = torch.ones(1, device=x.device, dtype=torch.float32)
+    else:
+        c = torch.sigmoid(node.weight)
+        if removed is not None:  # the removed edge's coefficient is 0 (and so its gradient)
+            c = c * (torch.arange(len(c), device=c.device) != removed).to(c.dtype)
+    dtype = inputs[0].dtype
+    for t in inputs[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    inputs = [t.to(dtype=dtype).contiguous(memory_format=fmt) for t in inputs]
+    if len(inputs) > kernels.MAX_SLOTS:  # the extra inputs as one slot of coefficient 1
+        k = kernels.MAX_SLOTS - 1
+        tail = inputs[k] * c[k].to(dtype)
+        for i in range(k + 1, len(inputs)):
+            tail = tail + inputs[i] * c[i].to(dtype)
+        inputs = inputs[:k] + [tail]
+        c = torch.cat([c[:k], c.new_ones(1)])
+    fold = stage.fold_norms and spec.foldable and not _uses_batch_stats(norm)
+    weight, bias = pw.weight, None
+    if fold:
+        a, b = _affine_of_norm(norm)
+        weight, bias = pw.weight * a.to(pw.weight.dtype).view(-1, 1, 1, 1), b
+    stride = spec.kernel_stride
+    if not torch.is_grad_enabled():
+        z = kernels.agg_relu_dw_pw(inputs, c, dw.weight.contiguous(), weight, bias, stride)
+    else:
+        d = kernels.agg_relu_dw(inputs, c, dw.weight.contiguous(), stride)
+        z = F.conv2d(d, weight.to(d.dtype), None if bias is None else bias.to(d.dtype))
+    return z if fold else norm(z)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    )

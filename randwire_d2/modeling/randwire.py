@@ -159,7 +159,7 @@ class WiredStage(nn.Module):
         return [(v, i) for v, p in enumerate(self.preds) if len(p) > 1 for i in range(len(p))]
 
     def forward(self, x, removed_edge: Optional[Tuple[int, int]] = None):
-        if self.execution == "fast":
+        if self.execution != "reference":
             return fast_stage_forward(self, x, removed_edge)
         return self.forward_reference(x, removed_edge)
 
@@ -208,7 +208,9 @@ class RandWire(Backbone):
             freeze_at: freeze stages conv1..conv{freeze_at} (0 = nothing), as ResNet's FREEZE_AT.
             in_channels: channels of the input image.
             execution: how wired stages run: "fast" (the same function from a plan with fused
-                aggregation, see `execution.py`) or "reference" (the plain per-node loop).
+                aggregation, see `execution.py`; on CUDA with a working Triton, the fused node
+                kernels of `kernels.py`), "triton" (those kernels, an error where they cannot
+                run) or "reference" (the plain per-node loop).
             memory_efficient: in training, store two activations per node instead of four and
                 recompute the aggregation and ReLU in backward (fast execution only).
             recompute_convs: with memory_efficient, recompute the depthwise conv as well (one

@@ -1,0 +1,248 @@
+"""The Triton node kernels (run here by Triton's interpreter on CPU tensors) compute the eager
+ops' function: forward, every gradient, the fused inference kernel, and whole models with
+MODEL.RANDWIRE.EXECUTION "triton" against the reference loop."""
+
+import copy
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_model
+from test_execution import tiny_trunk
+from test_modeling import batch, tiny_cfg
+
+from randwire_d2.graphs import NetworkWiring, StageWiring
+from randwire_d2.modeling import execution, kernels
+from randwire_d2.modeling.randwire import RandWire, WiredStage
+
+pytestmark = pytest.mark.skipif(
+    not kernels.INTERPRET, reason="unreachable: conftest sets TRITON_INTERPRET=1"
+)
+
+
+def node_inputs(k, channels, size, batch=1, layout="contiguous", dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    xs = [torch.randn(batch, channels, h, w, generator=g) for _ in range(k)]
+    if layout == "channels_last":
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    xs = [x.to(dtype).requires_grad_() for x in xs]
+    edge_w = torch.randn(k, generator=g).requires_grad_()
+    dw = (torch.randn(channels, 1, 3, 3, generator=g) * 0.5).requires_grad_()
+    pw = torch.randn(channels + 3, channels, 1, 1, generator=g) * 0.3
+    bias = torch.randn(channels + 3, generator=g)
+    return xs, edge_w, dw, pw, bias
+
+
+def kernel_and_eager(xs, edge_w, dw, stride):
+    """(d, grads) of the training kernel and of the eager ops, on copies of the same leaves."""
+    leaves = xs + [edge_w, dw]
+    copies = [t.detach().clone().requires_grad_() for t in leaves]
+    out = []
+    for fn, ts in ((kernels.agg_relu_dw, leaves), (kernels.reference_agg_relu_dw, copies)):
+        *x, w, k = ts
+        d = fn(x, torch.sigmoid(w), k, stride)
+        g = torch.Generator().manual_seed(1)
+        proj = torch.randn(d.shape, generator=g).to(d.dtype)
+        out.append((d, torch.autograd.grad((d.float() * proj.float()).sum(), ts)))
+    return out
+
+
+def close(got, want, tol, what):
+    err = (got.float() - want.float()).abs().max().item()
+    scale = want.float().abs().max().item() + 1e-6
+    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol} x {scale:.3g}"
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("k", range(1, kernels.MAX_SLOTS + 1))
+def test_node_kernels_equal_the_eager_ops(one_thread, k, stride, layout):
+    # odd sizes and channels (not multiples of any tile), batch 1
+    xs, edge_w, dw, pw, bias = node_inputs(k, 7, (9, 6), layout=layout, seed=k)
+    (d, grads), (d_ref, grads_ref) = kernel_and_eager(xs, edge_w, dw, stride)
+    assert d.shape == d_ref.shape and d.stride() == d_ref.stride()
+    close(d, d_ref, 1e-5, "depthwise output")
+    names = [f"input {i}" for i in range(k)] + ["edge weights", "depthwise weight"]
+    for g, g_ref, name in zip(grads, grads_ref, names):
+        assert g.shape == g_ref.shape
+        close(g, g_ref, 1e-5, f"gradient of {name}")
+    with torch.no_grad():
+        z = kernels.agg_relu_dw_pw(
+            [x.detach() for x in xs], torch.sigmoid(edge_w), dw, pw, bias, stride
+        )
+        close(z, F.conv2d(d_ref, pw, bias), 1e-5, "fused inference output")
+        z = kernels.agg_relu_dw_pw(
+            [x.detach() for x in xs], torch.sigmoid(edge_w), dw, pw, None, stride
+        )
+        close(z, F.conv2d(d_ref, pw), 1e-5, "fused inference output without bias")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels", [109, 218])
+def test_node_kernels_in_low_precision_at_the_papers_widths(one_thread, dtype, channels):
+    # the eager ops in float32 on the same rounded inputs: the kernels accumulate in float32
+    xs, edge_w, dw, pw, bias = node_inputs(3, channels, (4, 5), dtype=dtype)
+    (d, grads), _ = kernel_and_eager(xs, edge_w, dw, 1)
+    xs32 = [x.detach().float().requires_grad_() for x in xs]
+    (_, _), (d_ref, grads_ref) = kernel_and_eager(xs32, edge_w, dw, 1)
+    assert d.dtype == dtype and all(g.dtype == dtype for g in grads[:3])
+    close(d, d_ref, 1e-2, "depthwise output")
+    for g, g_ref in zip(grads, grads_ref):
+        close(g, g_ref, 2e-2, "gradient")
+    with torch.no_grad():
+        z = kernels.agg_relu_dw_pw([x.detach() for x in xs], torch.sigmoid(edge_w), dw, pw, bias, 2)
+        z_ref = F.conv2d(
+            kernels.reference_agg_relu_dw(xs32, torch.sigmoid(edge_w), dw, 2), pw, bias
+        )
+    assert z.dtype == dtype
+    close(z, z_ref, 2e-2, "fused inference output")
+
+
+def fp32_trunk(**kw):
+    return tiny_trunk("small", "sep_conv3x3", "BN", **kw).float()
+
+
+def run(model, x, train, key=None):
+    model.train(train)
+    x = x.clone().requires_grad_(train)
+    if key is not None:
+        model.seed_edge_removal(key)
+    out = model(x)["conv5"]
+    grads = {}
+    if train:
+        g = torch.Generator().manual_seed(2)
+        (out * torch.randn(out.shape, generator=g)).sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters()} | {"input": x.grad}
+    buffers = {n: b.clone() for n, b in model.named_buffers() if b.is_floating_point()}
+    return out.detach(), grads, buffers
+
+
+def assert_same(a, b, what, tol=1e-4):
+    assert a.keys() == b.keys()
+    for k in a:
+        close(b[k], a[k], tol, f"{what} {k}")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_triton_stage_equals_reference(one_thread, train, layout):
+    ref = fp32_trunk(drop_edge_prob=1.0 if train else 0.0)
+    tri = copy.deepcopy(ref).set_execution("triton")
+    x = torch.randn(4, 3, 64, 64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    key = (0, 3, 0) if train else None  # training removes the same edge in both
+    (o1, g1, b1), (o2, g2, b2) = run(ref, x, train, key), run(tri, x, train, key)
+    close(o2, o1, 1e-4, "output")
+    assert_same(g1, g2, "gradient")
+    assert_same(b1, b2, "BatchNorm buffer", tol=1e-5)
+
+
+def test_a_node_of_any_in_degree_runs_the_kernels(one_thread):
+    """A node with more inputs than kernel slots: the extra inputs ride in one slot."""
+    n = kernels.MAX_SLOTS + 4
+    wiring = StageWiring(n + 1, tuple((u, v) for v in range(1, n + 1) for u in range(v)))
+    torch.manual_seed(0)
+    ref = WiredStage(wiring, 4, 6, "sep_conv3x3", "BN", execution="reference")
+    with torch.no_grad():
+        for node in ref.nodes:
+            if node.weight is not None:
+                node.weight.normal_()
+    tri = copy.deepcopy(ref)
+    tri.execution = "triton"
+    x = torch.randn(2, 4, 8, 8)
+    outs = []
+    for stage in (ref, tri):
+        xi = x.clone().requires_grad_()
+        y = stage(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        outs.append([y.detach(), xi.grad] + [p.grad for p in stage.parameters()])
+    assert max(len(p) for p in ref.preds) == n
+    for a, b in zip(*outs):
+        close(b, a, 1e-4, "output or gradient")
+
+
+def test_triton_classifier_equals_reference_and_shares_keys(one_thread):
+    cfg = tiny_cfg("small")
+    cfg.MODEL.RANDWIRE.EXECUTION = "reference"
+    torch.manual_seed(0)
+    ref = build_model(cfg)
+    cfg.MODEL.RANDWIRE.EXECUTION = "triton"
+    tri = build_model(cfg)
+    assert list(tri.state_dict()) == list(ref.state_dict())
+    tri.load_state_dict(ref.state_dict())  # checkpoints move between executions
+    for m in (ref, tri):
+        m.eval()
+    with torch.no_grad():
+        s1 = torch.stack([o["scores"] for o in ref(batch(3, labels=False))])
+        s2 = torch.stack([o["scores"] for o in tri(batch(3, labels=False))])
+    close(s2, s1, 1e-4, "eval scores")
+    grads = []
+    for m in (ref, tri):
+        m.train()
+        m.zero_grad()
+        loss = m(batch(4))["loss_cls"]
+        loss.backward()
+        grads.append({"loss": loss.detach()} | {n: p.grad for n, p in m.named_parameters()})
+    assert_same(grads[0], grads[1], "training")
+
+
+def test_float64_runs_the_eager_fast_path_and_says_so(one_thread, caplog):
+    trunk = tiny_trunk("small", "sep_conv3x3", "BN").set_execution("triton")
+    execution._CHOICES.pop(("dtype", torch.float64), None)
+    with caplog.at_level(logging.INFO, logger="randwire_d2.modeling.execution"):
+        trunk.eval()(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+    assert "torch.float64 runs the eager fast path" in caplog.text
+
+
+@pytest.fixture
+def fresh_choices(monkeypatch):
+    monkeypatch.setattr(execution, "_CHOICES", {})
+
+
+def test_triton_where_the_kernels_cannot_run_is_an_error(fresh_choices, monkeypatch):
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    with pytest.raises(
+        RuntimeError, match="EXECUTION='triton' cannot run on cpu: .*TRITON_INTERPRET=1"
+    ):
+        execution.uses_kernels("triton", torch.device("cpu"))
+
+
+def test_fast_chooses_once_and_says_why(fresh_choices, monkeypatch, caplog):
+    cuda = torch.device("cuda", 0)
+    with caplog.at_level(logging.INFO, logger="randwire_d2.modeling.execution"):
+        assert not execution.uses_kernels("fast", torch.device("cpu"))
+        assert "eager fast path, because the Triton node kernels run on CUDA only" in caplog.text
+        assert not execution.uses_kernels("reference", cuda)
+        # a CUDA device whose Triton fails its check: eager, with the reason, once
+        monkeypatch.setattr(kernels, "runnable", lambda device: (True, ""))
+        monkeypatch.setattr(kernels, "self_check", lambda device: "the forward kernel differs")
+        caplog.clear()
+        assert not execution.uses_kernels("fast", cuda)
+        assert not execution.uses_kernels("fast", cuda)
+        assert caplog.text.count("the eager fast path, because the forward kernel differs") == 1
+        # and one whose kernels pass it
+        monkeypatch.setattr(kernels, "self_check", lambda device: "")
+        caplog.clear()
+        assert execution.uses_kernels("fast", torch.device("cuda", 1))
+        assert "separable-conv nodes run the fused Triton kernels" in caplog.text
+
+
+def test_the_self_check_passes_here_and_catches_a_wrong_kernel(monkeypatch):
+    assert kernels.self_check(torch.device("cpu")) == ""
+    monkeypatch.setattr(kernels, "_agg_relu_dw_impl", lambda xs, c, w, s: torch.zeros(1))
+    assert "failed" in kernels.self_check(torch.device("cpu")) or "differs" in kernels.self_check(
+        torch.device("cpu")
+    )
+
+
+def test_the_kernel_ops_run_on_meta_for_counting():
+    trunk = fp32_trunk().set_execution("triton").to("meta")
+    with torch.no_grad():
+        out = trunk.eval()(torch.empty(2, 3, 64, 64, device="meta"))["conv5"]
+    assert out.device.type == "meta" and out.shape == (2, 32, 2, 2)
+    x = torch.empty(2, 3, 64, 64, device="meta", requires_grad=True)
+    trunk.train()(x)["conv5"].sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
