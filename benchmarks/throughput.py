@@ -23,6 +23,12 @@ rows), and the table prints medians over rounds. Modes of a RandWire model:
 Training memory per image: on CUDA, torch.cuda.max_memory_allocated of one training step,
 slope between --batch and twice it; on CPU, the slope of peak RSS between --memory-batches
 (two SGD steps, each in a forked child so peaks don't mix). --memory none skips it.
+
+Achieved bandwidth (CUDA only): img/s x bytes per image of the eager traffic model
+(benchmarks/traffic.py: every op reads its inputs and writes its outputs; the model cast to
+--dtype, so no autocast weight casts; training without the SGD step; a compiled row uses its
+eager model's bytes), and its fraction of the device-to-device copy bandwidth measured once
+(a 1 GiB dst.copy_(src), 2 x bytes / time, median of 5).
 """
 
 import argparse
@@ -44,6 +50,9 @@ from detectron2.modeling import build_model
 import randwire_d2  # noqa: F401  (registers the RandWire backbones)
 from randwire_d2.complexity import Logits
 from randwire_d2.config import load_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from traffic import traffic  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RANDWIRE = {
@@ -187,7 +196,82 @@ def label_of(name: str, mode: str) -> str:
 def make_bench(name: str, mode: str, args) -> "Bench":
     torch.manual_seed(0)
     module = RESNETS[name]() if name in RESNETS else randwire(RANDWIRE[name], mode, args.device)
-    return Bench(label_of(name, mode), module, args, compiled=mode == "compiled")
+    bench = Bench(label_of(name, mode), module, args, compiled=mode == "compiled")
+    bench.spec = (name, mode)
+    return bench
+
+
+def fast_runs_kernels(device: str) -> bool:
+    """Whether EXECUTION fast runs the Triton node kernels on `device` in this version (on CUDA
+    where they pass their self-check); False where the version has no such choice."""
+    try:
+        from randwire_d2.modeling.execution import uses_kernels
+
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:  # as the model's tensors name it
+            dev = torch.device("cuda", torch.cuda.current_device())
+        return bool(uses_kernels("fast", dev))
+    except Exception:  # an older version, or no kernels: the eager fast path
+        return False
+
+
+def traffic_per_image(name: str, mode: str, args, train: bool) -> float:
+    """Bytes per image of the eager traffic model (benchmarks/traffic.py) of (model, mode),
+    counted on the meta device at --batch, --size, --dtype (cast), --channels-last. A mode
+    whose EXECUTION fast runs the Triton kernels on --device is counted with them."""
+    with torch.device("meta"):
+        module = RESNETS[name]() if name in RESNETS else randwire(RANDWIRE[name], mode, "meta")
+    if name in RANDWIRE and MODES[mode][0] == "fast" and fast_runs_kernels(args.device):
+        for m in module.modules():
+            if hasattr(m, "execution") and hasattr(m, "plan"):  # a wired stage
+                m.execution = "triton"
+    counted = traffic(module, args.batch, args.size, args.dtype, train, "eager", args.channels_last)
+    return counted["bytes_per_image"]
+
+
+def copy_bandwidth_gbs(nbytes: int = 2**30, runs: int = 5) -> float:
+    """Device-to-device copy bandwidth (GB/s, read + write): median of `runs` timed copies."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / statistics.median(times) / 1e9
+
+
+def add_bandwidth(rows, benches: List["Bench"], args, copy_gbs: float) -> None:
+    """Per row: eager-model bytes per image and achieved GB/s (and fraction of `copy_gbs`)."""
+    for row, bench in zip(rows, benches):
+        for what, train in (("infer", False), ("train", True)):
+            nbytes = traffic_per_image(*bench.spec, args, train)
+            row[f"{what}_mb_per_img"] = nbytes / 1e6
+            row[f"{what}_gbs"] = row[f"{what}_ips"] * nbytes / 1e9
+            row[f"{what}_copy_frac"] = row[f"{what}_gbs"] / copy_gbs
+
+
+def bandwidth_table(rows, copy_gbs: float, kernels: bool) -> str:
+    lines = [
+        f"\n# achieved bandwidth: img/s x eager traffic model bytes/img (MB = 1e6; EXECUTION "
+        f"fast counted {'with' if kernels else 'without'} the Triton node kernels, as it runs "
+        f"here); device-to-device copy {copy_gbs:.0f} GB/s",
+        "| model | inference MB/img | GB/s | of copy | training MB/img | GB/s | of copy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['infer_mb_per_img']:.0f} | {r['infer_gbs']:.0f} | "
+            f"{r['infer_copy_frac']:.0%} | {r['train_mb_per_img']:.0f} | {r['train_gbs']:.0f} | "
+            f"{r['train_copy_frac']:.0%} |"
+        )
+    return "\n".join(lines)
 
 
 def cuda_memory_per_image_mib(bench: Bench, args, size) -> float:
@@ -351,6 +435,12 @@ def main(argv=None):
     rows = run(benches, baseline, args, (args.size, args.size), args.batch, memory)
     print(table(rows, "ResNet-50", bool(memory)))
     out = {"classifiers": rows}
+    if args.device_type == "cuda":
+        out["copy_gbs"] = copy_gbs = copy_bandwidth_gbs()
+        add_bandwidth(rows, benches, args, copy_gbs)
+        print(bandwidth_table(rows, copy_gbs, fast_runs_kernels(args.device)))
+    else:
+        print("\n# achieved GB/s (img/s x traffic model bytes/img): CUDA only, skipped on CPU")
 
     if args.detector:
         dets, dbase = [], {}
