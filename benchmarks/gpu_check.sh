@@ -4,7 +4,7 @@
 #     bash benchmarks/gpu_check.sh [OUTPUT_FOLDER]        (default output/gpu_check)
 #
 # 1. benchmarks/throughput.py on CUDA: bf16 autocast, channels_last, batch 128, RandWire-C109
-#    (reference / fast / fast-lean) vs ResNet-50, plus the detector backbones at 800x1333;
+#    (reference / eager / fast / fast-lean; fast = the Triton node kernels after their self-check) vs ResNet-50, plus the detector backbones at 800x1333;
 # 2. 20 iterations of tools/train_cls.py on configs/imagenet/randwire_ws_c109_regular.yaml with
 #    AMP (bf16) and channels_last on generated ImageFolder data (5 classes, 256x256), then
 #    evaluation;
@@ -54,7 +54,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to OUT_DIR/NAME.
 step env 45 "$PY" -c "import torch, detectron2, randwire_d2; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), 'detectron2', detectron2.__version__)"
 
 step benchmark 150 "$PY" benchmarks/throughput.py --device cuda --dtype bf16 --channels-last \
-    --batch 128 --models rw-c109 r50 --modes reference fast fast-lean --rounds 5 --detector \
+    --batch 128 --models rw-c109 r50 --modes reference eager fast fast-lean --rounds 5 --detector \
     --json "$OUT_DIR/benchmark.json"
 
 DATA="$OUT_DIR/cls_data"

@@ -14,7 +14,10 @@ figure is also divided by ResNet-50's in the same round (its compiled version fo
 rows), and the table prints medians over rounds. Modes of a RandWire model:
 
     reference     the plain per-node loop (MODEL.RANDWIRE.EXECUTION reference)
-    fast          EXECUTION fast (the defaults: MEMORY_EFFICIENT off)
+    fast          EXECUTION fast (the defaults: MEMORY_EFFICIENT off; on CUDA the Triton node
+                  kernels where they pass their self-check)
+    eager         EXECUTION eager (the fast plan without the Triton kernels)
+    triton        EXECUTION triton (the Triton node kernels; CPU only under TRITON_INTERPRET=1)
     fast-lean     EXECUTION fast, MEMORY_EFFICIENT on
     fast-min      EXECUTION fast, MEMORY_EFFICIENT and RECOMPUTE_CONVS on
     fast-nofold   EXECUTION fast without folding affine norms into the 1x1 convs
@@ -68,6 +71,8 @@ MODES = {
     "fast-lean": ("fast", True, False),
     "fast-min": ("fast", True, True),
     "fast-nofold": ("fast", False, False),
+    "eager": ("eager", False, False),
+    "triton": ("triton", False, False),
     "compiled": ("fast", False, False),
 }
 DETECTORS = {

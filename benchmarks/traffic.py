@@ -20,9 +20,11 @@ too) and counts, per image (totals divided by --batch), at three granularities:
             `torch.ops.randwire.*` op is one Triton kernel (inputs + outputs counted once).
             Computed only when the installed randwire_d2 has that execution.
 
-Inference: model.eval(), torch.no_grad(), one forward. Training step: model.train(), forward,
-cross-entropy on random labels, backward; the optimizer step is not included (with it ResNet-50
-would count one more pass over every parameter, gradient and momentum buffer).
+Inference: model.eval(), torch.no_grad(), one forward after an uncounted one (the steady state:
+the fast executions compute a node's coefficients and folded norm once, not per forward).
+Training step: model.train(), forward, cross-entropy on random labels, backward; the optimizer
+step is not included (with it ResNet-50 would count one more pass over every parameter,
+gradient and momentum buffer).
 
 Precision: the model is cast with `.to(dtype)` and fed a tensor of that dtype (no autocast, so
 no per-step weight casts are counted; autocast would add one per conv / linear, 56 more kernels
@@ -253,8 +255,10 @@ def traffic(
                 loss.backward()
             model.zero_grad(set_to_none=True)
         else:
-            with torch.no_grad(), counter:
-                model(x)
+            with torch.no_grad():
+                model(x)  # steady state: eval constants (folded norms) are computed once
+                with counter:
+                    model(x)
     result = {
         "bytes_per_image": counter.bytes / batch,
         "kernels_per_image": counter.kernels / batch,

@@ -65,8 +65,9 @@ def add_randwire_config(cfg):
     # How wired stages run: "fast" (one plan per stage, fused aggregation + ReLU, norms folded
     # where exact; on CUDA where Triton passes a self-check, separable-conv nodes run the fused
     # Triton kernels), "triton" (those kernels, an error where they cannot run; on CPU only
-    # under TRITON_INTERPRET=1, for tests) or "reference" (the plain per-node loop). Same
-    # weights, keys and function; the log says once which execution runs and why.
+    # under TRITON_INTERPRET=1, for tests), "eager" ("fast" without the Triton kernels) or
+    # "reference" (the plain per-node loop). Same weights, keys and function; the log says
+    # once which execution runs and why.
     _C.MODEL.RANDWIRE.EXECUTION = "fast"
     # Training memory: store two activations per node instead of four and recompute the
     # aggregation and ReLU in backward (Pleiss et al. 2017, per node). For the eager fast

@@ -175,7 +175,7 @@ def test_execution_keeps_state_dict_keys():
         (
             "EXECUTION",
             "fused",
-            r"EXECUTION='fused' is unknown: expected one of \['fast', 'reference', 'triton'\]",
+            r"EXECUTION='fused' is unknown: expected one of \['fast', 'reference', 'triton', 'eager'\]",
         ),
         (
             "COMPILE",
@@ -254,3 +254,30 @@ def test_compiled_trunk_keeps_keys_and_function(one_thread):
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     compiled.load_state_dict(eager.state_dict())
     assert_same_training_step(eager, compiled, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("execution", ["fast", "triton"])
+def test_eval_constants_follow_the_weights(one_thread, execution):
+    """Coefficients and folded norms are computed once in eval and recomputed whenever a
+    weight or statistic changes: in place (optimizer, loading), replaced, or after training."""
+    ref = tiny_trunk("small", "sep_conv3x3", "BN").float()
+    model = copy.deepcopy(ref).set_execution(execution).eval()
+    ref.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        ref.load_state_dict(tiny_trunk("small", "sep_conv3x3", "BN", seed=1).state_dict())
+        with torch.no_grad():
+            for t in list(ref.parameters()) + [b for b in ref.buffers() if b.is_floating_point()]:
+                t.mul_(1.1)
+        model.load_state_dict(ref.state_dict())  # in place: versions change
+        torch.testing.assert_close(model(x)["conv5"], ref(x)["conv5"])
+        node = model.conv4.nodes[-1]
+        node.transform[-1].running_var.data = node.transform[-1].running_var * 2  # replaced
+        ref.conv4.nodes[-1].transform[-1].running_var.mul_(2)
+        torch.testing.assert_close(model(x)["conv5"], ref(x)["conv5"])
+    for m in (model, ref):  # a training step moves the statistics
+        m.train()(x)
+        m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["conv5"], ref(x)["conv5"])

@@ -216,6 +216,7 @@ def test_fast_chooses_once_and_says_why(fresh_choices, monkeypatch, caplog):
         assert not execution.uses_kernels("fast", torch.device("cpu"))
         assert "eager fast path, because the Triton node kernels run on CUDA only" in caplog.text
         assert not execution.uses_kernels("reference", cuda)
+        assert not execution.uses_kernels("eager", cuda)
         # a CUDA device whose Triton fails its check: eager, with the reason, once
         monkeypatch.setattr(kernels, "runnable", lambda device: (True, ""))
         monkeypatch.setattr(kernels, "self_check", lambda device: "the forward kernel differs")

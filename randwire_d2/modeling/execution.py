@@ -27,7 +27,8 @@ This module executes the same parameters, keys and function from a plan made onc
   `recompute_convs=True` the depthwise conv is recomputed too (one activation per node); the
   last convolution is never recomputed.
 
-- Fused kernels (`execution="triton"`, and `"fast"` on CUDA where Triton works): a node whose
+- Fused kernels (`execution="triton"`, and `"fast"` on CUDA where Triton works; `"eager"` is the
+  fast execution without them): a node whose
   op is the separable conv runs its aggregation, ReLU and depthwise conv as one Triton kernel
   (`kernels.py`), in inference the 1x1 conv and folded norm too; other nodes run as above.
   Which one runs is logged once per process and device.
@@ -58,7 +59,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Stage execution modes, selected by MODEL.RANDWIRE.EXECUTION.
-EXECUTIONS = ("fast", "reference", "triton")
+EXECUTIONS = ("fast", "reference", "triton", "eager")
 
 STAGE_INPUT = -1
 
@@ -115,6 +116,7 @@ class NodeSpec:
             and last.padding_mode == "zeros"
         )
         self.kernel_stride = _separable_stride(self.layers) if self.relu_first else None
+        self.cache = {}  # no-grad constants (see `_constant`)
 
     @property
     def fused(self) -> bool:
@@ -439,7 +441,7 @@ def uses_kernels(execution: str, device: torch.device) -> bool:
     """Whether wired stages with `execution` run the Triton node kernels on `device`; says once
     per (execution, device) in the log which execution runs and why. `"triton"` where the
     kernels cannot run is an error naming the reason."""
-    if execution == "reference":
+    if execution in ("reference", "eager"):
         return False
     key = (execution, str(device))
     if key in _CHOICES:
@@ -553,8 +555,7 @@ def _node_forward(stage, node, spec: NodeSpec, inputs, recon, removed, lean, sha
     fold = stage.fold_norms and spec.foldable and not _uses_batch_stats(norm)
     last = spec.layers[-1]
     if fold:
-        a, b = _affine_of_norm(norm)
-        folded = (last.weight * a.to(last.weight.dtype).view(-1, 1, 1, 1), b.to(last.weight.dtype))
+        folded = _folded(spec, norm, last)
     if lean:
         layers = [_Layer(l) for l in spec.layers[:-1]]
         layers.append(_Layer(last, folded if fold else None))
@@ -571,7 +572,8 @@ def _node_forward(stage, node, spec: NodeSpec, inputs, recon, removed, lean, sha
         elif torch.is_grad_enabled():
             r = _AggregateReLU.apply(weight, removed, *inputs)
         else:
-            r = _aggregate(inputs, _coefficients(weight, removed)).relu_()
+            c = _constant(spec, "c", (weight,), lambda: _coefficients(weight, removed), removed)
+            r = _aggregate(inputs, c).relu_()
         z = r
         for layer in spec.layers[:-1]:
             z = layer(z)
@@ -604,12 +606,13 @@ def _kernel_node_forward(stage, node, spec: NodeSpec, inputs, removed):
     dw, pw = spec.layers
     norm = spec.norm
     x = inputs[0]
-    if node.weight is None:
-        c = torch.ones(1, device=x.device, dtype=torch.float32)
-    else:
-        c = torch.sigmoid(node.weight)
-        if removed is not None:  # the removed edge's coefficient is 0 (and so its gradient)
-            c = c * (torch.arange(len(c), device=c.device) != removed).to(c.dtype)
+    c = _constant(  # dw.weight: where the model lives when the node has no edge weights
+        spec,
+        "kc",
+        (node.weight, dw.weight),
+        lambda: _kernel_coefficients(node, x, removed),
+        removed,
+    )
     dtype = inputs[0].dtype
     for t in inputs[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -623,10 +626,7 @@ def _kernel_node_forward(stage, node, spec: NodeSpec, inputs, removed):
         inputs = inputs[:k] + [tail]
         c = torch.cat([c[:k], c.new_ones(1)])
     fold = stage.fold_norms and spec.foldable and not _uses_batch_stats(norm)
-    weight, bias = pw.weight, None
-    if fold:
-        a, b = _affine_of_norm(norm)
-        weight, bias = pw.weight * a.to(pw.weight.dtype).view(-1, 1, 1, 1), b
+    weight, bias = _folded(spec, norm, pw) if fold else (pw.weight, None)
     stride = spec.kernel_stride
     if not torch.is_grad_enabled():
         z = kernels.agg_relu_dw_pw(inputs, c, dw.weight.contiguous(), weight, bias, stride)
@@ -634,6 +634,47 @@ def _kernel_node_forward(stage, node, spec: NodeSpec, inputs, removed):
         d = kernels.agg_relu_dw(inputs, c, dw.weight.contiguous(), stride)
         z = F.conv2d(d, weight.to(d.dtype), None if bias is None else bias.to(d.dtype))
     return z if fold else norm(z)
+
+
+def _kernel_coefficients(node, x, removed):
+    """sigmoid(w), 0 on the removed edge (and so no gradient there); 1 for a single input."""
+    if node.weight is None:
+        return torch.ones(1, device=x.device, dtype=torch.float32)
+    c = torch.sigmoid(node.weight)
+    if removed is not None:
+        c = c * (torch.arange(len(c), device=c.device) != removed).to(c.dtype)
+    return c
+
+
+def _folded(spec: NodeSpec, norm, conv):
+    """(a * W, b) of an affine norm a * z + b folded into the conv before it."""
+
+    def fold():
+        a, b = _affine_of_norm(norm)
+        w = conv.weight
+        return w * a.to(w.dtype).view(-1, 1, 1, 1), b.to(w.dtype)
+
+    return _constant(
+        spec, "fold", [conv.weight] + list(norm.parameters()) + list(norm.buffers()), fold
+    )
+
+
+def _constant(spec: NodeSpec, name: str, tensors, make, removed=None):
+    """make(), computed once while `tensors` are unchanged (same objects, storage, version,
+    dtype and device) when no autograd graph is built: in eval, a node's coefficients and
+    folded weights cost no kernel launches of their own. Training calls clear the cache."""
+    if torch.is_grad_enabled() or removed is not None:
+        spec.cache.clear()
+        return make()
+    key = tuple(
+        (id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors if t is not None
+    )
+    hit = spec.cache.get(name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = make()
+    spec.cache[name] = (key, value)
+    return value
 
 
 def _is_channels_last(t: torch.Tensor) -> bool:

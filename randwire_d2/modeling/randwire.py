@@ -210,7 +210,8 @@ class RandWire(Backbone):
             execution: how wired stages run: "fast" (the same function from a plan with fused
                 aggregation, see `execution.py`; on CUDA with a working Triton, the fused node
                 kernels of `kernels.py`), "triton" (those kernels, an error where they cannot
-                run) or "reference" (the plain per-node loop).
+                run), "eager" ("fast" without the kernels) or "reference" (the plain per-node
+                loop).
             memory_efficient: in training, store two activations per node instead of four and
                 recompute the aggregation and ReLU in backward (fast execution only).
             recompute_convs: with memory_efficient, recompute the depthwise conv as well (one
