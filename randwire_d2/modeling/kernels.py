@@ -92,9 +92,24 @@ def _aggregate(
 
 @_jit
 def _coef(COEF, i: tl.constexpr, K: tl.constexpr):
-    if i < K:
-        return tl.load(COEF + i).to(tl.float32)
-    return 0.0
+    # slot i >= K is never used (every use is guarded by K): load a valid element anyway, so
+    # both cases are the same float32 scalar
+    return tl.load(COEF + (i % K)).to(tl.float32)
+
+
+@_jit
+def _coefs(COEF, K: tl.constexpr):
+    """The K coefficients as float32 scalars (0 in the unused slots)."""
+    return (
+        _coef(COEF, 0, K),
+        _coef(COEF, 1, K),
+        _coef(COEF, 2, K),
+        _coef(COEF, 3, K),
+        _coef(COEF, 4, K),
+        _coef(COEF, 5, K),
+        _coef(COEF, 6, K),
+        _coef(COEF, 7, K),
+    )
 
 
 @_jit
@@ -139,14 +154,7 @@ def _agg_relu_dw_fwd_kernel(
     cm = ch < C
     oh = p // OW
     ow = p % OW
-    c0 = _coef(COEF, 0, K)
-    c1 = _coef(COEF, 1, K)
-    c2 = _coef(COEF, 2, K)
-    c3 = _coef(COEF, 3, K)
-    c4 = _coef(COEF, 4, K)
-    c5 = _coef(COEF, 5, K)
-    c6 = _coef(COEF, 6, K)
-    c7 = _coef(COEF, 7, K)
+    c0, c1, c2, c3, c4, c5, c6, c7 = _coefs(COEF, K)
     acc = _depthwise_tile(
         X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, W,
         n, ch, cm, oh, ow, pm, H, Wd, sxn, sxc, sxh, sxw, K, STRIDE, BLOCK_P, BLOCK_C,
@@ -199,14 +207,7 @@ def _agg_relu_dw_bwd_kernel(
         + ch[None, :].to(tl.int64) * sxc
         + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[:, None]
     )
-    c0 = _coef(COEF, 0, K)
-    c1 = _coef(COEF, 1, K)
-    c2 = _coef(COEF, 2, K)
-    c3 = _coef(COEF, 3, K)
-    c4 = _coef(COEF, 4, K)
-    c5 = _coef(COEF, 5, K)
-    c6 = _coef(COEF, 6, K)
-    c7 = _coef(COEF, 7, K)
+    c0, c1, c2, c3, c4, c5, c6, c7 = _coefs(COEF, K)
     s = _aggregate(X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, off, m, K)
     r = tl.maximum(s, 0.0).to(X0.dtype.element_ty).to(tl.float32)
     g_r = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
@@ -265,14 +266,7 @@ def _agg_relu_dw_pw_kernel(
     com = co < CO
     oh = p // OW
     ow = p % OW
-    c0 = _coef(COEF, 0, K)
-    c1 = _coef(COEF, 1, K)
-    c2 = _coef(COEF, 2, K)
-    c3 = _coef(COEF, 3, K)
-    c4 = _coef(COEF, 4, K)
-    c5 = _coef(COEF, 5, K)
-    c6 = _coef(COEF, 6, K)
-    c7 = _coef(COEF, 7, K)
+    c0, c1, c2, c3, c4, c5, c6, c7 = _coefs(COEF, K)
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
     for ci0 in range(0, CI, BLOCK_CI):
         ch = ci0 + tl.arange(0, BLOCK_CI)
