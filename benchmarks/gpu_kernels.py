@@ -337,7 +337,7 @@ def markdown(result) -> str:
     lines += [
         f"Kernel correctness: {ck['cases']} cases, max relative error {ck['max_rel_err']:.2e} "
         f"({'ok' if ck['ok'] else 'FAILED'}, tolerance {result['tolerance']})",
-        f"{model} triton vs reference (bf16 autocast): eval logits {cm['eval_logits']:.2e}, training "
+        f"{model} triton vs reference ({'fp32' if DRY else 'bf16 autocast'}): eval logits {cm['eval_logits']:.2e}, training "
         f"gradients {cm['train_gradients']:.2e} ({'ok' if cm['ok'] else 'FAILED'})",
         f"Copy bandwidth: {result['copy_gb_s']:.0f} GB/s",
         "",
