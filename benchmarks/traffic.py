@@ -18,7 +18,6 @@ too) and counts, per image (totals divided by --batch), at three granularities:
             inputs + outputs, kernels = their number.
     fused   the eager rule on the model with MODEL.RANDWIRE.EXECUTION "triton", where each
             `torch.ops.randwire.*` op is one Triton kernel (inputs + outputs counted once).
-            Computed only when the installed randwire_d2 has that execution.
 
 Inference: model.eval(), torch.no_grad(), one forward after an uncounted one (the steady state:
 the fast executions compute a node's coefficients and folded norm once, not per forward).
@@ -63,6 +62,7 @@ from torch.utils._pytree import tree_flatten
 
 from randwire_d2.complexity import Logits
 from randwire_d2.config import load_config
+from randwire_d2.modeling.execution import EXECUTIONS
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DEFAULT_CONFIG = "configs/imagenet/randwire_ws_c109_regular.yaml"
@@ -289,17 +289,6 @@ def resnet50(device: str = "meta") -> torch.nn.Module:
         return torchvision.models.resnet50()
 
 
-def executions():
-    from randwire_d2.modeling.execution import EXECUTIONS
-
-    return EXECUTIONS
-
-
-def triton_available() -> bool:
-    """Whether this version has MODEL.RANDWIRE.EXECUTION "triton" (the fused column)."""
-    return "triton" in executions()
-
-
 # (row label, training step?, granularity)
 ROWS = [
     ("inference, eager (every op reads its inputs, writes its outputs)", False, "eager"),
@@ -309,7 +298,6 @@ ROWS = [
     ("training step, conv granularity", True, "conv"),
     ("training step, fused", True, "fused"),
 ]
-NO_FUSED = "n/a (no triton execution in this version)"
 
 
 def measure(args) -> List[Dict]:
@@ -324,10 +312,6 @@ def measure(args) -> List[Dict]:
     rows = []
     for label, train, granularity in ROWS:
         row = {"row": label, "train": train, "granularity": granularity}
-        if granularity == "fused" and not triton_available():
-            row["randwire"] = row["r50"] = NO_FUSED
-            rows.append(row)
-            continue
         execution = "triton" if granularity == "fused" else args.execution
         rw = randwire_model(args.config, execution, args.device)
         row["randwire"] = traffic(rw, train=train, granularity=granularity, **opts)
@@ -339,8 +323,6 @@ def measure(args) -> List[Dict]:
 
 
 def _cell(r) -> str:
-    if isinstance(r, str):
-        return r
     per_image = r["kernels_per_image"]
     return (
         f"{r['bytes_per_image'] / MB:.0f} MB, {r['kernels_per_step']} kernels ({per_image:.0f}/img)"
@@ -353,11 +335,8 @@ def table(rows: List[Dict], name: str) -> str:
         "|---|---|---|---|",
     ]
     for row in rows:
-        ratio = f"{row['ratio']:.2f}" if "ratio" in row else "n/a"
         r50 = _cell(row["r50"]) + (" (eager)" if row["granularity"] == "fused" else "")
-        if isinstance(row["r50"], str):
-            r50 = "n/a"
-        lines.append(f"| {row['row']} | {_cell(row['randwire'])} | {r50} | {ratio} |")
+        lines.append(f"| {row['row']} | {_cell(row['randwire'])} | {r50} | {row['ratio']:.2f} |")
     return "\n".join(lines)
 
 
@@ -369,7 +348,7 @@ def main(argv=None):
     p.add_argument(
         "--execution",
         default=None,
-        choices=[e for e in executions() if e != "triton"],
+        choices=[e for e in EXECUTIONS if e != "triton"],
         help="MODEL.RANDWIRE.EXECUTION of the eager and conv rows (default: the config's)",
     )
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
