@@ -234,14 +234,14 @@ def _batch_norm_with_affine(bn: nn.BatchNorm2d, z: torch.Tensor):
 # Aggregation
 
 
-def _coefficients(weight: Optional[torch.Tensor], removed: Optional[int]):
-    """sigmoid(w) with the removed edge's coefficient 0 (Sec. 4.2), detached."""
+def _coefficients(weight: Optional[torch.Tensor], removed: Optional[int], detach: bool = True):
+    """sigmoid(w) with the removed edge's coefficient 0 (Sec. 4.2, and so no gradient there),
+    detached unless `detach` is False."""
     if weight is None:
         return None
-    c = torch.sigmoid(weight.detach())
+    c = torch.sigmoid(weight.detach() if detach else weight)
     if removed is not None:
-        c = c.clone()
-        c[removed] = 0.0
+        c = c * (torch.arange(len(c), device=c.device) != removed).to(c.dtype)
     return c
 
 
@@ -616,7 +616,7 @@ def _kernel_node_forward(stage, node, spec: NodeSpec, inputs, removed):
     dtype = inputs[0].dtype
     for t in inputs[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    fmt = torch.channels_last if kernels.is_channels_last(x) else torch.contiguous_format
     inputs = [t.to(dtype=dtype).contiguous(memory_format=fmt) for t in inputs]
     if len(inputs) > kernels.MAX_SLOTS:  # the extra inputs as one slot of coefficient 1
         k = kernels.MAX_SLOTS - 1
@@ -637,13 +637,11 @@ def _kernel_node_forward(stage, node, spec: NodeSpec, inputs, removed):
 
 
 def _kernel_coefficients(node, x, removed):
-    """sigmoid(w), 0 on the removed edge (and so no gradient there); 1 for a single input."""
+    """The kernels' coefficients, with autograd: sigmoid(w) (see `_coefficients`), or 1 for a
+    node with a single input."""
     if node.weight is None:
         return torch.ones(1, device=x.device, dtype=torch.float32)
-    c = torch.sigmoid(node.weight)
-    if removed is not None:
-        c = c * (torch.arange(len(c), device=c.device) != removed).to(c.dtype)
-    return c
+    return _coefficients(node.weight, removed, detach=False)
 
 
 def _folded(spec: NodeSpec, norm, conv):
@@ -675,11 +673,3 @@ def _constant(spec: NodeSpec, name: str, tensors, make, removed=None):
     value = make()
     spec.cache[name] = (key, value)
     return value
-
-
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return (
-        t.dim() == 4
-        and not t.is_contiguous()
-        and t.is_contiguous(memory_format=torch.channels_last)
-    )

@@ -39,6 +39,7 @@ __all__ = [
     "TRITON_ERROR",
     "INTERPRET",
     "runnable",
+    "is_channels_last",
     "agg_relu_dw",
     "agg_relu_dw_backward",
     "agg_relu_dw_pw",
@@ -113,6 +114,16 @@ def _coefs(COEF, K: tl.constexpr):
 
 
 @_jit
+def _positions(H, W, BLOCK_P: tl.constexpr):
+    """This program's image n and its tile of positions (row, col) of an H x W map, with the
+    mask of those inside it (axis 0 of the grid: images x position tiles)."""
+    pid0 = tl.program_id(0)
+    tiles = tl.cdiv(H * W, BLOCK_P)
+    p = (pid0 % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return pid0 // tiles, p // W, p % W, p < H * W
+
+
+@_jit
 def _depthwise_tile(
     X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, W,
     n, ch, cm, oh, ow, pm, H, Wd, sxn, sxc, sxh, sxw,
@@ -145,15 +156,9 @@ def _agg_relu_dw_fwd_kernel(
     sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
     K: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    pid0 = tl.program_id(0)
-    npb = tl.cdiv(OH * OW, BLOCK_P)
-    n = pid0 // npb
-    p = (pid0 % npb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n, oh, ow, pm = _positions(OH, OW, BLOCK_P)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    pm = p < OH * OW
     cm = ch < C
-    oh = p // OW
-    ow = p % OW
     c0, c1, c2, c3, c4, c5, c6, c7 = _coefs(COEF, K)
     acc = _depthwise_tile(
         X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, W,
@@ -193,14 +198,9 @@ def _agg_relu_dw_bwd_kernel(
     input, and per-tile partial sums of the edge dots and of the depthwise-weight gradient."""
     pid0 = tl.program_id(0)
     pid1 = tl.program_id(1)
-    npb = tl.cdiv(H * Wd, BLOCK_P)
-    n = pid0 // npb
-    p = (pid0 % npb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n, ih, iw, pm = _positions(H, Wd, BLOCK_P)
     ch = pid1 * BLOCK_C + tl.arange(0, BLOCK_C)
-    pm = p < H * Wd
     cm = ch < C
-    ih = p // Wd
-    iw = p % Wd
     m = pm[:, None] & cm[None, :]
     off = (
         n.to(tl.int64) * sxn
@@ -257,15 +257,9 @@ def _agg_relu_dw_pw_kernel(
 ):  # fmt: skip
     """z = W' dw3x3(ReLU(sum_i c_i x_i)) + b for a tile of output positions x output channels;
     the depthwise tile of each input-channel block lives only in registers."""
-    pid0 = tl.program_id(0)
-    npb = tl.cdiv(OH * OW, BLOCK_P)
-    n = pid0 // npb
-    p = (pid0 % npb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n, oh, ow, pm = _positions(OH, OW, BLOCK_P)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    pm = p < OH * OW
     com = co < CO
-    oh = p // OW
-    ow = p % OW
     c0, c1, c2, c3, c4, c5, c6, c7 = _coefs(COEF, K)
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
     for ci0 in range(0, CI, BLOCK_CI):
@@ -325,14 +319,18 @@ def _out_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1  # 3x3, padding 1
 
 
-def _like(x: Tensor, shape) -> Tensor:
-    """A new tensor of `shape` in x's memory format (channels_last or contiguous)."""
-    cl = (
+def is_channels_last(x: Tensor) -> bool:
+    """Whether x is laid out channels_last (and not also contiguous)."""
+    return (
         x.dim() == 4
         and not x.is_contiguous()
         and x.is_contiguous(memory_format=torch.channels_last)
     )
-    fmt = torch.channels_last if cl else torch.contiguous_format
+
+
+def _like(x: Tensor, shape) -> Tensor:
+    """A new tensor of `shape` in x's memory format (channels_last or contiguous)."""
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
