@@ -9,6 +9,9 @@ here transfers to the demo detector. Image i of class c in a split is drawn from
 writes `<folder>/{train,val}/<class>/<i>.png` and `<folder>/params.json`; run again, it
 regenerates only the files that are missing. `ensure_classification_demo(PRETRAIN.DATA_ROOT)`
 does the same when the config points at the demo data (configs/demo/randwire_cls_demo.yaml).
+
+`generate_jpeg_folder` writes photo-like JPEGs of ImageNet's size and file size instead, for
+timing and testing the input pipelines (benchmarks/loader.py).
 """
 
 import argparse
@@ -16,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -30,6 +33,8 @@ __all__ = [
     "render_classification_image",
     "generate_classification_demo",
     "ensure_classification_demo",
+    "render_photo",
+    "generate_jpeg_folder",
 ]
 
 _SPLIT_IDS = {"train": 0, "val": 1}
@@ -128,6 +133,93 @@ def ensure_classification_demo(data_root: str) -> bool:
         return False
     generate_classification_demo(data_root, **DEMO_CLS_PARAMS)
     return True
+
+
+def render_photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A height x width RGB uint8 image with a photo's statistics for a JPEG coder: smooth colour
+    gradients, 4..9 antialiased shapes, blur, and grain at two scales (at 500x375, quality 90,
+    files of about 55..115 KB, mean 90 KB; ImageNet's mean is about 110 KB)."""
+    grid = rng.integers(2, 6, size=2)
+    colours = rng.uniform(0, 255, (grid[0], grid[1], 3)).astype(np.float32)
+    image = cv2.resize(colours, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(rng.integers(4, 10)):
+        colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
+        x, y = int(rng.uniform(0, width)), int(rng.uniform(0, height))
+        kind = rng.integers(3)
+        if kind == 0:
+            axes = (int(rng.uniform(4, width / 3)), int(rng.uniform(4, height / 3)))
+            angle = float(rng.uniform(0, 180))
+            cv2.ellipse(image, (x, y), axes, angle, 0, 360, colour, -1, cv2.LINE_AA)
+        elif kind == 1:
+            corner = (int(x + rng.uniform(4, width / 2)), int(y + rng.uniform(4, height / 2)))
+            cv2.rectangle(image, (x, y), corner, colour, -1, cv2.LINE_AA)
+        else:
+            end = (int(rng.uniform(0, width)), int(rng.uniform(0, height)))
+            cv2.line(image, (x, y), end, colour, int(rng.integers(2, 12)), cv2.LINE_AA)
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.8, 2.0))
+    grain = rng.normal(0, 1, (height // 4 + 1, width // 4 + 1)).astype(np.float32)
+    grain = cv2.resize(grain, (width, height), interpolation=cv2.INTER_LINEAR)
+    image += rng.uniform(8, 24) * grain[:, :, None]
+    image += rng.normal(0, rng.uniform(8, 24), (height, width, 3)).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def generate_jpeg_folder(
+    root: str,
+    num_classes: int,
+    images_per_class: int,
+    size: Tuple[int, int] = (500, 375),
+    quality: int = 90,
+    seed: int = 0,
+    splits: Sequence[str] = ("train",),
+) -> str:
+    """Write photo-like JPEGs (`render_photo`) in ImageFolder layout,
+    `<root>/<split>/class_<c>/<i>.jpg`; returns `root`. Image i of class c is drawn from
+    `numpy.random.default_rng([seed, split id, c, i])` alone. Files that exist are kept as they
+    are (whatever wrote them); each new file appears whole (written aside, then renamed).
+
+    Args:
+        root: output folder.
+        num_classes: classes per split, >= 1.
+        images_per_class: images per class and split, >= 1.
+        size: (width, height) of every image, both >= 8.
+        quality: JPEG quality, 1..100.
+        seed: dataset seed.
+        splits: a subset of ("train", "val").
+    """
+    bad = [s for s in splits if s not in _SPLIT_IDS]
+    if bad:
+        raise ValueError(f"splits {bad} are unknown: expected a subset of {sorted(_SPLIT_IDS)}")
+    if num_classes < 1 or images_per_class < 1:
+        raise ValueError(
+            f"num_classes={num_classes!r}, images_per_class={images_per_class!r} are invalid: "
+            "expected both >= 1"
+        )
+    width, height = size
+    if min(width, height) < 8:
+        raise ValueError(f"size={tuple(size)!r} is invalid: expected (width, height), both >= 8")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality={quality!r} is invalid: expected 1..100")
+    digits = len(str(num_classes - 1))
+    for split in splits:
+        for c in range(num_classes):
+            folder = os.path.join(root, split, f"class_{c:0{digits}d}")
+            os.makedirs(folder, exist_ok=True)
+            for i in range(images_per_class):
+                path = os.path.join(folder, f"{i:05d}.jpg")
+                if os.path.exists(path):
+                    continue
+                rng = np.random.default_rng([seed, _SPLIT_IDS[split], c, i])
+                image = render_photo(rng, width, height)
+                ok, data = cv2.imencode(
+                    ".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality]
+                )
+                if not ok:
+                    raise RuntimeError(f"OpenCV could not encode {path!r} as JPEG")
+                with open(path + ".tmp", "wb") as f:
+                    f.write(data.tobytes())
+                os.replace(path + ".tmp", path)
+    return root
 
 
 def main(argv=None):

@@ -132,11 +132,16 @@ class RandomResizedCropFlip:
         x0, y0 = (width - w) // 2, (height - h) // 2
         return x0, y0, x0 + w, y0 + h
 
-    def __call__(self, image: Image.Image, seed: int) -> Image.Image:
+    def draw(self, width: int, height: int, seed: int) -> Tuple[Tuple[int, int, int, int], bool]:
+        """(crop box (x0, y0, x1, y1), flip) of a width x height image for draw seed `seed`."""
         rnd = random.Random(seed)
-        box = self.crop_box(image.width, image.height, rnd)
+        box = self.crop_box(width, height, rnd)
+        return box, rnd.random() < 0.5
+
+    def __call__(self, image: Image.Image, seed: int) -> Image.Image:
+        box, flip = self.draw(image.width, image.height, seed)
         out = image.resize((self.size, self.size), Image.BILINEAR, box=box)
-        return out.transpose(Image.FLIP_LEFT_RIGHT) if rnd.random() < 0.5 else out
+        return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
 
 
 class ResizeCenterCrop:
@@ -188,15 +193,22 @@ class ImageFolderDataset(Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def _read(self, path: str, seed: Optional[int]) -> Optional[Image.Image]:
+    def _open(self, path: str):
+        """The image at `path`, decoded; a ValueError naming the file when it is unreadable."""
+        return read_rgb_image(path)
+
+    def _transform(self, image, seed: Optional[int]):
+        return self.transform(image, seed)
+
+    def _read(self, path: str, seed: Optional[int]):
         if path in self.bad_images:
             return None
         try:
-            image = read_rgb_image(path)
+            image = self._open(path)
         except ValueError as e:  # names the file: broken, too large, or of float pixels
             self.bad_images[path] = str(e)
         else:
-            return self.transform(image, seed)
+            return self._transform(image, seed)
         logging.getLogger(__name__).warning(
             f"skipping an image: {self.bad_images[path]}; bad image "
             f"{len(self.bad_images)} of at most max_bad_images={self.max_bad_images}"
@@ -208,12 +220,17 @@ class ImageFolderDataset(Dataset):
             )
         return None
 
-    def __getitem__(self, key) -> Dict:
-        index, seed = key if isinstance(key, tuple) else (key, None)
+    def _first_readable(self, index: int, seed: Optional[int]) -> Tuple[int, object]:
+        """(index, transformed image) of the first readable image from `index` on."""
         image = self._read(self.samples[index][0], seed)
         while image is None:
             index = (index + 1) % len(self)
             image = self._read(self.samples[index][0], seed)
+        return index, image
+
+    def __getitem__(self, key) -> Dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        index, image = self._first_readable(index, seed)
         array = np.asarray(image)
         if self.image_format == "BGR":
             array = array[:, :, ::-1]

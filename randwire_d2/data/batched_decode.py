@@ -1,0 +1,281 @@
+"""Training batches decoded on the device (PRETRAIN.DECODE "cuda"): workers read JPEG bytes, the
+main process decodes a whole batch at once (nvjpeg through torchvision's `decode_jpeg`) and crops,
+resizes and flips it there.
+
+The augmentation is that of the CPU path (`imagefolder.build_cls_train_loader`): the same
+`EpochBatchSampler` order, and each image's crop box and flip from `RandomResizedCropFlip.draw`
+for its draw seed, so a run resumed at iteration i sees the images and crops of the uninterrupted
+run. Pixels differ from the CPU path only by the decoder's and the resampler's rounding (PIL's
+and torch's antialiased bilinear filters are the same filter).
+
+Only baseline-readable JPEGs take the device path: a file whose header (read without decoding)
+says 8-bit RGB or grayscale, no EXIF rotation, at most MAX_IMAGE_PIXELS pixels and which ends in
+the JPEG end marker (a truncated file does not). Everything else (PNG, CMYK, 16-bit, EXIF-rotated,
+truncated) is decoded and augmented in the worker by the CPU path's own code, and unreadable files
+are replaced by the next readable one exactly as `ImageFolderDataset` does.
+"""
+
+import io
+import logging
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from . import imagefolder
+from .imagefolder import (
+    EpochBatchSampler,
+    ImageFolderDataset,
+    RandomResizedCropFlip,
+    batched_loader,
+    read_rgb_image,
+)
+
+__all__ = [
+    "resize_uint8",
+    "ImageBytesDataset",
+    "BatchDecoder",
+    "DecodeLoader",
+    "build_cls_decode_loader",
+]
+
+logger = logging.getLogger(__name__)
+
+# torchvision 0.29 warns on every call that its image codecs move to TorchCodec; the calls here
+# are the point of this module, so the note is silenced around them (and only there).
+_CODEC_NOTE = "The image decoding and encoding capabilities of TorchVision are deprecated"
+_JPEG_END = b"\xff\xd9"
+# EXIF orientations that ImageOps.exif_transpose applies (1 and missing: none).
+_ROTATED = range(2, 9)
+
+
+def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) when the device path decodes `data` as the CPU path would, else None."""
+    if not data.endswith(_JPEG_END):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                ok = (
+                    image.format == "JPEG"
+                    and image.mode in ("RGB", "L")
+                    and image.getexif().get(0x0112, 1) not in _ROTATED
+                    and image.width * image.height <= imagefolder.MAX_IMAGE_PIXELS
+                )
+                return image.size if ok else None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None  # the CPU path's read_rgb_image says why
+
+
+def _decode_jpeg(data, device):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CODEC_NOTE, category=DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def resize_uint8(image: torch.Tensor, size: int, via_float: bool) -> torch.Tensor:
+    """A CHW uint8 image resized to size x size by PIL's filter (bilinear, antialiased when
+    shrinking): torch's uint8 kernel (CPU, PIL's rounding too), or in float32 and rounded
+    (`via_float`; CUDA's antialiased kernels are floating-point only)."""
+    kwargs = dict(size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if not via_float:
+        return F.interpolate(image[None], **kwargs)[0]
+    out = F.interpolate(image[None].float(), **kwargs)[0]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class ImageBytesDataset(ImageFolderDataset):
+    """dataset[(index, seed)] -> one of
+    dict(data=1-D uint8 tensor of the JPEG file, box=(x0, y0, x1, y1), flip=bool, label, path)
+    for a JPEG the device decodes (see the module docstring), or
+    dict(image=CHW uint8 RGB tensor of size x size, label) decoded and augmented here otherwise.
+
+    Unreadable files: the next readable one, with `max_bad_images` as in ImageFolderDataset.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Tuple[str, int]],
+        transform: RandomResizedCropFlip,
+        max_bad_images: Optional[int] = None,
+    ):
+        super().__init__(samples, transform, "RGB", max_bad_images)
+
+    def _open(self, path: str):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = b""  # read_rgb_image names the error
+        size = _jpeg_size(data)
+        if size is None:
+            return read_rgb_image(path)
+        return data, size
+
+    def _transform(self, image, seed: Optional[int]) -> Dict:
+        if isinstance(image, Image.Image):
+            array = np.asarray(self.transform(image, seed))
+            return {"image": torch.from_numpy(array.copy()).permute(2, 0, 1)}
+        data, (width, height) = image
+        box, flip = self.transform.draw(width, height, seed)
+        return {
+            "data": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            "box": box,
+            "flip": flip,
+        }
+
+    def __getitem__(self, key) -> Dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        index, item = self._first_readable(index, seed)
+        path, label = self.samples[index]
+        return dict(item, label=label, path=path) if "data" in item else dict(item, label=label)
+
+
+def _check_device(device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device {device!r} is invalid: expected 'cpu' or 'cuda[:N]' ({e})"
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} is invalid: expected 'cpu' or 'cuda[:N]'")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"PRETRAIN.DECODE='cuda' decodes the training images on {str(device)!r}, but CUDA "
+                f"is not available (torch {torch.__version__}): set PRETRAIN.DECODE 'cpu' or run "
+                "on a machine with a CUDA GPU"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r} is invalid: expected cuda:0..cuda:"
+                f"{torch.cuda.device_count() - 1}"
+            )
+    return device
+
+
+class BatchDecoder:
+    """Items of ImageBytesDataset -> {"images": uint8 [B, 3, size, size] on `device` (contiguous,
+    channels in `image_format`), "labels": int64 [B] on `device`}.
+
+    JPEG bytes are decoded as one batch on `device`; when that fails, image by image, and an image
+    the device refuses is decoded by PIL (read_rgb_image, as the CPU path does) with a warning
+    naming the file, once per file. Then each is cropped to its box, resized to size x size
+    (bilinear, antialiased, as PIL) and flipped when drawn so.
+
+    Args:
+        size: side of the output images (PRETRAIN.TRAIN_CROP).
+        image_format: "RGB" or "BGR" (INPUT.FORMAT).
+        device: "cpu" (torchvision's libjpeg decoder) or "cuda[:N]" (nvjpeg).
+    """
+
+    def __init__(self, size: int, image_format: str = "RGB", device="cuda"):
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT={image_format!r} is invalid: expected 'RGB' or 'BGR'")
+        self.size, self.image_format = size, image_format
+        self.device = _check_device(device)
+        self.warned = set()  # files the device refused
+
+    def _decode_one(self, item: Dict) -> torch.Tensor:
+        try:
+            return _decode_jpeg(item["data"], self.device)
+        except RuntimeError as e:
+            error = e
+        path = item["path"]
+        if path not in self.warned:
+            self.warned.add(path)
+            logger.warning(
+                f"{self.device.type} decode_jpeg refuses image {path!r} "
+                f"({str(error).splitlines()[-1]}): decoding it with PIL on the CPU"
+            )
+        try:
+            array = np.asarray(read_rgb_image(path))
+        except ValueError as e:  # the worker read its header; the data is broken
+            raise RuntimeError(
+                f"image {path!r} passed the worker's header check but neither decode_jpeg on "
+                f"{self.device} nor PIL decodes it: {e}"
+            ) from None
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).to(self.device)
+
+    def _decode(self, items: List[Dict]) -> List[torch.Tensor]:
+        if not items:
+            return []
+        try:
+            return _decode_jpeg([item["data"] for item in items], self.device)
+        except RuntimeError:  # the batched call returns nothing when one image fails
+            return [self._decode_one(item) for item in items]
+
+    def _crop_resize_flip(self, image: torch.Tensor, box, flip: bool) -> torch.Tensor:
+        x0, y0, x1, y1 = box
+        out = resize_uint8(image[:, y0:y1, x0:x1], self.size, via_float=image.device.type != "cpu")
+        return out.flip(-1) if flip else out
+
+    def __call__(self, items: List[Dict]) -> Dict[str, torch.Tensor]:
+        images = torch.empty(
+            (len(items), 3, self.size, self.size), dtype=torch.uint8, device=self.device
+        )
+        jpegs = [k for k, item in enumerate(items) if "data" in item]
+        for k, image in zip(jpegs, self._decode([items[k] for k in jpegs])):
+            images[k] = self._crop_resize_flip(image, items[k]["box"], items[k]["flip"])
+        for k, item in enumerate(items):
+            if "image" in item:  # decoded and augmented in the worker; pinned when on CUDA
+                images[k].copy_(item["image"], non_blocking=True)
+        labels = torch.tensor([item["label"] for item in items], dtype=torch.int64)
+        if self.device.type == "cuda":
+            labels = labels.pin_memory().to(self.device, non_blocking=True)
+        if self.image_format == "BGR":
+            images = images.flip(1)
+        return {"images": images, "labels": labels}
+
+
+class DecodeLoader:
+    """Iterating yields BatchDecoder(batch) for each batch of items that `loader` yields."""
+
+    def __init__(self, loader, decoder: BatchDecoder):
+        self.loader, self.decoder = loader, decoder
+
+    def __iter__(self):
+        for items in self.loader:
+            yield self.decoder(items)
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def build_cls_decode_loader(
+    samples,
+    *,
+    crop: int,
+    crop_scale,
+    global_batch: int,
+    seed: int,
+    start_iter: int,
+    max_iter: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 4,
+    image_format: str = "RGB",
+    device,
+) -> DecodeLoader:
+    """Training batches ({"images": uint8 [B, 3, crop, crop], "labels": int64 [B]}, both on
+    `device`) of iterations start_iter..max_iter - 1: the images and draws of
+    build_cls_train_loader with the same arguments, decoded on `device`."""
+    decoder = BatchDecoder(crop, image_format, device)
+    dataset = ImageBytesDataset(samples, RandomResizedCropFlip(crop, crop_scale))
+    sampler = EpochBatchSampler(
+        len(dataset),
+        global_batch,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        start_iter=start_iter,
+        max_iter=max_iter,
+    )
+    pin_memory = decoder.device.type == "cuda"
+    return DecodeLoader(batched_loader(dataset, sampler, num_workers, pin_memory), decoder)
