@@ -76,8 +76,11 @@ def add_randwire_config(cfg):
     _C.MODEL.RANDWIRE.MEMORY_EFFICIENT = False
     # With MEMORY_EFFICIENT, also recompute the depthwise conv: one activation per node.
     _C.MODEL.RANDWIRE.RECOMPUTE_CONVS = False
-    # torch.compile the trunk with this mode ("default", "reduce-overhead" = CUDA graphs,
-    # "max-autotune", ...); "" runs it eagerly. State-dict keys are unchanged.
+    # Regional torch.compile of the wired stages: "" (eager), "node" (each node one compiled
+    # region, shared by the nodes of the same shape: a few dozen small graphs, so warm-up takes
+    # minutes at most, not the whole trunk's) or "stage" (each stage one graph: more fusion, a
+    # longer warm-up). Compiled stages run the per-node loop under the compiler instead of
+    # EXECUTION's fast path. State-dict keys are unchanged.
     _C.MODEL.RANDWIRE.COMPILE = ""
 
     _C.MODEL.CLASSIFIER = CN()
@@ -113,8 +116,19 @@ def add_randwire_config(cfg):
     _C.PRETRAIN.EVAL_PERIOD_EPOCHS = 10.0
     # Mixed precision dtype on GPU when SOLVER.AMP.ENABLED: "bfloat16" or "float16".
     _C.PRETRAIN.AMP_DTYPE = "bfloat16"
-    # Train and evaluate in the channels_last memory format (faster convolutions on GPU).
+    # Train and evaluate in the channels_last memory format. Off by default: no GPU measurement
+    # of this code has yet chosen a layout (benchmarks/layouts.py measures NCHW against
+    # channels_last per dtype; channels_last sends depthwise convs to cuDNN, NCHW bf16 to
+    # PyTorch's own kernels, and which wins depends on the GPU).
     _C.PRETRAIN.CHANNELS_LAST = False
+    # Capture the training step (forward, loss, backward, SGD step) in a CUDA graph once, after
+    # a few eager steps, and replay it: one launch per step instead of thousands (CUDA only;
+    # fixed batch shapes, float32 or bfloat16 AMP; float16's GradScaler is refused).
+    _C.PRETRAIN.CUDA_GRAPHS = False
+    # Where training JPEGs are decoded and augmented: "cpu" (PIL in the data loader workers) or
+    # "cuda" (workers read the file bytes; batched nvJPEG decode, crop, resize and flip on the
+    # GPU, with the same crops and flips as "cpu"; other files are decoded by the workers).
+    _C.PRETRAIN.DECODE = "cpu"
     return cfg
 
 

@@ -26,6 +26,7 @@ from randwire_d2.data.cls_demo import ensure_classification_demo
 from randwire_d2.engine import (
     ClassificationTrainer,
     argument_parser,
+    check_gpu_keys,
     claim_output_dir,
     describe_schedule,
     evaluate_checkpoint,
@@ -56,6 +57,7 @@ def setup(args, world_size=None):
     cfg = load_config(args.config_file, args.opts, False, args.allow_unsafe_config)
     resolve_device(cfg)
     check_amp_dtype(cfg)
+    check_gpu_keys(cfg, runnable=not args.dry_run)
     root = cfg.PRETRAIN.DATA_ROOT
     if comm.is_main_process():
         ensure_classification_demo(root)  # the embedded demo data is generated on demand

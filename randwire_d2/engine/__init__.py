@@ -6,10 +6,11 @@ hooks.py           hooks and the progress printer
 schedule.py        pretraining epochs resolved into SOLVER.*
 evaluation.py      top-k accuracy
 classification.py  ClassificationTrainer (tools/train_cls.py)
+cuda_graphs.py     the classification step captured in a CUDA graph (PRETRAIN.CUDA_GRAPHS)
 detection.py       Trainer (tools/train_net.py), detection pictures
 """
 
-from .classification import ClassificationTrainer, evaluate_checkpoint
+from .classification import ClassificationTrainer, check_gpu_keys, evaluate_checkpoint
 from .detection import Trainer, draw_detections
 from .launch import argument_parser, launch
 from .schedule import describe_schedule, resolve_schedule

@@ -21,11 +21,37 @@ from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from ..checkpoint import RandWireCheckpointer
 from ..data.checks import check_image_folder
 from ..data.imagefolder import build_cls_test_loader, build_cls_train_loader
+from .cuda_graphs import GraphedStepTrainer, check_cuda_graphs
 from .evaluation import ClassificationEvaluator
 from .hooks import ProgressPrinter
 from .trainer import RandWireTrainer, broadcast_buffers, check_amp_dtype
 
-__all__ = ["ClassList", "ClassificationTrainer", "evaluate_checkpoint"]
+__all__ = ["ClassList", "ClassificationTrainer", "evaluate_checkpoint", "check_gpu_keys"]
+
+# Where PRETRAIN.DECODE decodes and augments the training images.
+DECODES = ("cpu", "cuda")
+
+
+def check_gpu_keys(cfg, runnable: bool = True) -> None:
+    """PRETRAIN.DECODE and PRETRAIN.CUDA_GRAPHS valid and, when `runnable`, able to run with
+    MODEL.DEVICE on this machine: refused before anything is built."""
+    if cfg.PRETRAIN.DECODE not in DECODES:
+        raise ValueError(
+            f"PRETRAIN.DECODE={cfg.PRETRAIN.DECODE!r} is invalid: expected one of {list(DECODES)}"
+        )
+    if not runnable:
+        return
+    device = cfg.MODEL.DEVICE
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    if cfg.PRETRAIN.DECODE == "cuda" and not cuda:
+        raise ValueError(
+            f"PRETRAIN.DECODE='cuda' needs CUDA, but the model runs on {device!r}"
+            f"{'' if torch.cuda.is_available() else ' (CUDA is not available)'}: set "
+            "PRETRAIN.DECODE 'cpu'"
+        )
+    if cfg.PRETRAIN.CUDA_GRAPHS:
+        fp16 = cfg.SOLVER.AMP.ENABLED and cfg.PRETRAIN.AMP_DTYPE == "float16"
+        check_cuda_graphs(device if cuda else "cpu", torch.float16 if fp16 else None)
 
 
 class ClassList:
@@ -60,6 +86,7 @@ class ClassificationTrainer(RandWireTrainer):
     def prepare(self, cfg):
         if cfg.SEED < 0:
             raise ValueError(f"SEED={cfg.SEED} is invalid: expected >= 0 (the data order uses it)")
+        check_gpu_keys(cfg)
         # Both splits are checked now, not at the first evaluation hours later.
         splits = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("train", "val"))
         self.classes, samples = splits["train"]
@@ -69,6 +96,12 @@ class ClassificationTrainer(RandWireTrainer):
 
     def amp_dtype(self, cfg):
         return check_amp_dtype(cfg)
+
+    def build_step_trainer(self, cfg, model, data_loader, optimizer, amp_dtype):
+        if not cfg.PRETRAIN.CUDA_GRAPHS:
+            return super().build_step_trainer(cfg, model, data_loader, optimizer, amp_dtype)
+        check_cuda_graphs(str(next(model.parameters()).device), amp_dtype)
+        return GraphedStepTrainer(model, data_loader, optimizer, amp_dtype)
 
     def checkpointables(self):
         return {"classes": ClassList(self.classes)}
@@ -87,8 +120,13 @@ class ClassificationTrainer(RandWireTrainer):
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed=None):
         _, samples = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("train",))["train"]
+        build, where = build_cls_train_loader, {"pin_memory": torch.cuda.is_available()}
+        if cfg.PRETRAIN.DECODE == "cuda":  # workers read bytes; batches decode on the GPU
+            from ..data.batched_decode import build_cls_decode_loader as build
+
+            where = {"device": cfg.MODEL.DEVICE}
         # fmt: off
-        return build_cls_train_loader(
+        return build(
             samples,
             crop         = cfg.PRETRAIN.TRAIN_CROP,
             crop_scale   = cfg.PRETRAIN.TRAIN_CROP_SCALE,
@@ -100,7 +138,7 @@ class ClassificationTrainer(RandWireTrainer):
             world_size   = comm.get_world_size(),
             num_workers  = cfg.DATALOADER.NUM_WORKERS,
             image_format = cfg.INPUT.FORMAT,
-            pin_memory   = torch.cuda.is_available(),
+            **where,
         )
         # fmt: on
 

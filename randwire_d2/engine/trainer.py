@@ -327,7 +327,7 @@ class RandWireTrainer(DefaultTrainer):
         if cfg.SOLVER.AMP.ENABLED and not on_cuda:
             logger.warning("SOLVER.AMP.ENABLED needs CUDA: training in float32 on CPU")
         amp_dtype = self.amp_dtype(cfg) if cfg.SOLVER.AMP.ENABLED and on_cuda else None
-        self._trainer = step_trainer(model, data_loader, optimizer, amp_dtype)
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer, amp_dtype)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = build_checkpointer(
             model,
@@ -348,6 +348,10 @@ class RandWireTrainer(DefaultTrainer):
 
     def amp_dtype(self, cfg) -> torch.dtype:
         return torch.float16
+
+    def build_step_trainer(self, cfg, model, data_loader, optimizer, amp_dtype):
+        """The trainer of one iteration (`step_trainer`; a task may capture it in a graph)."""
+        return step_trainer(model, data_loader, optimizer, amp_dtype)
 
     def checkpointables(self) -> dict:
         return {}

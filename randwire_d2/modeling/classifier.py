@@ -39,8 +39,10 @@ class RandWireClassifier(nn.Module):
     """Image classifier: logits = head(backbone(image)[last stage]).
 
     Takes Detectron2's `list[dict]` inputs: "image" (CHW tensor in INPUT.FORMAT, 0-255) and, in
-    training, "label" (class index). Training returns {"loss_cls"}; eval returns one dict per
-    image with "scores" (class probabilities).
+    training, "label" (class index); or a batch already stacked, {"images": NCHW tensor,
+    "labels": int tensor} (the GPU decode's batches, the CUDA-graph step's static buffers).
+    Training returns {"loss_cls"}; eval returns one dict per image with "scores" (class
+    probabilities).
     """
 
     @configurable
@@ -85,16 +87,25 @@ class RandWireClassifier(nn.Module):
         features = self.backbone(images)
         return self.head(features[self.backbone._out_features[-1]])
 
-    def preprocess_image(self, batched_inputs: List[Dict]) -> torch.Tensor:
+    def preprocess_image(self, batched_inputs) -> torch.Tensor:
+        """The normalized NCHW batch of `batched_inputs` (a list of dicts or a stacked batch)."""
+        if isinstance(batched_inputs, dict):
+            images = batched_inputs["images"].to(self.device, non_blocking=True)
+            return (images - self.pixel_mean) / self.pixel_std
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
         ]
         return ImageList.from_tensors(images).tensor
 
-    def forward(self, batched_inputs: List[Dict]):
+    def labels(self, batched_inputs) -> torch.Tensor:
+        if isinstance(batched_inputs, dict):
+            return batched_inputs["labels"].to(self.device, non_blocking=True)
+        return torch.as_tensor([x["label"] for x in batched_inputs], device=self.device)
+
+    def forward(self, batched_inputs):
         logits = self.logits(self.preprocess_image(batched_inputs))
         if self.training:
-            labels = torch.as_tensor([x["label"] for x in batched_inputs], device=logits.device)
+            labels = self.labels(batched_inputs)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
             return {"loss_cls": loss}
         return [{"scores": s} for s in logits.softmax(dim=1)]

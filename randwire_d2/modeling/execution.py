@@ -54,6 +54,7 @@ __all__ = [
     "fast_stage_forward",
     "execution_mode",
     "uses_kernels",
+    "removal_at",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,13 +235,27 @@ def _batch_norm_with_affine(bn: nn.BatchNorm2d, z: torch.Tensor):
 # Aggregation
 
 
-def _coefficients(weight: Optional[torch.Tensor], removed: Optional[int], detach: bool = True):
+def removal_at(removed_edge, v: int):
+    """Node v's share of a stage's edge removal `removed_edge`: None (no removal), (node, input
+    position) of the removed edge, or {node: keep mask} (RandWire.use_edge_masks). Returns
+    None, the removed input position, or the node's keep mask."""
+    if removed_edge is None:
+        return None
+    if isinstance(removed_edge, dict):
+        return removed_edge.get(v)
+    return removed_edge[1] if removed_edge[0] == v else None
+
+
+def _coefficients(weight: Optional[torch.Tensor], removed, detach: bool = True):
     """sigmoid(w) with the removed edge's coefficient 0 (Sec. 4.2, and so no gradient there),
-    detached unless `detach` is False."""
+    detached unless `detach` is False. `removed`: None, the removed input position, or a keep
+    mask (1 per input, 0 on the removed edge)."""
     if weight is None:
         return None
     c = torch.sigmoid(weight.detach() if detach else weight)
-    if removed is not None:
+    if isinstance(removed, torch.Tensor):
+        c = c * removed.to(c.dtype)
+    elif removed is not None:
         c = c * (torch.arange(len(c), device=c.device) != removed).to(c.dtype)
     return c
 
@@ -513,7 +528,7 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
     for v, node in enumerate(stage.nodes):
         spec: NodeSpec = specs[v]
         src = plan.sources[v]
-        removed = removed_edge[1] if removed_edge is not None and removed_edge[0] == v else None
+        removed = removal_at(removed_edge, v)
         if src[0] == STAGE_INPUT:
             inputs = [x]
         else:

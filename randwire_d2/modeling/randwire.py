@@ -10,6 +10,7 @@ Deviations from the paper, all deliberate:
   edge, so every parameter stays in the autograd graph (DistributedDataParallel needs it).
 """
 
+import logging
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..config import generator_params
 from ..graphs import NetworkWiring, StageWiring, sample_stages
-from .execution import EXECUTIONS, NodeSpec, StagePlan, fast_stage_forward
+from .execution import EXECUTIONS, NodeSpec, StagePlan, fast_stage_forward, removal_at
 from .ops import build_node_op, norm_layer
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "wiring_from_cfg",
     "build_randwire_backbone",
     "WiringMismatchError",
+    "COMPILE_REGIONS",
 ]
 
 # Per regime: (stage name, node count as a multiple of N, channels as a multiple of C); stage
@@ -43,6 +45,12 @@ REGIMES = {
     "regular": [("conv2", 0.5, 1), ("conv3", 1.0, 2), ("conv4", 1.0, 4), ("conv5", 1.0, 8)],
 }
 STAGE_STRIDES = {"conv1": 2, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
+# What MODEL.RANDWIRE.COMPILE compiles: nothing, each node (regional: nodes of the same shape
+# share one compiled graph), or each wired stage as one graph.
+COMPILE_REGIONS = ("", "node", "stage")
+# The torch.compile backend of those regions (tests trace with "aot_eager": no code generation).
+COMPILE_BACKEND = "inductor"
+logger = logging.getLogger(__name__)
 
 
 def check_execution(execution: str) -> str:
@@ -87,12 +95,16 @@ class Node(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_inputs)) if num_inputs > 1 else None
         self.transform = build_node_op(op, in_channels, out_channels, stride, norm)
 
-    def forward(self, inputs: Sequence[torch.Tensor], removed: Optional[int] = None):
+    def forward(self, inputs: Sequence[torch.Tensor], removed=None):
+        """`removed`: None, the input position of the removed edge, or a keep mask (1 per input,
+        0 on the removed edge; see RandWire.use_edge_masks)."""
         if self.weight is None:
             x = inputs[0]
         else:
             w = torch.sigmoid(self.weight)
-            if removed is not None:
+            if isinstance(removed, torch.Tensor):
+                w = w * removed.to(w.dtype)
+            elif removed is not None:
                 keep = torch.ones_like(w)
                 keep[removed] = 0.0
                 w = w * keep
@@ -141,6 +153,9 @@ class WiredStage(nn.Module):
         )
         self.plan = StagePlan(self.preds, self.outputs)
         self._specs = None
+        # Set by RandWire.compile_regions: the stage runs the per-node loop (compiled nodes, or
+        # compiled as a whole) instead of the fast execution.
+        self.compiled = ""
 
     @property
     def specs(self) -> List[NodeSpec]:
@@ -158,19 +173,20 @@ class WiredStage(nn.Module):
         """Edges whose target node has input degree > 1, as (target node, input position)."""
         return [(v, i) for v, p in enumerate(self.preds) if len(p) > 1 for i in range(len(p))]
 
-    def forward(self, x, removed_edge: Optional[Tuple[int, int]] = None):
-        if self.execution != "reference":
+    def forward(self, x, removed_edge=None):
+        """`removed_edge`: None, the removed edge as (node, input position), or {node: keep
+        mask} (see RandWire.use_edge_masks)."""
+        if self.execution != "reference" and not self.compiled:
             return fast_stage_forward(self, x, removed_edge)
         return self.forward_reference(x, removed_edge)
 
-    def forward_reference(self, x, removed_edge: Optional[Tuple[int, int]] = None):
+    def forward_reference(self, x, removed_edge=None):
         """The per-node loop of Fig. 2 as written: the ground truth of the fast execution."""
         out: Dict[int, torch.Tensor] = {}
         # Labels are a topological order: every edge goes from a smaller to a larger label.
         for v, node in enumerate(self.nodes):
             preds = self.preds[v]
-            removed = removed_edge[1] if removed_edge and removed_edge[0] == v else None
-            out[v] = node([out[u] for u in preds] if preds else [x], removed)
+            out[v] = node([out[u] for u in preds] if preds else [x], removal_at(removed_edge, v))
         return sum(out[v] for v in self.outputs) / len(self.outputs)
 
 
@@ -320,13 +336,115 @@ class RandWire(Backbone):
             return None
         return candidates[min(int(pick * len(candidates)), len(candidates) - 1)]
 
-    def forward(self, x):
+    def compile_regions(self, regions: str, backend: Optional[str] = None) -> "RandWire":
+        """Regional `torch.compile` (MODEL.RANDWIRE.COMPILE), in place: state-dict keys unchanged.
+
+        "node": every node (aggregation, ReLU, op, norm) is compiled as its own region, and nodes
+        of the same shapes (in-degree, channels, stride, input size) share one compiled graph,
+        so warm-up compiles a few dozen small graphs rather than the whole trunk. "stage": every
+        wired stage is one graph (more fusion across nodes, a longer warm-up). The wired stages
+        then run the per-node loop under the compiler instead of the fast execution; edge
+        removal reaches the nodes as device masks (`use_edge_masks`). Other stages stay eager.
+        """
+        if regions not in COMPILE_REGIONS:
+            raise ValueError(
+                f"MODEL.RANDWIRE.COMPILE={regions!r} is unknown: expected one of "
+                f"{list(COMPILE_REGIONS)} ('' = eager, 'node' = each node a compiled region "
+                "shared by nodes of the same shape, 'stage' = each wired stage one graph)"
+            )
+        if not regions:
+            return self
+        backend = backend or COMPILE_BACKEND
+        shapes = set()
+        for name, stage in self.wired_stages().items():
+            stage.compiled = regions
+            inputs = set(stage.wiring.input_nodes)
+            for v, node in enumerate(stage.nodes):
+                shapes.add((name, 1 if node.weight is None else len(node.weight), v in inputs))
+                if regions == "node":
+                    node.compile(fullgraph=True, dynamic=False, backend=backend)
+            if regions == "stage":
+                stage.compile(fullgraph=True, dynamic=False, backend=backend)
+        # Static shapes (dynamic=False): symbolic sizes gain nothing here and trip Inductor's
+        # norm lowering. Each shape compiles for training and eval, and again per input size:
+        # Dynamo's limit (8 per code object, shared by all nodes) would send the rest back to
+        # eager, with a warning, hours into a run.
+        _raise_recompile_limit(4 * len(shapes) + 8)
+        self.use_edge_masks()
+        logger.info(
+            f"MODEL.RANDWIRE.COMPILE={regions!r}: {sum(len(s.nodes) for s in self.wired_stages().values())} "
+            f"nodes in {len(shapes)} shape groups; the first training and evaluation steps "
+            "compile them (warm-up)"
+        )
+        return self
+
+    # -----------------------------------------------------------------------------------------
+    # Edge removal as device masks (compiled nodes, CUDA graphs)
+
+    def use_edge_masks(self) -> "RandWire":
+        """Give edge removal (Sec. 4.2) to the nodes as keep masks on the device instead of a
+        Python index: every node with edge weights multiplies its coefficients by its slice of
+        one buffer, `edge_keep` (ones, 0 on the removed edge), written by `draw_edge_removal`.
+        The same function and gradients; what compiled nodes need (an index would make a graph
+        per edge) and what a CUDA graph needs (an index would be frozen into it). Forward draws
+        and writes the masks itself unless `edge_masks_drawn_by_caller` (a CUDA-graph trainer
+        calls `draw_edge_removal()` before every step and replay)."""
+        slices, n = {}, 0
+        for name, stage in self.wired_stages().items():
+            for v, node in enumerate(stage.nodes):
+                if node.weight is not None:
+                    slices[(name, v)] = (n, len(node.weight))
+                    n += len(node.weight)
+        self._mask_slices = slices
+        self._mask_views = (None, None)
+        self._keep_clean = True
+        self.edge_masks_drawn_by_caller = False
+        device = self.wiring_fingerprint.device
+        self.register_buffer("edge_keep", torch.ones(n, device=device), persistent=False)
+        return self
+
+    @property
+    def uses_edge_masks(self) -> bool:
+        return getattr(self, "edge_keep", None) is not None
+
+    def draw_edge_removal(self) -> Optional[Tuple[str, Tuple[int, int]]]:
+        """Draw this minibatch's removed edge as forward does (same key, same choice) and write
+        it into `edge_keep`; returns (stage, (node, input position)) or None."""
         removed = self._sample_removed_edge()
+        if not self._keep_clean:
+            self.edge_keep.fill_(1.0)
+            self._keep_clean = True
+        if removed is not None:
+            name, (v, i) = removed
+            self.edge_keep[self._mask_slices[(name, v)][0] + i].fill_(0.0)
+            self._keep_clean = False
+        return removed
+
+    def _stage_masks(self) -> Dict[str, Dict[int, torch.Tensor]]:
+        """{stage: {node: its keep mask}}: views of `edge_keep`, made again when it moved."""
+        key, views = self._mask_views
+        if key != self.edge_keep.data_ptr():
+            views = {name: {} for name in self.wired_stages()}
+            for (name, v), (start, k) in self._mask_slices.items():
+                views[name][v] = self.edge_keep[start : start + k]
+            self._mask_views = (self.edge_keep.data_ptr(), views)
+        return views
+
+    def forward(self, x):
+        if self.uses_edge_masks and self.training:
+            if not self.edge_masks_drawn_by_caller:
+                self.draw_edge_removal()
+            masks, removed = self._stage_masks(), None
+        else:
+            masks, removed = None, self._sample_removed_edge()
         outputs = {}
         for name in self.stage_names:
             stage = getattr(self, name)
             if isinstance(stage, WiredStage):
-                x = stage(x, removed[1] if removed and removed[0] == name else None)
+                if masks is not None:
+                    x = stage(x, masks[name])
+                else:
+                    x = stage(x, removed[1] if removed and removed[0] == name else None)
             else:
                 x = stage(x)
             if name in self._out_features:
@@ -403,12 +521,37 @@ def build_randwire_backbone(cfg, input_shape: ShapeSpec):
     )
     # fmt: on
     if rw.COMPILE:
-        from torch._inductor import list_mode_options
-
-        modes = list_mode_options()
-        if rw.COMPILE not in modes:
-            raise ValueError(
-                f"COMPILE={rw.COMPILE!r} is unknown: expected '' or one of {sorted(modes)}"
-            )
-        trunk.compile(mode=rw.COMPILE)  # in place: keys stay those of the eager trunk
+        check_compile(rw.COMPILE, rw.EXECUTION, rw.MEMORY_EFFICIENT)
+        trunk.compile_regions(rw.COMPILE)
     return trunk
+
+
+def check_compile(regions: str, execution: str, memory_efficient: bool) -> None:
+    """MODEL.RANDWIRE.COMPILE with keys it would silently override: compiled stages run the
+    per-node loop under the compiler, not the fast execution's Triton kernels or lean memory."""
+    if regions and execution == "triton":
+        raise ValueError(
+            f"MODEL.RANDWIRE.COMPILE={regions!r} runs the wired stages through torch.compile, so "
+            "EXECUTION='triton' (the hand-written kernels) would not run: set COMPILE '' to use "
+            "the kernels, or EXECUTION 'fast'"
+        )
+    if regions and memory_efficient:
+        raise ValueError(
+            f"MODEL.RANDWIRE.COMPILE={regions!r} runs the wired stages through torch.compile, "
+            "which decides what to store for backward, so MEMORY_EFFICIENT=True would not "
+            "apply: set COMPILE '' or MEMORY_EFFICIENT False"
+        )
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    """Raise Dynamo's per-code-object recompile limit (named cache_size_limit before torch
+    2.6) to at least `limit`."""
+    from torch._dynamo import config
+
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    if getattr(config, name) < limit:
+        setattr(config, name, limit)
+    for total in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, total) and getattr(config, total) < 4 * limit:
+            setattr(config, total, 4 * limit)
+            break

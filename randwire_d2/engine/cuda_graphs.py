@@ -1,0 +1,202 @@
+"""The classification training step as one CUDA graph (PRETRAIN.CUDA_GRAPHS).
+
+A RandWire-C109 training step launches about 2,700 kernels; at a few microseconds of CPU each,
+dispatch alone costs about as much as the GPU time of a batch of 32. `GraphedStepTrainer`
+captures forward, loss, backward and the SGD step once and replays them: one launch per step.
+
+What a replay cannot see is fed to it through device memory, written before every replay:
+- the batch: copied into static input buffers (images, labels) of fixed shape;
+- the learning rate: each parameter group's lr is a device scalar that the captured (fused) SGD
+  step reads and the LR scheduler fills in place (a float put back by a scheduler is copied in);
+- edge removal (Sec. 4.2): drawn on the CPU exactly as in eager training (same key, same edge)
+  and written into the trunks' keep masks (`RandWire.use_edge_masks`);
+- dropout: CUDA's graph-safe generator, seeded per step by StepSeed as in eager training.
+Float16 AMP is refused (its GradScaler decides on the CPU whether to skip a step); bfloat16 and
+float32 are captured.
+"""
+
+import logging
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from detectron2.engine import SimpleTrainer
+from torch.nn.parallel import DistributedDataParallel
+
+from ..modeling.randwire import RandWire
+
+__all__ = ["GraphedStepTrainer", "capture_cuda_graph", "check_cuda_graphs"]
+
+logger = logging.getLogger(__name__)
+
+
+def capture_cuda_graph(step: Callable[[], Dict]) -> Tuple[Callable[[], None], Dict]:
+    """Capture `step` in a CUDA graph, run it once (capturing runs nothing), and return
+    (replay, the step's outputs: static tensors that every replay rewrites)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    graph.replay()
+    return graph.replay, outputs
+
+
+def check_cuda_graphs(device: str, amp_dtype: Optional[torch.dtype]) -> None:
+    """PRETRAIN.CUDA_GRAPHS where it can run: on CUDA, in float32 or bfloat16 AMP."""
+    if not str(device).startswith("cuda"):
+        raise ValueError(
+            f"PRETRAIN.CUDA_GRAPHS=True needs CUDA, but the model runs on {device!r}: CUDA "
+            "graphs capture GPU work. Set PRETRAIN.CUDA_GRAPHS False on this machine."
+        )
+    if amp_dtype == torch.float16:
+        raise ValueError(
+            "PRETRAIN.CUDA_GRAPHS=True cannot capture float16 AMP (PRETRAIN.AMP_DTYPE="
+            "'float16'): its GradScaler decides on the CPU, every step, whether to skip the "
+            "optimizer step. Use PRETRAIN.AMP_DTYPE 'bfloat16' (no scaler) or "
+            "SOLVER.AMP.ENABLED False."
+        )
+
+
+class GraphedStepTrainer(SimpleTrainer):
+    """SimpleTrainer whose step (forward, loss, backward, SGD step) runs as one captured graph.
+
+    The first `warmup_iters` steps run eagerly (on a side stream on CUDA): cuDNN picks its
+    algorithms, compiled nodes compile, SGD makes its momentum buffers, DDP builds its buckets
+    (DDP needs 11 such steps). The next step is captured, and every later step replays it.
+    Each step is a real training step on its own batch, with the lr and the edge removal of its
+    iteration. Batches must keep one shape (the training crops do); another shape is an error.
+
+    `capture(step) -> (replay, outputs)` captures and runs `step` once (`capture_cuda_graph`;
+    tests give a CPU emulation).
+    """
+
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        amp_dtype: Optional[torch.dtype] = None,
+        warmup_iters: Optional[int] = None,
+        capture: Callable = capture_cuda_graph,
+    ):
+        super().__init__(model, data_loader, optimizer)
+        if warmup_iters is None:
+            warmup_iters = 11 if isinstance(model, DistributedDataParallel) else 3
+        self.amp_dtype = amp_dtype
+        self.warmup_iters = warmup_iters
+        self._capture = capture
+        self._static: Optional[Dict[str, torch.Tensor]] = None
+        self._replay = None
+        self._outputs = None
+        self._lrs = None
+        self._eager_steps = 0
+        inner = getattr(model, "module", model)
+        self.trunks = [m for m in inner.modules() if isinstance(m, RandWire)]
+        for trunk in self.trunks:
+            if not trunk.uses_edge_masks:
+                trunk.use_edge_masks()
+            trunk.edge_masks_drawn_by_caller = True
+
+    @property
+    def device(self) -> torch.device:
+        return next(getattr(self.model, "module", self.model).parameters()).device
+
+    def run_step(self):
+        assert self.model.training, "[GraphedStepTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        self._load(data)
+        self._sync_lrs()
+        for trunk in self.trunks:  # this iteration's edge removal, keyed by StepSeed
+            trunk.draw_edge_removal()
+        if self._replay is not None:
+            self._replay()
+            loss_dict = self._outputs
+        elif self._eager_steps < self.warmup_iters:
+            loss_dict = self._eager_step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)  # gradients live in the graph's memory
+            self._replay, self._outputs = self._capture(self._step)
+            loss_dict = self._outputs
+            logger.info(
+                f"PRETRAIN.CUDA_GRAPHS: the training step was captured at iteration {self.iter} "
+                f"after {self._eager_steps} eager steps; every later step replays it"
+            )
+        self._write_metrics(loss_dict, data_time)
+
+    def _step(self) -> Dict[str, torch.Tensor]:
+        """Forward, loss, backward and SGD step on the static buffers."""
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
+        ):
+            loss_dict = self.model(self._static)
+        sum(loss_dict.values()).backward()
+        self.optimizer.step()
+        return loss_dict
+
+    def _eager_step(self) -> Dict[str, torch.Tensor]:
+        self._eager_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type != "cuda":
+            return self._step()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            loss_dict = self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        return loss_dict
+
+    def _load(self, data) -> None:
+        """Copy the batch (a list of image dicts, or a stacked {"images", "labels"}) into the
+        static buffers, made from the first batch."""
+        if isinstance(data, dict):
+            images, labels = data["images"], data["labels"]
+            shape, dtype = tuple(images.shape), images.dtype
+        else:
+            images, labels = [x["image"] for x in data], [x["label"] for x in data]
+            shape, dtype = (len(images),) + tuple(images[0].shape), images[0].dtype
+        if self._static is None:
+            self._static = {
+                "images": torch.empty(shape, dtype=dtype, device=self.device),
+                "labels": torch.empty(shape[0], dtype=torch.int64, device=self.device),
+            }
+        static = self._static["images"]
+        shapes = {tuple(i.shape) for i in images} if isinstance(images, list) else set()
+        if (
+            shape != tuple(static.shape)
+            or dtype != static.dtype
+            or shapes - {tuple(static.shape[1:])}
+        ):
+            got = sorted(shapes) if len(shapes) > 1 else list(shape)
+            raise RuntimeError(
+                f"PRETRAIN.CUDA_GRAPHS=True captured the step for batches of images "
+                f"{list(static.shape)} {static.dtype}, but iteration {self.iter} brought {got} "
+                f"{dtype}: a CUDA graph replays fixed shapes. Give batches of one shape, or set "
+                "PRETRAIN.CUDA_GRAPHS False."
+            )
+        if isinstance(images, list):
+            for i, image in enumerate(images):
+                static[i].copy_(image, non_blocking=True)
+            labels = torch.as_tensor(labels, dtype=torch.int64)
+        else:
+            static.copy_(images, non_blocking=True)
+        self._static["labels"].copy_(labels, non_blocking=True)
+
+    def _sync_lrs(self) -> None:
+        """Every parameter group's lr as a device scalar that the (fused) SGD step reads, so
+        that a replay uses this iteration's lr: made at the first step, filled in place by the
+        LR scheduler, and refilled here from a float a scheduler may have put back."""
+        groups = self.optimizer.param_groups
+        if self._lrs is None:
+            self._lrs = [
+                torch.tensor(float(g["lr"]), dtype=torch.float32, device=self.device)
+                for g in groups
+            ]
+            for g, lr in zip(groups, self._lrs):
+                g["lr"] = lr
+                if "fused" in g:  # torch.optim.SGD: the fused step reads a tensor lr on device
+                    g["foreach"], g["fused"] = False, True
+        for g, lr in zip(groups, self._lrs):
+            if g["lr"] is not lr:
+                lr.fill_(float(g["lr"]))
+                g["lr"] = lr
