@@ -97,6 +97,10 @@ class ClassificationTrainer(RandWireTrainer):
     def amp_dtype(self, cfg):
         return check_amp_dtype(cfg)
 
+    @classmethod
+    def captures_step(cls, cfg) -> bool:
+        return bool(cfg.PRETRAIN.CUDA_GRAPHS)
+
     def build_step_trainer(self, cfg, model, data_loader, optimizer, amp_dtype):
         if not cfg.PRETRAIN.CUDA_GRAPHS:
             return super().build_step_trainer(cfg, model, data_loader, optimizer, amp_dtype)

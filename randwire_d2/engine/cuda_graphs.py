@@ -34,7 +34,9 @@ def capture_cuda_graph(step: Callable[[], Dict]) -> Tuple[Callable[[], None], Di
     """Capture `step` in a CUDA graph, run it once (capturing runs nothing), and return
     (replay, the step's outputs: static tensors that every replay rewrites)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: the data loader's pin-memory thread keeps allocating pinned memory (an
+    # event query, illegal in a global-mode capture) while this thread captures.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         outputs = step()
     graph.replay()
     return graph.replay, outputs
@@ -61,7 +63,8 @@ class GraphedStepTrainer(SimpleTrainer):
 
     The first `warmup_iters` steps run eagerly (on a side stream on CUDA): cuDNN picks its
     algorithms, compiled nodes compile, SGD makes its momentum buffers, DDP builds its buckets
-    (DDP needs 11 such steps). The next step is captured, and every later step replays it.
+    (DDP, built on a side stream for this, needs 11 such steps). The next step is captured,
+    and every later step replays it.
     Each step is a real training step on its own batch, with the lr and the edge removal of its
     iteration. Batches must keep one shape (the training crops do); another shape is an error.
 

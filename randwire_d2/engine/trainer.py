@@ -67,16 +67,24 @@ LAZY_RESTORED_KEYS = (  # the same, in a LazyConfig
 _HELD_OUTPUT_DIRS = {}  # absolute path -> the open, locked lock file of this process
 
 
-def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+def create_ddp_model(
+    model: torch.nn.Module, side_stream: bool = False, **kwargs
+) -> torch.nn.Module:
     """DistributedDataParallel(model) when there are > 1 processes; `device_ids` only on CUDA.
     Detectron2's `broadcast_buffers` becomes `forward_sync_buffers` where torch deprecates the
-    former (2.13+): the same per-forward behaviour, and buffers still agree at the start."""
+    former (2.13+): the same per-forward behaviour, and buffers still agree at the start. With
+    `side_stream` (a step captured in a CUDA graph) DDP is built on a side stream, as capturing
+    its backward requires."""
     if comm.get_world_size() == 1:
         return model
-    if "device_ids" not in kwargs and next(model.parameters()).device.type == "cuda":
+    cuda = next(model.parameters()).device.type == "cuda"
+    if "device_ids" not in kwargs and cuda:
         kwargs["device_ids"] = [comm.get_local_rank()]
     if "broadcast_buffers" in kwargs and _DDP_HAS_FORWARD_SYNC:
         kwargs.setdefault("forward_sync_buffers", kwargs.pop("broadcast_buffers"))
+    if side_stream and cuda:
+        with torch.cuda.stream(torch.cuda.Stream()):
+            return DistributedDataParallel(model, **kwargs)
     return DistributedDataParallel(model, **kwargs)
 
 
@@ -322,7 +330,9 @@ class RandWireTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg, seed=self.run_seed.seed)
-        model = create_ddp_model(model, broadcast_buffers=False)
+        model = create_ddp_model(
+            model, side_stream=self.captures_step(cfg), broadcast_buffers=False
+        )
         on_cuda = next(model.parameters()).device.type == "cuda"
         if cfg.SOLVER.AMP.ENABLED and not on_cuda:
             logger.warning("SOLVER.AMP.ENABLED needs CUDA: training in float32 on CPU")
@@ -348,6 +358,11 @@ class RandWireTrainer(DefaultTrainer):
 
     def amp_dtype(self, cfg) -> torch.dtype:
         return torch.float16
+
+    @classmethod
+    def captures_step(cls, cfg) -> bool:
+        """Whether the step runs as a captured CUDA graph (see build_step_trainer)."""
+        return False
 
     def build_step_trainer(self, cfg, model, data_loader, optimizer, amp_dtype):
         """The trainer of one iteration (`step_trainer`; a task may capture it in a graph)."""
