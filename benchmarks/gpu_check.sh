@@ -127,6 +127,11 @@ if [ "${1:-}" = "--dry-run" ]; then
     shift
 fi
 PY=${PYTHON:-.venv/bin/python}
+# A GPU machine without detectron2: the wheels that benchmarks/gpu_wheels.sh put in .whl/.
+if [ -d .whl ] && ! "$PY" -c "import detectron2" 2> /dev/null; then
+    # shellcheck source=benchmarks/gpu_wheels.sh
+    PYTHON=$PY source benchmarks/gpu_wheels.sh --install || exit 1
+fi
 if [ "$DRY" = 1 ]; then
     init_check "${1:-output/gpu_check_dry}"
 else
