@@ -166,7 +166,8 @@ else
     CLS_CONFIG=configs/imagenet/randwire_ws_c109_regular.yaml
     CLS=()
     BEST=(PRETRAIN.CHANNELS_LAST True SOLVER.AMP.ENABLED True PRETRAIN.AMP_DTYPE bfloat16
-          PRETRAIN.CUDA_GRAPHS True PRETRAIN.DECODE cuda DATALOADER.NUM_WORKERS 12)
+          PRETRAIN.CUDA_GRAPHS True PRETRAIN.DECODE cuda DATALOADER.NUM_WORKERS 12
+          CUDNN_BENCHMARK True)
     GRAPHS=(PRETRAIN.CUDA_GRAPHS False True)
     LOADER=(--workers 8 16 --decode cpu cuda --batch 128 --batches 10)
     LAYOUTS=(--device cuda --batch 128 --rounds 2)

@@ -342,3 +342,19 @@ def test_classification_trainer_trains_on_device_decoded_batches(tmp_path, monke
     assert len(losses["cuda"]) == len(losses["cpu"]) >= 2
     assert losses["cuda"] == pytest.approx(losses["cpu"], rel=0.1)
     assert losses["cuda"] != losses["cpu"]  # two decoders ran
+
+
+def test_train_cls_refuses_cuda_graphs_on_cpu_before_building(tmp_path):
+    """tools/train_cls.py's setup and the trainer refuse PRETRAIN.CUDA_GRAPHS on a machine
+    without CUDA before a model, loader or OUTPUT_DIR exists."""
+    from test_train_cls import make_cfg, tiny_opts
+
+    from randwire_d2.data.cls_demo import generate_classification_demo
+    from randwire_d2.engine import ClassificationTrainer
+
+    root = generate_classification_demo(str(tmp_path / "d"), {"train": 4, "val": 1}, image_size=32)
+    out = tmp_path / "out"
+    cfg = make_cfg(tiny_opts(root, out, epochs=1, **{"PRETRAIN.CUDA_GRAPHS": True}))
+    with pytest.raises(ValueError, match=r"PRETRAIN.CUDA_GRAPHS=True needs CUDA, but the model"):
+        ClassificationTrainer(cfg)
+    assert not out.exists()
