@@ -298,6 +298,10 @@ def test_compiled_stages_trace_whole(one_thread):
 def test_compile_refuses_what_it_would_override():
     with pytest.raises(ValueError, match=r"COMPILE='fastest' is unknown: expected one of"):
         _trunk().compile_regions("fastest")
+    with pytest.raises(
+        ValueError, match=r"not a torch.compile mode; CUDA graphs .* are PRETRAIN.CUDA_GRAPHS"
+    ):
+        _trunk().compile_regions("reduce-overhead")
     with pytest.raises(ValueError, match=r"EXECUTION='triton' .* would not run"):
         check_compile("node", "triton", False)
     with pytest.raises(ValueError, match=r"MEMORY_EFFICIENT=True would not apply"):

@@ -347,10 +347,19 @@ class RandWire(Backbone):
         removal reaches the nodes as device masks (`use_edge_masks`). Other stages stay eager.
         """
         if regions not in COMPILE_REGIONS:
+            from torch._inductor import list_mode_options
+
+            mode = regions in list_mode_options()
             raise ValueError(
                 f"MODEL.RANDWIRE.COMPILE={regions!r} is unknown: expected one of "
                 f"{list(COMPILE_REGIONS)} ('' = eager, 'node' = each node a compiled region "
                 "shared by nodes of the same shape, 'stage' = each wired stage one graph)"
+                + (
+                    ". The key names what is compiled, not a torch.compile mode; CUDA graphs "
+                    "(mode 'reduce-overhead') are PRETRAIN.CUDA_GRAPHS"
+                    if mode
+                    else ""
+                )
             )
         if not regions:
             return self
