@@ -14,7 +14,7 @@ folder removed afterwards; files already there are reused.
 Paths:
     cpu     build_cls_train_loader: workers decode (PIL) and augment; timed up to the list of
             CHW uint8 tensors the trainer receives (no stacking, no copy to a device).
-    cuda    build_cls_decode_loader on "cuda": workers read bytes, the main process decodes the
+    cuda    build_cls_train_loader(decode_device="cuda"): workers read bytes, the main process decodes the
             batch with nvjpeg and crops, resizes and flips on the GPU; timed up to the uint8
             [B, 3, crop, crop] batch on the GPU (synchronized before the clock stops). Skipped,
             with a note, where CUDA is not available.
@@ -41,7 +41,6 @@ import randwire_d2  # noqa: F401  # isort: split
 import torch
 import torchvision
 
-from randwire_d2.data.batched_decode import build_cls_decode_loader
 from randwire_d2.data.cls_demo import generate_jpeg_folder
 from randwire_d2.data.imagefolder import build_cls_train_loader, scan_image_folder
 
@@ -72,10 +71,9 @@ def time_loader(decode: str, samples, workers: int, args) -> float:
         max_iter=args.batches + 1,
         num_workers=workers,
     )
-    if decode == "cuda":
-        loader = build_cls_decode_loader(samples, device="cuda", **kwargs)
-    else:
-        loader = build_cls_train_loader(samples, **kwargs)
+    loader = build_cls_train_loader(
+        samples, decode_device="cuda" if decode == "cuda" else None, **kwargs
+    )
     batches = iter(loader)
     next(batches)  # warm-up
     if decode == "cuda":

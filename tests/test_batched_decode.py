@@ -17,7 +17,6 @@ from randwire_d2.data import batched_decode
 from randwire_d2.data.batched_decode import (
     BatchDecoder,
     ImageBytesDataset,
-    build_cls_decode_loader,
     resize_uint8,
 )
 from randwire_d2.data.cls_demo import generate_jpeg_folder
@@ -65,7 +64,7 @@ def assert_same_batches(samples, image_format="RGB", **overrides):
     rounding: each image far closer to the CPU path's image than to its mirror image."""
     kwargs = loader_kwargs(image_format=image_format, **overrides)
     reference = list(build_cls_train_loader(samples, **kwargs))
-    decoded = list(build_cls_decode_loader(samples, device="cpu", **kwargs))
+    decoded = list(build_cls_train_loader(samples, decode_device="cpu", **kwargs))
     assert len(decoded) == len(reference) == kwargs["max_iter"] - kwargs["start_iter"]
     for items, batch in zip(reference, decoded):
         assert batch["images"].dtype == torch.uint8 and batch["images"].is_contiguous()
@@ -135,9 +134,9 @@ def test_float_resize_of_the_cuda_path_matches_pil(jpeg_root):
 def test_resume_gives_the_uninterrupted_batches(jpeg_root):
     _, samples = scan_image_folder(os.path.join(jpeg_root, "train"))
     kwargs = loader_kwargs(max_iter=7, num_workers=1, image_format="BGR")
-    whole = list(build_cls_decode_loader(samples, device="cpu", **kwargs))
+    whole = list(build_cls_train_loader(samples, decode_device="cpu", **kwargs))
     kwargs["start_iter"] = 4
-    resumed = build_cls_decode_loader(samples, device="cpu", **kwargs)
+    resumed = build_cls_train_loader(samples, decode_device="cpu", **kwargs)
     assert len(resumed) == 3
     for a, b in zip(whole[4:], resumed, strict=True):
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
@@ -239,11 +238,11 @@ def test_cuda_without_cuda_is_a_clear_error(jpeg_root, monkeypatch):
     _, samples = scan_image_folder(os.path.join(jpeg_root, "train"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"PRETRAIN.DECODE='cuda'.*CUDA is not available"):
-        build_cls_decode_loader(samples, device="cuda", **loader_kwargs())
+        build_cls_train_loader(samples, decode_device="cuda", **loader_kwargs())
     with pytest.raises(ValueError, match=r"device 'meta' is invalid: expected 'cpu' or 'cuda"):
-        build_cls_decode_loader(samples, device="meta", **loader_kwargs())
+        build_cls_train_loader(samples, decode_device="meta", **loader_kwargs())
     with pytest.raises(ValueError, match=r"INPUT.FORMAT='YUV' is invalid"):
-        build_cls_decode_loader(samples, device="cpu", **loader_kwargs(image_format="YUV"))
+        build_cls_train_loader(samples, decode_device="cpu", **loader_kwargs(image_format="YUV"))
 
 
 def test_loader_benchmark_prints_its_table(tmp_path):

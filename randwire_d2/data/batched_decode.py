@@ -28,7 +28,6 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from . import imagefolder
 from .imagefolder import (
-    EpochBatchSampler,
     ImageFolderDataset,
     RandomResizedCropFlip,
     batched_loader,
@@ -40,7 +39,7 @@ __all__ = [
     "ImageBytesDataset",
     "BatchDecoder",
     "DecodeLoader",
-    "build_cls_decode_loader",
+    "decode_loader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -248,34 +247,13 @@ class DecodeLoader:
         return len(self.loader)
 
 
-def build_cls_decode_loader(
-    samples,
-    *,
-    crop: int,
-    crop_scale,
-    global_batch: int,
-    seed: int,
-    start_iter: int,
-    max_iter: int,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 4,
-    image_format: str = "RGB",
-    device,
+def decode_loader(
+    samples, sampler, *, crop: int, crop_scale, image_format: str, device, num_workers: int
 ) -> DecodeLoader:
-    """Training batches ({"images": uint8 [B, 3, crop, crop], "labels": int64 [B]}, both on
-    `device`) of iterations start_iter..max_iter - 1: the images and draws of
-    build_cls_train_loader with the same arguments, decoded on `device`."""
+    """The batches of `sampler` (an EpochBatchSampler over `samples`) read by `num_workers`
+    workers and decoded on `device`: {"images": uint8 [B, 3, crop, crop], "labels": int64 [B]},
+    both on `device` (see imagefolder.build_cls_train_loader's `decode_device`)."""
     decoder = BatchDecoder(crop, image_format, device)
     dataset = ImageBytesDataset(samples, RandomResizedCropFlip(crop, crop_scale))
-    sampler = EpochBatchSampler(
-        len(dataset),
-        global_batch,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        start_iter=start_iter,
-        max_iter=max_iter,
-    )
     pin_memory = decoder.device.type == "cuda"
     return DecodeLoader(batched_loader(dataset, sampler, num_workers, pin_memory), decoder)

@@ -355,11 +355,16 @@ def build_cls_train_loader(
     num_workers: int = 4,
     image_format: str = "RGB",
     pin_memory: bool = False,
-) -> DataLoader:
-    """Training batches (list[dict(image, label)]) of iterations start_iter..max_iter - 1."""
-    dataset = ImageFolderDataset(samples, RandomResizedCropFlip(crop, crop_scale), image_format)
+    decode_device: Optional[str] = None,
+):
+    """Training batches (list[dict(image, label)]) of iterations start_iter..max_iter - 1.
+
+    With `decode_device` (PRETRAIN.DECODE "cuda": the model's device), the workers read the
+    JPEG files and each batch is decoded, cropped, resized and flipped on that device with the
+    same draws (`batched_decode`): batches are then {"images": uint8 [B, 3, crop, crop],
+    "labels": int64 [B]} on the device."""
     sampler = EpochBatchSampler(
-        len(dataset),
+        len(samples),
         global_batch,
         seed=seed,
         rank=rank,
@@ -367,6 +372,16 @@ def build_cls_train_loader(
         start_iter=start_iter,
         max_iter=max_iter,
     )
+    if decode_device is not None:
+        from .batched_decode import decode_loader
+
+        # fmt: off
+        return decode_loader(
+            samples, sampler, crop=crop, crop_scale=crop_scale, image_format=image_format,
+            device=decode_device, num_workers=num_workers,
+        )
+        # fmt: on
+    dataset = ImageFolderDataset(samples, RandomResizedCropFlip(crop, crop_scale), image_format)
     return batched_loader(dataset, sampler, num_workers, pin_memory)
 
 

@@ -124,25 +124,22 @@ class ClassificationTrainer(RandWireTrainer):
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed=None):
         _, samples = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("train",))["train"]
-        build, where = build_cls_train_loader, {"pin_memory": torch.cuda.is_available()}
-        if cfg.PRETRAIN.DECODE == "cuda":  # workers read bytes; batches decode on the GPU
-            from ..data.batched_decode import build_cls_decode_loader as build
-
-            where = {"device": cfg.MODEL.DEVICE}
         # fmt: off
-        return build(
+        return build_cls_train_loader(
             samples,
-            crop         = cfg.PRETRAIN.TRAIN_CROP,
-            crop_scale   = cfg.PRETRAIN.TRAIN_CROP_SCALE,
-            global_batch = cfg.SOLVER.IMS_PER_BATCH,
-            seed         = cfg.SEED if seed is None else seed,
-            start_iter   = start_iter,
-            max_iter     = cfg.SOLVER.MAX_ITER,
-            rank         = comm.get_rank(),
-            world_size   = comm.get_world_size(),
-            num_workers  = cfg.DATALOADER.NUM_WORKERS,
-            image_format = cfg.INPUT.FORMAT,
-            **where,
+            crop          = cfg.PRETRAIN.TRAIN_CROP,
+            crop_scale    = cfg.PRETRAIN.TRAIN_CROP_SCALE,
+            global_batch  = cfg.SOLVER.IMS_PER_BATCH,
+            seed          = cfg.SEED if seed is None else seed,
+            start_iter    = start_iter,
+            max_iter      = cfg.SOLVER.MAX_ITER,
+            rank          = comm.get_rank(),
+            world_size    = comm.get_world_size(),
+            num_workers   = cfg.DATALOADER.NUM_WORKERS,
+            image_format  = cfg.INPUT.FORMAT,
+            pin_memory    = torch.cuda.is_available(),
+            # PRETRAIN.DECODE "cuda": workers read bytes; batches decode on the GPU
+            decode_device = cfg.MODEL.DEVICE if cfg.PRETRAIN.DECODE == "cuda" else None,
         )
         # fmt: on
 
