@@ -298,6 +298,17 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
     `.pyth`) through `torch.load(weights_only=True)`, `.pkl` through an unpickler that allows
     only numpy arrays (Detectron2's own uses plain pickle)."""
 
+    def save(self, name: str, tag_last: bool = True, **kwargs) -> None:
+        """fvcore's save; with `tag_last=False` the file is not named in last_checkpoint (a
+        model_best.pth: `--resume` continues the newest periodic checkpoint)."""
+        if tag_last:
+            return super().save(name, **kwargs)
+        self.tag_last_checkpoint = lambda basename: None  # this save only
+        try:
+            return super().save(name, **kwargs)
+        finally:
+            del self.tag_last_checkpoint
+
     def _load_file(self, filename):
         if filename.endswith(".pyth"):
             data = read_checkpoint(filename)
@@ -337,7 +348,7 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
         self.cfg = cfg
         self.strict = strict
 
-    def save(self, name: str, **kwargs) -> None:
+    def save(self, name: str, tag_last: bool = True, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
@@ -354,7 +365,8 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {save_file}")
         atomic_torch_save(data, save_file)
-        self.tag_last_checkpoint(f"{name}.pth")
+        if tag_last:
+            self.tag_last_checkpoint(f"{name}.pth")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
@@ -440,6 +452,8 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
             return self.load(path, checkpointables=[])
         last = self.get_checkpoint_file()
         others = sorted(glob.glob(os.path.join(self.save_dir, "*.pth")), key=os.path.getmtime)
+        # model_best.pth (BestCheckpoint) is an earlier iteration, never the run's newest state.
+        others = [p for p in others if os.path.basename(p) != "model_best.pth"]
         candidates = [last] + [p for p in reversed(others) if p != last]
         for i, candidate in enumerate(candidates):
             try:

@@ -93,6 +93,13 @@ def add_randwire_config(cfg):
     # Label smoothing coefficient of the training loss (0.1 in the paper).
     _C.MODEL.CLASSIFIER.LABEL_SMOOTHING = 0.1
 
+    # Keep OUTPUT_DIR/model_best.pth, the checkpoint of the best evaluation so far by this
+    # metric: "" (off), "auto" (the task's main metric: val_<TEST_CROPS[0]>/top1 for the
+    # classifier, bbox/AP for detectors) or a name the evaluation reports ("segm/AP", "bbox/AP50").
+    _C.TEST.BEST_CHECKPOINT_METRIC = ""
+    # "max" (accuracy, AP) or "min" (an error or a loss).
+    _C.TEST.BEST_CHECKPOINT_MODE = "max"
+
     _C.PRETRAIN = CN()
     # ImageFolder root holding train/<class>/* and val/<class>/* (ImageNet's layout).
     _C.PRETRAIN.DATA_ROOT = "datasets/imagenet"

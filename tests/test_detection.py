@@ -360,6 +360,8 @@ def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path, one_threa
         (),
         "SOLVER.CHECKPOINT_PERIOD",
         1000,
+        "TEST.BEST_CHECKPOINT_METRIC",
+        "bbox/AP50",
         "OUTPUT_DIR",
         str(tmp_path),
     )
@@ -385,6 +387,10 @@ def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path, one_threa
     final = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert final["wiring_fingerprint"] == trainer.model.backbone.bottom_up.wiring.fingerprint()
     assert final["input_format"] == cfg.INPUT.FORMAT and "iteration" in final
+    # TEST.BEST_CHECKPOINT_METRIC: the final evaluation is the only one, so it is the best;
+    # --resume would continue model_final, not model_best.
+    assert torch.load(tmp_path / "model_best.pth", weights_only=True)["iteration"] == 60
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
 
 
 def test_resume_continues_from_last_checkpoint(tiny_data, tmp_path, one_thread):

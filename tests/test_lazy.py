@@ -237,9 +237,17 @@ def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume
         "train.log_period=1",
         "train.checkpointer.period=2",
         "model.roi_heads.box_predictor.test_score_thresh=0.0",  # 3 iterations: low scores
+        "train.best_checkpoint.metric=segm/AP",
     )
     log = proc.stdout + proc.stderr
     assert "copypaste: Task: segm" in log and "copypaste: Task: bbox" in log
+    # The resolved schedule is printed; the best evaluation is kept, and resume continues
+    # from the newest checkpoint, not from model_best.
+    assert "lr schedule: warmup" in log and "moves the warmup and the steps with it" in log
+    assert "saved as model_best.pth" in log
+    assert open(os.path.join(out, "last_checkpoint")).read() == "model_final.pth"
+    best = torch.load(os.path.join(out, "model_best.pth"), weights_only=True)
+    assert best["iteration"] == 3  # the final evaluation, after iteration 2
     lines = [json.loads(x) for x in open(os.path.join(out, "metrics.json")) if x.strip()]
     assert [x["iteration"] for x in lines if "loss_mask" in x] == [0, 1, 2]
     saved = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)

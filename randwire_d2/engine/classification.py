@@ -98,6 +98,10 @@ class ClassificationTrainer(RandWireTrainer):
         return check_amp_dtype(cfg)
 
     @classmethod
+    def main_metric(cls, cfg) -> str:
+        return f"val_{cfg.PRETRAIN.TEST_CROPS[0]}/top1"
+
+    @classmethod
     def captures_step(cls, cfg) -> bool:
         return bool(cfg.PRETRAIN.CUDA_GRAPHS)
 
@@ -170,11 +174,7 @@ class ClassificationTrainer(RandWireTrainer):
             loader = cls.build_test_loader(cfg, crop)
             results[f"val_{crop}"] = inference_on_dataset(model, loader, ClassificationEvaluator())
         if comm.is_main_process():
-            lines = [
-                f"{name:>10}  top-1 {r['top1']:6.2f}  top-5 {r['top5']:6.2f}"
-                for name, r in results.items()
-            ]
-            logging.getLogger(__name__).info("Classification results:\n" + "\n".join(lines))
+            logging.getLogger(__name__).info(describe_results(results, cfg.PRETRAIN.TEST_CROPS))
         return results
 
     def build_hooks(self):
@@ -192,6 +192,24 @@ class ClassificationTrainer(RandWireTrainer):
             JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), window_size=1),
             TensorboardXWriter(self.cfg.OUTPUT_DIR),
         ]
+
+
+def describe_results(results: "OrderedDict", crops: Sequence[int]) -> str:
+    """The printed results: one line per test crop, the first (PRETRAIN.TEST_CROPS[0]) the
+    main result, the others labelled as extra test sizes; top-k only where evaluated."""
+    lines = [f"Classification results (main: val_{crops[0]}, PRETRAIN.TEST_CROPS[0]):"]
+    for i, (name, r) in enumerate(results.items()):
+        ks = sorted(int(k[3:]) for k in r)
+        line = f"{name:>10}  " + "  ".join(f"top-{k} {r[f'top{k}']:6.2f}" for k in ks)
+        if i:
+            line += (
+                f"   (extra test size {crops[i]}: PRETRAIN.TEST_CROPS[{i}], not the main result)"
+            )
+        lines.append(line)
+    missing = [k for k in (5,) if all(f"top{k}" not in r for r in results.values())]
+    if missing:
+        lines.append("(top-5 is not reported: the data have 5 or fewer classes)")
+    return "\n".join(lines)
 
 
 def evaluate_checkpoint(cfg, resume: bool = False):

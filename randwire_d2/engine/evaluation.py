@@ -22,7 +22,8 @@ def topk_correct(
 
 class ClassificationEvaluator(DatasetEvaluator):
     """Top-k accuracy (percent) of {"scores"} outputs against the inputs' "label", summed over
-    every process; every process gets the result."""
+    every process; every process gets the result. Top-1 always; top-k for k > 1 only when there
+    are more than k classes (with k or fewer it is 100 by construction)."""
 
     def __init__(self, ks: Sequence[int] = (1, 5)):
         self.ks = tuple(ks)
@@ -31,19 +32,24 @@ class ClassificationEvaluator(DatasetEvaluator):
     def reset(self):
         self._correct = [0] * len(self.ks)
         self._count = 0
+        self._classes = 0
 
     def process(self, inputs, outputs):
         scores = torch.stack([o["scores"] for o in outputs])
         labels = torch.as_tensor([x["label"] for x in inputs])
+        self._classes = scores.shape[1]
         for i, c in enumerate(topk_correct(scores, labels, self.ks)):
             self._correct[i] += c
         self._count += len(inputs)
 
     def evaluate(self):
-        parts = comm.all_gather((self._correct, self._count))
-        total = sum(n for _, n in parts)
+        parts = comm.all_gather((self._correct, self._count, self._classes))
+        total = sum(n for _, n, _ in parts)
         if total == 0:
             raise ValueError("evaluated 0 images: the validation set is empty")
+        classes = max(k for _, _, k in parts)
         return {
-            f"top{k}": 100.0 * sum(c[i] for c, _ in parts) / total for i, k in enumerate(self.ks)
+            f"top{k}": 100.0 * sum(c[i] for c, _, _ in parts) / total
+            for i, k in enumerate(self.ks)
+            if k == 1 or k < classes
         }

@@ -2,7 +2,9 @@
 
 import datetime
 import logging
+import math
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -12,7 +14,7 @@ from detectron2.utils.events import EventWriter, get_event_storage
 
 from ..modeling.randwire import RandWire
 
-__all__ = ["ThroughputHook", "RunSeed", "StepSeed", "ProgressPrinter"]
+__all__ = ["ThroughputHook", "RunSeed", "StepSeed", "ProgressPrinter", "BestCheckpoint"]
 
 
 class ThroughputHook(hooks.HookBase):
@@ -98,3 +100,64 @@ class ProgressPrinter(EventWriter):
         if "data_time" in h:
             fields.append(f"data_time: {med('data_time'):.4f}")
         self.logger.info("  ".join(fields))
+
+
+class BestCheckpoint(hooks.HookBase):
+    """Keep `model_best.pth` in the output folder: the checkpoint of the evaluation with the
+    best `metric` so far (TEST.BEST_CHECKPOINT_METRIC, a LazyConfig's
+    train.best_checkpoint.metric), after every evaluation, the final one included.
+
+    Register it after the EvalHook. The best value and its iteration travel with the run's
+    checkpoints, so a resumed run keeps an earlier, better model_best; `last_checkpoint` keeps
+    naming the newest periodic checkpoint, which `--resume` continues. A metric the evaluation
+    does not report is an error at the first evaluation, naming those it reports.
+    """
+
+    def __init__(self, checkpointer, eval_period: int, metric: str, mode: str = "max", key=""):
+        if mode not in ("max", "min"):
+            raise ValueError(f"{key or 'mode'} mode={mode!r} is invalid: expected 'max' or 'min'")
+        self.checkpointer, self.period = checkpointer, eval_period
+        self.metric, self.mode, self.key = metric, mode, key or "the best-checkpoint metric"
+        self.best: Optional[float] = None
+        self.best_iter: Optional[int] = None
+
+    def state_dict(self):
+        return {"metric": self.metric, "best": self.best, "best_iter": self.best_iter}
+
+    def load_state_dict(self, state):
+        if state.get("metric") == self.metric:
+            self.best, self.best_iter = state["best"], state["best_iter"]
+
+    def after_step(self):  # when the EvalHook evaluates during training
+        next_iter = self.trainer.iter + 1
+        if self.period > 0 and next_iter % self.period == 0 and next_iter != self.trainer.max_iter:
+            self._check()
+
+    def after_train(self):  # the EvalHook's final evaluation
+        if self.trainer.iter + 1 >= self.trainer.max_iter:
+            self._check()
+
+    def _check(self):
+        latest = self.trainer.storage.latest()
+        if self.metric not in latest:
+            reported = sorted(k for k in latest if "/" in k and "loss" not in k)
+            raise ValueError(
+                f"{self.key}={self.metric!r} is not among the metrics the evaluation reported: "
+                f"expected one of {reported}"
+            )
+        value, iteration = latest[self.metric]
+        if not math.isfinite(value):
+            return
+        if self.best is not None and (
+            value <= self.best if self.mode == "max" else value >= self.best
+        ):
+            logging.getLogger(__name__).info(
+                f"{self.metric} = {value:.4g} at iteration {iteration}: model_best.pth stays at "
+                f"{self.best:.4g} (iteration {self.best_iter})"
+            )
+            return
+        self.best, self.best_iter = float(value), int(iteration)
+        self.checkpointer.save("model_best", tag_last=False, iteration=iteration)
+        logging.getLogger(__name__).info(
+            f"{self.metric} = {value:.4g} at iteration {iteration}: saved as model_best.pth"
+        )

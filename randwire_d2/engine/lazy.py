@@ -25,7 +25,7 @@ from ..data.checks import (
     prepare_datasets,
 )
 from ..data.detection_loader import build_resumable_train_loader
-from .hooks import RunSeed, StepSeed, ThroughputHook
+from .hooks import BestCheckpoint, RunSeed, StepSeed, ThroughputHook
 from .trainer import (
     AMP_DTYPES,
     broadcast_buffers,
@@ -50,6 +50,7 @@ __all__ = [
     "do_test",
     "load_for_eval",
     "lazy_num_classes",
+    "describe_lazy_schedule",
 ]
 
 logger = logging.getLogger(__name__)
@@ -183,9 +184,57 @@ def build_train_loader(cfg, start_iter: int = 0, seed: int = 0):
     # fmt: on
 
 
+def describe_lazy_schedule(cfg) -> str:
+    """The learning-rate schedule a LazyConfig trains with, in iterations: Detectron2 evaluates
+    `lr_multiplier` on the fraction iteration / train.max_iter, so its warmup and steps scale
+    with train.max_iter (the yaml route keeps SOLVER.STEPS as given)."""
+    max_iter = int(cfg.train.max_iter)
+    sched = instantiate(cfg.lr_multiplier)
+    values = [float(sched(i / max_iter)) for i in range(max_iter)]
+    lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    warmup = 0
+    while warmup + 1 < max_iter and values[warmup + 1] > values[warmup] + 1e-12:
+        warmup += 1
+    parts = []
+    if warmup:
+        parts.append(f"warmup {warmup} iteration{'s' * (warmup != 1)} from {values[0]:.4g}x")
+    steps = [
+        f"x{values[i]:.4g} from iteration {i}"
+        for i in range(warmup + 1, max_iter)
+        if abs(values[i] - values[i - 1]) > 1e-12
+    ]
+    kind = type(sched).__name__
+    changes = steps if len(steps) <= 6 else steps[:3] + [f"... ({len(steps)} changes)"]
+    parts.append(
+        f"then x{values[warmup]:.4g}" + (": " + ", ".join(changes) if changes else " throughout")
+    )
+    return (
+        f"train.max_iter: {max_iter}   optimizer.lr: {lr}   lr_multiplier: {kind}\n"
+        f"lr schedule: {'; '.join(parts)}\n"
+        "(lr_multiplier is defined on iteration / train.max_iter: changing train.max_iter "
+        "moves the warmup and the steps with it)"
+    )
+
+
+def best_checkpoint_hook(cfg, checkpointer):
+    """BestCheckpoint for train.best_checkpoint.metric ("auto": bbox/AP), or None when unset."""
+    metric = OmegaConf.select(cfg, "train.best_checkpoint.metric", default="") or ""
+    if not metric:
+        return None
+    # fmt: off
+    return BestCheckpoint(
+        checkpointer, cfg.train.eval_period, "bbox/AP" if metric == "auto" else metric,
+        OmegaConf.select(cfg, "train.best_checkpoint.mode", default="max"),
+        "train.best_checkpoint.metric",
+    )
+    # fmt: on
+
+
 def do_train(cfg, args):
     """Train `cfg.train.max_iter` iterations with Detectron2's hooks; evaluate at the end (and
     every train.eval_period iterations)."""
+    if comm.is_main_process():
+        logger.info("Schedule:\n" + describe_lazy_schedule(cfg))
     model = build_model(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -228,6 +277,7 @@ def do_train(cfg, args):
                 else None
             ),
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            best_checkpoint_hook(cfg, checkpointer),
             (
                 hooks.PeriodicWriter(
                     default_writers(cfg.train.output_dir, cfg.train.max_iter),

@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 from detectron2.config import CfgNode
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import RandWireCheckpointer, SafeDetectionCheckpointer, check_input_normalization
 from ..config import flatten, flatten_lazy
 from ..modeling.randwire import RandWire
-from .hooks import RunSeed, StepSeed, ThroughputHook
+from .hooks import BestCheckpoint, RunSeed, StepSeed, ThroughputHook
 
 __all__ = [
     "RandWireTrainer",
@@ -420,7 +420,24 @@ class RandWireTrainer(DefaultTrainer):
     def build_hooks(self):
         ret = super().build_hooks()
         extra = [ThroughputHook(self.cfg.SOLVER.IMS_PER_BATCH), StepSeed(self.run_seed)]
-        return ret[:2] + extra + ret[2:]  # after IterationTimer and LRScheduler
+        ret = ret[:2] + extra + ret[2:]  # after IterationTimer and LRScheduler
+        metric = self.cfg.TEST.BEST_CHECKPOINT_METRIC
+        if metric:
+            best = BestCheckpoint(
+                self.checkpointer,
+                self.cfg.TEST.EVAL_PERIOD,
+                self.main_metric(self.cfg) if metric == "auto" else metric,
+                self.cfg.TEST.BEST_CHECKPOINT_MODE,
+                "TEST.BEST_CHECKPOINT_METRIC",
+            )
+            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+            ret.insert(at + 1, best)
+        return ret
+
+    @classmethod
+    def main_metric(cls, cfg) -> str:
+        """The metric TEST.BEST_CHECKPOINT_METRIC "auto" keeps the best of."""
+        return "bbox/AP"
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

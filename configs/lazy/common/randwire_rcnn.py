@@ -44,3 +44,6 @@ dataloader.train.mapper.image_format = "RGB"
 dataloader.train.mapper.augmentations[0].short_edge_length = (800,)
 # A tools/train_cls.py checkpoint of the same wiring (or tools/convert_cls_to_d2.py's output).
 train.init_checkpoint = ""
+# Keep output_dir/model_best.pth, the checkpoint of the best evaluation by `metric`: "" (off),
+# "auto" (bbox/AP) or a name the evaluation reports ("segm/AP"); mode "max" or "min".
+train.best_checkpoint = dict(metric="", mode="max")

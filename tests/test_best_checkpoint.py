@@ -1,0 +1,118 @@
+"""Keeping the best evaluation (TEST.BEST_CHECKPOINT_METRIC, train.best_checkpoint) and what the
+classifier's evaluation prints."""
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from test_train_cls import DEMO_CFG, data_root, make_cfg, read_metrics, tiny_opts  # noqa: F401
+
+from randwire_d2.config import load_config
+from randwire_d2.engine import ClassificationTrainer, Trainer
+from randwire_d2.engine.classification import describe_results
+from randwire_d2.engine.evaluation import ClassificationEvaluator
+from randwire_d2.engine.hooks import BestCheckpoint
+
+
+class _Storage:
+    def __init__(self):
+        self.values = {}
+
+    def latest(self):
+        return self.values
+
+
+class _Trainer:
+    def __init__(self, max_iter):
+        self.storage, self.max_iter, self.iter = _Storage(), max_iter, 0
+
+
+class _Checkpointer:
+    def __init__(self):
+        self.saved = []
+
+    def save(self, name, tag_last=True, **extra):
+        assert name == "model_best" and not tag_last
+        self.saved.append(extra["iteration"])
+
+
+def _evaluate(hook, it, value, metric="val_32/top1"):
+    hook.trainer.iter = it
+    hook.trainer.storage.values = {metric: (value, it), "loss_cls": (1.0, it)}
+    hook.after_step()
+
+
+def test_best_checkpoint_keeps_the_best_across_a_resume():
+    """model_best follows the best value (mode max and min); its state resumes with the run, so
+    a worse evaluation after a resume does not replace an earlier, better model_best."""
+    ckpt = _Checkpointer()
+    hook = BestCheckpoint(ckpt, eval_period=10, metric="val_32/top1")
+    hook.trainer = _Trainer(max_iter=100)
+    for it, value in [(9, 50.0), (19, 70.0), (29, 60.0), (39, float("nan"))]:
+        _evaluate(hook, it, value)
+    assert ckpt.saved == [9, 19] and (hook.best, hook.best_iter) == (70.0, 19)
+
+    resumed = BestCheckpoint(ckpt, eval_period=10, metric="val_32/top1")
+    resumed.load_state_dict(hook.state_dict())
+    resumed.trainer = _Trainer(max_iter=100)
+    _evaluate(resumed, 49, 65.0)
+    _evaluate(resumed, 59, 80.0)
+    assert ckpt.saved == [9, 19, 59]
+
+    low = BestCheckpoint(_Checkpointer(), 10, "error", mode="min")
+    low.trainer = _Trainer(max_iter=100)
+    for it, value in [(9, 3.0), (19, 1.0), (29, 2.0)]:
+        _evaluate(low, it, value, "error")
+    assert low.checkpointer.saved == [9, 19]
+
+
+def test_best_checkpoint_names_the_metrics_the_evaluation_reports():
+    hook = BestCheckpoint(_Checkpointer(), 10, "bbox/AP", key="TEST.BEST_CHECKPOINT_METRIC")
+    hook.trainer = _Trainer(max_iter=100)
+    with pytest.raises(ValueError, match=r"TEST.BEST_CHECKPOINT_METRIC='bbox/AP' is not among .*"):
+        _evaluate(hook, 9, 50.0, metric="val_32/top1")
+    with pytest.raises(ValueError, match=r"mode='best' is invalid: expected 'max' or 'min'"):
+        BestCheckpoint(_Checkpointer(), 10, "bbox/AP", mode="best")
+
+
+def test_auto_names_each_tasks_main_metric():
+    cfg = load_config(DEMO_CFG, ["PRETRAIN.TEST_CROPS", "[32, 40]"])
+    assert ClassificationTrainer.main_metric(cfg) == "val_32/top1"
+    assert Trainer.main_metric(cfg) == "bbox/AP"
+
+
+def test_classifier_keeps_its_best_evaluation(data_root, tmp_path, one_thread):
+    """TEST.BEST_CHECKPOINT_METRIC auto on the classifier: model_best.pth holds the iteration
+    of the best val top-1 in metrics.json; last_checkpoint still names the newest checkpoint."""
+    opts = tiny_opts(data_root, tmp_path, epochs=4, **{"PRETRAIN.EVAL_PERIOD_EPOCHS": 1.0})
+    opts += ["TEST.BEST_CHECKPOINT_METRIC", "auto"]
+    cfg = make_cfg(opts)
+    trainer = ClassificationTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    evals = [(it, r["val_32/top1"]) for it, r in read_metrics(tmp_path) if "val_32/top1" in r]
+    assert len(evals) == 4
+    best_it, best = max(evals, key=lambda e: (e[1], -e[0]))  # the first of equal bests
+    saved = torch.load(tmp_path / "model_best.pth", weights_only=True)
+    assert saved["iteration"] == best_it
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_evaluation_reports_top_k_only_below_the_class_count_and_labels_extra_crops():
+    """Top-5 of a 5-class problem is 100 by construction: not reported. The first test crop is
+    the main result; the others are labelled as extra sizes."""
+    evaluator = ClassificationEvaluator()
+    scores = torch.softmax(torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), 1)
+    evaluator.process([{"label": i % 5} for i in range(6)], [{"scores": s} for s in scores])
+    assert set(evaluator.evaluate()) == {"top1"}
+    evaluator.reset()
+    scores = torch.softmax(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), 1)
+    evaluator.process([{"label": i} for i in range(6)], [{"scores": s} for s in scores])
+    assert set(evaluator.evaluate()) == {"top1", "top5"}
+
+    text = describe_results(
+        OrderedDict(val_56={"top1": 91.9}, val_80={"top1": 34.6}), crops=[56, 80]
+    )
+    assert "main: val_56" in text
+    assert "val_80  top-1  34.60   (extra test size 80: PRETRAIN.TEST_CROPS[1]" in text
+    assert "top-5 is not reported: the data have 5 or fewer classes" in text
