@@ -3,7 +3,7 @@ configs/demo/faster_rcnn_randwire_demo.yaml (same trunk, heads, data and schedul
 
     python tools/lazyconfig_train_net.py --config-file configs/lazy/demo/faster_rcnn_randwire_demo.py
     python tools/lazyconfig_train_net.py --config-file configs/lazy/demo/faster_rcnn_randwire_demo.py \\
-        train.init_checkpoint=output/demo_classifier/model_final.pth
+        train.init_checkpoint=output/demo/classification/model_final.pth
 """
 
 from .mask_rcnn_randwire_demo import dataloader, lr_multiplier, model, optimizer, train
