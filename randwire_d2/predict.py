@@ -1,14 +1,24 @@
 """Predictions of a trained model on images or a video: tools/predict.py (as Detectron2's
 demo/demo.py) is its command line.
 
-A detector's detections are drawn (boxes, and masks when the model predicts them) and written as
-COCO-format results; the classifier's top-k classes are printed and written with the class names
-its checkpoint carries. Inputs are prepared as evaluation prepares them, so that predictions equal
-evaluation's: detectors as Detectron2's DefaultPredictor (ResizeShortestEdge to
-INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, channels in INPUT.FORMAT), the classifier as its validation
-loader at the first PRETRAIN.TEST_CROPS size (resize, center crop). Images are read as the
-classification loader reads them (`read_rgb_image`: 16-bit grayscale scaled to 8 bits, more than
+The config is a yaml config or a LazyConfig (a `.py` file, or the config.yaml a lazy run saves),
+read through `inference_config`. A detector's detections are drawn (boxes, and masks when the
+model predicts them) and written as COCO-format results; the classifier's top-k classes are
+printed and written with the class names its checkpoint carries. Inputs are prepared as
+evaluation prepares them, so that predictions equal evaluation's: detectors as Detectron2's
+DefaultPredictor (ResizeShortestEdge to INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, channels in
+INPUT.FORMAT; a LazyConfig's dataloader.test.mapper), the classifier as its validation loader at
+the first PRETRAIN.TEST_CROPS size (resize, center crop). Images are read as the classification
+loader reads them (`read_rgb_image`: 16-bit grayscale scaled to 8 bits, more than
 MAX_IMAGE_PIXELS pixels refused); pictures are drawn at most MAX_DRAWN_SIDE pixels long.
+
+Ids: detections carry the ids of DATASETS.TEST[0] (lazy: dataloader.test.dataset.names[0]),
+which must be registered (the tool's --dataset NAME JSON IMAGE_DIR, or the demo datasets): the
+dataset's category ids (COCOEvaluator's mapping back from the model's class indices) and, for
+an image of that dataset, its image id. RESULTS_FILE holds the detections with both ids (a list
+`COCO.loadRes` reads as it is); WITHOUT_IDS_FILE those where an id cannot be known (an image
+not in the dataset, a video frame, a config without a dataset), with `null` there and a field
+`unknown_ids` saying why. No id is ever made up.
 """
 
 import glob
@@ -22,63 +32,119 @@ import cv2
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from . import data as _data  # noqa: F401  (registers the embedded demo datasets)
-from .checkpoint import check_input_normalization, check_weights_on_disk
-from .config import load_config
 from .data.imagefolder import ResizeCenterCrop, read_rgb_image
-from .engine.trainer import build_checkpointer, resolve_device
+from .engine.trainer import resolve_device
+from .inference_config import (
+    LAZY_KEYS,
+    check_weights,
+    input_format,
+    is_classifier,
+    is_lazy,
+    load_any_config,
+    load_model,
+    num_classes,
+    override_text,
+    prepare_image,
+    require_registered,
+    set_score_threshold,
+    test_augmentations,
+    test_datasets,
+    test_datasets_key,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "RESULTS_FILE",
+    "WITHOUT_IDS_FILE",
     "setup_cfg",
+    "split_overrides",
+    "check_dataset_flags",
     "find_images",
     "check_output_folder",
     "read_image_file",
     "read_video",
     "build_predictor",
+    "DatasetIds",
     "DetectionPredictor",
     "ClassificationPredictor",
     "predict",
 ]
 
-CLASSIFIER_ARCH = "RandWireClassifier"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Small images are drawn enlarged, so that the labels stay legible; large ones shrunk, so that
 # drawing takes bounded time and memory (Detectron2's default INPUT.MAX_SIZE_TEST).
 MIN_DRAWN_SIDE = 480
 MAX_DRAWN_SIDE = 1333
+# The detector's output files: COCO results with the dataset's ids (a list for COCO.loadRes),
+# and {"dataset", "note", "results"} holding the detections with an unknown id.
+RESULTS_FILE = "results.json"
+WITHOUT_IDS_FILE = "results_without_ids.json"
+WITHOUT_IDS_NOTE = (
+    "Detections whose COCO image_id or category_id cannot be known: that id is null and "
+    "'unknown_ids' says why; class_index is the model's class, label its name. "
+    f"{RESULTS_FILE} holds the detections with both ids, ready for COCO.loadRes."
+)
 logger = logging.getLogger(__name__)
 
 
-def setup_cfg(config_file: str, opts: Sequence[str] = (), confidence_threshold: float = 0.5):
-    """The frozen config to predict with: file + KEY VALUE overrides, device resolved, and the
-    minimum score of a detection shown and written (every detector kind's test threshold)."""
-    cfg = load_config(config_file, opts, freeze=False)
+def setup_cfg(
+    config_file: str,
+    opts: Sequence[str] = (),
+    confidence_threshold: float = 0.5,
+    allow_unsafe: bool = False,
+):
+    """The config to predict with: a yaml config with KEY VALUE overrides (frozen), or a
+    LazyConfig (`.py`, or a lazy run's saved config.yaml) with key=value overrides; the device
+    resolved, `confidence_threshold` the minimum score of a detection shown and written (every
+    detector kind's test threshold), the weights checked to be given and on disk."""
+    cfg = load_any_config(config_file, opts, freeze=False, allow_unsafe=allow_unsafe)
     resolve_device(cfg)
-    if not 0.0 <= confidence_threshold <= 1.0:
-        raise ValueError(
-            f"--confidence-threshold={confidence_threshold} is invalid: expected a score in [0, 1]"
-        )
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
-    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = confidence_threshold
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError(
-            "MODEL.WEIGHTS='' is invalid: predictions need trained weights, e.g. "
-            "--opts MODEL.WEIGHTS output/demo_detection/model_final.pth"
-        )
-    check_weights_on_disk(cfg.MODEL.WEIGHTS)
-    cfg.freeze()
+    if not (is_lazy(cfg) and is_classifier(cfg)):
+        set_score_threshold(cfg, confidence_threshold)
+    check_weights(cfg, purpose="predictions")
+    if not is_lazy(cfg):
+        cfg.freeze()
     return cfg
+
+
+def split_overrides(words: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(inputs, overrides) of --input's words: argparse gives `--input a.jpg MODEL.WEIGHTS w`
+    all to --input. The first word that is a config override and names no existing file starts
+    the overrides: a yaml key whose first part is a top-level key of the config (MODEL.WEIGHTS,
+    OUTPUT_DIR), or a LazyConfig key=value whose first part is one of LAZY_KEYS (or +key=value)."""
+    from detectron2.config import get_cfg
+
+    from .config import add_randwire_config
+
+    yaml_keys = set(add_randwire_config(get_cfg()))
+    for i, word in enumerate(words):
+        key, sep, _ = word.partition("=")
+        first = key.split(".")[0]
+        lazy = sep and (first.startswith("+") or first in LAZY_KEYS)
+        if (lazy or (not sep and first in yaml_keys)) and not glob.glob(word):
+            return list(words[:i]), list(words[i:])
+    return list(words), []
+
+
+def check_dataset_flags(cfg, registered: Sequence[str]) -> None:
+    """Datasets given with --dataset are for DATASETS.TEST[0] (lazy: dataloader.test.dataset.
+    names), whose ids and class names predictions take: one of them must be it."""
+    key, names = test_datasets_key(cfg), test_datasets(cfg)
+    if registered and (not names or names[0] not in registered):
+        name = registered[0]
+        fix = f"{key}={name}" if is_lazy(cfg) else f"{key} \"('{name}',)\""
+        raise ValueError(
+            f"--dataset {', '.join(registered)} is not what the config predicts with: "
+            f"{key} is {names}, and predictions take their ids and class names from its first "
+            f"dataset; set {fix}"
+        )
 
 
 def find_images(inputs: Sequence[str]) -> List[str]:
@@ -150,67 +216,190 @@ def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
     return frames(), fps
 
 
-def _load_weights(model, cfg) -> Dict:
-    """Load MODEL.WEIGHTS into `model`: every tensor must fit (strict), the wiring must be the
-    model's. Returns the rest of the checkpoint (class names, input statistics, ...)."""
-    checkpointer = build_checkpointer(model, "", cfg=cfg, strict=True)
-    loaded = checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[])
-    check_input_normalization(cfg, loaded)
-    return loaded
+class DatasetIds:
+    """The COCO ids of predictions on a dataset's images, as COCOEvaluator writes them: a file's
+    image id is the dataset's (matched by real path, else by file name, the longest shared
+    trailing path and the image size), a class index's category id is the dataset's (the inverse
+    of the metadata's thing_dataset_id_to_contiguous_id). An id that cannot be known is None,
+    with the reason; nothing is guessed.
+
+    Args:
+        name: a registered dataset (None: no dataset, `why` says why).
+        why: the reason every id is unknown when `name` is None.
+    """
+
+    def __init__(self, name: Optional[str], why: str = ""):
+        self.name, self.why = name, why
+        self.metadata = MetadataCatalog.get(name) if name else Metadata()
+        records = []
+        if name:
+            json_file = self.metadata.get("json_file")
+            if json_file and not os.path.isfile(json_file):
+                if not self.metadata.get("generated_on_demand", False):
+                    self.why = (
+                        f"dataset {name!r} is not on disk ({json_file} does not exist), so the "
+                        "image ids of its files are unknown"
+                    )
+            if not self.why:
+                records = DatasetCatalog.get(name)  # load_coco_json sets the category id map
+        self.num_images = len(records)
+        self._by_path = {os.path.realpath(d["file_name"]): d for d in records}
+        self._by_name: Dict[str, List[Dict]] = {}
+        for d in records:
+            self._by_name.setdefault(os.path.basename(d["file_name"]), []).append(d)
+        id_map = self.metadata.get("thing_dataset_id_to_contiguous_id", None)
+        self._category_ids = {v: k for k, v in id_map.items()} if id_map else None
+        self.classes = list(self.metadata.get("thing_classes", None) or [])
+
+    @classmethod
+    def of(cls, cfg) -> "DatasetIds":
+        """The ids of DATASETS.TEST[0] (lazy: dataloader.test.dataset.names[0]), which must be
+        registered (an error names the --dataset flag); none when the config names no dataset."""
+        key, names = test_datasets_key(cfg), test_datasets(cfg)
+        if not names:
+            return cls(None, f"{key} is empty: there is no dataset to take ids from")
+        empty = override_text(cfg, key, "[]" if is_lazy(cfg) else "'()'")
+        require_registered(
+            names[:1],
+            f"{key}[0]",
+            f", or {empty} to predict without a dataset (class indices, no COCO ids)",
+        )
+        return cls(names[0])
+
+    def describe(self, num_classes: Tuple[Optional[str], Optional[int]] = (None, None)):
+        """Lines that say where the ids and class names come from, and a class count that
+        differs from the model's."""
+        if self.name is None:
+            return [
+                f"ids: none ({self.why}): detections get image_id and category_id null and are "
+                "labelled by class index"
+            ]
+        cats = sorted(self._category_ids.values()) if self._category_ids else "unknown"
+        images = self.why or f"{self.num_images} images"
+        lines = [f"ids: dataset {self.name!r} ({images}; category ids {cats})"]
+        key, n = num_classes
+        if n is not None and self.classes and n != len(self.classes):
+            lines.append(
+                f"note: the model predicts {n} classes ({key}={n}) but dataset {self.name!r} has "
+                f"{len(self.classes)} categories: is it the dataset the model was trained on? A "
+                f"class index >= {len(self.classes)} gets category_id null"
+            )
+        return lines
+
+    def image_id(self, path: str, height: int, width: int) -> Tuple[Optional[int], str]:
+        """(the dataset's id of image file `path` of this size, "" or how it was matched), or
+        (None, why it is unknown)."""
+        if self.name is None or self.why:
+            return None, self.why
+        found = self._by_path.get(os.path.realpath(path))
+        if found is not None:
+            return found["image_id"], ""
+        name = os.path.basename(path)
+        candidates = self._by_name.get(name, [])
+        if not candidates:
+            return None, f"{path} is not an image of dataset {self.name!r} (by path or file name)"
+        parts = os.path.realpath(path).split(os.sep)
+
+        def shared(d):  # trailing path components in common: sub/x.jpg beats x.jpg
+            theirs, n = os.path.normpath(d["file_name"]).split(os.sep), 0
+            while n < min(len(parts), len(theirs)) and parts[-1 - n] == theirs[-1 - n]:
+                n += 1
+            return n
+
+        best = max(shared(d) for d in candidates)
+        top = [d for d in candidates if shared(d) == best]
+        if len(top) > 1:
+            ids = sorted(d["image_id"] for d in top)
+            return None, (
+                f"its file name matches {len(top)} images of dataset {self.name!r} (image ids "
+                f"{ids}): give the file in the dataset's image folder"
+            )
+        d = top[0]
+        size = (d.get("height"), d.get("width"))
+        if None not in size and size != (height, width):
+            return None, (
+                f"{name} is image {d['image_id']} of dataset {self.name!r} by file name, but it is "
+                f"{width}x{height} and that image {size[1]}x{size[0]}: not the same image"
+            )
+        return d["image_id"], f"image_id {d['image_id']} by file name ({d['file_name']})"
+
+    def category_id(self, class_index: int) -> Tuple[Optional[int], str]:
+        """(the dataset's category id of a class index, ""), or (None, why it is unknown)."""
+        if self.name is None:
+            return None, self.why
+        if self._category_ids is None:
+            return None, (
+                f"dataset {self.name!r} has no thing_dataset_id_to_contiguous_id in its metadata"
+            )
+        if class_index not in self._category_ids:
+            return None, (
+                f"class index {class_index} is no category of dataset {self.name!r} (its "
+                f"{len(self._category_ids)} categories are class indices 0.."
+                f"{len(self._category_ids) - 1})"
+            )
+        return self._category_ids[class_index], ""
+
+    def label(self, class_index: int) -> str:
+        """The dataset's name of a class index; the index itself where it has none."""
+        if class_index < len(self.classes):
+            return self.classes[class_index]
+        return str(class_index)
 
 
-def _metadata(cfg):
-    """(Metadata of DATASETS.TEST[0], {real path of an image of that dataset: its image id}).
-    A registered dataset whose annotations are on disk (or generated on demand) is loaded, so
-    that its category ids are known; otherwise only its registered metadata is used."""
-    if not cfg.DATASETS.TEST:
-        return Metadata(), {}
-    name = cfg.DATASETS.TEST[0]
-    meta = MetadataCatalog.get(name)
-    json_file = meta.get("json_file")
-    loadable = meta.get("generated_on_demand", False) or (json_file and os.path.isfile(json_file))
-    if name not in DatasetCatalog.list() or not loadable:
-        return meta, {}
-    dicts = DatasetCatalog.get(name)  # load_coco_json also sets the category id map
-    return meta, {os.path.realpath(d["file_name"]): d["image_id"] for d in dicts}
-
-
-class DetectionPredictor(DefaultPredictor):
-    """Detectron2's DefaultPredictor (same preprocessing; call it with a BGR HWC uint8 image),
-    with weights loaded strictly by the project's checkpointer and the metadata of
-    DATASETS.TEST[0] (class names, dataset category ids, image ids of its files)."""
+class DetectionPredictor:
+    """A detector on one BGR HWC uint8 image at a time, prepared as evaluation prepares images
+    (Detectron2's DefaultPredictor for a yaml config; a LazyConfig's test augmentations), with
+    weights loaded strictly by the project's checkpointer and the COCO ids and class names of
+    DATASETS.TEST[0] (lazy: dataloader.test.dataset.names[0]); see `DatasetIds`."""
 
     def __init__(self, cfg):
-        self.cfg = cfg.clone()
-        self.model = build_model(self.cfg).eval()
-        self.checkpoint = _load_weights(self.model, self.cfg)
-        self.metadata, self.image_ids = _metadata(self.cfg)
-        # DefaultPredictor.__init__'s resize and input format (its __call__ reads them).
-        self.aug = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
-        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r} is invalid: expected RGB or BGR")
-        self.input_format = cfg.INPUT.FORMAT
-        id_map = self.metadata.get("thing_dataset_id_to_contiguous_id")
-        self.category_ids = {v: k for k, v in id_map.items()} if id_map else None
+        self.cfg = cfg
+        self.input_format = input_format(cfg)
+        self.aug = test_augmentations(cfg)
+        self.ids = DatasetIds.of(cfg)
+        self.metadata = self.ids.metadata
+        self.model, self.checkpoint = load_model(cfg)
+        self.num_classes = num_classes(cfg)
 
-    def results(self, instances, image_id: int, file_name: str) -> List[Dict]:
-        """COCO-format results of one image (category ids of the dataset, XYWH boxes, RLE masks)."""
+    def __call__(self, bgr: np.ndarray) -> Dict:
+        """The model's output ({"instances": ...}) for one BGR HWC uint8 image."""
+        with torch.no_grad():
+            return self.model([prepare_image(bgr, self.input_format, self.aug)])[0]
+
+    def results(self, instances, file_name: str, frame: Optional[int] = None):
+        """(COCO-format results of one image or video frame: category and image ids of the
+        dataset, XYWH boxes, RLE masks, its file_name (and frame); the note on its image id).
+
+        A record whose image_id or category_id is unknown holds None there, plus its
+        class_index, label and `unknown_ids`: why."""
+        if frame is None:
+            image_id, note = self.ids.image_id(file_name, *instances.image_size)
+        else:
+            image_id, note = None, "a video frame has no COCO image id"
         records = instances_to_coco_json(instances, image_id)
         for r in records:
-            if self.category_ids is not None:
-                r["category_id"] = self.category_ids[r["category_id"]]
+            index = r["category_id"]
+            r["category_id"], why_category = self.ids.category_id(index)
             r["file_name"] = file_name
-        return records
+            if frame is not None:
+                r["frame"] = frame
+            why = [f"image_id: {note}"] * (image_id is None)
+            why += [f"category_id: {why_category}"] * (r["category_id"] is None)
+            if why:
+                r.update(class_index=index, label=self.ids.label(index), unknown_ids="; ".join(why))
+        return records, image_id, note
 
     def draw(self, bgr: np.ndarray, instances) -> np.ndarray:
-        """The image (BGR) with the detections drawn, at `drawn_scale` of its size."""
+        """The image (BGR) with the detections drawn, at `drawn_scale` of its size, labelled
+        with the dataset's class names (class indices where it has none)."""
         scale = drawn_scale(*bgr.shape[:2])
         if scale < 1:  # shrunk before drawing: matplotlib's canvas of the full image is huge
             bgr, instances = _shrink(bgr, instances, scale)
             scale = 1.0
-        vis = Visualizer(bgr[:, :, ::-1], self.metadata, scale=scale)
+        classes = instances.get("pred_classes") if instances.has("pred_classes") else None
+        count = int(classes.max()) + 1 if classes is not None and len(classes) else 0
+        names = [self.ids.label(i) for i in range(max(count, len(self.ids.classes)))]
+        vis = Visualizer(bgr[:, :, ::-1], Metadata(thing_classes=names), scale=scale)
         return vis.draw_instance_predictions(instances).get_image()[:, :, ::-1]
 
 
@@ -252,8 +441,7 @@ class ClassificationPredictor:
 
     def __init__(self, cfg):
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg).eval()
-        self.checkpoint = _load_weights(self.model, self.cfg)
+        self.model, self.checkpoint = load_model(self.cfg)
         self.transform = ResizeCenterCrop(cfg.PRETRAIN.TEST_CROPS[0], cfg.PRETRAIN.TEST_CROP_RATIO)
         self.input_format = cfg.INPUT.FORMAT
         classes = self.checkpoint.get("classes")
@@ -283,9 +471,9 @@ class ClassificationPredictor:
 
 
 def build_predictor(cfg):
-    """ClassificationPredictor for MODEL.META_ARCHITECTURE RandWireClassifier, else
-    DetectionPredictor."""
-    if cfg.MODEL.META_ARCHITECTURE == CLASSIFIER_ARCH:
+    """ClassificationPredictor for MODEL.META_ARCHITECTURE RandWireClassifier (yaml configs),
+    else DetectionPredictor (yaml or LazyConfig)."""
+    if is_classifier(cfg) and not is_lazy(cfg):
         return ClassificationPredictor(cfg)
     return DetectionPredictor(cfg)
 
@@ -308,40 +496,50 @@ def predict(
 ) -> List[Dict]:
     """Run `predictor` on image files or on the frames of a video; print one line per image or
     frame. With `output` (a folder): detectors write each image with its detections under its
-    file name (a video: <name>.mp4 of the drawn frames) and all results to results.json (COCO
-    format); the classifier writes its top-k classes per image to results.json. Returns the
-    records written to results.json."""
+    file name (a video: <name>.mp4 of the drawn frames), RESULTS_FILE (the COCO results whose
+    image and category ids are the dataset's) and WITHOUT_IDS_FILE (those with an id that cannot
+    be known, each saying why); the classifier writes its top-k classes per image to
+    RESULTS_FILE. Returns every record, in input order."""
     detector = isinstance(predictor, DetectionPredictor)
     check_output_folder(output)
     if output:
         os.makedirs(output, exist_ok=True)
+    if detector:
+        for line in predictor.ids.describe(predictor.num_classes):
+            print(line)
     if video:
         frames, fps = read_video(video)
         sources = ((f"{video}#{i}", i, frame) for i, frame in enumerate(frames))
     else:
-        sources = _image_sources(images, getattr(predictor, "image_ids", {}))
+        sources = ((path, None, read_image_file(path)) for path in images)
     writer, taken, records = None, set(), []
     try:
-        for name, image_id, bgr in sources:
+        for i, (name, frame, bgr) in enumerate(sources):
             start = time.perf_counter()
             if not detector:
                 top = predictor.topk(predictor(bgr), topk)
+                image_id = i if video else i + 1  # the frame index, or the position
                 records.append({"image_id": image_id, "file_name": video or name, "topk": top})
                 print(f"{name}: " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in top))
                 continue
             instances = predictor(bgr)["instances"].to("cpu")
-            records.extend(predictor.results(instances, image_id, video or name))
+            found, image_id, note = predictor.results(instances, video or name, frame)
+            records.extend(found)
             line = f"{name}: {len(instances)} detections in {time.perf_counter() - start:.2f}s"
-            if not output:
-                print(line)
-                continue
-            drawn = predictor.draw(bgr, instances)
-            if drawn.shape[0] < bgr.shape[0] and not (video and image_id):  # a video: once
-                line += (
-                    f"; drawn at {drawn.shape[1]}x{drawn.shape[0]} (the image is "
-                    f"{bgr.shape[1]}x{bgr.shape[0]}; MAX_DRAWN_SIDE={MAX_DRAWN_SIDE})"
-                )
+            if image_id is None and frame is None:
+                line += f"; image_id unknown: {note}"
+            elif note:
+                line += f"; {note}"
+            if output:
+                drawn = predictor.draw(bgr, instances)
+                if drawn.shape[0] < bgr.shape[0] and not (video and frame):  # a video: once
+                    line += (
+                        f"; drawn at {drawn.shape[1]}x{drawn.shape[0]} (the image is "
+                        f"{bgr.shape[1]}x{bgr.shape[0]}; MAX_DRAWN_SIDE={MAX_DRAWN_SIDE})"
+                    )
             print(line)
+            if not output:
+                continue
             if video:
                 writer = writer or _video_writer(video, output, fps, drawn.shape)
                 writer.write(drawn)
@@ -352,17 +550,40 @@ def predict(
     finally:
         if writer is not None:
             writer.release()
-    if output:
-        with open(os.path.join(output, "results.json"), "w") as f:
+    if detector:
+        _write_detections(records, predictor.ids.name, output)
+    elif output:
+        with open(os.path.join(output, RESULTS_FILE), "w") as f:
             json.dump(records, f)
     return records
 
 
-def _image_sources(paths: Sequence[str], image_ids: Dict[str, int]):
-    """(path, image id, BGR image) of each file: the dataset's id of a file of DATASETS.TEST[0],
-    else its position (1, 2, ...)."""
-    for i, path in enumerate(paths):
-        yield path, image_ids.get(os.path.realpath(path), i + 1), read_image_file(path)
+def _write_detections(records: List[Dict], dataset: Optional[str], output: Optional[str]):
+    """RESULTS_FILE: the records with both ids (COCO.loadRes reads it as it is);
+    WITHOUT_IDS_FILE: the others, under a note; and a line that says how many went where."""
+    known = [r for r in records if "unknown_ids" not in r]
+    unknown = [r for r in records if "unknown_ids" in r]
+    if output:
+        with open(os.path.join(output, RESULTS_FILE), "w") as f:
+            json.dump(known, f)
+        with open(os.path.join(output, WITHOUT_IDS_FILE), "w") as f:
+            json.dump({"dataset": dataset, "note": WITHOUT_IDS_NOTE, "results": unknown}, f)
+    if not unknown:
+        where = f" -> {os.path.join(output, RESULTS_FILE)}" if output else ""
+        print(f"{len(known)} detections, all with the dataset's image and category ids{where}")
+        return
+    no_image = sum(r["image_id"] is None for r in unknown)
+    no_category = sum(r["category_id"] is None for r in unknown)
+    where = (
+        f": {os.path.join(output, RESULTS_FILE)} holds the {len(known)} with both ids (for "
+        f"COCO.loadRes), {os.path.join(output, WITHOUT_IDS_FILE)} these, with null ids and why"
+        if output
+        else ""
+    )
+    print(
+        f"{len(unknown)} of {len(records)} detections have unknown ids (image_id: {no_image}, "
+        f"category_id: {no_category}){where}"
+    )
 
 
 def _video_writer(video: str, output: str, fps: float, shape) -> cv2.VideoWriter:

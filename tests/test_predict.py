@@ -16,12 +16,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from pycocotools.coco import COCO
 
 from randwire_d2.checkpoint import RandWireCheckpointer
-from randwire_d2.config import load_config
+from randwire_d2.config import load_config, load_lazy_config
 from randwire_d2.data.checks import check_image_folder
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.detection_demo import ensure_detection_demo, register_detection_demo
@@ -43,7 +44,11 @@ DEMO = os.path.join(REPO, "configs", "demo")
 DET_CONFIG = os.path.join(DEMO, "faster_rcnn_randwire_demo.yaml")
 MASK_CONFIG = os.path.join(DEMO, "mask_rcnn_randwire_demo.yaml")
 CLS_CONFIG = os.path.join(DEMO, "randwire_cls_demo.yaml")
+LAZY_DEMO = os.path.join(REPO, "configs", "lazy", "demo", "faster_rcnn_randwire_demo.py")
 PREDICT = os.path.join(REPO, "tools", "predict.py")
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import predict as predict_tool  # noqa: E402  (tools/predict.py)
+
 # fmt: off
 TINY = [
     "MODEL.DEVICE", "cpu",
@@ -162,7 +167,8 @@ def test_mask_model_writes_rle_segmentations(demo_root, tmp_path):
     predictor = build_predictor(setup_cfg(MASK_CONFIG, opts + ["MODEL.WEIGHTS", weights], 0.1))
     records = predict(predictor, val_images(demo_root, 2), output=str(tmp_path / "out"))
     check_coco_results(records, demo_root, masks=True)
-    assert len(os.listdir(tmp_path / "out")) == 3  # 2 pictures + results.json
+    # 2 pictures, the results with ids and the (here empty) results without
+    assert len(os.listdir(tmp_path / "out")) == 4
 
 
 def test_video_input(demo_root, detector_weights, tmp_path):
@@ -174,8 +180,13 @@ def test_video_input(demo_root, detector_weights, tmp_path):
     writer.release()
     cfg = setup_cfg(DET_CONFIG, TINY + ["MODEL.WEIGHTS", detector_weights], 0.1)
     records = predict(build_predictor(cfg), video=video, output=str(tmp_path / "out"))
-    assert {r["image_id"] for r in records} == {0, 1, 2}  # frame indices
+    # A frame has no COCO image id: null, with why, and its index; categories are the dataset's.
+    assert {r["frame"] for r in records} == {0, 1, 2} and {r["image_id"] for r in records} == {None}
     assert {r["file_name"] for r in records} == {video}
+    assert all("video frame" in r["unknown_ids"] and r["category_id"] >= 1 for r in records)
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == []
+    without = json.loads((tmp_path / "out" / "results_without_ids.json").read_text())
+    assert without["results"] == records and without["dataset"] == "randwire_demo_det_val"
     frames, _ = read_video(str(tmp_path / "out" / "clip.mp4"))
     drawn = list(frames)
     assert len(drawn) == 3 and drawn[0].shape[:2] == (480, 480)
@@ -246,3 +257,184 @@ def test_bad_inputs_are_named(classifier, detector_weights, tmp_path):
     cfg, weights, _ = classifier
     with pytest.raises(ValueError, match="do not fit"):
         build_predictor(setup_cfg(DET_CONFIG, TINY + ["MODEL.WEIGHTS", weights], 0.1))
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's own COCO dataset (tools/train_net.py --dataset NAME JSON IMAGE_DIR), yaml and lazy
+
+# One category, id 1 (Detectron2's class index 0); image ids neither contiguous nor in file order.
+USER_IMAGES = {"sub/a.jpg": 17, "sub/b.jpg": 40, "sub/c.jpg": 3}
+TINY_1CLASS = TINY + ["MODEL.ROI_HEADS.NUM_CLASSES", "1"]
+
+
+def write_user_dataset(folder) -> dict:
+    """A user-style COCO dataset under `folder`: images/sub/{a,b,c}.jpg (64x64) with ids
+    USER_IMAGES, category 1 "tree"; and other/x.jpg, an image that is not in it."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for name, image_id in USER_IMAGES.items():
+        path = os.path.join(folder, "images", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        cv2.imwrite(path, rng.integers(0, 255, (64, 64, 3), np.uint8))
+        images.append({"id": image_id, "file_name": name, "height": 64, "width": 64})
+        bbox = [8.0, 10.0, 30.0, 24.0]
+        annotations.append(
+            {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": bbox}
+            | {"area": bbox[2] * bbox[3], "iscrowd": 0}
+        )
+    json_file = os.path.join(folder, "trees_val.json")
+    with open(json_file, "w") as f:
+        categories = [{"id": 1, "name": "tree"}]
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    other = os.path.join(folder, "other", "x.jpg")
+    os.makedirs(os.path.dirname(other))
+    cv2.imwrite(other, rng.integers(0, 255, (64, 64, 3), np.uint8))
+    return {"json": json_file, "images": os.path.join(folder, "images"), "other": other}
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    return write_user_dataset(str(tmp_path_factory.mktemp("trees")))
+
+
+@pytest.fixture
+def forget_datasets():
+    """Unregister the datasets a test's --dataset registered (a tool's main runs in-process)."""
+    before = set(DatasetCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - before:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+@pytest.fixture(scope="module")
+def one_class_weights(tmp_path_factory):
+    return save_random_model(DET_CONFIG, TINY_1CLASS, tmp_path_factory.mktemp("trees_model"))
+
+
+def test_user_dataset_ids_are_the_datasets_own(
+    user_data, one_class_weights, tmp_path, capsys, forget_datasets
+):
+    """--dataset: results.json holds the dataset's image ids (17, 40, 3) and category id 1, and
+    loads with COCO.loadRes; an image not in the dataset gets image_id null and why, in
+    results_without_ids.json. Overrides trail --input (plain KEY VALUE)."""
+    copy_dir = tmp_path / "copies" / "sub"  # b.jpg elsewhere: matched by file name and size
+    copy_dir.mkdir(parents=True)
+    b_copy = str(copy_dir / "b.jpg")
+    cv2.imwrite(b_copy, cv2.imread(os.path.join(user_data["images"], "sub", "b.jpg")))
+    out = tmp_path / "out"
+    predict_tool.main(
+        ["--config-file", DET_CONFIG, "--dataset", "trees_val", user_data["json"]]
+        + [user_data["images"], "--output", str(out), "--confidence-threshold", "0.1", "--input"]
+        + [os.path.join(user_data["images"], "sub"), user_data["other"], b_copy]
+        + TINY_1CLASS
+        + ["DATASETS.TEST", "('trees_val',)", "MODEL.WEIGHTS", one_class_weights]
+    )
+    printed = capsys.readouterr().out
+    records = json.loads((out / "results.json").read_text())
+    expected = {os.path.join(user_data["images"], k): v for k, v in USER_IMAGES.items()}
+    expected[b_copy] = 40
+    assert {r["file_name"] for r in records} == set(expected)  # every image has detections
+    assert all(r["image_id"] == expected[r["file_name"]] for r in records)
+    assert {r["category_id"] for r in records} == {1}
+    gt = COCO(user_data["json"])
+    dt = gt.loadRes(str(out / "results.json"))
+    assert set(dt.getImgIds()) == {17, 40, 3}
+    without = json.loads((out / "results_without_ids.json").read_text())
+    assert without["dataset"] == "trees_val" and without["results"]
+    for r in without["results"]:
+        assert r["file_name"] == user_data["other"] and r["image_id"] is None
+        assert r["category_id"] == 1 and r["class_index"] == 0 and r["label"] == "tree"
+        assert "not an image of dataset 'trees_val'" in r["unknown_ids"]
+    assert f"{user_data['other']}: " in printed and "image_id unknown: " in printed
+    assert "image_id 40 by file name" in printed
+    assert "have unknown ids" in printed and "results_without_ids.json" in printed
+
+
+def test_without_a_registered_dataset_no_id_is_made_up(
+    user_data, one_class_weights, tmp_path, capsys, forget_datasets
+):
+    """The run's config names a dataset that is not registered: an error naming it and
+    --dataset; DATASETS.TEST () predicts with class indices and null ids (said, and written)."""
+    argv = ["--config-file", DET_CONFIG, "--input", user_data["other"], "--output"]
+    argv += [str(tmp_path), "--confidence-threshold", "0.1"] + TINY_1CLASS
+    argv += ["MODEL.WEIGHTS", one_class_weights]
+    with pytest.raises(SystemExit, match=r"'trees_val', which is not registered: pass --dataset"):
+        predict_tool.main(argv + ["DATASETS.TEST", "('trees_val',)"])
+    # --dataset for another dataset than the config's is refused, naming the fix.
+    with pytest.raises(SystemExit, match=r"DATASETS\.TEST \"\('mine',\)\""):
+        predict_tool.main(argv[:2] + ["--dataset", "mine", user_data["json"], "."] + argv[2:])
+    records = predict_tool.main(argv + ["DATASETS.TEST", "()"])
+    assert records and all(r["image_id"] is None and r["category_id"] is None for r in records)
+    assert all("DATASETS.TEST is empty" in r["unknown_ids"] for r in records)
+    assert json.loads((tmp_path / "results.json").read_text()) == []
+    assert "ids: none (DATASETS.TEST is empty" in capsys.readouterr().out
+
+
+def test_override_syntax_is_checked_per_config_system():
+    from randwire_d2.inference_config import load_any_config
+    from randwire_d2.predict import split_overrides
+
+    assert split_overrides(["a.jpg", "MODEL.WEIGHTS", "w", "SEED", "1"]) == (
+        ["a.jpg"],
+        ["MODEL.WEIGHTS", "w", "SEED", "1"],
+    )
+    assert split_overrides(["b/*.jpg", "train.init_checkpoint=w"]) == (
+        ["b/*.jpg"],
+        ["train.init_checkpoint=w"],
+    )
+    with pytest.raises(ValueError, match="yaml config, whose overrides are KEY VALUE"):
+        load_any_config(DET_CONFIG, ["MODEL.WEIGHTS=w"])
+    lazy = os.path.join(REPO, "configs", "lazy", "demo", "faster_rcnn_randwire_demo.py")
+    with pytest.raises(ValueError, match="LazyConfig, whose overrides are key=value"):
+        load_any_config(lazy, ["MODEL.WEIGHTS", "w"])
+
+
+@pytest.fixture(scope="module")
+def lazy_run(tmp_path_factory):
+    """(overrides, saved config.yaml, model_final.pth) of a lazy run of a tiny 1-class detector
+    on the user's dataset: the config as tools/lazyconfig_train_net.py saves it (LazyConfig.save),
+    the weights written by the project's checkpointer."""
+    from detectron2.config import LazyConfig, instantiate
+    from test_lazy import TINY_LAZY
+
+    folder = tmp_path_factory.mktemp("lazy_run")
+    opts = TINY_LAZY + [
+        "model.roi_heads.num_classes=1",
+        "dataloader.test.dataset.names=trees_val",
+        f"train.output_dir={folder}",
+    ]
+    cfg = load_lazy_config(LAZY_DEMO, opts)
+    torch.manual_seed(0)
+    RandWireCheckpointer(instantiate(cfg.model), str(folder), cfg=cfg).save("model_final")
+    LazyConfig.save(cfg, str(folder / "config.yaml"))
+    return opts, str(folder / "config.yaml"), str(folder / "model_final.pth")
+
+
+def test_lazy_config_and_its_saved_yaml_predict_with_the_datasets_ids(
+    lazy_run, user_data, tmp_path, forget_datasets
+):
+    """A LazyConfig .py (key=value overrides, after --opts too) and the config.yaml its run
+    saved predict the same detections, with the dataset's ids."""
+    opts, saved, weights = lazy_run
+    runs = {}
+    for config, overrides in [(LAZY_DEMO, ["--opts"] + opts), (saved, [])]:
+        out = tmp_path / os.path.basename(config)
+        predict_tool.main(
+            ["--config-file", config, "--dataset", "trees_val", user_data["json"]]
+            + [user_data["images"], "--output", str(out), "--confidence-threshold", "0.1"]
+            + ["--input", os.path.join(user_data["images"], "sub")]
+            + overrides
+            + [f"train.init_checkpoint={weights}"]
+        )
+        DatasetCatalog.remove("trees_val")
+        MetadataCatalog.remove("trees_val")
+        runs[config] = json.loads((out / "results.json").read_text())
+        without = json.loads((out / "results_without_ids.json").read_text())
+        assert without["results"] == []
+    records = runs[saved]
+    assert records and records == runs[LAZY_DEMO]
+    assert {r["image_id"] for r in records} <= {17, 40, 3} and {
+        r["category_id"] for r in records
+    } == {1}
+    COCO(user_data["json"]).loadRes(str(tmp_path / "config.yaml" / "results.json"))

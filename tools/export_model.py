@@ -10,6 +10,13 @@
     # classifier: torch.export (model.pt2) and ONNX of images -> logits at a fixed size
     python tools/export_model.py --config-file configs/demo/randwire_cls_demo.yaml \\
         --output output/export_cls MODEL.WEIGHTS output/demo_classification/model_final.pth
+    # your own COCO dataset (traced on its first images), or a LazyConfig (.py, or a lazy run's
+    # saved config.yaml) with key=value overrides
+    python tools/export_model.py --config-file output/trees/config.yaml \\
+        --dataset trees_val trees/val.json trees/images MODEL.WEIGHTS output/trees/model_final.pth
+    python tools/export_model.py --config-file output/trees_lazy/config.yaml \\
+        --dataset trees_val trees/val.json trees/images \\
+        train.init_checkpoint=output/trees_lazy/model_final.pth
 
 torchscript and onnx files are made by tracing (detectors through TracingAdapter), pt2 by
 torch.export (classifiers only). Every file is run on --num-samples inputs (onnx in
@@ -18,6 +25,7 @@ status 1, naming the numbers. The exported graph is the frozen fast execution (s
 randwire_d2/export.py); --compare-executions also prints the op counts of the reference and
 fast executions traced as they are. A folder holding an earlier export is refused unless
 --overwrite, which removes that export's files (EXPORT_FILES; other files stay) first.
+A LazyConfig's weights are train.init_checkpoint, its test data dataloader.test (detectors only).
 """
 
 import argparse
@@ -28,24 +36,30 @@ import sys
 import torch
 from detectron2.utils.logger import setup_logger
 
-from randwire_d2.config import load_config
+from randwire_d2.data.checks import register_user_datasets
 from randwire_d2.engine import resolve_device
 from randwire_d2.export import (
     FORMATS,
     ClassifierExport,
     ExportMismatchError,
-    build_export_model,
     classifier_samples,
     detector_adapter,
-    detector_samples,
     export_classifier,
     export_detector,
     markdown_table,
     op_counts,
     prepare_export_folder,
 )
-
-CLASSIFIER = "RandWireClassifier"
+from randwire_d2.inference_config import (
+    detector_samples,
+    is_classifier,
+    is_lazy,
+    load_any_config,
+    load_model,
+    require_registered,
+    test_datasets,
+    test_datasets_key,
+)
 
 
 def build_parser():
@@ -89,40 +103,74 @@ def build_parser():
         action="store_true",
         help="also trace the reference and fast executions and print their op counts",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        nargs=3,
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO-format dataset (repeatable), as train_net.py does: a detector is "
+        "traced on the first images of the config's test dataset",
+    )
+    parser.add_argument(
+        "--allow-unsafe-config",
+        action="store_true",
+        help="let a yaml config use python tags (!!python/...), which can run code",
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="overrides: yaml KEY VALUE ...; LazyConfig key=value"
+    )
     return parser
 
 
 def setup(args):
-    # The export traces the eager trunk: no torch.compile.
-    cfg = load_config(args.config_file, list(args.opts) + ["MODEL.RANDWIRE.COMPILE", ""], False)
+    """The config (yaml or LazyConfig), after registering --dataset."""
+    flags = [o for o in args.opts if o.startswith("--")]
+    if flags:
+        raise ValueError(f"{flags[0]} is among the overrides: options go before them")
+    register_user_datasets(args.dataset)
+    cfg = load_any_config(args.config_file, args.opts, False, args.allow_unsafe_config)
     resolve_device(cfg)
-    cfg.freeze()
+    if not is_lazy(cfg):
+        cfg.MODEL.RANDWIRE.COMPILE = ""  # the export traces the eager trunk: no torch.compile
+        cfg.freeze()
     return cfg
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logger = setup_logger(name="randwire_d2")
-    cfg = setup(args)
-    classifier = cfg.MODEL.META_ARCHITECTURE == CLASSIFIER
+    try:
+        cfg = setup(args)
+    except KeyError as e:  # an override of a key the config lacks
+        sys.exit(f"error: {e.args[0] if e.args else e}")
+    except (ValueError, OSError) as e:  # a bad --dataset or config, named
+        sys.exit(f"error: {e}")
+    classifier = is_classifier(cfg)
     formats = args.format or (["pt2", "onnx"] if classifier else ["torchscript"])
     if args.num_samples < 1:
         sys.exit(f"--num-samples {args.num_samples} is invalid: expected an integer >= 1")
     if classifier and args.sample_image:
         sys.exit("--sample-image is for detectors: a classifier is exported at --input-size")
     if not classifier and "pt2" in formats:
+        arch = "a LazyConfig's detector"
+        if not is_lazy(cfg):
+            arch = f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}"
         sys.exit(
-            f"--format pt2 is invalid for MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}"
-            ": detectors export by tracing (torchscript, onnx); pt2 is for RandWireClassifier"
+            f"--format pt2 is invalid for {arch}: detectors export by tracing (torchscript, "
+            "onnx); pt2 is for RandWireClassifier"
         )
-    output = args.output or os.path.join(cfg.OUTPUT_DIR, "export")
+    output_dir = cfg.train.get("output_dir", "output") if is_lazy(cfg) else cfg.OUTPUT_DIR
+    output = args.output or os.path.join(output_dir, "export")
     try:
+        if not classifier and not args.sample_image:  # before building: the data to trace on
+            key = test_datasets_key(cfg)
+            require_registered(test_datasets(cfg)[:1], key, ", or --sample-image IMAGE")
         prepare_export_folder(output, args.overwrite)
-        model = build_export_model(cfg, args.random_weights)
+        model, _ = load_model(cfg, args.random_weights, purpose="exports")
     except (ValueError, OSError) as e:  # FileNotFoundError, FileExistsError: named paths
         sys.exit(f"error: {e}")
-    logger.info(f"exporting {cfg.MODEL.META_ARCHITECTURE} as {formats} to {output}")
+    logger.info(f"exporting {type(model).__name__} as {formats} to {output}")
 
     try:
         if classifier:

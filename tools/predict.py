@@ -4,28 +4,41 @@ COCO-format results, or a classifier's top-k classes.
 
     python tools/predict.py --config-file configs/demo/faster_rcnn_randwire_demo.yaml \\
         --input 'datasets/randwire_demo_det/val/*.jpg' --output output/predictions \\
-        --opts MODEL.WEIGHTS output/demo_detection/model_final.pth
-    python tools/predict.py --config-file ... --video-input clip.mp4 --output out/ --opts ...
+        MODEL.WEIGHTS output/demo_detection/model_final.pth
+    # your own COCO dataset: its image and category ids, its class names
+    python tools/predict.py --config-file output/trees/config.yaml \\
+        --dataset trees_val trees/val.json trees/images --input trees/images --output out/ \\
+        MODEL.WEIGHTS output/trees/model_final.pth
+    # a LazyConfig (.py, or a lazy run's saved config.yaml): key=value overrides
+    python tools/predict.py --config-file output/trees_lazy/config.yaml --input ... \\
+        train.init_checkpoint=output/trees_lazy/model_final.pth
+    python tools/predict.py --config-file ... --video-input clip.mp4 --output out/ MODEL.WEIGHTS ...
     python tools/predict.py --config-file configs/demo/randwire_cls_demo.yaml \\
         --input datasets/randwire_demo_cls/val/circle \\
-        --opts MODEL.WEIGHTS output/demo_classification/model_final.pth
+        MODEL.WEIGHTS output/demo_classification/model_final.pth
 
---input takes image files, folders and glob patterns. With --output (a folder), detectors write
-each image with its detections and results.json (COCO results: image_id, category_id, bbox, score,
-segmentation); the classifier writes its top-k classes per image to results.json. Images of more
-than MAX_IMAGE_PIXELS pixels are refused; drawn pictures are at most MAX_DRAWN_SIDE pixels long
-(randwire_d2/predict.py). An error in the inputs exits with status 1 and one line naming it.
+Overrides go last, in the config's syntax (yaml: KEY VALUE; LazyConfig: key=value); `--opts`
+before them is accepted too. --input takes image files, folders and glob patterns. With --output
+(a folder), detectors write each image with its detections, results.json (COCO results with the
+dataset's image_id and category_id, for COCO.loadRes) and results_without_ids.json (detections
+whose image or category id cannot be known: null, and why); the classifier writes its top-k
+classes per image to results.json. Images of more than MAX_IMAGE_PIXELS pixels are refused;
+drawn pictures are at most MAX_DRAWN_SIDE pixels long (randwire_d2/predict.py). An error in the
+inputs exits with status 1 and one line naming it.
 """
 
 import argparse
 import sys
 
+from randwire_d2.data.checks import register_user_datasets
 from randwire_d2.predict import (
     build_predictor,
+    check_dataset_flags,
     check_output_folder,
     find_images,
     predict,
     setup_cfg,
+    split_overrides,
 )
 from randwire_d2.utils.warnings import quiet_third_party_warnings
 
@@ -40,13 +53,32 @@ def build_parser():
     source.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", help="folder for the drawn images and results.json")
     parser.add_argument(
+        "--dataset",
+        action="append",
+        nargs=3,
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO-format dataset (repeatable), as train_net.py does: predictions "
+        "take the ids and class names of the config's test dataset",
+    )
+    parser.add_argument(
         "--confidence-threshold",
         type=float,
         default=0.5,
         help="minimum score of a detection drawn and written (default: 0.5)",
     )
     parser.add_argument("--topk", type=int, default=5, help="classes per image (classifier)")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE ...")
+    parser.add_argument(
+        "--allow-unsafe-config",
+        action="store_true",
+        help="let a yaml config use python tags (!!python/...), which can run code",
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="overrides (as the trailing ones)"
+    )
+    parser.add_argument(
+        "overrides", nargs=argparse.REMAINDER, help="yaml: KEY VALUE ...; LazyConfig: key=value"
+    )
     return parser
 
 
@@ -54,13 +86,24 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_third_party_warnings()
     try:
+        inputs, trailing = split_overrides(args.input) if args.input else ([], [])
+        overrides = [o for o in trailing + args.overrides + args.opts if o != "--opts"]
+        flags = [o for o in overrides if o.startswith("--")]
+        if flags:
+            raise ValueError(f"{flags[0]} is among the overrides: options go before them")
         if args.topk < 1:
             raise ValueError(f"--topk={args.topk} is invalid: expected a positive integer")
         check_output_folder(args.output)
-        images = find_images(args.input) if args.input else ()
-        cfg = setup_cfg(args.config_file, args.opts, args.confidence_threshold)
+        images = find_images(inputs) if args.input else ()
+        registered = register_user_datasets(args.dataset)
+        cfg = setup_cfg(
+            args.config_file, overrides, args.confidence_threshold, args.allow_unsafe_config
+        )
+        check_dataset_flags(cfg, registered)
         predictor = build_predictor(cfg)
         return predict(predictor, images, args.video_input, args.output, args.topk)
+    except KeyError as e:  # an override of a key the config lacks
+        sys.exit(f"error: {e.args[0] if e.args else e}")
     except (ValueError, OSError) as e:  # bad inputs, named by the message
         sys.exit(f"error: {e}")
 

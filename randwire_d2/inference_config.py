@@ -1,0 +1,407 @@
+"""What tools/predict.py and tools/export_model.py read from a config of either system, in one
+place: a yaml config (`load_config`, `KEY VALUE` overrides) or a LazyConfig, given as a `.py`
+file or as the config.yaml a lazy run saves (`LazyConfig.save`: top-level lowercase `model`,
+`dataloader`, `train`, ...), with `key=value` overrides. `load_any_config` tells them apart.
+
+    what            yaml                                     LazyConfig
+    model           build_model(cfg)                         instantiate(cfg.model)
+    weights         MODEL.WEIGHTS                            train.init_checkpoint
+    device          MODEL.DEVICE                             train.device
+    input format    INPUT.FORMAT                             dataloader.test.mapper.image_format
+                                                             (= model.input_format)
+    test resizing   ResizeShortestEdge(INPUT.MIN_SIZE_TEST,  dataloader.test.mapper.augmentations
+                    INPUT.MAX_SIZE_TEST)
+    test datasets   DATASETS.TEST                            dataloader.test.dataset.names
+
+Weights load strictly through the project's checkpointer (`build_checkpointer`: nothing
+unpickled beyond tensors, the wiring checked). A lazy config, `.py` or yaml, names the python
+callables that build it (`_target_`): like a python file, load only one you trust.
+"""
+
+import copy
+import difflib
+import inspect
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode, LazyConfig, instantiate
+from detectron2.data import DatasetCatalog
+from detectron2.data import transforms as T
+
+from .checkpoint import check_input_normalization, check_weights_on_disk
+from .config import flatten_lazy, load_config, load_lazy_config, read_yaml
+from .data.checks import num_classes_key, prepare_datasets
+from .data.imagefolder import read_rgb_image
+
+__all__ = [
+    "LAZY_KEYS",
+    "load_any_config",
+    "is_lazy",
+    "weights_key",
+    "override_text",
+    "input_format",
+    "test_datasets",
+    "test_datasets_key",
+    "test_augmentations",
+    "num_classes",
+    "is_classifier",
+    "set_score_threshold",
+    "check_weights",
+    "load_model",
+    "require_registered",
+    "prepare_image",
+    "detector_samples",
+]
+
+# Top-level keys of a LazyConfig (Detectron2's convention). A yaml holding them and no
+# upper-case (yacs) key is a lazy run's saved config.
+LAZY_KEYS = ("model", "dataloader", "train", "optimizer", "lr_multiplier")
+# Constructor arguments that hold a detector's minimum test score (R-CNN box predictors,
+# RetinaNet/FCOS, PanopticFPN's instance combination).
+SCORE_THRESHOLD_ARGS = ("test_score_thresh", "combine_instances_score_thresh")
+CLASSIFIER_ARCH = "RandWireClassifier"
+
+
+def load_any_config(
+    config_file: str, opts: Sequence[str] = (), freeze: bool = True, allow_unsafe: bool = False
+):
+    """The config in `config_file`, of either system: a `.py` file is a LazyConfig
+    (`load_lazy_config`, `key=value` overrides); a yaml whose top-level keys are a LazyConfig's
+    (LAZY_KEYS, lower case) is a lazy run's saved config, parsed safely and given `key=value`
+    overrides checked as `load_lazy_config` checks them; any other yaml is `load_config`'s
+    (`KEY VALUE` overrides; frozen with `freeze`). Overrides in the other system's syntax are an
+    error that says which syntax the file takes."""
+    opts = list(opts)
+    if config_file.endswith(".py"):
+        _check_lazy_syntax(config_file, opts)
+        return load_lazy_config(config_file, opts)
+    loaded = read_yaml(config_file, allow_unsafe)
+    if not _is_lazy_yaml(config_file, loaded):
+        keys = opts[::2]
+        lazy_style = [k for k in keys if isinstance(k, str) and "=" in k]
+        if lazy_style:
+            raise ValueError(
+                f"override {lazy_style[0]!r} is invalid: {config_file} is a yaml config, whose "
+                "overrides are KEY VALUE pairs (e.g. MODEL.WEIGHTS model_final.pth); key=value "
+                "is a LazyConfig's syntax"
+            )
+        return load_config(config_file, opts, freeze, allow_unsafe)
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(loaded, flags={"allow_objects": True})
+    return LazyConfig.apply_overrides(cfg, _checked_lazy_overrides(cfg, config_file, opts))
+
+
+def _is_lazy_yaml(config_file: str, loaded: dict) -> bool:
+    keys = [str(k) for k in loaded]
+    lazy = [k for k in keys if k in LAZY_KEYS]
+    yacs = [k for k in keys if k.upper() == k]
+    if lazy and yacs:
+        raise ValueError(
+            f"config {config_file!r} mixes yaml config keys {yacs} and LazyConfig keys {lazy}: "
+            "a yaml config has upper-case keys (MODEL, DATASETS, ...), a lazy run's saved "
+            f"config.yaml lower-case ones {list(LAZY_KEYS)}"
+        )
+    return bool(lazy)
+
+
+_MISSING = object()
+
+
+def _check_lazy_syntax(config_file: str, overrides: Sequence[str]) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(
+                f"override {item!r} is invalid: {config_file} is a LazyConfig, whose overrides "
+                "are key=value (e.g. train.init_checkpoint=model_final.pth); KEY VALUE pairs "
+                "are a yaml config's syntax"
+            )
+
+
+def _checked_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> List[str]:
+    """`key=value` overrides as `load_lazy_config` takes them: a key the config lacks is an error
+    naming its closest keys (`+key=value` adds one on purpose)."""
+    from omegaconf import OmegaConf
+
+    _check_lazy_syntax(config_file, overrides)
+    checked = []
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key.startswith("+"):
+            checked.append(item[1:])
+            continue
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            keys = list(flatten_lazy(cfg, leaves_only=False))
+            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise KeyError(
+                f"override {item!r}: the config {config_file} has no key {key!r}.{hint} "
+                f"(+{key}=... adds it on purpose)"
+            )
+        checked.append(item)
+    return checked
+
+
+def is_lazy(cfg) -> bool:
+    return not isinstance(cfg, CfgNode)
+
+
+def weights_key(cfg) -> str:
+    return "train.init_checkpoint" if is_lazy(cfg) else "MODEL.WEIGHTS"
+
+
+def _weights(cfg) -> str:
+    return (cfg.train.get("init_checkpoint", "") if is_lazy(cfg) else cfg.MODEL.WEIGHTS) or ""
+
+
+def override_text(cfg, key: str, value: str) -> str:
+    """How an override of `key` is written on the command line for this config's system."""
+    return f"{key}={value}" if is_lazy(cfg) else f"{key} {value}"
+
+
+def input_format(cfg) -> str:
+    """INPUT.FORMAT; lazy: the test mapper's image_format (what evaluation feeds the model),
+    which must equal model.input_format where both are set. Checked to be RGB or BGR."""
+    if is_lazy(cfg):
+        from omegaconf import OmegaConf
+
+        found = {
+            k: v
+            for k in ("dataloader.test.mapper.image_format", "model.input_format")
+            for v in [OmegaConf.select(cfg, k, default=None)]
+            if v is not None
+        }
+        if len(set(found.values())) > 1:
+            raise ValueError(
+                "the LazyConfig's input formats differ: "
+                + ", ".join(f"{k}={v!r}" for k, v in found.items())
+                + ": set both to the channel order the model was trained on"
+            )
+        key, fmt = next(iter(found.items()), ("model.input_format", "BGR"))
+    else:
+        key, fmt = "INPUT.FORMAT", cfg.INPUT.FORMAT
+    if fmt not in ("RGB", "BGR"):
+        raise ValueError(f"{key}={fmt!r} is invalid: expected RGB or BGR")
+    return fmt
+
+
+def test_datasets_key(cfg) -> str:
+    return "dataloader.test.dataset.names" if is_lazy(cfg) else "DATASETS.TEST"
+
+
+def test_datasets(cfg) -> List[str]:
+    """DATASETS.TEST (lazy: dataloader.test.dataset.names, a name or a list)."""
+    if not is_lazy(cfg):
+        return list(cfg.DATASETS.TEST)
+    from omegaconf import OmegaConf
+
+    names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
+    if names is None:
+        return []
+    return [names] if isinstance(names, str) else list(names)
+
+
+def test_augmentations(cfg) -> T.AugmentationList:
+    """The resizing of evaluation: ResizeShortestEdge to INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, as
+    Detectron2's DefaultPredictor (lazy: dataloader.test.mapper.augmentations)."""
+    if not is_lazy(cfg):
+        size = cfg.INPUT.MIN_SIZE_TEST
+        return T.AugmentationList([T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)])
+    from omegaconf import OmegaConf
+
+    augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentations", default=None)
+    if augs is None:
+        raise ValueError(
+            "the LazyConfig has no dataloader.test.mapper.augmentations: the test resizing of "
+            "its images is unknown (e.g. [L(T.ResizeShortestEdge)(short_edge_length=800, "
+            "max_size=1333)])"
+        )
+    return T.AugmentationList(list(instantiate(augs)))
+
+
+def num_classes(cfg) -> Tuple[Optional[str], Optional[int]]:
+    """(config key, value) of the detector's class count; (None, None) when it has none."""
+    if not is_lazy(cfg):
+        return num_classes_key(cfg)
+    from .engine.lazy import lazy_num_classes
+
+    return lazy_num_classes(cfg)
+
+
+def _target_name(node) -> str:
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if isinstance(target, str):
+        return target
+    return getattr(target, "__qualname__", "") if target is not None else ""
+
+
+def is_classifier(cfg) -> bool:
+    """MODEL.META_ARCHITECTURE RandWireClassifier (lazy: model._target_)."""
+    if is_lazy(cfg):
+        return _target_name(cfg.model).split(".")[-1] == CLASSIFIER_ARCH
+    return cfg.MODEL.META_ARCHITECTURE == CLASSIFIER_ARCH
+
+
+def set_score_threshold(cfg, threshold: float) -> List[str]:
+    """Make `threshold` the minimum score of a detection: yaml MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+    MODEL.RETINANET.SCORE_THRESH_TEST and MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH;
+    lazy: every argument in SCORE_THRESHOLD_ARGS of a callable under `model`. Returns the keys
+    set; a lazy model with none of them is an error."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(
+            f"--confidence-threshold={threshold} is invalid: expected a score in [0, 1]"
+        )
+    if not is_lazy(cfg):
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = threshold
+        return [
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "MODEL.RETINANET.SCORE_THRESH_TEST",
+            "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
+        ]
+    keys = _set_lazy_args(cfg.model, "model", SCORE_THRESHOLD_ARGS, threshold)
+    if not keys:
+        raise ValueError(
+            f"--confidence-threshold: no callable under `model` of this LazyConfig takes one of "
+            f"{list(SCORE_THRESHOLD_ARGS)}, so the minimum score cannot be set"
+        )
+    return keys
+
+
+def _set_lazy_args(node, key: str, args: Sequence[str], value) -> List[str]:
+    from detectron2.utils.registry import locate
+    from omegaconf import DictConfig, ListConfig
+
+    found = []
+    if isinstance(node, DictConfig):
+        target = node.get("_target_")
+        if target is not None:
+            func = locate(target) if isinstance(target, str) else target
+            try:
+                params = inspect.signature(func).parameters
+            except (TypeError, ValueError):  # a builtin without a signature
+                params = {}
+            for arg in args:
+                if arg in params or arg in node:
+                    node[arg] = value
+                    found.append(f"{key}.{arg}")
+        children = [(k, v) for k, v in node.items() if isinstance(v, (DictConfig, ListConfig))]
+    elif isinstance(node, ListConfig):
+        children = [(i, v) for i, v in enumerate(node) if isinstance(v, (DictConfig, ListConfig))]
+    else:
+        children = []
+    for k, child in children:
+        found += _set_lazy_args(child, f"{key}.{k}", args, value)
+    return found
+
+
+def _build(cfg) -> torch.nn.Module:
+    if is_lazy(cfg):
+        return instantiate(cfg.model).to(cfg.train.device)
+    from detectron2.modeling import build_model
+
+    return build_model(cfg)
+
+
+def check_weights(cfg, random_weights: Optional[bool] = None, purpose: str = "predictions"):
+    """MODEL.WEIGHTS (lazy: train.init_checkpoint) is given and on disk. Empty weights are an
+    error unless `random_weights` (a tool's --random-weights; None when the tool has no such
+    flag): an untrained model, for trying an export."""
+    key, weights = weights_key(cfg), _weights(cfg)
+    if not weights and not random_weights:
+        output_dir = cfg.train.get("output_dir", "output") if is_lazy(cfg) else cfg.OUTPUT_DIR
+        example = override_text(cfg, key, os.path.join(output_dir, "model_final.pth"))
+        random = ", or --random-weights for an untrained model" if random_weights is False else ""
+        raise ValueError(f"{key} is empty: {purpose} need trained weights, e.g. {example}{random}")
+    if weights and random_weights:
+        raise ValueError(
+            f"{key}={weights!r} and --random-weights were both given: pass one of them"
+        )
+    if weights:
+        check_weights_on_disk(weights, key=key)
+
+
+def load_model(
+    cfg, random_weights: Optional[bool] = None, purpose: str = "predictions"
+) -> Tuple[torch.nn.Module, Dict]:
+    """(the model of `cfg` in eval mode, the rest of its checkpoint: class names, input
+    statistics, ...) with MODEL.WEIGHTS (lazy: train.init_checkpoint) loaded strictly by the
+    project's checkpointer: every tensor from the file, the wiring fingerprint equal. Empty
+    weights: see `check_weights`."""
+    from .engine.trainer import build_checkpointer
+
+    check_weights(cfg, random_weights, purpose)
+    if is_lazy(cfg) and is_classifier(cfg):
+        raise ValueError(
+            f"{CLASSIFIER_ARCH} from a LazyConfig is not supported: classifiers are yaml configs "
+            "(tools/train_cls.py)"
+        )
+    model = _build(cfg)
+    extras = {}
+    weights = _weights(cfg)
+    if weights:
+        checkpointer = build_checkpointer(model, "", cfg=cfg, strict=True)
+        extras = checkpointer.load(weights, checkpointables=[])
+        check_input_normalization(cfg, extras)
+    return model.eval(), extras
+
+
+def require_registered(names: Sequence[str], key: str, alternative: str = "") -> None:
+    """Every dataset of `names` (read from config `key`) is registered: an error names the first
+    that is not and the --dataset flag that registers it (then `alternative`)."""
+    for name in names:
+        if name not in DatasetCatalog.list():
+            raise ValueError(
+                f"{key} names dataset {name!r}, which is not registered: pass --dataset {name} "
+                f"JSON IMAGE_DIR (its COCO annotation file and image folder){alternative}"
+            )
+
+
+def prepare_image(bgr: np.ndarray, fmt: str, augs: T.AugmentationList) -> Dict:
+    """A detector's input as evaluation prepares it: {"image": float32 CHW in `fmt` resized by
+    `augs`, "height", "width" of the original}."""
+    image = bgr[:, :, ::-1] if fmt == "RGB" else bgr
+    height, width = image.shape[:2]
+    aug_input = T.AugInput(np.ascontiguousarray(image))
+    augs(aug_input)
+    tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
+    return {"image": tensor, "height": height, "width": width}
+
+
+def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) -> List[Dict]:
+    """Detector inputs ("image": float32 CHW, 0-255, the input format, resized as for testing):
+    `sample_image` prepared as tools/predict.py prepares an image, else the first `count`
+    images of DATASETS.TEST[0] (lazy: dataloader.test.dataset.names) through the test loader."""
+    if sample_image:
+        if not os.path.isfile(sample_image):
+            raise FileNotFoundError(f"--sample-image {sample_image!r} does not exist")
+        bgr = np.asarray(read_rgb_image(sample_image))[:, :, ::-1]
+        return [prepare_image(bgr, input_format(cfg), test_augmentations(cfg))]
+    key, names = test_datasets_key(cfg), test_datasets(cfg)
+    if not names:
+        raise ValueError(f"{key} is empty: give --sample-image IMAGE or a test dataset")
+    name = names[0]
+    require_registered([name], key, ", or --sample-image IMAGE")
+    prepare_datasets([name])
+    if is_lazy(cfg):
+        cfg = copy.deepcopy(cfg)
+        cfg.dataloader.test.num_workers = 0
+        cfg.dataloader.test.dataset.names = name
+        loader = instantiate(cfg.dataloader.test)
+    else:
+        from detectron2.data import build_detection_test_loader
+
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS = 0
+        loader = build_detection_test_loader(cfg, name)
+    samples = []
+    for batch in loader:
+        # float32, as the predictor's input: the exported model takes float images.
+        samples.extend(dict(s, image=s["image"].float()) for s in batch)
+        if len(samples) >= count:
+            break
+    return samples[:count]
