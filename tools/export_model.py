@@ -9,7 +9,7 @@
     python tools/export_model.py --config-file ... --format onnx --sample-image img.jpg ...
     # classifier: torch.export (model.pt2) and ONNX of images -> logits at a fixed size
     python tools/export_model.py --config-file configs/demo/randwire_cls_demo.yaml \\
-        --output output/export_cls MODEL.WEIGHTS output/demo_classification/model_final.pth
+        --output output/export_cls MODEL.WEIGHTS output/demo/classification/model_final.pth
     # your own COCO dataset (traced on its first images), or a LazyConfig (.py, or a lazy run's
     # saved config.yaml) with key=value overrides
     python tools/export_model.py --config-file output/trees/config.yaml \\

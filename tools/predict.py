@@ -15,7 +15,7 @@ COCO-format results, or a classifier's top-k classes.
     python tools/predict.py --config-file ... --video-input clip.mp4 --output out/ MODEL.WEIGHTS ...
     python tools/predict.py --config-file configs/demo/randwire_cls_demo.yaml \\
         --input datasets/randwire_demo_cls/val/circle \\
-        MODEL.WEIGHTS output/demo_classification/model_final.pth
+        MODEL.WEIGHTS output/demo/classification/model_final.pth
 
 Overrides go last, in the config's syntax (yaml: KEY VALUE; LazyConfig: key=value); `--opts`
 before them is accepted too. --input takes image files, folders and glob patterns. With --output
