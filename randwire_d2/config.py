@@ -4,7 +4,7 @@
 import ast
 import difflib
 import os
-from typing import Sequence
+from typing import List, Sequence
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
@@ -15,6 +15,7 @@ __all__ = [
     "read_yaml",
     "UnsafeConfigError",
     "load_lazy_config",
+    "check_lazy_overrides",
     "flatten_lazy",
     "explicit_keys",
     "flatten",
@@ -198,7 +199,6 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = ()):
     closest keys: Detectron2 would add it silently, so `train.max_iters=10` would train the
     config's max_iter. `+KEY=VALUE` adds a new key on purpose."""
     from detectron2.config import LazyConfig
-    from omegaconf import OmegaConf
 
     if not config_file:
         raise ValueError("no config given: pass --config-file FILE.py")
@@ -210,6 +210,14 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = ()):
             "tools/train_net.py or tools/train_cls.py"
         )
     cfg = LazyConfig.load(config_file)
+    return LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, overrides))
+
+
+def check_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> List[str]:
+    """`overrides` (KEY=VALUE) as LazyConfig.apply_overrides takes them, each KEY one that
+    `cfg` (loaded from `config_file`) has; `+KEY=VALUE` adds a key on purpose."""
+    from omegaconf import OmegaConf
+
     checked = []
     for item in overrides:
         key, sep, _ = item.partition("=")
@@ -228,7 +236,7 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = ()):
                 f"(+{key}=... adds it on purpose)"
             )
         checked.append(item)
-    return LazyConfig.apply_overrides(cfg, checked)
+    return checked
 
 
 _MISSING = object()

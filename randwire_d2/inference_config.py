@@ -19,7 +19,6 @@ callables that build it (`_target_`): like a python file, load only one you trus
 """
 
 import copy
-import difflib
 import inspect
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -31,7 +30,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 
 from .checkpoint import check_input_normalization, check_weights_on_disk
-from .config import flatten_lazy, load_config, load_lazy_config, read_yaml
+from .config import check_lazy_overrides, load_config, load_lazy_config, read_yaml
 from .data.checks import num_classes_key, prepare_datasets
 from .data.imagefolder import read_rgb_image
 
@@ -107,9 +106,6 @@ def _is_lazy_yaml(config_file: str, loaded: dict) -> bool:
     return bool(lazy)
 
 
-_MISSING = object()
-
-
 def _check_lazy_syntax(config_file: str, overrides: Sequence[str]) -> None:
     for item in overrides:
         if "=" not in item:
@@ -121,27 +117,10 @@ def _check_lazy_syntax(config_file: str, overrides: Sequence[str]) -> None:
 
 
 def _checked_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> List[str]:
-    """`key=value` overrides as `load_lazy_config` takes them: a key the config lacks is an error
-    naming its closest keys (`+key=value` adds one on purpose)."""
-    from omegaconf import OmegaConf
-
+    """`key=value` overrides as `load_lazy_config` takes them (config.check_lazy_overrides),
+    after a KEY VALUE pair is refused as the other config system's syntax."""
     _check_lazy_syntax(config_file, overrides)
-    checked = []
-    for item in overrides:
-        key = item.partition("=")[0]
-        if key.startswith("+"):
-            checked.append(item[1:])
-            continue
-        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
-            keys = list(flatten_lazy(cfg, leaves_only=False))
-            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-            hint = f" Did you mean {' or '.join(close)}?" if close else ""
-            raise KeyError(
-                f"override {item!r}: the config {config_file} has no key {key!r}.{hint} "
-                f"(+{key}=... adds it on purpose)"
-            )
-        checked.append(item)
-    return checked
+    return check_lazy_overrides(cfg, config_file, overrides)
 
 
 def is_lazy(cfg) -> bool:
