@@ -22,10 +22,11 @@ import platform
 import sys
 import time
 
+# First: registers the RandWire backbones, and quiets the notes Detectron2's imports print.
+import randwire_d2  # noqa: F401  # isort: split
 import torch
 from detectron2.modeling import build_model
 
-import randwire_d2  # noqa: F401  (registers the RandWire backbones)
 from randwire_d2.config import load_config
 from randwire_d2.export import (
     EXECUTIONS_COMPARED,

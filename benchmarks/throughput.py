@@ -45,12 +45,13 @@ import sys
 import time
 from typing import Callable, Dict, List
 
+# First: registers the RandWire backbones, and quiets the notes Detectron2's imports print.
+import randwire_d2  # noqa: F401  # isort: split
 import torch
 import torch.nn.functional as F
 import torchvision
 from detectron2.modeling import build_model
 
-import randwire_d2  # noqa: F401  (registers the RandWire backbones)
 from randwire_d2.complexity import Logits
 from randwire_d2.config import load_config
 

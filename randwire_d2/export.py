@@ -4,7 +4,13 @@ Detector (any Detectron2 meta-architecture on the RandWire trunk): TorchScript (
 and ONNX through Detectron2's `TracingAdapter` (image tensor in, flattened `Instances` out), as
 Detectron2's tools/deploy/export_model.py does with `--export-method tracing`.
 Classifier (RandWireClassifier): torch.export (`.pt2`), TorchScript and ONNX of
-images -> logits, i.e. the model's pixel normalization, trunk and head, at a fixed input size.
+images -> logits, i.e. the model's pixel normalization, trunk and head.
+
+Shapes: a detector file takes one CHW image of any height and width (ONNX: dynamic axes; the
+number of images and the 3 channels are fixed, as tracing Detectron2's models allows). A
+classifier file takes a batch of any size (ONNX: dynamic axis, torch.export: Dim "batch") at the
+traced height and width. Each report names the input shape (`input_shape`, named axes vary), and
+`run_onnx` refuses a tensor that differs where the shape is a number, naming both shapes.
 
 What is exported is `freeze_for_export(model)`: the eval-mode fast execution with its per-call
 work done once. The fast path folds each node's norm into its last conv on every call and reads
@@ -15,10 +21,13 @@ the conv weights and the coefficients sigmoid(w_i) as constants, and the other c
 written by PyTorch's TorchScript-based exporter (`dynamo=False`, opset `ONNX_OPSET`): the
 torch.export-based one needs onnxscript, and Detectron2's detectors do not torch.export.
 
-After writing a file, the export is run on sample inputs and compared with the eager (unfrozen)
-model: logits for a classifier; boxes, scores and classes for a detector (detections matched by
-class, score and box, since outputs tied in score may come in another order). ONNX files are
-run in onnxruntime. A difference beyond tolerance raises `ExportMismatchError`, naming numbers.
+After writing a file, the export is run on sample inputs, and on inputs of other shapes (two other
+batch sizes of a classifier, two other image sizes of a detector), and compared with the eager
+(unfrozen) model: logits for a classifier; boxes, scores and classes for a detector (detections
+matched by class, score and box, since outputs tied in score may come in another order). ONNX
+files are run in onnxruntime. A difference beyond tolerance raises `ExportMismatchError`, naming
+numbers. The notes torch prints while tracing Detectron2's code are ignored during an export
+(`utils/warnings.py: quiet_export_warnings`); these checks are what they ask for.
 """
 
 import copy
@@ -35,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.export import TracingAdapter, dump_torchscript_IR
 from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Instances
 from torch import nn
 
@@ -42,6 +52,7 @@ from .checkpoint import check_input_normalization, check_weights_on_disk, find_t
 from .modeling.classifier import ClassifierHead, RandWireClassifier
 from .modeling.execution import STAGE_INPUT, _affine_of_norm, execution_mode
 from .modeling.randwire import WiredStage
+from .utils.warnings import quiet_export_warnings
 
 __all__ = [
     "build_export_model",
@@ -57,11 +68,19 @@ __all__ = [
     "freeze_for_export",
     "ClassifierExport",
     "detector_adapter",
+    "onnx_session",
+    "run_onnx",
     "export_classifier",
     "export_detector",
     "op_counts",
     "classifier_latency",
     "markdown_table",
+    "checks_summary",
+    "report_table",
+    "MAX_CHECK_BATCH",
+    "MAX_CHECK_SIDE",
+    "CLASSIFIER_AXES",
+    "DETECTOR_AXES",
 ]
 
 # Output formats: file name and how it is made.
@@ -82,6 +101,14 @@ EXPORT_FILES = (
 )
 # ONNX opset: 17 exports the detector (RoIAlign, NMS, TopK) and runs in onnxruntime.
 ONNX_OPSET = 17
+# Bounds of the extra inputs an export is checked on (export_classifier's check_batches,
+# export_detector's check_sizes): each is run by the eager model and by every written file.
+MAX_CHECK_BATCH = 64
+MAX_CHECK_SIDE = 4096
+# The axes of the exported input that vary ({axis: name}): a classifier's NCHW batch, a
+# detector's CHW image. The rest is fixed at the traced shape.
+CLASSIFIER_AXES = {0: "batch"}
+DETECTOR_AXES = {1: "height", 2: "width"}
 logger = logging.getLogger(__name__)
 
 
@@ -303,20 +330,26 @@ class ClassifierExport(nn.Module):
 
 
 def _detector_inference(model, inputs):
-    # No postprocessing (resize to the original image size): as Detectron2's export_model.py.
-    return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
+    # As Detectron2's export_model.py: R-CNN without postprocessing (the resize to the original
+    # image size), other meta-architectures (RetinaNet) as they are called.
+    if isinstance(model, GeneralizedRCNN):
+        return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
+    return model(inputs)
 
 
 def detector_adapter(model: nn.Module, sample: Dict) -> TracingAdapter:
-    """Detectron2's TracingAdapter of a detector: CHW image tensor -> flattened Instances."""
-    return TracingAdapter(model, [{"image": sample["image"]}], _detector_inference)
+    """Detectron2's TracingAdapter of a detector: CHW image tensor -> flattened Instances.
+    In eval mode: torch.onnx.export restores the mode it finds, for the wrapped model too."""
+    return TracingAdapter(model, [{"image": sample["image"]}], _detector_inference).eval()
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing and running the formats
 
 
-def _export_onnx(module: nn.Module, args: tuple, path: str, input_names, output_names=None):
+def _export_onnx(
+    module: nn.Module, args: tuple, path: str, input_names, output_names=None, dynamic_axes=None
+):
     torch.onnx.export(
         module,
         args,
@@ -325,10 +358,12 @@ def _export_onnx(module: nn.Module, args: tuple, path: str, input_names, output_
         opset_version=ONNX_OPSET,
         input_names=list(input_names),
         output_names=output_names,
+        dynamic_axes=dynamic_axes,
     )
 
 
-def _onnx_session(path: str):
+def onnx_session(path: str):
+    """An onnxruntime CPU session of `path`, with as many intra-op threads as torch."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -337,8 +372,33 @@ def _onnx_session(path: str):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def _run_onnx(session, *tensors) -> List[torch.Tensor]:
-    feed = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), tensors)}
+def _shape_text(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def run_onnx(session, *tensors) -> List[torch.Tensor]:
+    """Run an onnxruntime `session` on `tensors` (its inputs, in order). A tensor whose shape
+    differs from the input's declared one where that is a number (an axis fixed at export) is a
+    `ValueError` naming both shapes, before onnxruntime runs."""
+    inputs = session.get_inputs()
+    if len(tensors) != len(inputs):
+        raise ValueError(f"the ONNX model takes {len(inputs)} inputs, got {len(tensors)}")
+    for spec, t in zip(inputs, tensors):
+        shape = tuple(t.shape)
+        fixed = [d if isinstance(d, int) else None for d in spec.shape]
+        if len(shape) != len(fixed):
+            why = f"{len(fixed)} axes, not {len(shape)}"
+        elif any(f not in (None, n) for f, n in zip(fixed, shape)):
+            named = [d for d in spec.shape if not isinstance(d, int)]
+            vary = f"only {', '.join(map(str, named))} may vary" if named else "no axis may vary"
+            why = f"{vary}; the numbers were fixed when it was exported"
+        else:
+            continue
+        raise ValueError(
+            f"input {spec.name!r} of shape {_shape_text(shape)} does not fit the exported model, "
+            f"which takes {_shape_text(spec.shape)}: {why}"
+        )
+    feed = {i.name: t.detach().cpu().numpy() for i, t in zip(inputs, tensors)}
     return [torch.from_numpy(np.asarray(o)) for o in session.run(None, feed)]
 
 
@@ -443,6 +503,19 @@ def classifier_samples(
     return [(torch.rand(batch, 3, size, size, generator=g) * 255).to(device) for _ in range(count)]
 
 
+def _check_counts(values, name: str, limit: int, what: str) -> Tuple[int, ...]:
+    values = tuple(values)
+    if any(type(v) is not int or not 1 <= v <= limit for v in values):
+        raise ValueError(f"{name} {list(values)} is invalid: expected {what} from 1 to {limit}")
+    return values
+
+
+def _shape_spec(shape, dynamic: Dict[int, str]) -> List:
+    """[batch, 3, 32, 32]: the axis names where `dynamic` names one, else the traced size."""
+    return [dynamic.get(i, int(n)) for i, n in enumerate(shape)]
+
+
+@quiet_export_warnings()
 def export_classifier(
     model: RandWireClassifier,
     output_dir: str,
@@ -450,26 +523,42 @@ def export_classifier(
     formats: Sequence[str] = ("pt2", "onnx"),
     atol: float = 1e-4,
     rtol: float = 1e-4,
+    check_batches: Optional[Sequence[int]] = None,
 ) -> Dict:
-    """Write `formats` of images -> logits (input shape: samples[0]'s) to `output_dir`, run
-    each on every sample, compare with the eager model and raise `ExportMismatchError` beyond
-    tolerance. Returns {format: {"file", "ops", per-sample comparisons}}."""
+    """Write `formats` of images -> logits to `output_dir`, with a dynamic batch axis (ONNX
+    dynamic_axes, torch.export Dim "batch"; TorchScript traces batch-generic) and height and
+    width fixed at samples[0]'s. Run each file on every sample and on a batch of every size in
+    `check_batches` (default: two of 1, 2, 3 other than samples[0]'s), compare with the eager
+    model and raise `ExportMismatchError` beyond tolerance. Returns {format: {"file", "ops",
+    "input_shape" (named axes vary), per-input comparisons "checks"}}."""
     bad = sorted(set(formats) - set(FORMATS))
     if bad:
         raise ValueError(f"formats {bad} are unknown: expected a subset of {list(FORMATS)}")
+    x0 = samples[0]
+    batch = x0.shape[0]
+    if check_batches is None:
+        check_batches = [n for n in (1, 2, 3) if n != batch][:2]
+    check_batches = _check_counts(check_batches, "check_batches", MAX_CHECK_BATCH, "batch sizes")
     os.makedirs(output_dir, exist_ok=True)
     model = model.eval()
+    inputs = {f"sample {i}": x for i, x in enumerate(samples)}
+    for n in check_batches:
+        g = torch.Generator().manual_seed(1000 + n)
+        inputs[f"batch {n}"] = (torch.rand(n, *x0.shape[1:], generator=g) * 255).to(x0.device)
     with torch.no_grad():
-        eager = [ClassifierExport(model)(x) for x in samples]
+        eager = {k: ClassifierExport(model)(x) for k, x in inputs.items()}
     net = ClassifierExport(freeze_for_export(model)).eval()
-    x0 = samples[0]
+    input_shape = _shape_spec(x0.shape, CLASSIFIER_AXES)
     report = {}
     for fmt in formats:
         path = os.path.join(output_dir, FORMATS[fmt])
         start = time.perf_counter()
         with torch.no_grad():
             if fmt == "pt2":
-                program = torch.export.export(net, (x0,))
+                # torch.export specializes a size-1 axis to 1: trace on a batch of two or more.
+                example = x0 if batch > 1 else torch.cat([x0, x0])
+                dims = {"images": {0: torch.export.Dim(CLASSIFIER_AXES[0], min=1)}}
+                program = torch.export.export(net, (example,), dynamic_shapes=dims)
                 torch.export.save(program, path)
                 run, ops = torch.export.load(path).module(), exported_program_op_count(program)
             elif fmt == "torchscript":
@@ -477,17 +566,26 @@ def export_classifier(
                 run = torch.jit.load(path)
                 ops = torchscript_op_count(run)
             else:
-                _export_onnx(net, (x0,), path, ["images"], ["logits"])
-                session = _onnx_session(path)
-                run, ops = (lambda x, s=session: _run_onnx(s, x)[0]), onnx_op_count(path)
+                axes = {"images": CLASSIFIER_AXES, "logits": CLASSIFIER_AXES}
+                _export_onnx(net, (x0,), path, ["images"], ["logits"], axes)
+                session = onnx_session(path)
+                run, ops = (lambda x, s=session: run_onnx(s, x)[0]), onnx_op_count(path)
             seconds = time.perf_counter() - start
             checks = {
-                f"{fmt}[sample {i}]": compare_logits(e, run(x), atol, rtol)
-                for i, (x, e) in enumerate(zip(samples, eager))
+                f"{fmt}[{k}]": dict(
+                    compare_logits(eager[k], run(x), atol, rtol), input_shape=list(x.shape)
+                )
+                for k, x in inputs.items()
             }
         logger.info(f"wrote {path} ({ops} ops, {seconds:.1f} s)")
         _check(checks, f"classifier ({path})")
-        report[fmt] = {"file": path, "ops": ops, "export_seconds": seconds, "checks": checks}
+        report[fmt] = {
+            "file": path,
+            "ops": ops,
+            "export_seconds": seconds,
+            "input_shape": input_shape,
+            "checks": checks,
+        }
     return report
 
 
@@ -495,6 +593,16 @@ def export_classifier(
 # Detector
 
 
+def _other_sizes(height: int, width: int) -> List[Tuple[int, int]]:
+    """Two (height, width) other than the traced one, one wider and one taller, neither a
+    multiple of 32 for a multiple of 64 (so the padding to the backbone's stride is checked)."""
+    return [
+        (max(1, height * 3 // 4), max(1, width * 5 // 4)),
+        (max(1, height * 5 // 4), max(1, width * 3 // 4)),
+    ]
+
+
+@quiet_export_warnings()
 def export_detector(
     model: nn.Module,
     output_dir: str,
@@ -502,24 +610,42 @@ def export_detector(
     formats: Sequence[str] = ("torchscript",),
     box_atol: float = 1e-2,
     score_atol: float = 1e-4,
+    check_sizes: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> Dict:
     """Trace the detector on samples[0]["image"] through TracingAdapter, write `formats`
-    ("torchscript", "onnx") to `output_dir`, run each on every sample and compare its
-    detections with the eager model's; `ExportMismatchError` beyond tolerance."""
+    ("torchscript", "onnx") to `output_dir`, run each on every sample and on samples[0]'s image
+    resized to every (height, width) of `check_sizes` (default: two others than its own), and
+    compare its detections with the eager model's; `ExportMismatchError` beyond tolerance.
+
+    Height and width are dynamic (ONNX dynamic_axes; the traced TorchScript graph computes its
+    shapes from the input's, Detectron2's code being written for that). The input is one CHW
+    image: the number of images and the 3 channels are fixed. Returns {format: {"file", "ops",
+    "input_shape" (named axes vary), per-input comparisons "checks"}}."""
     bad = sorted(set(formats) - {"torchscript", "onnx"})
     if bad:
         raise ValueError(
             f"formats {bad} are invalid for a detector: expected torchscript and/or onnx "
             "(detectors export by tracing; pt2 / torch.export is for RandWireClassifier)"
         )
+    image = samples[0]["image"]
+    if check_sizes is None:
+        check_sizes = _other_sizes(*image.shape[-2:])
+    for size in check_sizes:
+        if len(size) != 2:
+            raise ValueError(f"check_sizes: {size!r} is invalid: expected (height, width)")
+        _check_counts(size, "check_sizes", MAX_CHECK_SIDE, "sides")
     os.makedirs(output_dir, exist_ok=True)
     model = model.eval()
+    inputs = {f"sample {i}": s["image"] for i, s in enumerate(samples)}
+    for h, w in check_sizes:
+        resized = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)
+        inputs[f"{h}x{w}"] = resized[0]
     with torch.no_grad():
-        eager = [
-            _detector_inference(model, [{"image": s["image"]}])[0]["instances"] for s in samples
-        ]
+        eager = {
+            k: _detector_inference(model, [{"image": x}])[0]["instances"] for k, x in inputs.items()
+        }
     adapter = detector_adapter(freeze_for_export(model), samples[0])
-    image = samples[0]["image"]
+    input_shape = _shape_spec(image.shape, DETECTOR_AXES)
     report = {}
     for fmt in formats:
         path = os.path.join(output_dir, FORMATS[fmt])
@@ -532,17 +658,27 @@ def export_detector(
                 run = torch.jit.load(path)
                 ops = torchscript_op_count(run)
             else:
-                _export_onnx(adapter, (image,), path, ["image"])
-                session = _onnx_session(path)
-                run, ops = (lambda x, s=session: _run_onnx(s, x)), onnx_op_count(path)
+                axes = {"image": DETECTOR_AXES}
+                _export_onnx(adapter, (image,), path, ["image"], dynamic_axes=axes)
+                session = onnx_session(path)
+                run, ops = (lambda x, s=session: run_onnx(s, x)), onnx_op_count(path)
             seconds = time.perf_counter() - start
             checks = {}
-            for i, (s, e) in enumerate(zip(samples, eager)):
-                got = adapter.outputs_schema(tuple(run(s["image"])))[0]["instances"]
-                checks[f"{fmt}[sample {i}]"] = compare_instances(e, got, box_atol, score_atol)
+            for k, x in inputs.items():
+                got = adapter.outputs_schema(tuple(run(x)))[0]["instances"]
+                checks[f"{fmt}[{k}]"] = dict(
+                    compare_instances(eager[k], got, box_atol, score_atol),
+                    input_shape=list(x.shape),
+                )
         logger.info(f"wrote {path} ({ops} ops, {seconds:.1f} s)")
         _check(checks, f"detector ({path})")
-        report[fmt] = {"file": path, "ops": ops, "export_seconds": seconds, "checks": checks}
+        report[fmt] = {
+            "file": path,
+            "ops": ops,
+            "export_seconds": seconds,
+            "input_shape": input_shape,
+            "checks": checks,
+        }
     logger.info(f"inputs schema: {adapter.inputs_schema}; outputs schema: {adapter.outputs_schema}")
     return report
 
@@ -565,16 +701,20 @@ def _variant(model: nn.Module, execution: str) -> nn.Module:
     return variant
 
 
+@quiet_export_warnings()
 def op_counts(
     model: nn.Module,
     wrap: Callable[[nn.Module], nn.Module],
     args: tuple,
     formats: Sequence[str] = ("pt2", "torchscript", "onnx"),
     executions: Sequence[str] = EXECUTIONS_COMPARED,
+    dynamic_axes: Optional[Dict[int, Dict[int, str]]] = None,
 ) -> Dict[str, Dict[str, int]]:
     """{execution: {format: op count}} of `wrap(model as run by execution)` traced on `args`
     (formats: "pt2" torch.export call_function nodes, "torchscript" aten:: nodes of the inlined
-    trace, "onnx" non-Constant ONNX nodes)."""
+    trace, "onnx" non-Constant ONNX nodes). `dynamic_axes` ({input index: {axis: name}}, e.g.
+    {0: DETECTOR_AXES}) exports the ONNX graphs with those axes dynamic, as the written file:
+    shape arithmetic that a static export folds into constants stays in the graph."""
     counts = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for execution in executions:
@@ -583,15 +723,21 @@ def op_counts(
             if "pt2" in formats:
                 row["pt2"] = exported_program_op_count(torch.export.export(net, args))
             if "torchscript" in formats:
-                row["torchscript"] = torchscript_op_count(torch.jit.trace(net, args))
+                # No second trace to compare: the fast execution caches its folded weights
+                # at the first call, so a second one records another graph.
+                traced = torch.jit.trace(net, args, check_trace=False)
+                row["torchscript"] = torchscript_op_count(traced)
             if "onnx" in formats:
                 path = os.path.join(tmp, f"{execution}.onnx")
-                _export_onnx(net, args, path, [f"input{i}" for i in range(len(args))])
+                names = [f"input{i}" for i in range(len(args))]
+                axes = {names[i]: a for i, a in (dynamic_axes or {}).items()}
+                _export_onnx(net, args, path, names, dynamic_axes=axes or None)
                 row["onnx"] = onnx_op_count(path)
             counts[execution] = row
     return counts
 
 
+@quiet_export_warnings()
 def classifier_latency(
     model: RandWireClassifier, images: torch.Tensor, runs: int = 20, warmup: int = 3
 ) -> Dict[str, float]:
@@ -605,7 +751,7 @@ def classifier_latency(
         path = os.path.join(tmp, "model.onnx")
         with torch.no_grad():
             _export_onnx(fns["eager export"], (images,), path, ["images"])
-        session = _onnx_session(path)
+        session = onnx_session(path)
         feed = {session.get_inputs()[0].name: images.cpu().numpy()}
         fns["onnxruntime"] = lambda _x: session.run(None, feed)
         times = {k: [] for k in fns}
@@ -623,3 +769,33 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# The differences a check reports: a classifier's logits, a detector's boxes and scores.
+_DIFF_KEYS = ("max_abs_diff", "max_box_diff", "max_score_diff")
+
+
+def checks_summary(entry: Dict) -> str:
+    """What one format of an export report matched: how many inputs, their shapes (a shape
+    run n > 1 times as "shape (n)"), and the largest differences to the eager model."""
+    checks = list(entry["checks"].values())
+    shapes: Dict[str, int] = {}
+    for c in checks:
+        shape = "x".join(map(str, c.get("input_shape", [])))
+        shapes[shape] = shapes.get(shape, 0) + 1
+    ran = ", ".join(s + (f" ({n})" if n > 1 else "") for s, n in shapes.items())
+    diffs = ", ".join(
+        f"{k} {max(c[k] for c in checks):.3g}" for k in _DIFF_KEYS if all(k in c for c in checks)
+    )
+    return f"{len(checks)} inputs ({ran}): {diffs}"
+
+
+def report_table(report: Dict) -> str:
+    """The markdown table of an export report (export_classifier / export_detector): per
+    format its file, ops, input shape (names: the axes that vary) and what it matched."""
+    rows = [
+        [fmt, r["file"], r["ops"], _shape_text(r["input_shape"]), checks_summary(r)]
+        for fmt, r in report.items()
+        if fmt in FORMATS
+    ]
+    return markdown_table(["format", "file", "ops", "input", "matches eager"], rows)

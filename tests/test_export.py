@@ -2,8 +2,10 @@
 model computes, onnxruntime runs the ONNX files, weights load strictly, the graph is small."""
 
 import json
+import logging
 import os
 import sys
+import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -12,6 +14,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from torch.fx._symbolic_trace import is_fx_tracing_warning
 
 import randwire_d2.export as export
 from randwire_d2.config import load_config
@@ -25,6 +28,7 @@ import export_model  # noqa: E402
 
 CLS_CONFIG = os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml")
 DET_CONFIG = os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml")
+RETINA_CONFIG = os.path.join(REPO, "configs", "demo", "retinanet_randwire_demo.yaml")
 # fmt: off
 TINY_CLS = ["MODEL.DEVICE", "cpu", "MODEL.RANDWIRE.NUM_NODES", "6", "MODEL.RANDWIRE.CHANNELS", "8",
             "MODEL.CLASSIFIER.HEAD_CHANNELS", "32"]
@@ -98,21 +102,60 @@ def test_frozen_model_computes_the_eager_function(extra, one_thread):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_classifier_export_matches_eager_and_runs_in_onnxruntime(tmp_path, one_thread):
+def test_classifier_export_takes_any_batch_at_the_traced_size(tmp_path, one_thread):
+    """pt2 and ONNX traced at batch 1 run other batches (a dynamic batch axis): checked by the
+    export at batches 2 and 3, and here, loaded on their own. Another image size is an error
+    of our runner that names the shapes."""
     model = tiny_model()
-    samples = export.classifier_samples(32, batch=2, count=2)
+    samples = export.classifier_samples(32, batch=1, count=1)
     report = export.export_classifier(model, str(tmp_path), samples, ("pt2", "onnx"))
     for fmt, name in (("pt2", "model.pt2"), ("onnx", "model.onnx")):
-        assert report[fmt]["file"] == str(tmp_path / name) and os.path.isfile(report[fmt]["file"])
-        assert all(c["ok"] and c["max_abs_diff"] < 1e-4 for c in report[fmt]["checks"].values())
-    # The files, loaded on their own, give the eager logits.
-    with torch.no_grad():
-        want = export.ClassifierExport(model)(samples[1])
-        pt2 = torch.export.load(str(tmp_path / "model.pt2")).module()(samples[1])
+        r = report[fmt]
+        assert r["file"] == str(tmp_path / name) and os.path.isfile(r["file"])
+        assert r["input_shape"] == ["batch", 3, 32, 32]
+        shapes = [c["input_shape"] for c in r["checks"].values()]
+        assert shapes == [[1, 3, 32, 32], [2, 3, 32, 32], [3, 3, 32, 32]]
+        assert all(c["ok"] and c["max_abs_diff"] < 1e-4 for c in r["checks"].values())
+    table = export.report_table(report)
+    assert "| [batch, 3, 32, 32] | 3 inputs (1x3x32x32, 2x3x32x32, 3x3x32x32)" in table
+    # The files, loaded on their own, give the eager logits at batches other than the traced.
+    pt2 = torch.export.load(str(tmp_path / "model.pt2")).module()
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"images": samples[1].numpy()})
-    for got in (pt2, torch.from_numpy(onnx_out)):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for batch in (2, 5):
+        x = export.classifier_samples(32, batch=batch, count=1, seed=batch)[0]
+        with torch.no_grad():
+            want = export.ClassifierExport(model)(x)
+            got_pt2 = pt2(x)
+        (onnx_out,) = session.run(None, {"images": x.numpy()})
+        for got in (got_pt2, torch.from_numpy(onnx_out)):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(
+        ValueError,
+        match=r"'images' of shape \[2, 3, 40, 40\] does not fit the exported model, which takes "
+        r"\[batch, 3, 32, 32\]: only batch may vary",
+    ):
+        export.run_onnx(session, export.classifier_samples(40, batch=2, count=1)[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"check_batches": [2, 0]}, r"check_batches \[2, 0\] is invalid: .* from 1 to 64"),
+        ({"check_batches": [65]}, r"check_batches \[65\] is invalid"),
+        ({"check_sizes": [(48, 4097)]}, r"check_sizes \[48, 4097\] is invalid: .* 1 to 4096"),
+        ({"check_sizes": [(48,)]}, r"check_sizes: \(48,\) is invalid: expected \(height, width\)"),
+    ],
+)
+def test_checked_shapes_are_bounded(kwargs, message, tmp_path):
+    if "check_sizes" in kwargs:
+        model, samples = tiny_model(DET_CONFIG, TINY_DET), [{"image": torch.zeros(3, 64, 64)}]
+        run = export.export_detector
+    else:
+        model, samples = tiny_model(), export.classifier_samples(32, count=1)
+        run = export.export_classifier
+    with pytest.raises(ValueError, match=message):
+        run(model, str(tmp_path), samples, ("onnx",), **kwargs)
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_exported_graph_is_smaller_than_the_reference_one(one_thread):
@@ -171,27 +214,72 @@ def det_test_data(tmp_path_factory):
     return "export_test_val"
 
 
-def test_cli_exports_a_detector_checkpoint(tmp_path, det_test_data, one_thread):
-    """TorchScript through TracingAdapter and ONNX, traced on DATASETS.TEST, checked."""
+def detections(boxes, classes, scores, size):
+    """Instances from the ONNX detector's outputs."""
+    result = Instances(tuple(int(v) for v in size))
+    result.pred_boxes = Boxes(torch.as_tensor(boxes))
+    result.pred_classes, result.scores = torch.as_tensor(classes), torch.as_tensor(scores)
+    return result
+
+
+def test_cli_exports_a_detector_checkpoint(
+    tmp_path, det_test_data, caplog, monkeypatch, one_thread
+):
+    """ONNX and TorchScript through TracingAdapter, traced on DATASETS.TEST and checked on its
+    images and at two other sizes; the ONNX file takes any height and width. The run shows no
+    third-party notes (the tracer's, torch.jit's deprecations, meshgrid, is_fx_tracing)."""
     model = tiny_model(DET_CONFIG, TINY_DET)
     weights = save_checkpoint(model, DET_CONFIG, TINY_DET, tmp_path)
     out = tmp_path / "export"
-    export_model.main(
-        ["--config-file", DET_CONFIG, "--export-method", "tracing"]
-        + ["--format", "torchscript", "onnx", "--output", str(out)]
-        + TINY_DET
-        + ["MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{det_test_data}',)"]
-    )
+    # As in a fresh process: torch logs is_fx_tracing once; another test may have quieted it.
+    is_fx_tracing_warning.cache_clear()
+    monkeypatch.setattr(logging.getLogger("torch.fx._symbolic_trace"), "filters", [])
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        export_model.main(
+            ["--config-file", DET_CONFIG, "--export-method", "tracing"]
+            + ["--format", "onnx", "torchscript", "--output", str(out)]
+            + TINY_DET
+            + ["MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{det_test_data}',)"]
+        )
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("torch")] == []
     report = json.loads((out / "export_report.json").read_text())
     for fmt in ("torchscript", "onnx"):
         assert os.path.isfile(report[fmt]["file"])
-        checks = report[fmt]["checks"]
-        assert len(checks) == 2 and all(c["ok"] and c["matched"] > 0 for c in checks.values())
+        assert report[fmt]["input_shape"] == [3, "height", "width"]
+        checks = report[fmt]["checks"].values()
+        shapes = [c["input_shape"] for c in checks]
+        assert shapes == [[3, 64, 64], [3, 64, 64], [3, 48, 80], [3, 80, 48]]
+        assert all(c["ok"] and c["matched"] > 0 for c in checks)
     assert (out / "model_ts_IR.txt").is_file()
+    # The ONNX file on its own, at sizes other than the traced 64x64, detects as eager.
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    image = np.random.default_rng(0).uniform(0, 255, (3, 64, 64)).astype(np.float32)
-    boxes, classes, scores, size = session.run(None, {"image": image})
-    assert boxes.shape[1] == 4 and len(boxes) == len(scores) == len(classes)
+    rng = np.random.default_rng(0)
+    for height, width in ((56, 72), (96, 40)):
+        image = rng.uniform(0, 255, (3, height, width)).astype(np.float32)
+        got = detections(*session.run(None, {"image": image}))
+        with torch.no_grad():
+            want = model.inference([{"image": torch.from_numpy(image)}], do_postprocess=False)[0]
+        assert got.image_size == (height, width)
+        result = export.compare_instances(want, got, 1e-2, 1e-4)
+        assert result["ok"] and result["matched"] > 0, result
+
+
+def test_retinanet_exports_and_takes_other_image_sizes(tmp_path, one_thread):
+    """A detector without R-CNN's `inference` (RetinaNet) is exported as it is called."""
+    model = tiny_model(RETINA_CONFIG, TINY_DET)
+    with torch.no_grad():  # scores spread apart (random weights give every anchor the prior's)
+        cls_score = model.head.cls_score
+        cls_score.weight.copy_(
+            torch.randn(cls_score.weight.shape, generator=torch.Generator().manual_seed(0))
+        )
+        cls_score.bias.fill_(-2.0)
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    report = export.export_detector(model, str(tmp_path), [{"image": image}], ("onnx",))
+    checks = report["onnx"]["checks"].values()
+    assert [c["input_shape"] for c in checks] == [[3, 64, 64], [3, 48, 80], [3, 80, 48]]
+    assert all(c["ok"] and c["matched"] > 0 for c in checks)
 
 
 def test_cli_exports_a_classifier_checkpoint(tmp_path, cls_checkpoint, capsys, one_thread):

@@ -12,7 +12,11 @@ import pytest
 import torch
 
 import randwire_d2
-from randwire_d2.utils.warnings import SHOW_ALL_WARNINGS_ENV, quiet_third_party_warnings
+from randwire_d2.utils.warnings import (
+    SHOW_ALL_WARNINGS_ENV,
+    quiet_export_warnings,
+    quiet_third_party_warnings,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CLS = os.path.join(REPO, "tools", "train_cls.py")
@@ -147,3 +151,56 @@ def test_environment_variable_brings_import_notes_back():
     )
     assert loud.returncode == 0, loud.stderr
     assert f"FutureWarning: {JIT_NOTE}" in loud.stderr
+
+
+TRACER_NOTE = "Converting a tensor to a Python boolean might cause the trace to be incorrect."
+TRACE_NOTE = "`torch.jit.trace` is deprecated. Please switch to `torch.compile` or `torch.export`."
+
+
+def emit_export_notes():
+    warn_from("detectron2.structures.boxes", TRACER_NOTE, torch.jit.TracerWarning)
+    warn_from("torch", TRACER_NOTE, torch.jit.TracerWarning)
+    warn_from("torch.jit._trace", TRACE_NOTE, FutureWarning)
+    warn_from("torch.functional", "torch.meshgrid: in an upcoming release, it will be", UserWarning)
+    # The tracer on randwire_d2's own code, and another note of the tracer's, still show.
+    warn_from("randwire_d2.export", TRACER_NOTE, torch.jit.TracerWarning)
+    warn_from("detectron2.structures.boxes", "Output nr 1. of the traced function", Warning)
+
+
+def test_export_notes_are_ignored_only_during_an_export(monkeypatch):
+    fx = logging.getLogger("torch.fx._symbolic_trace")
+    monkeypatch.setattr(fx, "filters", [])
+    monkeypatch.delenv(SHOW_ALL_WARNINGS_ENV, raising=False)
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_export_warnings() as quiet:
+            emit_export_notes()
+            assert len(fx.filters) == 1
+        assert quiet and [str(w.message) for w in caught] == [
+            TRACER_NOTE,
+            "Output nr 1. of the traced function",
+        ]
+        caught.clear()
+        emit_export_notes()  # after the export: the filters of before
+        assert len(caught) == 6 and fx.filters == []
+        monkeypatch.setenv(SHOW_ALL_WARNINGS_ENV, "1")
+        with quiet_export_warnings() as quiet:
+            emit_export_notes()
+        assert not quiet and len(caught) == 12 and fx.filters == []
+    assert warnings.filters == before
+
+
+def test_throughput_help_shows_no_third_party_notes():
+    """benchmarks/throughput.py imports Detectron2 through randwire_d2 (quiet imports)."""
+    env = {k: v for k, v in os.environ.items() if k != SHOW_ALL_WARNINGS_ENV}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "throughput.py"), "--help"],
+        cwd=REPO,
+        env=dict(env, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-3000:]
+    assert proc.stderr == ""

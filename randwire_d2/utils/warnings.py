@@ -4,20 +4,26 @@ They are addressed to those libraries' authors (fvcore calls `torch.jit.script` 
 Detectron2 calls `torch.meshgrid` without `indexing`), repeat in every process of a run, and bury
 the lines a user should read. `quiet_third_party_warnings()` ignores exactly these messages, by
 message and module; every other warning, randwire_d2's own and its log records included, still
-shows. RANDWIRE_SHOW_ALL_WARNINGS=1 in the environment turns it off.
+shows. `quiet_export_warnings()` does the same, and also ignores the notes of tracing and
+exporting (EXPORT_WARNINGS), for the duration of an export only. RANDWIRE_SHOW_ALL_WARNINGS=1 in
+the environment turns both off.
 
 This module imports only the standard library, so that `randwire_d2/__init__.py` can apply it
 before it imports Detectron2, whose imports print some of these notes.
 """
 
+import contextlib
 import logging
 import os
 import re
 import warnings
+from typing import Iterator, List, Tuple
 
 __all__ = [
     "quiet_third_party_warnings",
+    "quiet_export_warnings",
     "THIRD_PARTY_WARNINGS",
+    "EXPORT_WARNINGS",
     "THIRD_PARTY_LOG_RECORDS",
     "SHOW_ALL_WARNINGS_ENV",
 ]
@@ -34,6 +40,31 @@ THIRD_PARTY_WARNINGS = (
     # detectron2.model_zoo imports pkg_resources (setuptools < 81 is pinned for it); a LazyConfig
     # that calls model_zoo.get_config prints it from inside detectron2.config.lazy.
     (UserWarning, r"pkg_resources is deprecated as an API", r"detectron2\."),
+)
+# (category, message regex, module regex) of the notes of an export (randwire_d2/export.py), ignored
+# only while it runs. Each exported file is then run at several input shapes and compared with the
+# eager model, which is what these notes ask for.
+EXPORT_WARNINGS = (
+    # torch's TracerWarning (a subclass of Warning: this module does not import torch) on the
+    # Python-side checks of Detectron2, torchvision and torch (`assert boxes.shape[-1] == 4`,
+    # `if tensor.numel() == 0`), written to trace shape-generically. Those of randwire_d2 show.
+    (
+        Warning,
+        r"(Converting a tensor to a Python \w+|Iterating over a tensor) might cause the trace",
+        r"(detectron2|torchvision|torch)(\.|$)",
+    ),
+    # The TorchScript format is made and checked with these on purpose.
+    (FutureWarning, r"`torch\.jit\.(trace|trace_method|save|load)` is deprecated", r"torch\.jit\."),
+    # The ONNX exporter on Detectron2's `boxes[keep]` after NMS (indices never negative).
+    (UserWarning, r"Exporting aten::index operator of advanced indexing", r"torch\.onnx\."),
+    # The TorchScript-based ONNX exporter is chosen on purpose (dynamo=False, see export.py);
+    # torch attributes the first note to its caller.
+    (
+        DeprecationWarning,
+        r"You are using the legacy TorchScript-based ONNX",
+        r"randwire_d2\.export$",
+    ),
+    (DeprecationWarning, r"The feature will be removed", r"torch\.onnx\._internal\.torchscript_"),
 )
 # (logger name, message regex) of log records that torch writes at WARNING level.
 THIRD_PARTY_LOG_RECORDS = (
@@ -55,20 +86,54 @@ class _DropMessages(logging.Filter):
         return not self.pattern.match(record.getMessage())
 
 
+def _show_all() -> bool:
+    return os.environ.get(SHOW_ALL_WARNINGS_ENV, "") not in ("", "0")
+
+
+def _ignore(table) -> None:
+    for category, message, module in table:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+def _drop_log_records() -> List[Tuple[logging.Logger, _DropMessages]]:
+    """Add the THIRD_PARTY_LOG_RECORDS filters each logger lacks; returns those added."""
+    added = []
+    for name, message in THIRD_PARTY_LOG_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(
+            isinstance(f, _DropMessages) and f.pattern.pattern == message for f in logger.filters
+        ):
+            added.append((logger, _DropMessages(message)))
+            logger.addFilter(added[-1][1])
+    return added
+
+
 def quiet_third_party_warnings(logs: bool = True) -> bool:
     """Ignore the known third-party notes (THIRD_PARTY_WARNINGS, and with `logs` the
     THIRD_PARTY_LOG_RECORDS) in this process, unless RANDWIRE_SHOW_ALL_WARNINGS is set to
     anything but "" or "0". Idempotent; returns whether the filters are in place."""
-    if os.environ.get(SHOW_ALL_WARNINGS_ENV, "") not in ("", "0"):
+    if _show_all():
         return False
-    for category, message, module in THIRD_PARTY_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    _ignore(THIRD_PARTY_WARNINGS)
     if logs:
-        for name, message in THIRD_PARTY_LOG_RECORDS:
-            logger = logging.getLogger(name)
-            if not any(
-                isinstance(f, _DropMessages) and f.pattern.pattern == message
-                for f in logger.filters
-            ):
-                logger.addFilter(_DropMessages(message))
+        _drop_log_records()
     return True
+
+
+@contextlib.contextmanager
+def quiet_export_warnings() -> Iterator[bool]:
+    """While it is entered, ignore THIRD_PARTY_WARNINGS, EXPORT_WARNINGS and
+    THIRD_PARTY_LOG_RECORDS (unless RANDWIRE_SHOW_ALL_WARNINGS is set); on exit the warning
+    filters and the log filters are those of before. Yields whether the filters are in place.
+    Also a decorator: `@quiet_export_warnings()`."""
+    with warnings.catch_warnings():
+        quiet = not _show_all()
+        added = []
+        if quiet:
+            _ignore(THIRD_PARTY_WARNINGS + EXPORT_WARNINGS)
+            added = _drop_log_records()
+        try:
+            yield quiet
+        finally:
+            for logger, f in added:
+                logger.removeFilter(f)
