@@ -317,3 +317,13 @@ def test_random_weights_flag_exports_without_weights(tmp_path):
     cfg = load_config(CLS_CONFIG, TINY_CLS)
     model = export.build_export_model(cfg, random_weights=True)
     assert not model.training
+
+
+def test_op_counts_of_the_fast_execution_trace_torch_export(one_thread):
+    """torch.export traces the fast execution's eval path: its cached constants (coefficients,
+    folded norms) are computed in the graph, not read from a cache keyed on real storage."""
+    from randwire_d2.export import ClassifierExport, op_counts
+
+    model = tiny_model().eval()
+    counts = op_counts(model, ClassifierExport, (torch.rand(2, 3, 32, 32) * 255,), ["pt2"])
+    assert counts["fast"]["pt2"] > 0 and counts["export"]["pt2"] > 0

@@ -7,7 +7,8 @@
         MODEL.WEIGHTS output/demo_detection/model_final.pth
     # ... and ONNX, traced on --sample-image (default: images of DATASETS.TEST[0])
     python tools/export_model.py --config-file ... --format onnx --sample-image img.jpg ...
-    # classifier: torch.export (model.pt2) and ONNX of images -> logits at a fixed size
+    # classifier: torch.export (model.pt2) and ONNX of images -> logits at a fixed image size,
+    # any batch; a detector's ONNX takes any image height and width
     python tools/export_model.py --config-file configs/demo/randwire_cls_demo.yaml \\
         --output output/export_cls MODEL.WEIGHTS output/demo/classification/model_final.pth
     # your own COCO dataset (traced on its first images), or a LazyConfig (.py, or a lazy run's
@@ -39,6 +40,8 @@ from detectron2.utils.logger import setup_logger
 from randwire_d2.data.checks import register_user_datasets
 from randwire_d2.engine import resolve_device
 from randwire_d2.export import (
+    CLASSIFIER_AXES,
+    DETECTOR_AXES,
     FORMATS,
     ClassifierExport,
     ExportMismatchError,
@@ -49,6 +52,7 @@ from randwire_d2.export import (
     markdown_table,
     op_counts,
     prepare_export_folder,
+    report_table,
 )
 from randwire_d2.inference_config import (
     detector_samples,
@@ -187,16 +191,10 @@ def main(argv=None):
     except (ExportMismatchError, ValueError, OSError) as e:  # a bad --sample-image, a full disk
         sys.exit(f"error: {e}")
 
-    rows = []
-    for fmt, r in report.items():
-        worst = {
-            k: max(c.get(k, 0.0) for c in r["checks"].values()) for k in _DIFF_KEYS[classifier]
-        }
-        diffs = ", ".join(f"{k} {v:.3g}" for k, v in worst.items())
-        rows.append([fmt, r["file"], r["ops"], f"{len(r['checks'])} inputs, {diffs}"])
-    print(markdown_table(["format", "file", "ops", "matches eager"], rows))
+    print(report_table(report))
     if args.compare_executions:
-        counts = op_counts(model, wrap, trace_args, formats)
+        axes = CLASSIFIER_AXES if classifier else DETECTOR_AXES
+        counts = op_counts(model, wrap, trace_args, formats, dynamic_axes={0: axes})
         print("\nop counts by execution (exported: 'export'):")
         print(
             markdown_table(
@@ -206,9 +204,6 @@ def main(argv=None):
         report["op_counts"] = counts
     with open(os.path.join(output, "export_report.json"), "w") as f:
         json.dump(report, f, indent=2)
-
-
-_DIFF_KEYS = {True: ["max_abs_diff"], False: ["max_box_diff", "max_score_diff"]}
 
 
 if __name__ == "__main__":

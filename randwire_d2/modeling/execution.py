@@ -672,6 +672,13 @@ def _folded(spec: NodeSpec, norm, conv):
     )
 
 
+def _fake(t: torch.Tensor) -> bool:
+    """A tensor without data (torch.export's fake or functional tensors, meta)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor) or t.is_meta or torch._is_functional_tensor(t)
+
+
 def _constant(spec: NodeSpec, name: str, tensors, make, removed=None):
     """make(), computed once while `tensors` are unchanged (same objects, storage, version,
     dtype and device) when no autograd graph is built: in eval, a node's coefficients and
@@ -679,6 +686,8 @@ def _constant(spec: NodeSpec, name: str, tensors, make, removed=None):
     if torch.is_grad_enabled() or removed is not None:
         spec.cache.clear()
         return make()
+    if torch.compiler.is_compiling() or any(_fake(t) for t in tensors if t is not None):
+        return make()  # traced (torch.compile, torch.export): a constant of the graph itself
     key = tuple(
         (id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors if t is not None
     )
