@@ -1,13 +1,18 @@
 """Model complexity as the paper counts it: fvcore FLOPs (one multiply-add = one FLOP), params.
 
-`flops_params` measures one model; `seed_statistics` gives mean and std over the paper's seeds
-(Tables 2-3 report "mean +- std" over seeds 1..5); `find_channels` sets C to the integer whose
-complexity is nearest the target (Sec. 4: "set C to the nearest integer such that target model
-complexity is met").
+Two ways to the same numbers: `flops_params` / `model_complexity` trace a built model with fvcore
+(the reference execution, in eval mode); `analytic_complexity` / `analytic_by_stage` compute
+them from the config and its wiring in closed form, without building anything, so that sweeps
+can plan hundreds of runs at once. Tests hold the two equal for every shipped config and node
+op; a config the closed form does not know (a user's own node op or norm) is traced, said once
+in the log. `seed_statistics` gives mean and std over the paper's seeds (Tables 2-3 report
+"mean +- std" over seeds 1..5); `find_channels` sets C to the integer whose complexity is
+nearest the target (Sec. 4: "set C to the nearest integer such that target model complexity is
+met").
 """
 
 import logging
-from typing import Callable, Dict, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,18 +21,24 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from .graphs import graph_statistics
+from .modeling import ops
 from .modeling.execution import execution_mode
+from .modeling.randwire import STAGE_STRIDES, stage_specs, wiring_from_cfg
 
 __all__ = [
     "Logits",
     "flops_params",
     "flops_by_stage",
     "model_complexity",
+    "analytic_complexity",
+    "analytic_by_stage",
     "seed_statistics",
     "find_channels",
     "wiring_stats",
     "parse_count",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class Logits(nn.Module):
@@ -95,22 +106,204 @@ def parse_count(text) -> float:
         raise ValueError(f"count={text!r} is invalid: expected a number like 583M, 4.0B or 5.6e6")
 
 
-def model_complexity(cfg, input_size: int = 224) -> Tuple[int, int]:
-    """(FLOPs, params) of the classifier `build_model(cfg)` on the CPU."""
+def _build_on_cpu(cfg) -> nn.Module:
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
-    return flops_params(build_model(cfg), input_size)
+    return build_model(cfg)
 
 
-def seed_statistics(cfg, seeds: Iterable[int] = range(1, 6), input_size: int = 224) -> Dict:
-    """FLOPs and params for each seed s (MODEL.RANDWIRE.SEED), with their mean and std."""
+def model_complexity(cfg, input_size: int = 224) -> Tuple[int, int]:
+    """(FLOPs, params) of the classifier `build_model(cfg)` on the CPU, traced by fvcore (the
+    ground truth of `analytic_complexity`)."""
+    return flops_params(_build_on_cpu(cfg), input_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same count in closed form, from the config and its wiring (nothing is built or traced).
+# fvcore counts a conv as (weight size) x (output positions), an eval-mode batch_norm as 2 per
+# element (its affine), group_norm as 5, adaptive_avg_pool2d as 1 per input element, linear as
+# in x out; it has no handle for relu, pooling, sigmoid, mul, add or div, so the aggregation
+# (sum of sigmoid(w_i) * x_i), the pools of the pool ops and the output node's mean count 0.
+
+# Norms whose count the closed form knows. The BN family turns into FrozenBN (no parameters) in
+# a frozen stage (MODEL.BACKBONE.FREEZE_AT); GroupNorm stays as it is.
+_BN_NORMS = ("BN", "FrozenBN", "SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
+_KNOWN_NORMS = _BN_NORMS + ("GN",)
+
+
+def _conv(cin: int, cout: int, kernel: int, positions: int, groups: int = 1) -> Tuple[int, int]:
+    params = cout * (cin // groups) * kernel * kernel
+    return params * positions, params
+
+
+def _norm(norm: str, channels: int, positions: int, frozen: bool) -> Tuple[int, int]:
+    if norm == "GN":
+        return 5 * channels * positions, 2 * channels
+    no_params = norm == "FrozenBN" or frozen
+    return 2 * channels * positions, 0 if no_params else 2 * channels
+
+
+def _add(*counts: Tuple[int, int]) -> Tuple[int, int]:
+    return sum(f for f, _ in counts), sum(p for _, p in counts)
+
+
+# Node op name -> (its function in ops.NODE_OPS, (in, out, output positions) -> (FLOPs, params)
+# of the op before its norm). All four keep the 3x3, padding 1 geometry: output = ceil(in / s).
+_NODE_OP_COUNTS = {
+    "sep_conv3x3": (
+        ops.sep_conv3x3,
+        lambda cin, cout, n: _add(_conv(cin, cin, 3, n, groups=cin), _conv(cin, cout, 1, n)),
+    ),
+    "conv3x3": (ops.conv3x3, lambda cin, cout, n: _conv(cin, cout, 3, n)),
+    "max_pool3x3_conv1x1": (ops.max_pool3x3_conv1x1, lambda cin, cout, n: _conv(cin, cout, 1, n)),
+    "avg_pool3x3_conv1x1": (ops.avg_pool3x3_conv1x1, lambda cin, cout, n: _conv(cin, cout, 1, n)),
+}
+
+
+def _down(size: int) -> int:
+    """Output side of a 3x3, stride 2, padding 1 conv or pool."""
+    return (size - 1) // 2 + 1
+
+
+def _not_in_closed_form(cfg) -> Optional[str]:
+    """What of `cfg` the closed form does not know (then it is traced), or None."""
+    rw = cfg.MODEL.RANDWIRE
+    if cfg.MODEL.META_ARCHITECTURE != "RandWireClassifier":
+        return f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} (not a classifier)"
+    if cfg.MODEL.BACKBONE.NAME != "build_randwire_backbone":
+        return f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r}"
+    known = _NODE_OP_COUNTS.get(rw.NODE_OP)
+    if known is None or ops.NODE_OPS.get(rw.NODE_OP) is not known[0]:
+        return (
+            f"MODEL.RANDWIRE.NODE_OP={rw.NODE_OP!r} (the closed form knows the shipped "
+            f"{list(_NODE_OP_COUNTS)})"
+        )
+    if not isinstance(rw.NORM, str) or rw.NORM not in _KNOWN_NORMS:
+        return f"MODEL.RANDWIRE.NORM={rw.NORM!r} (the closed form knows {list(_KNOWN_NORMS)})"
+    # What the model refuses: tracing it raises the model's own error.
+    if not set(rw.OUT_FEATURES) or not set(rw.OUT_FEATURES) <= set(STAGE_STRIDES):
+        return f"MODEL.RANDWIRE.OUT_FEATURES={list(rw.OUT_FEATURES)!r}"
+    if not 0 <= cfg.MODEL.BACKBONE.FREEZE_AT <= len(STAGE_STRIDES):
+        return f"MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT!r}"
+    return None
+
+
+def _wired_stage(wiring, cin: int, c: int, positions: int, op: str, norm: str, frozen: bool):
+    """(FLOPs, params) of a WiredStage: per node, its aggregation weights (one per input edge;
+    a single input passes on unweighted), its op (from `cin` channels at stride 2 on the nodes
+    the stage input feeds) and its norm."""
+    op_count, inputs, counts = _NODE_OP_COUNTS[op][1], set(wiring.input_nodes), []
+    for v in range(wiring.num_nodes):
+        degree = len(wiring.predecessors(v))
+        counts.append((0, degree if degree > 1 else 0))
+        counts.append(op_count(cin if v in inputs else c, c, positions))
+        counts.append(_norm(norm, c, positions, frozen))
+    return _add(*counts)
+
+
+def _head(cin: int, positions: int, head_channels: int, classes: int, norm: str):
+    """(FLOPs, params) of the ClassifierHead: 1x1 conv, norm, global average pool, fc."""
+    return _add(
+        _conv(cin, head_channels, 1, positions),
+        _norm(norm, head_channels, positions, False),
+        (head_channels * positions, 0),
+        (head_channels * classes, head_channels * classes + classes),
+    )
+
+
+def _closed_form(cfg, input_size: int) -> Tuple[Optional[Dict[str, Tuple[int, int]]], str]:
+    """({stage or "head": (FLOPs, params)}, "") as the built classifier counts, or (None, what
+    the closed form does not know)."""
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(f"input_size={input_size!r} is invalid: expected an integer >= 1")
+    unknown = _not_in_closed_form(cfg)
+    if unknown:
+        return None, unknown
+    rw = cfg.MODEL.RANDWIRE
+    c, norm, freeze_at = rw.CHANNELS, rw.NORM, cfg.MODEL.BACKBONE.FREEZE_AT
+    specs = stage_specs(rw.REGIME, 4, c)  # as RandWire: N is the wiring's
+    wiring = wiring_from_cfg(cfg)
+    if sorted(wiring.stages) != sorted(name for name, _, _ in specs):
+        return None, f"a wiring of stages {sorted(wiring.stages)} in regime {rw.REGIME!r}"
+    # As RandWire: conv1, conv2 (small: one conv), the random stages, up to the last output;
+    # stage i (conv1 = 0) is frozen when FREEZE_AT > i.
+    names = ["conv1", "conv2"] + [name for name, _, _ in specs if name != "conv2"]
+    last = max(names.index(f) for f in rw.OUT_FEATURES)
+    out, shape = {}, {}  # shape: stage -> (channels, side)
+    side = _down(input_size)
+    conv1 = _conv(len(cfg.MODEL.PIXEL_MEAN), c // 2, 3, side * side)
+    out["conv1"] = _add(conv1, _norm(norm, c // 2, side * side, freeze_at > 0))
+    shape["conv1"] = (c // 2, side)
+    if rw.REGIME == "small" and last >= 1:
+        side = _down(side)
+        conv2 = _conv(c // 2, c, 3, side * side)
+        out["conv2"] = _add(conv2, _norm(norm, c, side * side, freeze_at > 1))
+        shape["conv2"] = (c, side)
+    for name, _, channels in specs:
+        i = names.index(name)
+        if i > last:
+            break
+        cin, side = shape[names[i - 1]][0], _down(side)
+        frozen = freeze_at > i
+        out[name] = _wired_stage(wiring[name], cin, channels, side * side, rw.NODE_OP, norm, frozen)
+        shape[name] = (channels, side)
+    # Stages after the head's input (OUT_FEATURES ["conv5", "conv3"]) feed only outputs the
+    # logits drop: the trace has no ops of theirs; their parameters still count.
+    head_input = rw.OUT_FEATURES[-1]
+    for name in names[names.index(head_input) + 1 : last + 1]:
+        out[name] = (0, out[name][1])
+    cin, side = shape[head_input]
+    head = cfg.MODEL.CLASSIFIER
+    out["head"] = _head(cin, side * side, head.HEAD_CHANNELS, head.NUM_CLASSES, norm)
+    return out, ""
+
+
+_SAID: set = set()
+
+
+def _traced_instead(unknown: str) -> None:
+    if unknown not in _SAID:
+        _SAID.add(unknown)
+        logger.warning(
+            f"randwire_d2.complexity has no closed form for {unknown}: its FLOPs and params are "
+            "counted by an fvcore trace of the built model (slower)"
+        )
+
+
+def analytic_by_stage(cfg, input_size: int = 224) -> Dict[str, Tuple[int, int]]:
+    """{stage or "head": (FLOPs, params)} of the classifier of `cfg`, in closed form: the numbers
+    `flops_by_stage` traces from the built model. A config the closed form does not know is
+    built and traced (said once in the log)."""
+    found, unknown = _closed_form(cfg, input_size)
+    if found is not None:
+        return found
+    _traced_instead(unknown)
+    return flops_by_stage(_build_on_cpu(cfg), input_size)
+
+
+def analytic_complexity(cfg, input_size: int = 224) -> Tuple[int, int]:
+    """(FLOPs, params) of the classifier of `cfg`, in closed form: the numbers `model_complexity`
+    traces. A config the closed form does not know is built and traced (said once in the log)."""
+    found, unknown = _closed_form(cfg, input_size)
+    if found is not None:
+        return _add(*found.values())
+    _traced_instead(unknown)
+    return model_complexity(cfg, input_size)
+
+
+def seed_statistics(
+    cfg, seeds: Iterable[int] = range(1, 6), input_size: int = 224, trace: bool = False
+) -> Dict:
+    """FLOPs and params for each seed s (MODEL.RANDWIRE.SEED), with their mean and std; in
+    closed form, or with `trace` by fvcore traces of the built models."""
+    count = model_complexity if trace else analytic_complexity
     rows = {}
     for s in seeds:
         c = cfg.clone()
         c.defrost()
         c.MODEL.RANDWIRE.SEED = int(s)
-        rows[int(s)] = model_complexity(c, input_size)
+        rows[int(s)] = count(c, input_size)
     flops = np.array([f for f, _ in rows.values()], dtype=np.float64)
     params = np.array([p for _, p in rows.values()], dtype=np.float64)
     return {
@@ -128,11 +321,12 @@ def find_channels(
     seeds: Iterable[int] = range(1, 6),
     input_size: int = 224,
     measure: Callable = None,
+    trace: bool = False,
 ) -> Tuple[int, float]:
     """C whose mean FLOPs over `seeds` is nearest `target_flops`; returns (C, its mean FLOPs).
 
-    FLOPs grow monotonically with C, so a bisection finds the bracketing pair; of the two, the
-    nearer one wins.
+    FLOPs (in closed form; with `trace`, traced; or `measure(cfg)`) grow monotonically with C,
+    so a bisection finds the bracketing pair; of the two, the nearer one wins.
     """
     if target_flops <= 0:
         raise ValueError(f"target_flops={target_flops!r} is invalid: expected a positive number")
@@ -144,7 +338,7 @@ def find_channels(
         conf.MODEL.RANDWIRE.CHANNELS = int(c)
         if measure is not None:
             return float(measure(conf))
-        return seed_statistics(conf, seeds, input_size)["flops_mean"]
+        return seed_statistics(conf, seeds, input_size, trace)["flops_mean"]
 
     cache: Dict[int, float] = {}
 

@@ -4,7 +4,6 @@ are errors, and a run another sweep holds is "in progress elsewhere", not a fail
 defects 3, 11, 12, 13). Training is a stand-in script: these are the sweep's decisions, not
 train_cls's (test_sweep.py trains for real)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,20 +12,11 @@ import textwrap
 import tracemalloc
 
 import pytest
-from test_sweep import DEMO, REPO
+from test_sweep import DEMO, load_sweep_tool
 
 import randwire_d2.sweep.plan as sweep_plan
 from randwire_d2.graphs import parse_seeds
 from randwire_d2.sweep import expand, parse_generators, save_plan, submit_sweep
-
-
-def load_sweep_tool():
-    path = os.path.join(REPO, "tools", "sweep.py")
-    spec = importlib.util.spec_from_file_location("sweep_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 SWEEP = load_sweep_tool()
 RUN = "er_P0.2-sep_conv3x3-C16-small-s{}"  # the runs of ER_02 below, by seed
@@ -45,12 +35,9 @@ def sweep(capsys, *argv):
 
 
 def prepare(folder, seeds, opts=()):
-    """The plan of ER_02 x `seeds` in `folder` with its complexity cached (no model is built)."""
+    """The runs of ER_02 x `seeds`, and their sweep folder `folder`."""
     runs = expand([DEMO], [("er", {"P": 0.2})], seeds=seeds, opts=list(opts))
     os.makedirs(folder, exist_ok=True)
-    cache = {" ".join([r.config_file, *r.opts]): [1e6, 1e5] for r in runs}
-    with open(os.path.join(folder, "complexity.json"), "w") as f:
-        json.dump(cache, f)
     return runs
 
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""FLOPs (fvcore, one multiply-add = one FLOP) and parameters of a RandWire classifier config.
+"""FLOPs (as fvcore counts them, one multiply-add = one FLOP) and parameters of a RandWire
+classifier config: in closed form (instant), or with --trace by fvcore traces of the built model.
 
 python tools/analyze_model.py --config-file configs/imagenet/randwire_ws_c78_small.yaml
 python tools/analyze_model.py --config-file ... --seeds 1-5        # mean +- std (Tables 2-3)
 python tools/analyze_model.py --config-file ... --find-channels 583M
-python tools/analyze_model.py --config-file ... --update-table tests/complexity_table.json
+python tools/analyze_model.py --config-file ... --trace             # count by fvcore traces
+python tools/analyze_model.py --config-file ... --update-table tests/complexity_table.json  # traced
 """
 
 import argparse
@@ -16,6 +18,7 @@ from randwire_d2.utils.warnings import quiet_third_party_warnings  # isort: spli
 from detectron2.modeling import build_model
 
 from randwire_d2.complexity import (
+    analytic_by_stage,
     find_channels,
     flops_by_stage,
     parse_count,
@@ -30,7 +33,7 @@ def setup(args):
     return load_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
 
 
-def describe(cfg, size):
+def describe(cfg, size, trace=False):
     rw = cfg.MODEL.RANDWIRE
     model = build_model(cfg)
     theta = ", ".join(f"{k}={v}" for k, v in generator_params(cfg).items())
@@ -43,7 +46,8 @@ def describe(cfg, size):
     print("\n| stage | nodes | edges | input/output nodes | channels | FLOPs (M) | params (M) |")
     print("|---|---|---|---|---|---|---|")
     total_f = total_p = 0
-    for name, (f, p) in flops_by_stage(model, size).items():
+    by_stage = flops_by_stage(model, size) if trace else analytic_by_stage(cfg, size)
+    for name, (f, p) in by_stage.items():
         total_f, total_p = total_f + f, total_p + p
         s = stats.get(name)
         nodes, edges, io = (
@@ -83,6 +87,11 @@ def main():
         metavar="JSON",
         help="record this config's FLOPs/params (seed from the config) in a JSON table",
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="count by fvcore traces of the built models (the closed form's ground truth)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
     if not os.path.isfile(args.config_file):
@@ -94,9 +103,10 @@ def main():
             "RandWireClassifier configs; for detectors use benchmarks/detector_complexity.py"
         )
 
-    flops, params = describe(cfg, args.input_size)
+    # The frozen table holds what fvcore traces: its numbers are always traced.
+    flops, params = describe(cfg, args.input_size, args.trace or bool(args.update_table))
     if args.seeds:
-        st = seed_statistics(cfg, parse_seeds(args.seeds), args.input_size)
+        st = seed_statistics(cfg, parse_seeds(args.seeds), args.input_size, args.trace)
         for s, (f, p) in st["per_seed"].items():
             print(f"seed {s}: FLOPs {f / 1e6:.1f}M, params {p / 1e6:.3f}M")
         print(
@@ -105,7 +115,8 @@ def main():
         )
     if args.find_channels:
         target = parse_count(args.find_channels)
-        c, f = find_channels(cfg, target, parse_seeds(args.seeds or "1-5"), args.input_size)
+        seeds = parse_seeds(args.seeds or "1-5")
+        c, f = find_channels(cfg, target, seeds, args.input_size, trace=args.trace)
         print(f"C={c}: mean FLOPs {f / 1e6:.1f}M, nearest to the target {target / 1e6:.1f}M")
     if args.update_table:
         table = {}

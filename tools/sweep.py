@@ -21,11 +21,10 @@ has at most 2000 runs (randwire_d2.sweep.MAX_RUNS).
 """
 
 import argparse
-import json
 import os
 import sys
 
-from randwire_d2.complexity import model_complexity
+from randwire_d2.complexity import analytic_complexity
 from randwire_d2.config import load_config
 from randwire_d2.graphs import parse_seeds
 from randwire_d2.sweep import (
@@ -89,30 +88,9 @@ def plan(args):
     runs = expand(configs, generators, ops, seeds, opts, channels_for)
     name = args.preset or os.path.splitext(os.path.basename(configs[0]))[0]
     folder = args.output or os.path.join("output", "sweeps", name)
-    cache_path = os.path.join(folder, "complexity.json")
-    cache = read_cache(cache_path)
-    complexity = {}
-    for r in runs:  # FLOPs/params at 224x224, as Tables 2-3; cached by config and overrides
-        key = " ".join([r.config_file, *r.opts])
-        hit = cache.get(key)
-        if not (isinstance(hit, list) and len(hit) == 2):  # else a damaged cache: recompute
-            cache[key] = model_complexity(load_config(r.config_file, r.opts))
-        complexity[r.name] = cache[key]
-    if not args.dry_run:
-        os.makedirs(folder, exist_ok=True)
-        with open(cache_path, "w") as f:
-            json.dump(cache, f)
+    # FLOPs/params at 224x224, as Tables 2-3, in closed form (milliseconds per run).
+    complexity = {r.name: analytic_complexity(load_config(r.config_file, r.opts)) for r in runs}
     return folder, runs, complexity
-
-
-def read_cache(path: str) -> dict:
-    """The complexity cache of a sweep folder; {} when missing or unreadable (it is a cache)."""
-    try:
-        with open(path) as f:
-            cache = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
 
 
 def first_metric(records) -> str:

@@ -286,8 +286,8 @@ def expand(
 
 def matching_channels(reference_op: str = "sep_conv3x3", seed: int = 1):
     """channels_for(cfg, op): C for which `op` has the FLOPs of `reference_op` at the config's C
-    (Sec. 4.1, Fig. 6: "we adjust the factor C to keep the complexity")."""
-    from ..complexity import find_channels, model_complexity
+    (Sec. 4.1, Fig. 6: "we adjust the factor C to keep the complexity"), FLOPs in closed form."""
+    from ..complexity import analytic_complexity, find_channels
 
     cache = {}
 
@@ -298,7 +298,7 @@ def matching_channels(reference_op: str = "sep_conv3x3", seed: int = 1):
         ref.MODEL.RANDWIRE.NODE_OP, ref.MODEL.RANDWIRE.SEED = reference_op, seed
         key = (op, ref.dump())
         if key not in cache:
-            target, _ = model_complexity(ref)
+            target, _ = analytic_complexity(ref)
             cfg = cfg.clone()
             cfg.MODEL.RANDWIRE.NODE_OP = op
             cache[key] = find_channels(cfg, target, seeds=[seed])[0]
