@@ -39,6 +39,7 @@ from detectron2.utils.logger import setup_logger
 
 from randwire_d2.data.checks import register_user_datasets
 from randwire_d2.engine import resolve_device
+from randwire_d2.engine.launch import add_dataset_argument, add_unsafe_config_argument
 from randwire_d2.export import (
     CLASSIFIER_AXES,
     DETECTOR_AXES,
@@ -107,20 +108,11 @@ def build_parser():
         action="store_true",
         help="also trace the reference and fast executions and print their op counts",
     )
-    parser.add_argument(
-        "--dataset",
-        action="append",
-        nargs=3,
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_DIR"),
-        help="register a COCO-format dataset (repeatable), as train_net.py does: a detector is "
-        "traced on the first images of the config's test dataset",
+    add_dataset_argument(
+        parser,
+        "a detector is traced on the first images of the config's test dataset",
     )
-    parser.add_argument(
-        "--allow-unsafe-config",
-        action="store_true",
-        help="let a yaml config use python tags (!!python/...), which can run code",
-    )
+    add_unsafe_config_argument(parser)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="overrides: yaml KEY VALUE ...; LazyConfig key=value"
     )

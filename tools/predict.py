@@ -31,6 +31,7 @@ import argparse
 import sys
 
 from randwire_d2.data.checks import register_user_datasets
+from randwire_d2.engine.launch import add_dataset_argument, add_unsafe_config_argument
 from randwire_d2.predict import (
     build_predictor,
     check_dataset_flags,
@@ -52,14 +53,9 @@ def build_parser():
     source.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
     source.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", help="folder for the drawn images and results.json")
-    parser.add_argument(
-        "--dataset",
-        action="append",
-        nargs=3,
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_DIR"),
-        help="register a COCO-format dataset (repeatable), as train_net.py does: predictions "
-        "take the ids and class names of the config's test dataset",
+    add_dataset_argument(
+        parser,
+        "predictions take the ids and class names of the config's test dataset",
     )
     parser.add_argument(
         "--confidence-threshold",
@@ -68,11 +64,7 @@ def build_parser():
         help="minimum score of a detection drawn and written (default: 0.5)",
     )
     parser.add_argument("--topk", type=int, default=5, help="classes per image (classifier)")
-    parser.add_argument(
-        "--allow-unsafe-config",
-        action="store_true",
-        help="let a yaml config use python tags (!!python/...), which can run code",
-    )
+    add_unsafe_config_argument(parser)
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="overrides (as the trailing ones)"
     )

@@ -11,7 +11,14 @@ from detectron2.utils import comm
 
 from ..utils.warnings import quiet_third_party_warnings
 
-__all__ = ["argument_parser", "launch", "CloseProcessGroupAfter", "quiet_third_party_warnings"]
+__all__ = [
+    "argument_parser",
+    "add_dataset_argument",
+    "add_unsafe_config_argument",
+    "launch",
+    "CloseProcessGroupAfter",
+    "quiet_third_party_warnings",
+]
 
 
 def argument_parser(epilog=None, user_datasets: bool = False) -> argparse.ArgumentParser:
@@ -28,22 +35,33 @@ def argument_parser(epilog=None, user_datasets: bool = False) -> argparse.Argume
         action="store_true",
         help="start afresh in an OUTPUT_DIR that holds checkpoints, deleting them",
     )
+    add_unsafe_config_argument(parser)
+    if user_datasets:
+        add_dataset_argument(parser, "use NAME in the config's datasets")
+    return parser
+
+
+def add_unsafe_config_argument(parser: argparse.ArgumentParser) -> None:
+    """`--allow-unsafe-config`, as every tool that reads a yaml config takes it."""
     parser.add_argument(
         "--allow-unsafe-config",
         action="store_true",
         help="let a yaml config use python tags (!!python/...), which can run code; off: "
         "configs are parsed with yaml.safe_load",
     )
-    if user_datasets:
-        parser.add_argument(
-            "--dataset",
-            action="append",
-            nargs=3,
-            default=[],
-            metavar=("NAME", "JSON", "IMAGE_DIR"),
-            help="register a COCO-format dataset (repeatable); use NAME in the config's datasets",
-        )
-    return parser
+
+
+def add_dataset_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--dataset NAME JSON IMAGE_DIR` (repeatable), registered by
+    data.checks.register_user_datasets; `what` says what the tool does with it."""
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        nargs=3,
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help=f"register a COCO-format dataset (repeatable), as train_net.py does: {what}",
+    )
 
 
 class CloseProcessGroupAfter:
