@@ -579,13 +579,7 @@ def export_classifier(
             }
         logger.info(f"wrote {path} ({ops} ops, {seconds:.1f} s)")
         _check(checks, f"classifier ({path})")
-        report[fmt] = {
-            "file": path,
-            "ops": ops,
-            "export_seconds": seconds,
-            "input_shape": input_shape,
-            "checks": checks,
-        }
+        report[fmt] = _entry(path, ops, seconds, input_shape, checks)
     return report
 
 
@@ -672,13 +666,7 @@ def export_detector(
                 )
         logger.info(f"wrote {path} ({ops} ops, {seconds:.1f} s)")
         _check(checks, f"detector ({path})")
-        report[fmt] = {
-            "file": path,
-            "ops": ops,
-            "export_seconds": seconds,
-            "input_shape": input_shape,
-            "checks": checks,
-        }
+        report[fmt] = _entry(path, ops, seconds, input_shape, checks)
     logger.info(f"inputs schema: {adapter.inputs_schema}; outputs schema: {adapter.outputs_schema}")
     return report
 
@@ -702,6 +690,14 @@ def _variant(model: nn.Module, execution: str) -> nn.Module:
 
 
 @quiet_export_warnings()
+def _entry(path: str, ops: int, seconds: float, input_shape, checks: Dict) -> Dict:
+    """A written file's line of export_report.json."""
+    # fmt: off
+    return {"file": path, "ops": ops, "export_seconds": seconds, "input_shape": input_shape,
+            "checks": checks}
+    # fmt: on
+
+
 def op_counts(
     model: nn.Module,
     wrap: Callable[[nn.Module], nn.Module],
