@@ -73,7 +73,7 @@ def add_randwire_config(cfg):
     # Training memory: store two activations per node instead of four and recompute the
     # aggregation and ReLU in backward (Pleiss et al. 2017, per node). For the eager fast
     # path (nodes on the Triton kernels store two activations anyway).
-    # Off by default: 1.43x instead of 2.52x ResNet-50's memory, but 32% slower on an H100.
+    # Off by default: it trades training speed for memory (measured: docs/speed_and_memory.md).
     _C.MODEL.RANDWIRE.MEMORY_EFFICIENT = False
     # With MEMORY_EFFICIENT, also recompute the depthwise conv: one activation per node.
     _C.MODEL.RANDWIRE.RECOMPUTE_CONVS = False

@@ -13,7 +13,7 @@ larger. The unique input node (feeding every node without input) and the unique 
 Sampling uses only `numpy.random.default_rng`, so g(theta, s) is the same on any machine and
 any networkx release. networkx is used for graph algorithms, never for sampling.
 
-Deliberate deviations from the paper's text (see DESIGN.md): WS has N*K/2 edges (the text's
+Deliberate deviations from the paper's text: WS has N*K/2 edges (the text's
 "N*K" is an erratum), and BA starts from M isolated nodes as the text says (networkx >= 2.6
 starts from a star graph instead).
 """

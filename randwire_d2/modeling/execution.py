@@ -17,8 +17,8 @@ This module executes the same parameters, keys and function from a plan made onc
   analysis) runs as its module, so the hooks see what they see in the reference loop.
 - Norm folding: an affine norm (FrozenBN always, BN in eval) is folded into the node's last
   convolution (W' = a * W, bias b) instead of being a pass of its own.
-- Lean training memory (`memory_efficient=True`, off by default: it cost 32% of training speed
-  on an H100, 2% on CPU; Pleiss et al. 2017 applied per node):
+- Lean training memory (`memory_efficient=True`, off by default: it trades training speed for
+  memory, measured in docs/speed_and_memory.md; Pleiss et al. 2017 applied per node):
   `_LeanNode` runs aggregation, ReLU and the node op in one autograd node that stores its
   inputs and its inner convolution outputs and recomputes the cheap parts (aggregate, ReLU,
   pooling) in backward. A BatchNorm'd input is stored as its pre-norm tensor z (which
