@@ -1,8 +1,8 @@
-"""A user's own data, end to end, with README's "Your own data" commands as written: a one-class
+"""A user's own data, end to end, with docs/own_data.md's commands as written: a one-class
 COCO dataset (category id 1, non-contiguous image ids, file names in subfolders) and an
 ImageFolder, trained, evaluated, predicted on and exported by the tools. The commands are read
-from README.md and run in-process (as `python tools/...` would run them) in a folder that holds
-the generated data at README's paths; only size and iteration overrides are appended."""
+from docs/own_data.md and run in-process (as `python tools/...` would run them) in a folder that
+holds the generated data at the page's paths; only size and iteration overrides are appended."""
 
 import contextlib
 import io
@@ -22,12 +22,12 @@ from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.detection_demo import generate_detection_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(REPO, "README.md")
+README = os.path.join(REPO, "docs", "own_data.md")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def readme_commands(block: str):
-    """The commands of README's `<!-- own-data: block -->` bash block, as argument lists."""
+    """The commands of the page's `<!-- own-data: block -->` bash block, as argument lists."""
     text = open(README, encoding="utf-8").read()
     marker = f"<!-- own-data: {block} -->"
     assert marker in text, f"README.md lost its {marker} block"
@@ -172,7 +172,7 @@ def test_readme_lazy_command_parses_and_loads():
 
 def test_the_demo_classifier_folder_is_spelled_one_way():
     """The demo classifier's checkpoint folder: the yaml's OUTPUT_DIR, make demo's, and every
-    mention in README, the configs and the tools' usage lines."""
+    mention in docs/own_data.md, the configs and the tools' usage lines."""
     import glob
     import re
 
