@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PURELIB = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: install test demo sweep-demo clean-venv
+.PHONY: install test test-fast demo sweep-demo clean-venv
 
 install: $(STAMP)
 
@@ -26,7 +26,11 @@ STYLED := randwire_d2 tools tests benchmarks setup.py
 test: $(STAMP)
 	$(VENV)/bin/black -l 100 --check -q $(STYLED)
 	$(VENV)/bin/isort --check -q $(STYLED)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
+
+# The edit loop's tier (under 2 minutes on 2 cores): everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --durations=10 tests
 
 demo: $(STAMP)
 	$(PY) tools/demo.py

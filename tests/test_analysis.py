@@ -90,6 +90,7 @@ def test_compare_generators_and_statistics():
     assert st["components"] == 1 and st["depth"] == 4 and st["max_in_degree"] == 2
 
 
+@pytest.mark.slow
 def test_draw_and_tools(tmp_path):
     path = draw_network(NetworkWiring({"conv3": W}), str(tmp_path / "w.png"))
     assert os.path.getsize(path) > 1000
@@ -133,6 +134,7 @@ def test_draw_and_tools(tmp_path):
     assert NetworkWiring.load(str(tmp_path / "c109.json"))["conv2"].num_nodes == 16
 
 
+@pytest.mark.slow
 def test_graph_damage_tool_on_a_checkpoint(tmp_path):
     from detectron2.modeling import build_model
 

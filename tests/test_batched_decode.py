@@ -245,6 +245,7 @@ def test_cuda_without_cuda_is_a_clear_error(jpeg_root, monkeypatch):
         build_cls_train_loader(samples, decode_device="cpu", **loader_kwargs(image_format="YUV"))
 
 
+@pytest.mark.slow
 def test_loader_benchmark_prints_its_table(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     out = subprocess.run(

@@ -44,6 +44,7 @@ def test_every_classifier_config_is_frozen():
     ), f"{missing}: record them with python tools/analyze_model.py --config-file P --update-table {TABLE}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(json.load(open(TABLE))))
 def test_frozen_flops_and_params(path, one_thread):
     entry = json.load(open(TABLE))[path]
@@ -84,6 +85,7 @@ OTHER_OPS = sorted(op for op in NODE_OPS if op != "sep_conv3x3")  # sep_conv3x3:
 C78 = "configs/imagenet/randwire_ws_c78_small.yaml"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op", OTHER_OPS)
 @pytest.mark.parametrize("path", IMAGENET)
 def test_closed_form_equals_fvcore_for_every_node_op(path, op, one_thread, no_weight_init):

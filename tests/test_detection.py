@@ -169,6 +169,7 @@ def test_config_list_is_complete():
             ), (path, base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_config_builds(path):
     """Every shipped yaml loads and builds at full size (no forward, no weights download)."""
@@ -344,6 +345,7 @@ def test_registered_demo_datasets_are_generated_on_demand(tmp_path):
         register_detection_demo()
 
 
+@pytest.mark.slow
 def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path, one_thread):
     cfg = tiny_cfg(
         "DATASETS.TRAIN",
@@ -472,6 +474,7 @@ def test_input_normalization_mismatch_is_reported(classifier_checkpoint, caplog)
     assert "PIXEL_STD" not in caplog.text
 
 
+@pytest.mark.slow
 def test_transfer_via_converter_tool(classifier_checkpoint, tmp_path):
     det_cfg, classifier, path = classifier_checkpoint
     out = str(tmp_path / "converted.pth")
@@ -549,6 +552,7 @@ def test_missing_local_weights_are_named():
     check_weights_on_disk("")
 
 
+@pytest.mark.slow
 def test_eval_only_without_coco_exits_with_clear_error(tmp_path):
     env = {**TOOL_ENV, "DETECTRON2_DATASETS": str(tmp_path / "nowhere")}
     proc = subprocess.run(
@@ -573,6 +577,7 @@ def test_eval_only_without_coco_exits_with_clear_error(tmp_path):
     assert expected in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_process_cpu_training_with_user_dataset(tiny_data, tmp_path):
     """tools/train_net.py --num-gpus 2 on CPU: 2 gloo processes train, checkpoint, evaluate."""
     folder, paths = tiny_data
@@ -620,6 +625,7 @@ def test_two_process_cpu_training_with_user_dataset(tiny_data, tmp_path):
     assert (out / "inference" / "cli_val" / "coco_instances_results.json").exists()
 
 
+@pytest.mark.slow
 def test_train_net_logs_the_projects_messages(classifier_checkpoint, tiny_data, tmp_path):
     """train_net set up Detectron2's loggers only: randwire_d2's INFO lines (which weights went
     where) reached neither the screen nor log.txt."""

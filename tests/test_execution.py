@@ -90,6 +90,7 @@ def compare(regime, node_op, norm, train, lean, drop_edge_prob=0.0, key=None, fo
         assert_close(a, b, what)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lean", sorted(LEAN))
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("node_op", sorted(NODE_OPS))
@@ -243,6 +244,7 @@ def test_forward_hooks_on_a_node_run_in_the_fast_execution(one_thread):
     assert len(seen) == 2 and torch.allclose(seen[0], seen[1])
 
 
+@pytest.mark.slow
 def test_compiled_trunk_keeps_keys_and_function(one_thread, monkeypatch):
     """MODEL.RANDWIRE.COMPILE compiles the wired stages in place: same state-dict keys, same
     outputs and gradients as the eager trunk. Traced with the aot_eager backend (Inductor's
@@ -261,6 +263,7 @@ def test_compiled_trunk_keeps_keys_and_function(one_thread, monkeypatch):
     assert_same_training_step(eager, compiled, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("execution", ["fast", "triton"])
 def test_eval_constants_follow_the_weights(one_thread, execution):
     """Coefficients and folded norms are computed once in eval and recomputed whenever a

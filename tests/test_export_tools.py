@@ -47,6 +47,7 @@ def test_export_traces_on_the_dataset_given_with_dataset(user_data, tmp_path):
     exported(tmp_path)
 
 
+@pytest.mark.slow
 def test_lazy_config_and_its_saved_yaml_export(lazy_run, user_data, tmp_path):
     """A LazyConfig .py (traced on --sample-image) and the config.yaml its run saved (traced on
     the dataset of dataloader.test, registered with --dataset), with train.init_checkpoint."""

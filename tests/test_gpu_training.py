@@ -254,6 +254,7 @@ def _steps(trunks, iters, rtol=1e-5, atol=1e-6):
                 torch.testing.assert_close(g, g0, rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("execution", ["reference", "fast", "triton"])
 def test_edge_masks_remove_the_same_edges(one_thread, execution):
     """Edge removal through device masks (compiled nodes, CUDA graphs) equals removal by index
@@ -267,6 +268,7 @@ def test_edge_masks_remove_the_same_edges(one_thread, execution):
     assert masked.state_dict().keys() == ref.state_dict().keys()
 
 
+@pytest.mark.slow
 def test_compiled_nodes_share_graphs_and_equal_eager(one_thread):
     """MODEL.RANDWIRE.COMPILE 'node' (Inductor): same outputs and gradients as the eager trunk
     with edge removal, same state-dict keys, and fewer compiled graphs than nodes (nodes of the

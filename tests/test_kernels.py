@@ -54,6 +54,7 @@ def close(got, want, tol, what):
     assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol} x {scale:.3g}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("k", range(1, kernels.MAX_SLOTS + 1))
@@ -78,6 +79,7 @@ def test_node_kernels_equal_the_eager_ops(one_thread, k, stride, layout):
         close(z, F.conv2d(d_ref, pw), 1e-5, "fused inference output without bias")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels", [109, 218])
 def test_node_kernels_in_low_precision_at_the_papers_widths(one_thread, dtype, channels):
@@ -124,6 +126,7 @@ def assert_same(a, b, what, tol=1e-4):
         close(b[k], a[k], tol, f"{what} {k}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_triton_stage_equals_reference(one_thread, train, layout):
@@ -163,6 +166,7 @@ def test_a_node_of_any_in_degree_runs_the_kernels(one_thread):
         close(b, a, 1e-4, "output or gradient")
 
 
+@pytest.mark.slow
 def test_triton_classifier_equals_reference_and_shares_keys(one_thread):
     cfg = tiny_cfg("small")
     cfg.MODEL.RANDWIRE.EXECUTION = "reference"

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from test_detection import DEMO_CONFIG, TINY
 from test_train_cls import DEMO_CFG, REPO, read_metrics, tiny_opts
@@ -45,6 +46,7 @@ def two_machines(tool: str, args, timeout: int = 300):
     return outs
 
 
+@pytest.mark.slow
 def test_train_cls_on_two_machines(tmp_path):
     data = generate_classification_demo(str(tmp_path / "data"), {"train": 4, "val": 2}, 32)
     out = tmp_path / "out"
@@ -54,6 +56,7 @@ def test_train_cls_on_two_machines(tmp_path):
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1
 
 
+@pytest.mark.slow
 def test_train_net_on_two_machines(tmp_path):
     paths = generate_detection_demo(
         str(tmp_path), {"train": 8}, image_size=(64, 64), object_size=(14, 30), seed=3
@@ -67,6 +70,7 @@ def test_train_net_on_two_machines(tmp_path):
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
 
 
+@pytest.mark.slow
 def test_train_net_joins_a_torchrun_group(tmp_path):
     paths = generate_detection_demo(
         str(tmp_path), {"train": 8}, image_size=(64, 64), object_size=(14, 30), seed=3

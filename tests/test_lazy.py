@@ -68,6 +68,7 @@ def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+@pytest.mark.slow
 def test_every_lazy_config_is_listed_and_instantiates():
     names = {os.path.relpath(p, LAZY) for p in LAZY_CONFIGS}
     assert {
@@ -217,6 +218,7 @@ def lazy_classifier(tmp_path_factory):
     return classifier, os.path.join(folder, "classifier.pth")
 
 
+@pytest.mark.slow
 def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume(
     lazy_classifier, tiny_data, tmp_path
 ):
@@ -274,6 +276,7 @@ def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume
     assert "copypaste: Task: segm" in ev.stdout + ev.stderr
 
 
+@pytest.mark.slow
 def test_cli_refuses_weights_of_another_wiring_and_frozen_stages_without_weights(
     lazy_classifier, tmp_path
 ):

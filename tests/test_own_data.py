@@ -30,7 +30,7 @@ def readme_commands(block: str):
     """The commands of the page's `<!-- own-data: block -->` bash block, as argument lists."""
     text = open(README, encoding="utf-8").read()
     marker = f"<!-- own-data: {block} -->"
-    assert marker in text, f"README.md lost its {marker} block"
+    assert marker in text, f"docs/own_data.md lost its {marker} block"
     body = text.split(marker, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     lines = body.replace("\\\n", " ").splitlines()
     return [shlex.split(line) for line in lines if line.strip() and not line.startswith("#")]
@@ -102,10 +102,11 @@ def coco_ap(gt_json, results):
     return 100.0 * e.stats[0]
 
 
+@pytest.mark.slow
 def test_readme_detection_commands_on_a_users_coco_dataset(tmp_path):
     trees = user_coco_dataset(str(tmp_path))
     train, evaluate, predict, export = readme_commands("detection")
-    # README's training, made tiny: a 64-pixel detector trained 60 iterations.
+    # The documented training, made tiny: a 64-pixel detector trained 60 iterations.
     run_tool(train, tmp_path, TINY + ["SOLVER.MAX_ITER", 60, "SOLVER.BASE_LR", 0.02])
     run_tool(evaluate, tmp_path)
     out = tmp_path / "output" / "trees"
@@ -128,10 +129,11 @@ def test_readme_detection_commands_on_a_users_coco_dataset(tmp_path):
         assert len(report[fmt]["checks"]) >= 2, report[fmt]
 
 
+@pytest.mark.slow
 def test_readme_classification_commands_on_an_image_folder(tmp_path):
     digits = tmp_path / "datasets" / "digits"
     generate_classification_demo(str(digits), {"train": 8, "val": 4}, image_size=32)
-    for split in ("train", "val"):  # 3 classes, as README's NUM_CLASSES
+    for split in ("train", "val"):  # 3 classes, as the documented NUM_CLASSES
         for extra in sorted(os.listdir(digits / split))[3:]:
             shutil.rmtree(digits / split / extra)
     train, evaluate, predict, export = readme_commands("classification")
@@ -172,14 +174,15 @@ def test_readme_lazy_command_parses_and_loads():
 
 def test_the_demo_classifier_folder_is_spelled_one_way():
     """The demo classifier's checkpoint folder: the yaml's OUTPUT_DIR, make demo's, and every
-    mention in docs/own_data.md, the configs and the tools' usage lines."""
+    mention in README, the docs, the configs and the tools' usage lines."""
     import glob
     import re
 
     from randwire_d2.config import load_config
 
     folder = load_config(os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml")).OUTPUT_DIR
-    files = [README] + glob.glob(os.path.join(REPO, "configs", "**", "*.*"), recursive=True)
+    files = [os.path.join(REPO, "README.md")] + glob.glob(os.path.join(REPO, "docs", "*.md"))
+    files += glob.glob(os.path.join(REPO, "configs", "**", "*.*"), recursive=True)
     files += glob.glob(os.path.join(REPO, "tools", "*.py"))
     spelled = {
         (os.path.relpath(f, REPO), m)

@@ -119,6 +119,7 @@ def check_coco_results(records, root, masks=False):
     return gt
 
 
+@pytest.mark.slow
 def test_tool_draws_and_writes_coco_results_for_a_glob(demo_root, detector_weights, tmp_path):
     pattern = os.path.join(demo_root, "randwire_demo_det", "val", "00000[0-2].jpg")
     out = tmp_path / "out"

@@ -103,6 +103,7 @@ def test_fig6_dry_run_keeps_the_flops_of_the_separable_conv(capsys):
     assert "C78" not in rows[1][0]  # C was adjusted for the 3x3 conv
 
 
+@pytest.mark.slow
 def test_killed_sweep_continues_and_trains_each_run_once(data_root, tmp_path):
     out = tmp_path / "sweep"
     args = ["--config-file", DEMO, "--generators", "er:P=0.2", "--generators", "ws:K=2,P=0.5"]
@@ -145,6 +146,7 @@ def test_killed_sweep_continues_and_trains_each_run_once(data_root, tmp_path):
     assert os.path.getsize(out / "fig3.png") > 0
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_trains_a_run(data_root, tmp_path):
     opts = ["PRETRAIN.DATA_ROOT", data_root, *TINY, "PRETRAIN.EPOCHS", "2"]
     runs = expand([DEMO], [("er", {"P": 0.2})], seeds=[1], opts=opts)

@@ -133,6 +133,7 @@ def test_single_process_run(data_root, tmp_path):
     assert results["val_32"]["top1"] == pytest.approx(final[0]["val_32/top1"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["launch", "torchrun"])
 def test_two_processes_match_one_process_at_the_same_global_batch(launcher, data_root, tmp_path):
     # naiveSyncBN: the two processes normalize with the statistics of the whole global batch.
@@ -189,6 +190,7 @@ def test_resume_continues_at_the_saved_iteration_with_the_same_lr_and_data(data_
         assert b[it] == pytest.approx(a[it], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_at_most_one_checkpoint_period(data_root, tmp_path):
     period = 3
     opts = tiny_opts(
@@ -263,6 +265,7 @@ def test_checkpoint_loads_weights_only_and_initialises_the_demo_detector(data_ro
         assert torch.equal(det_state["backbone.bottom_up." + k[len("backbone.") :]], v), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config, epochs, weight_decay, extra",
     [
@@ -320,6 +323,7 @@ def test_dry_run_prints_the_paper_schedule_for_imagenet(
     assert not os.path.exists(tmp_path / "no_imagenet_here")  # nothing trained, nothing written
 
 
+@pytest.mark.slow
 def test_dry_run_scales_lr_with_the_global_batch(tmp_path):
     out = run_cli(
         "--config-file",

@@ -89,6 +89,7 @@ def test_a_held_output_dir_is_refused_naming_the_holder(tmp_path):
     release_output_dir(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_fresh_run_over_checkpoints_is_refused_unless_overwrite(trained, tmp_path, data_root):
     out = copy_run(trained, tmp_path / "run")
     opts = tiny_opts(data_root, out, epochs=3)
@@ -183,6 +184,7 @@ def test_explicit_solver_keys_win_over_the_epoch_schedule(data_root, tmp_path, c
     assert "SOLVER.BASE_LR=0.01 is given explicitly" in err
 
 
+@pytest.mark.slow
 def test_a_smoke_test_trains_max_iter_iterations(data_root, tmp_path):
     run_cli("--config-file", DEMO_CFG, *tiny_opts(data_root, tmp_path, epochs=100), *[
         "SOLVER.MAX_ITER", "2"])  # fmt: skip
@@ -280,6 +282,7 @@ def test_dry_run_rejects_invalid_values(data_root, tmp_path, opts, match):
         train_cls.setup(train_cls.build_parser().parse_args(argv), world_size=1)
 
 
+@pytest.mark.slow
 def test_detector_with_fewer_classes_than_the_dataset_fails_before_training(tmp_path):
     from test_detection import DEMO_CONFIG, TINY
 

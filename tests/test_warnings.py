@@ -103,6 +103,7 @@ warnings.warn_explicit({note!r}, FutureWarning, "randwire_d2/engine/trainer.py",
 """
 
 
+@pytest.mark.slow
 def test_training_run_shows_only_the_project_warnings(tmp_path, one_thread):
     from randwire_d2.data.cls_demo import generate_classification_demo
 
@@ -143,6 +144,7 @@ def test_import_leaves_the_filters_of_the_importing_program():
     assert warnings.filters == before
 
 
+@pytest.mark.slow
 def test_environment_variable_brings_import_notes_back():
     """The notes Detectron2's imports print, quiet in every tool run above, show again."""
     env = dict(os.environ, OMP_NUM_THREADS="1", **{SHOW_ALL_WARNINGS_ENV: "1"})
@@ -191,6 +193,7 @@ def test_export_notes_are_ignored_only_during_an_export(monkeypatch):
     assert warnings.filters == before
 
 
+@pytest.mark.slow
 def test_throughput_help_shows_no_third_party_notes():
     """benchmarks/throughput.py imports Detectron2 through randwire_d2 (quiet imports)."""
     env = {k: v for k, v in os.environ.items() if k != SHOW_ALL_WARNINGS_ENV}

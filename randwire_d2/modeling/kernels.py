@@ -14,8 +14,8 @@ cost far more than the arithmetic. Three kernels replace them:
 - `agg_relu_dw_pw` (inference): aggregate, ReLU, depthwise and the 1x1 conv with the folded norm
   (z = W'd + b) in one kernel: the depthwise output never reaches device memory.
 
-The 1x1 conv and BatchNorm of a training step stay with cuDNN and ATen (see docs in README,
-"Speed and memory").
+The 1x1 conv and BatchNorm of a training step stay with cuDNN and ATen (see
+docs/speed_and_memory.md).
 
 Each kernel is a PyTorch custom op (`torch.ops.randwire.*`) with a fake implementation, so the
 ops run on the `meta` device (the traffic benchmark counts them there), trace with
