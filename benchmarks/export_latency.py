@@ -17,25 +17,36 @@ PRETRAIN.TEST_CROPS[0]) and batch --batch:
 """
 
 import argparse
+import copy
 import os
 import platform
+import statistics
 import sys
+import tempfile
 import time
+from typing import Callable, Dict, Optional, Sequence
 
 # First: registers the RandWire backbones, and quiets the notes Detectron2's imports print.
 import randwire_d2  # noqa: F401  # isort: split
 import torch
 from detectron2.modeling import build_model
+from torch import nn
 
+from randwire_d2.checkpoint import find_trunk
 from randwire_d2.config import load_config
 from randwire_d2.export import (
-    EXECUTIONS_COMPARED,
     ClassifierExport,
-    classifier_latency,
     classifier_samples,
+    export_onnx,
+    exported_program_op_count,
+    freeze_for_export,
     markdown_table,
-    op_counts,
+    onnx_op_count,
+    onnx_session,
+    torchscript_op_count,
 )
+from randwire_d2.modeling import RandWireClassifier
+from randwire_d2.utils.warnings import quiet_export_warnings
 
 CONFIGS = [
     "configs/demo/randwire_cls_demo.yaml",
@@ -54,6 +65,86 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
         f"load average {os.getloadavg()[0]:.1f} (torch {torch.__version__})"
     )
+
+
+# The executions whose graphs and latency are compared (tools/export_model.py
+# --compare-executions prints `op_counts` too): "export" is what an export writes.
+EXECUTIONS_COMPARED = ("reference", "fast", "export")
+
+
+def _variant(model: nn.Module, execution: str) -> nn.Module:
+    """The model as traced with `execution`: "reference" / "fast" (MODEL.RANDWIRE.EXECUTION,
+    unfrozen) or "export" (`freeze_for_export`)."""
+    if execution == "export":
+        return freeze_for_export(model)
+    variant = copy.deepcopy(model).eval()
+    _, trunk = find_trunk(variant)
+    trunk.set_execution(execution)
+    return variant
+
+
+@quiet_export_warnings()
+def op_counts(
+    model: nn.Module,
+    wrap: Callable[[nn.Module], nn.Module],
+    args: tuple,
+    formats: Sequence[str] = ("pt2", "torchscript", "onnx"),
+    executions: Sequence[str] = EXECUTIONS_COMPARED,
+    dynamic_axes: Optional[Dict[int, Dict[int, str]]] = None,
+) -> Dict[str, Dict[str, int]]:
+    """{execution: {format: op count}} of `wrap(model as run by execution)` traced on `args`
+    (formats: "pt2" torch.export call_function nodes, "torchscript" aten:: nodes of the inlined
+    trace, "onnx" non-Constant ONNX nodes). `dynamic_axes` ({input index: {axis: name}}, e.g.
+    {0: DETECTOR_AXES}) exports the ONNX graphs with those axes dynamic, as the written file:
+    shape arithmetic that a static export folds into constants stays in the graph."""
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for execution in executions:
+            net = wrap(_variant(model, execution)).eval()
+            row = {}
+            if "pt2" in formats:
+                row["pt2"] = exported_program_op_count(torch.export.export(net, args))
+            if "torchscript" in formats:
+                # No second trace to compare: the fast execution caches its folded weights
+                # at the first call, so a second one records another graph.
+                traced = torch.jit.trace(net, args, check_trace=False)
+                row["torchscript"] = torchscript_op_count(traced)
+            if "onnx" in formats:
+                path = os.path.join(tmp, f"{execution}.onnx")
+                names = [f"input{i}" for i in range(len(args))]
+                axes = {names[i]: a for i, a in (dynamic_axes or {}).items()}
+                export_onnx(net, args, path, names, dynamic_axes=axes or None)
+                row["onnx"] = onnx_op_count(path)
+            counts[execution] = row
+    return counts
+
+
+@quiet_export_warnings()
+def classifier_latency(
+    model: RandWireClassifier, images: torch.Tensor, runs: int = 20, warmup: int = 3
+) -> Dict[str, float]:
+    """Median milliseconds per call on `images`, the runs of every variant interleaved in one
+    process: eager "reference" and "fast" executions, eager "export" (frozen), and
+    "onnxruntime" (the frozen model's ONNX file, as many threads as torch)."""
+    fns = {}
+    for execution in EXECUTIONS_COMPARED:
+        fns[f"eager {execution}"] = ClassifierExport(_variant(model, execution)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with torch.no_grad():
+            export_onnx(fns["eager export"], (images,), path, ["images"])
+        session = onnx_session(path)
+        feed = {session.get_inputs()[0].name: images.cpu().numpy()}
+        fns["onnxruntime"] = lambda _x: session.run(None, feed)
+        times = {k: [] for k in fns}
+        with torch.no_grad():
+            for i in range(warmup + runs):
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    fn(images)
+                    if i >= warmup:
+                        times[name].append(time.perf_counter() - start)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
 def measure(config: str, size: int, batch: int, runs: int, formats) -> dict:

@@ -45,8 +45,10 @@ from randwire_d2.complexity import Logits  # noqa: E402
 from randwire_d2.config import load_config  # noqa: E402
 from randwire_d2.modeling import kernels  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import traffic  # noqa: E402
+if __package__:  # python -m benchmarks.gpu_kernels
+    from . import traffic
+else:  # python benchmarks/gpu_kernels.py: its folder is sys.path[0]
+    import traffic
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 C109 = "configs/imagenet/randwire_ws_c109_regular.yaml"

@@ -18,13 +18,14 @@ import argparse
 import copy
 import datetime
 import json
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import RANDWIRE, RESNETS, Bench, machine, randwire, run  # noqa: E402
+if __package__:  # python -m benchmarks.layouts
+    from .throughput import RANDWIRE, RESNETS, Bench, machine, randwire, run
+else:  # python benchmarks/layouts.py: its folder is sys.path[0]
+    from throughput import RANDWIRE, RESNETS, Bench, machine, randwire, run
 
 LAYOUTS = {"nchw": "NCHW", "channels_last": "channels_last"}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

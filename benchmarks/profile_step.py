@@ -30,7 +30,6 @@ benchmarks/throughput.py, plus --steps, --top and --json.
 import argparse
 import collections
 import json
-import os
 import statistics
 import sys
 import time
@@ -39,8 +38,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import RESNETS, add_common_arguments, machine, make_bench  # noqa: E402
+if __package__:  # python -m benchmarks.profile_step
+    from .throughput import RESNETS, add_common_arguments, machine, make_bench
+else:  # python benchmarks/profile_step.py: its folder is sys.path[0]
+    from throughput import RESNETS, add_common_arguments, machine, make_bench
 
 IDLE = "idle gaps"
 CATEGORIES = (

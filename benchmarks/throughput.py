@@ -55,8 +55,10 @@ from detectron2.modeling import build_model
 from randwire_d2.complexity import Logits
 from randwire_d2.config import load_config
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from traffic import traffic  # noqa: E402
+if __package__:  # python -m benchmarks.throughput
+    from .traffic import traffic
+else:  # python benchmarks/throughput.py: its folder is sys.path[0]
+    from traffic import traffic
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RANDWIRE = {

@@ -50,8 +50,10 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 from randwire_d2.engine import ClassificationTrainer  # noqa: E402
 from randwire_d2.engine.trainer import release_output_dir  # noqa: E402
 
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import throughput  # noqa: E402
+if __package__:  # python -m benchmarks.train_step
+    from . import throughput
+else:  # python benchmarks/train_step.py: its folder is sys.path[0]
+    import throughput
 
 RUNS = {"e2e": "end-to-end", "model": "model-only"}
 # Hooks that are not part of a training step: they would only add checkpoints and evaluation.

@@ -1,4 +1,4 @@
-"""Export (randwire_d2/export.py, tools/export_model.py): exported graphs compute what the eager
+"""Export (randwire_d2/export/, tools/export_model.py): exported graphs compute what the eager
 model computes, onnxruntime runs the ONNX files, weights load strictly, the graph is small."""
 
 import json
@@ -24,7 +24,9 @@ from randwire_d2.engine import build_checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
-import export_model  # noqa: E402
+import export_model  # noqa: E402  (it finds benchmarks/ from the repository root)
+
+from benchmarks.export_latency import op_counts  # noqa: E402
 
 CLS_CONFIG = os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml")
 DET_CONFIG = os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml")
@@ -162,7 +164,7 @@ def test_exported_graph_is_smaller_than_the_reference_one(one_thread):
     model = tiny_model()
     x = export.classifier_samples(32, count=1)[0]
     formats, executions = ("torchscript", "onnx"), ("reference", "export")
-    counts = export.op_counts(model, export.ClassifierExport, (x,), formats, executions)
+    counts = op_counts(model, export.ClassifierExport, (x,), formats, executions)
     for fmt in ("torchscript", "onnx"):
         assert 0 < counts["export"][fmt] < counts["reference"][fmt], counts
 
@@ -322,7 +324,7 @@ def test_random_weights_flag_exports_without_weights(tmp_path):
 def test_op_counts_of_the_fast_execution_trace_torch_export(one_thread):
     """torch.export traces the fast execution's eval path: its cached constants (coefficients,
     folded norms) are computed in the graph, not read from a cache keyed on real storage."""
-    from randwire_d2.export import ClassifierExport, op_counts
+    from randwire_d2.export import ClassifierExport
 
     model = tiny_model().eval()
     counts = op_counts(model, ClassifierExport, (torch.rand(2, 3, 32, 32) * 255,), ["pt2"])

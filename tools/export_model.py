@@ -23,7 +23,7 @@ torchscript and onnx files are made by tracing (detectors through TracingAdapter
 torch.export (classifiers only). Every file is run on --num-samples inputs (onnx in
 onnxruntime) and compared with the eager model; a difference beyond tolerance exits with
 status 1, naming the numbers. The exported graph is the frozen fast execution (see
-randwire_d2/export.py); --compare-executions also prints the op counts of the reference and
+randwire_d2/export/); --compare-executions also prints the op counts of the reference and
 fast executions traced as they are. A folder holding an earlier export is refused unless
 --overwrite, which removes that export's files (EXPORT_FILES; other files stay) first.
 A LazyConfig's weights are train.init_checkpoint, its test data dataloader.test (detectors only).
@@ -51,7 +51,6 @@ from randwire_d2.export import (
     export_classifier,
     export_detector,
     markdown_table,
-    op_counts,
     prepare_export_folder,
     report_table,
 )
@@ -65,6 +64,12 @@ from randwire_d2.inference_config import (
     test_datasets,
     test_datasets_key,
 )
+
+try:  # --compare-executions: benchmarks/ lies beside tools/ in the repository, not installed
+    from benchmarks.export_latency import op_counts
+except ModuleNotFoundError:  # python tools/export_model.py: the root is not on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.export_latency import op_counts
 
 
 def build_parser():

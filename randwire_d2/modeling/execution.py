@@ -55,6 +55,8 @@ __all__ = [
     "execution_mode",
     "uses_kernels",
     "removal_at",
+    "affine_of_norm",
+    "foldable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,8 +94,7 @@ class NodeSpec:
 
     `relu_first`: the transform starts with a ReLU (every registered op does), which is fused
     into the aggregation. `layers`: the op's layers in order (nested Sequentials flattened).
-    `norm`: the last child; `affine_norm` says whether it is BatchNorm2d / FrozenBatchNorm2d,
-    whose output is a per-channel affine function of its input.
+    `norm`: the last child (folded into the last layer where `foldable`).
     """
 
     def __init__(self, node: nn.Module):
@@ -108,14 +109,6 @@ class NodeSpec:
             self.norm = children[-1]
         else:
             self.layers, self.norm = [], None
-        self.affine_norm = type(self.norm) in (nn.BatchNorm2d, FrozenBatchNorm2d)
-        last = self.layers[-1] if self.layers else None
-        self.foldable = (
-            self.affine_norm
-            and isinstance(last, nn.Conv2d)
-            and last.bias is None
-            and last.padding_mode == "zeros"
-        )
         self.kernel_stride = _separable_stride(self.layers) if self.relu_first else None
         self.cache = {}  # no-grad constants (see `_constant`)
 
@@ -183,7 +176,7 @@ def execution_mode(module: nn.Module, execution: str):
 # Norms as affine maps
 
 
-def _affine_of_norm(norm: nn.Module):
+def affine_of_norm(norm: nn.Module):
     """(a, b) with norm(z) = a * z + b per channel, for FrozenBN and BN using running stats."""
     if isinstance(norm, FrozenBatchNorm2d):
         scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
@@ -197,10 +190,18 @@ def _affine_of_norm(norm: nn.Module):
     return scale, shift
 
 
-def _uses_batch_stats(norm: nn.Module) -> bool:
-    if isinstance(norm, FrozenBatchNorm2d):
+def foldable(norm: nn.Module, conv: Optional[nn.Module] = None) -> bool:
+    """Whether `norm` is now a fixed per-channel affine map (FrozenBN, or BatchNorm2d in eval
+    with running statistics: `affine_of_norm`) that folds into the conv before it. Given `conv`,
+    also whether the fast execution can run that conv with the folded weight and bias (a
+    zero-padded Conv2d without bias); `frozen.py`, which rewrites the conv, asks about the norm."""
+    if type(norm) not in (nn.BatchNorm2d, FrozenBatchNorm2d):
         return False
-    return norm.training or norm.running_mean is None
+    if type(norm) is nn.BatchNorm2d and (norm.training or norm.running_mean is None):
+        return False
+    if conv is None:
+        return True
+    return isinstance(conv, nn.Conv2d) and conv.bias is None and conv.padding_mode == "zeros"
 
 
 def _batch_norm_with_affine(bn: nn.BatchNorm2d, z: torch.Tensor):
@@ -227,7 +228,7 @@ def _batch_norm_with_affine(bn: nn.BatchNorm2d, z: torch.Tensor):
             a = invstd.float() if bn.weight is None else bn.weight * invstd
             b = -mean * a if bn.bias is None else bn.bias - mean * a
         else:
-            a, b = _affine_of_norm(bn)
+            a, b = affine_of_norm(bn)
     return y, (a.detach(), b.detach())
 
 
@@ -567,8 +568,8 @@ def _node_forward(stage, node, spec: NodeSpec, inputs, recon, removed, lean, sha
     """(y, recon entry) of one node whose transform is ReLU -> layers -> norm."""
     weight = node.weight
     norm = spec.norm
-    fold = stage.fold_norms and spec.foldable and not _uses_batch_stats(norm)
     last = spec.layers[-1]
+    fold = stage.fold_norms and foldable(norm, last)
     if fold:
         folded = _folded(spec, norm, last)
     if lean:
@@ -640,7 +641,7 @@ def _kernel_node_forward(stage, node, spec: NodeSpec, inputs, removed):
             tail = tail + inputs[i] * c[i].to(dtype)
         inputs = inputs[:k] + [tail]
         c = torch.cat([c[:k], c.new_ones(1)])
-    fold = stage.fold_norms and spec.foldable and not _uses_batch_stats(norm)
+    fold = stage.fold_norms and foldable(norm, pw)
     weight, bias = _folded(spec, norm, pw) if fold else (pw.weight, None)
     stride = spec.kernel_stride
     if not torch.is_grad_enabled():
@@ -663,7 +664,7 @@ def _folded(spec: NodeSpec, norm, conv):
     """(a * W, b) of an affine norm a * z + b folded into the conv before it."""
 
     def fold():
-        a, b = _affine_of_norm(norm)
+        a, b = affine_of_norm(norm)
         w = conv.weight
         return w * a.to(w.dtype).view(-1, 1, 1, 1), b.to(w.dtype)
 

@@ -1,0 +1,137 @@
+"""Deployment export of RandWire models, each export checked against the eager model.
+
+Detector (any Detectron2 meta-architecture on the RandWire trunk, `detector.py`): TorchScript
+(`torch.jit.trace`) and ONNX through Detectron2's `TracingAdapter` (image tensor in, flattened
+`Instances` out), as Detectron2's tools/deploy/export_model.py does with `--export-method tracing`.
+Classifier (RandWireClassifier, `classifier.py`): torch.export (`.pt2`), TorchScript and ONNX of
+images -> logits, i.e. the model's pixel normalization, trunk and head.
+
+Shapes: a detector file takes one CHW image of any height and width (ONNX: dynamic axes; the
+number of images and the 3 channels are fixed, as tracing Detectron2's models allows). A
+classifier file takes a batch of any size (ONNX: dynamic axis, torch.export: Dim "batch") at the
+traced height and width. Each report names the input shape (`input_shape`, named axes vary), and
+`run_onnx` refuses a tensor that differs where the shape is a number, naming both shapes.
+
+What is exported is `freeze_for_export(model)` (modeling/frozen.py): the eval-mode fast execution
+with its per-call work done once, norms folded into the convs. ONNX files are written by
+PyTorch's TorchScript-based exporter (`dynamo=False`, opset `ONNX_OPSET`, `formats.py`): the
+torch.export-based one needs onnxscript, and Detectron2's detectors do not torch.export.
+
+After writing a file, the export is run on sample inputs, and on inputs of other shapes (two other
+batch sizes of a classifier, two other image sizes of a detector), and compared with the eager
+(unfrozen) model (`compare.py`): logits for a classifier; boxes, scores and classes for a detector
+(detections matched by class, score and box, since outputs tied in score may come in another
+order). ONNX files are run in onnxruntime. A difference beyond tolerance raises
+`ExportMismatchError`, naming numbers. The notes torch prints while tracing Detectron2's code are
+ignored during an export (`utils/warnings.py: quiet_export_warnings`); these checks are what they
+ask for. Graph sizes per execution and latency: benchmarks/export_latency.py.
+"""
+
+import torch
+from torch import nn
+
+from ..checkpoint import check_input_normalization, check_weights_on_disk
+from ..inference_config import detector_samples
+from ..modeling.frozen import FrozenStage, fold_conv_norms, freeze_for_export
+from .classifier import ClassifierExport, classifier_samples, export_classifier
+from .compare import (
+    MAX_CHECK_BATCH,
+    MAX_CHECK_SIDE,
+    ExportMismatchError,
+    checks_summary,
+    compare_instances,
+    compare_logits,
+    markdown_table,
+    report_table,
+)
+from .detector import detector_adapter, export_detector
+from .formats import (
+    CLASSIFIER_AXES,
+    DETECTOR_AXES,
+    EXPORT_FILES,
+    FORMATS,
+    ONNX_OPSET,
+    exported_program_op_count,
+    onnx_op_count,
+    onnx_session,
+    prepare_export_folder,
+    run_onnx,
+    torchscript_op_count,
+)
+
+__all__ = [
+    "build_export_model",
+    "detector_samples",
+    "classifier_samples",
+    "FORMATS",
+    "EXPORT_FILES",
+    "ONNX_OPSET",
+    "ExportMismatchError",
+    "prepare_export_folder",
+    "FrozenStage",
+    "fold_conv_norms",
+    "freeze_for_export",
+    "ClassifierExport",
+    "detector_adapter",
+    "export_onnx",
+    "onnx_session",
+    "run_onnx",
+    "onnx_op_count",
+    "torchscript_op_count",
+    "exported_program_op_count",
+    "export_classifier",
+    "export_detector",
+    "compare_logits",
+    "compare_instances",
+    "markdown_table",
+    "checks_summary",
+    "report_table",
+    "MAX_CHECK_BATCH",
+    "MAX_CHECK_SIDE",
+    "CLASSIFIER_AXES",
+    "DETECTOR_AXES",
+]
+
+
+def build_export_model(cfg, random_weights: bool = False) -> nn.Module:
+    """build_model(cfg) in eval mode with MODEL.WEIGHTS loaded strictly (every tensor of the
+    model from the file, the wiring fingerprint equal). An empty MODEL.WEIGHTS is an error
+    unless `random_weights` (an untrained model, for trying the export itself)."""
+    from detectron2.modeling import build_model
+
+    from ..engine import build_checkpointer
+
+    weights = cfg.MODEL.WEIGHTS
+    if not weights and not random_weights:
+        raise ValueError(
+            "MODEL.WEIGHTS is empty: give the checkpoint to export (MODEL.WEIGHTS "
+            "path/to/model_final.pth), or --random-weights to export an untrained model"
+        )
+    if weights and random_weights:
+        raise ValueError(
+            f"MODEL.WEIGHTS={weights!r} and --random-weights were both given: pass one of them"
+        )
+    model = build_model(cfg)
+    if weights:
+        check_weights_on_disk(weights)
+        loaded = build_checkpointer(model, "", cfg=cfg, strict=True).load(weights)
+        check_input_normalization(cfg, loaded)
+    return model.eval()
+
+
+def export_onnx(
+    module: nn.Module, args: tuple, path: str, input_names, output_names=None, dynamic_axes=None
+):
+    """Write `module` traced on `args` to the ONNX file `path` (TorchScript-based, ONNX_OPSET).
+    Here, not in formats.py: torch attributes its note on this exporter to the caller's module,
+    which utils/warnings.py's EXPORT_WARNINGS names as randwire_d2.export."""
+    torch.onnx.export(
+        module,
+        args,
+        path,
+        dynamo=False,
+        opset_version=ONNX_OPSET,
+        input_names=list(input_names),
+        output_names=output_names,
+        dynamic_axes=dynamic_axes,
+    )

@@ -1,0 +1,143 @@
+"""An export checked against the eager model: comparisons of logits and detections, the bounds of
+the inputs checked, and the report of what matched."""
+
+import json
+import logging
+import os
+import time
+from typing import Dict, Sequence, Tuple
+
+import torch
+from detectron2.structures import Instances
+
+from .formats import FORMATS, _shape_text
+
+# Bounds of the extra inputs an export is checked on (export_classifier's check_batches,
+# export_detector's check_sizes): each is run by the eager model and by every written file.
+MAX_CHECK_BATCH = 64
+MAX_CHECK_SIDE = 4096
+# The differences a check reports: a classifier's logits, a detector's boxes and scores.
+_DIFF_KEYS = ("max_abs_diff", "max_box_diff", "max_score_diff")
+logger = logging.getLogger(__package__)
+
+
+class ExportMismatchError(RuntimeError):
+    """An exported model computes something else than the eager model."""
+
+
+def compare_logits(eager: torch.Tensor, exported: torch.Tensor, atol: float, rtol: float) -> Dict:
+    """Max |eager - exported| of logits, allowed atol + rtol * max |eager|."""
+    eager, exported = eager.detach().cpu().float(), exported.detach().cpu().float()
+    if eager.shape != exported.shape:
+        return {"ok": False, "why": f"shape {tuple(exported.shape)} != {tuple(eager.shape)}"}
+    diff = float((eager - exported).abs().max())
+    allowed = atol + rtol * float(eager.abs().max())
+    return {"ok": diff <= allowed, "max_abs_diff": diff, "allowed": allowed}
+
+
+def compare_instances(
+    eager: Instances, exported: Instances, box_atol: float, score_atol: float
+) -> Dict:
+    """Detections of the export matched one to one with the eager ones: same class, score
+    within `score_atol`, box corners within `box_atol` pixels (greedy, closest box first)."""
+    a = [eager.pred_boxes.tensor, eager.scores, eager.pred_classes]
+    b = [exported.pred_boxes.tensor, exported.scores, exported.pred_classes]
+    a, b = [t.detach().cpu() for t in a], [t.detach().cpu() for t in b]
+    out = {"detections": len(a[1]), "exported_detections": len(b[1])}
+    if len(a[1]) and len(b[1]):
+        box = (a[0][:, None, :].float() - b[0][None, :, :].float()).abs().amax(-1)
+        score = (a[1][:, None].float() - b[1][None, :].float()).abs()
+        ok = (a[2][:, None] == b[2][None, :]) & (score <= score_atol) & (box <= box_atol)
+        cost = torch.where(ok, box, torch.full_like(box, float("inf")))
+        used, box_d, score_d = set(), [], []
+        for i in range(cost.shape[0]):
+            for j in cost[i].argsort().tolist():
+                if not torch.isfinite(cost[i, j]):
+                    break
+                if j not in used:
+                    used.add(j)
+                    box_d.append(float(box[i, j]))
+                    score_d.append(float(score[i, j]))
+                    break
+        matched = len(used)
+    else:
+        matched, box_d, score_d = 0, [], []
+    out.update(
+        matched=matched,
+        max_box_diff=max(box_d, default=0.0),
+        max_score_diff=max(score_d, default=0.0),
+        ok=matched == len(a[1]) == len(b[1]),
+    )
+    return out
+
+
+def _check_counts(values, name: str, limit: int, what: str) -> Tuple[int, ...]:
+    values = tuple(values)
+    if any(type(v) is not int or not 1 <= v <= limit for v in values):
+        raise ValueError(f"{name} {list(values)} is invalid: expected {what} from 1 to {limit}")
+    return values
+
+
+def write_and_check(
+    output_dir: str, formats, write, compare, inputs: Dict, input_shape, what: str
+) -> Dict:
+    """Per format, without autograd: `write(fmt, path)` writes the file and returns (its runner,
+    its op count); each input of `inputs` ({name: tensor}) is run by it and `compare(name,
+    output)` checks the output against the eager model's. Returns {format: {"file", "ops",
+    "export_seconds", "input_shape", "checks"}}; `ExportMismatchError` beyond tolerance."""
+    report = {}
+    for fmt in formats:
+        path = os.path.join(output_dir, FORMATS[fmt])
+        start = time.perf_counter()
+        with torch.no_grad():
+            run, ops = write(fmt, path)
+            seconds = time.perf_counter() - start
+            checks = {
+                f"{fmt}[{k}]": dict(compare(k, run(x)), input_shape=list(x.shape))
+                for k, x in inputs.items()
+            }
+        logger.info(f"wrote {path} ({ops} ops, {seconds:.1f} s)")
+        bad = {k: v for k, v in checks.items() if not v["ok"]}
+        if bad:
+            lines = [f"{k}: {json.dumps(v)}" for k, v in bad.items()]
+            raise ExportMismatchError(
+                f"the exported {what} ({path}) differs from the eager model beyond tolerance:\n  "
+                + "\n  ".join(lines)
+            )
+        # fmt: off
+        report[fmt] = {"file": path, "ops": ops, "export_seconds": seconds,
+                       "input_shape": input_shape, "checks": checks}
+        # fmt: on
+    return report
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def checks_summary(entry: Dict) -> str:
+    """What one format of an export report matched: how many inputs, their shapes (a shape
+    run n > 1 times as "shape (n)"), and the largest differences to the eager model."""
+    checks = list(entry["checks"].values())
+    shapes: Dict[str, int] = {}
+    for c in checks:
+        shape = "x".join(map(str, c.get("input_shape", [])))
+        shapes[shape] = shapes.get(shape, 0) + 1
+    ran = ", ".join(s + (f" ({n})" if n > 1 else "") for s, n in shapes.items())
+    diffs = ", ".join(
+        f"{k} {max(c[k] for c in checks):.3g}" for k in _DIFF_KEYS if all(k in c for c in checks)
+    )
+    return f"{len(checks)} inputs ({ran}): {diffs}"
+
+
+def report_table(report: Dict) -> str:
+    """The markdown table of an export report (export_classifier / export_detector): per
+    format its file, ops, input shape (names: the axes that vary) and what it matched."""
+    rows = [
+        [fmt, r["file"], r["ops"], _shape_text(r["input_shape"]), checks_summary(r)]
+        for fmt, r in report.items()
+        if fmt in FORMATS
+    ]
+    return markdown_table(["format", "file", "ops", "input", "matches eager"], rows)

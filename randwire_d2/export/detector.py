@@ -1,0 +1,117 @@
+"""Detector export: any Detectron2 meta-architecture on the RandWire trunk as one CHW image ->
+flattened Instances through Detectron2's TracingAdapter, in TorchScript and ONNX files."""
+
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.export import TracingAdapter, dump_torchscript_IR
+from detectron2.modeling import GeneralizedRCNN
+from torch import nn
+
+from ..utils.warnings import quiet_export_warnings
+from .compare import MAX_CHECK_SIDE, _check_counts, compare_instances, write_and_check
+from .formats import (
+    DETECTOR_AXES,
+    _shape_spec,
+    onnx_op_count,
+    onnx_session,
+    run_onnx,
+    torchscript_op_count,
+)
+
+logger = logging.getLogger(__package__)
+
+
+def _detector_inference(model, inputs):
+    # As Detectron2's export_model.py: R-CNN without postprocessing (the resize to the original
+    # image size), other meta-architectures (RetinaNet) as they are called.
+    if isinstance(model, GeneralizedRCNN):
+        return [{"instances": model.inference(inputs, do_postprocess=False)[0]}]
+    return model(inputs)
+
+
+def detector_adapter(model: nn.Module, sample: Dict) -> TracingAdapter:
+    """Detectron2's TracingAdapter of a detector: CHW image tensor -> flattened Instances.
+    In eval mode: torch.onnx.export restores the mode it finds, for the wrapped model too."""
+    return TracingAdapter(model, [{"image": sample["image"]}], _detector_inference).eval()
+
+
+def _other_sizes(height: int, width: int) -> List[Tuple[int, int]]:
+    """Two (height, width) other than the traced one, one wider and one taller, neither a
+    multiple of 32 for a multiple of 64 (so the padding to the backbone's stride is checked)."""
+    return [
+        (max(1, height * 3 // 4), max(1, width * 5 // 4)),
+        (max(1, height * 5 // 4), max(1, width * 3 // 4)),
+    ]
+
+
+@quiet_export_warnings()
+def export_detector(
+    model: nn.Module,
+    output_dir: str,
+    samples: Sequence[Dict],
+    formats: Sequence[str] = ("torchscript",),
+    box_atol: float = 1e-2,
+    score_atol: float = 1e-4,
+    check_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+) -> Dict:
+    """Trace the detector on samples[0]["image"] through TracingAdapter, write `formats`
+    ("torchscript", "onnx") to `output_dir`, run each on every sample and on samples[0]'s image
+    resized to every (height, width) of `check_sizes` (default: two others than its own), and
+    compare its detections with the eager model's; `ExportMismatchError` beyond tolerance.
+
+    Height and width are dynamic (ONNX dynamic_axes; the traced TorchScript graph computes its
+    shapes from the input's, Detectron2's code being written for that). The input is one CHW
+    image: the number of images and the 3 channels are fixed. Returns {format: {"file", "ops",
+    "input_shape" (named axes vary), per-input comparisons "checks"}}."""
+    bad = sorted(set(formats) - {"torchscript", "onnx"})
+    if bad:
+        raise ValueError(
+            f"formats {bad} are invalid for a detector: expected torchscript and/or onnx "
+            "(detectors export by tracing; pt2 / torch.export is for RandWireClassifier)"
+        )
+    image = samples[0]["image"]
+    if check_sizes is None:
+        check_sizes = _other_sizes(*image.shape[-2:])
+    for size in check_sizes:
+        if len(size) != 2:
+            raise ValueError(f"check_sizes: {size!r} is invalid: expected (height, width)")
+        _check_counts(size, "check_sizes", MAX_CHECK_SIDE, "sides")
+    os.makedirs(output_dir, exist_ok=True)
+    model = model.eval()
+    inputs = {f"sample {i}": s["image"] for i, s in enumerate(samples)}
+    for h, w in check_sizes:
+        resized = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)
+        inputs[f"{h}x{w}"] = resized[0]
+    with torch.no_grad():
+        eager = {
+            k: _detector_inference(model, [{"image": x}])[0]["instances"] for k, x in inputs.items()
+        }
+    # From the package, when called: tests replace freeze_for_export; export_onnx: see there.
+    from . import export_onnx, freeze_for_export
+
+    adapter = detector_adapter(freeze_for_export(model), samples[0])
+    input_shape = _shape_spec(image.shape, DETECTOR_AXES)
+
+    def write(fmt: str, path: str):
+        if fmt == "torchscript":
+            traced = torch.jit.trace(adapter, (image,))
+            torch.jit.save(traced, path)
+            dump_torchscript_IR(traced, output_dir)
+            run = torch.jit.load(path)
+            return run, torchscript_op_count(run)
+        axes = {"image": DETECTOR_AXES}
+        export_onnx(adapter, (image,), path, ["image"], dynamic_axes=axes)
+        session = onnx_session(path)
+        return (lambda x: run_onnx(session, x)), onnx_op_count(path)
+
+    def compare(k: str, outputs) -> Dict:
+        got = adapter.outputs_schema(tuple(outputs))[0]["instances"]
+        return compare_instances(eager[k], got, box_atol, score_atol)
+
+    report = write_and_check(output_dir, formats, write, compare, inputs, input_shape, "detector")
+    logger.info(f"inputs schema: {adapter.inputs_schema}; outputs schema: {adapter.outputs_schema}")
+    return report
