@@ -21,7 +21,7 @@ from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 
 from randwire_d2.config import load_config
-from randwire_d2.modeling.execution import execution_mode
+from randwire_d2.modeling.randwire import execution_mode
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 # (config, row label, Table 5 box AP / AP50 of the paper)

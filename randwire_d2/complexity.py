@@ -22,8 +22,7 @@ from torch import nn
 
 from .graphs import graph_statistics
 from .modeling import ops
-from .modeling.execution import execution_mode
-from .modeling.randwire import STAGE_STRIDES, stage_specs, wiring_from_cfg
+from .modeling.randwire import STAGE_STRIDES, execution_mode, stage_specs, wiring_from_cfg
 
 __all__ = [
     "Logits",

@@ -83,6 +83,7 @@ def help_text(script):
     """`python SCRIPT --help` run in-process: its output; fails unless it exits with status 0."""
     argv, path, out = sys.argv, list(sys.path), io.StringIO()
     sys.argv = [script, "--help"]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python SCRIPT` does
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             runpy.run_path(script, run_name="__main__")

@@ -9,7 +9,8 @@ from detectron2.modeling import build_model
 from test_modeling import batch, tiny_cfg
 
 from randwire_d2.modeling import NODE_OPS, RandWire, network_wiring
-from randwire_d2.modeling.execution import StagePlan, execution_mode
+from randwire_d2.modeling.execution import StagePlan
+from randwire_d2.modeling.randwire import execution_mode
 
 NORMS = ["BN", "FrozenBN", "GN", "naiveSyncBN"]
 

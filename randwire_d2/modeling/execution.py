@@ -38,7 +38,6 @@ counter and as the ground truth of the tests. The eval path without gradients us
 ops only, so it traces (TorchScript, ONNX, fvcore) like the reference.
 """
 
-import contextlib
 import logging
 from typing import List, Optional, Sequence, Tuple
 
@@ -52,7 +51,6 @@ __all__ = [
     "StagePlan",
     "NodeSpec",
     "fast_stage_forward",
-    "execution_mode",
     "uses_kernels",
     "removal_at",
     "affine_of_norm",
@@ -156,20 +154,6 @@ def _flatten(modules) -> List[nn.Module]:
         else:
             out.append(m)
     return out
-
-
-@contextlib.contextmanager
-def execution_mode(module: nn.Module, execution: str):
-    """Run every WiredStage inside `module` with `execution` for the duration of the block."""
-    stages = [m for m in module.modules() if hasattr(m, "execution") and hasattr(m, "plan")]
-    before = [s.execution for s in stages]
-    for s in stages:
-        s.execution = execution
-    try:
-        yield module
-    finally:
-        for s, e in zip(stages, before):
-            s.execution = e
 
 
 # ---------------------------------------------------------------------------------------------

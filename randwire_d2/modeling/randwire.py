@@ -10,6 +10,7 @@ Deviations from the paper, all deliberate:
   edge, so every parameter stays in the autograd graph (DistributedDataParallel needs it).
 """
 
+import contextlib
 import logging
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -36,6 +37,7 @@ __all__ = [
     "build_randwire_backbone",
     "WiringMismatchError",
     "COMPILE_REGIONS",
+    "execution_mode",
 ]
 
 # Per regime: (stage name, node count as a multiple of N, channels as a multiple of C); stage
@@ -315,6 +317,18 @@ class RandWire(Backbone):
                 stage.memory_efficient = bool(memory_efficient)
         return self
 
+    @contextlib.contextmanager
+    def executions(self, execution: str):
+        """`set_execution(execution)` for the duration of a `with` block, then each stage's
+        execution as it was."""
+        before = {name: stage.execution for name, stage in self.wired_stages().items()}
+        self.set_execution(execution)
+        try:
+            yield self
+        finally:
+            for name, stage in self.wired_stages().items():
+                stage.execution = before[name]
+
     def seed_edge_removal(self, key: Sequence[int]) -> None:
         """Draw the next edge removal from `key` (e.g. (SEED, iteration, rank)) instead of the
         global torch RNG, so that a resumed run removes the same edges as an uninterrupted one."""
@@ -499,6 +513,16 @@ class RandWire(Backbone):
                 f"they cannot be checked against the model's wiring {mine}"
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def execution_mode(module: nn.Module, execution: str):
+    """Run every RandWire trunk inside `module` with `execution` for the duration of the block
+    (`RandWire.executions`, i.e. `set_execution`, the one way to switch executions)."""
+    with contextlib.ExitStack() as stack:
+        for trunk in [m for m in module.modules() if isinstance(m, RandWire)]:
+            stack.enter_context(trunk.executions(execution))
+        yield module
 
 
 def wiring_from_cfg(cfg) -> NetworkWiring:
