@@ -30,7 +30,13 @@ from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 
 from .checkpoint import check_input_normalization, check_weights_on_disk
-from .config import check_lazy_overrides, load_config, load_lazy_config, read_yaml
+from .config import (
+    UnsafeConfigError,
+    check_lazy_overrides,
+    load_config,
+    load_lazy_config,
+    read_yaml,
+)
 from .data.checks import num_classes_key, prepare_datasets
 from .data.imagefolder import read_rgb_image
 
@@ -89,8 +95,39 @@ def load_any_config(
         return load_config(config_file, opts, freeze, allow_unsafe)
     from omegaconf import OmegaConf
 
+    if not allow_unsafe:
+        _check_targets(config_file, loaded)
     cfg = OmegaConf.create(loaded, flags={"allow_objects": True})
     return LazyConfig.apply_overrides(cfg, _checked_lazy_overrides(cfg, config_file, opts))
+
+
+# What a lazy run's saved config.yaml may name as `_target_` (instantiating a target imports
+# and calls it): the model, data, solver and scheduler code of these packages.
+SAFE_TARGETS = (
+    "detectron2.",
+    "randwire_d2.",
+    "fvcore.common.param_scheduler.",
+    "torch.optim.",
+    "torch.nn.",
+)
+
+
+def _check_targets(config_file: str, node, where: str = "") -> None:
+    """Every `_target_` of a saved lazy config names a callable under SAFE_TARGETS: the yaml is
+    data, and an arbitrary target (`os.system`, `builtins.eval`) would run code when built."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and not (isinstance(target, str) and target.startswith(SAFE_TARGETS)):
+            raise UnsafeConfigError(
+                f"config {config_file!r} names _target_ {target!r} at {where or 'its top'}: a "
+                f"saved LazyConfig may only build objects of {list(SAFE_TARGETS)}; if you trust "
+                "this file, pass --allow-unsafe-config"
+            )
+        for k, v in node.items():
+            _check_targets(config_file, v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_targets(config_file, v, f"{where}.{i}")
 
 
 def _is_lazy_yaml(config_file: str, loaded: dict) -> bool:

@@ -178,6 +178,17 @@ def test_other_images_take_the_cpu_fallback_and_match(jpeg_root, tmp_path):
         assert_same_batches(samples, global_batch=len(samples), max_iter=1, seed=seed)
 
 
+def test_workers_read_a_bounded_number_of_bytes(jpeg_root, monkeypatch):
+    """A file larger than MAX_JPEG_BYTES is never read whole: it takes the CPU path, which
+    opens it lazily (and refuses it by its pixel count)."""
+    _, samples = scan_image_folder(os.path.join(jpeg_root, "train"))
+    dataset = ImageBytesDataset(samples[:1], RandomResizedCropFlip(CROP))
+    assert "data" in dataset[(0, 1)]
+    monkeypatch.setattr(batched_decode, "MAX_JPEG_BYTES", os.path.getsize(samples[0][0]) - 1)
+    item = dataset[(0, 1)]
+    assert "data" not in item and item["image"].shape == (3, CROP, CROP)
+
+
 def test_unreadable_files_are_replaced_as_in_the_cpu_path(jpeg_root, tmp_path):
     folder = tmp_path / "bad" / "train"
     generate_jpeg_folder(str(tmp_path / "bad"), 2, 3, size=(96, 72))

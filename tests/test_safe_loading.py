@@ -115,3 +115,26 @@ def test_every_shipped_yaml_loads_the_plain_detectron2_way(path):
     cfg.merge_from_file(path)  # the idiom every Detectron2 user types first
     ours = load_config(path)
     assert cfg.dump() == ours.dump()
+
+
+def test_a_saved_lazy_config_builds_only_known_targets(tmp_path):
+    """A lazy run's saved config.yaml is data: a `_target_` outside the model, data and solver
+    packages (here os.system) is refused before anything is built, unless
+    --allow-unsafe-config; predict and export load such files."""
+    import yaml
+
+    from randwire_d2.config import UnsafeConfigError
+    from randwire_d2.inference_config import load_any_config
+
+    marker = tmp_path / "ran"
+    config = tmp_path / "config.yaml"
+    saved = {
+        "model": {"_target_": "os.system", "command": f"touch {marker}"},
+        "train": {"init_checkpoint": "", "device": "cpu"},
+        "dataloader": {"test": {"dataset": {"names": "x"}}},
+    }
+    config.write_text(yaml.safe_dump(saved))
+    with pytest.raises(UnsafeConfigError, match=r"_target_ 'os.system' at model: .*--allow-unsafe"):
+        load_any_config(str(config))
+    cfg = load_any_config(str(config), allow_unsafe=True)  # loaded, not built
+    assert cfg.model._target_ == "os.system" and not marker.exists()

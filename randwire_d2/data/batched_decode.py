@@ -40,6 +40,7 @@ __all__ = [
     "BatchDecoder",
     "DecodeLoader",
     "decode_loader",
+    "MAX_JPEG_BYTES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ logger = logging.getLogger(__name__)
 # are the point of this module, so the note is silenced around them (and only there).
 _CODEC_NOTE = "The image decoding and encoding capabilities of TorchVision are deprecated"
 _JPEG_END = b"\xff\xd9"
+# The most bytes of a file the workers read for the device decode: a JPEG of at most
+# MAX_IMAGE_PIXELS pixels is smaller than those pixels as 8-bit RGB; a larger file goes to the
+# CPU path, which reads it lazily and refuses it by its pixel count.
+MAX_JPEG_BYTES = 3 * imagefolder.MAX_IMAGE_PIXELS
 # EXIF orientations that ImageOps.exif_transpose applies (1 and missing: none).
 _ROTATED = range(2, 9)
 
@@ -107,10 +112,12 @@ class ImageBytesDataset(ImageFolderDataset):
 
     def _open(self, path: str):
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            with open(path, "rb") as f:  # a JPEG holds less than its raw 8-bit RGB pixels
+                data = f.read(MAX_JPEG_BYTES + 1)
         except OSError:
             data = b""  # read_rgb_image names the error
+        if len(data) > MAX_JPEG_BYTES:  # never held whole: the CPU path reads it lazily
+            return read_rgb_image(path)
         size = _jpeg_size(data)
         if size is None:
             return read_rgb_image(path)
