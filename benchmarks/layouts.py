@@ -22,6 +22,8 @@ import sys
 
 import torch
 
+from randwire_d2.utils.args import bounded_int  # noqa: E402
+
 if __package__:  # python -m benchmarks.layouts
     from .throughput import RANDWIRE, RESNETS, Bench, machine, randwire, run
 else:  # python benchmarks/layouts.py: its folder is sys.path[0]
@@ -110,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
+    p.add_argument("--batch", type=bounded_int(1, 4096), default=128)
+    p.add_argument("--size", type=bounded_int(32, 4096), default=224)
+    p.add_argument("--rounds", type=bounded_int(1, 1000), default=3)
+    p.add_argument(
+        "--warmup", type=bounded_int(0, 1000), default=1, help="untimed steps per variant first"
+    )
     p.add_argument(
         "--models",
         nargs="+",
@@ -134,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fast", "eager", "reference", "triton"],
         help="MODEL.RANDWIRE.EXECUTION of the RandWire models",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    p.add_argument("--threads", type=bounded_int(1, 1024), default=None, help="torch threads (CPU)")
     p.add_argument("--json", default="", help="write the rows to this file")
     return p
 

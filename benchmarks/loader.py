@@ -43,6 +43,7 @@ import torchvision
 
 from randwire_d2.data.cls_demo import generate_jpeg_folder
 from randwire_d2.data.imagefolder import build_cls_train_loader, scan_image_folder
+from randwire_d2.utils.args import bounded_int  # noqa: E402
 
 DECODES = ("cpu", "cuda")
 CROP_SCALE = (0.08, 1.0)
@@ -151,19 +152,30 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data", default="", help="ImageFolder split folder, or a root with train/")
-    p.add_argument("--generate", type=int, default=0, metavar="N", help="write N JPEGs first")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4, 8])
+    p.add_argument(
+        "--generate",
+        type=bounded_int(0, 1_000_000),
+        default=0,
+        metavar="N",
+        help="write N JPEGs first",
+    )
+    p.add_argument("--workers", type=bounded_int(0, 256), nargs="+", default=[0, 1, 2, 4, 8])
     p.add_argument("--decode", nargs="+", default=["cpu", "cuda"], choices=DECODES)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--crop", type=int, default=224)
-    p.add_argument("--batches", type=int, default=10, help="timed batches per row")
-    p.add_argument("--threads", type=int, default=0, help="main-process torch threads (0: as is)")
+    p.add_argument("--batch", type=bounded_int(1, 4096), default=128)
+    p.add_argument("--crop", type=bounded_int(1, 4096), default=224)
+    p.add_argument(
+        "--batches", type=bounded_int(1, 100_000), default=10, help="timed batches per row"
+    )
+    p.add_argument(
+        "--threads",
+        type=bounded_int(0, 1024),
+        default=0,
+        help="main-process torch threads (0: as is)",
+    )
     p.add_argument("--json", default="", help="write the machine and the rows to this file")
     args = p.parse_args(argv)
     if not args.data and args.generate < 1:
         p.error("give --data DIR, --generate N (N >= 1), or both")
-    if min(args.workers) < 0 or args.batch < 1 or args.batches < 1:
-        p.error("--workers must be >= 0, --batch and --batches >= 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if not args.generate:

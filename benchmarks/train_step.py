@@ -49,6 +49,7 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 
 from randwire_d2.engine import ClassificationTrainer  # noqa: E402
 from randwire_d2.engine.trainer import release_output_dir  # noqa: E402
+from randwire_d2.utils.args import bounded_int  # noqa: E402
 
 if __package__:  # python -m benchmarks.train_step
     from . import throughput
@@ -192,8 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config-file", required=True)
-    p.add_argument("--iters", type=int, default=20, help="timed iterations")
-    p.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    p.add_argument("--iters", type=bounded_int(1, 100_000), default=20, help="timed iterations")
+    p.add_argument(
+        "--warmup", type=bounded_int(0, 100_000), default=5, help="untimed iterations first"
+    )
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument(
         "--compare",

@@ -331,3 +331,16 @@ def test_cuda_kernels_are_charged_to_their_launching_ops():
     assert rows["depthwise conv forward"]["time"] == 10
     assert rows["fused node kernels forward"]["time"] == 15
     assert rows[IDLE]["time"] == 20
+
+
+def test_benchmark_sizes_are_bounded():
+    """Every size a benchmark flag sets is checked: a value out of range is refused naming it."""
+    import argparse
+
+    from randwire_d2.utils.args import bounded_int
+
+    parse = bounded_int(1, 4096)
+    assert parse("128") == 128
+    for bad, msg in [("0", "0 is invalid: expected 1..4096"), ("1e9", "is not an integer")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=msg):
+            parse(bad)
