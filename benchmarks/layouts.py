@@ -23,6 +23,7 @@ import sys
 import torch
 
 from randwire_d2.utils.args import bounded_int  # noqa: E402
+from randwire_d2.utils.tables import markdown_table  # noqa: E402
 
 if __package__:  # python -m benchmarks.layouts
     from .throughput import RANDWIRE, RESNETS, Bench, machine, randwire, run
@@ -95,16 +96,14 @@ def fastest_lines(rows) -> list:
 
 
 def table(rows) -> str:
-    lines = [
-        "| model | layout | dtype | inference img/s | ÷ ResNet-50 | training img/s | ÷ ResNet-50 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['layout']} | {r['dtype']} | {r['infer_ips']:.3g} | "
-            f"{r['infer_ratio']:.2f} | {r['train_ips']:.3g} | {r['train_ratio']:.2f} |"
-        )
-    return "\n".join(lines)
+    header = ["model", "layout", "dtype", "inference img/s", "÷ ResNet-50", "training img/s"]
+    # fmt: off
+    return markdown_table(header + ["÷ ResNet-50"], [
+        [r["name"], r["layout"], r["dtype"], f"{r['infer_ips']:.3g}", f"{r['infer_ratio']:.2f}",
+         f"{r['train_ips']:.3g}", f"{r['train_ratio']:.2f}"]
+        for r in rows
+    ])
+    # fmt: on
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,6 +50,7 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 from randwire_d2.engine import ClassificationTrainer  # noqa: E402
 from randwire_d2.engine.trainer import release_output_dir  # noqa: E402
 from randwire_d2.utils.args import bounded_int  # noqa: E402
+from randwire_d2.utils.tables import markdown_table  # noqa: E402
 
 if __package__:  # python -m benchmarks.train_step
     from . import throughput
@@ -175,17 +176,14 @@ def machine(device: str) -> str:
 
 
 def table(rows) -> str:
-    lines = [
-        "| run | img/s (median) | step ms (median) | warm-up s | build s |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        name = f"{r['variant']} {r['run']}".strip()
-        lines.append(
-            f"| {name} | {r['img_per_s']:.4g} | {r['step_ms']:.1f} | {r['warmup_s']:.2f} | "
-            f"{r['build_s']:.2f} |"
-        )
-    return "\n".join(lines)
+    header = ["run", "img/s (median)", "step ms (median)", "warm-up s", "build s"]
+    # fmt: off
+    return markdown_table(header, [
+        [f"{r['variant']} {r['run']}".strip(), f"{r['img_per_s']:.4g}", f"{r['step_ms']:.1f}",
+         f"{r['warmup_s']:.2f}", f"{r['build_s']:.2f}"]
+        for r in rows
+    ])
+    # fmt: on
 
 
 def build_parser() -> argparse.ArgumentParser:

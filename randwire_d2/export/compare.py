@@ -5,11 +5,12 @@ import json
 import logging
 import os
 import time
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Tuple
 
 import torch
 from detectron2.structures import Instances
 
+from ..utils.tables import markdown_table
 from .formats import FORMATS, _shape_text
 
 # Bounds of the extra inputs an export is checked on (export_classifier's check_batches,
@@ -109,12 +110,6 @@ def write_and_check(
                        "input_shape": input_shape, "checks": checks}
         # fmt: on
     return report
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def checks_summary(entry: Dict) -> str:
