@@ -14,7 +14,7 @@ import tracemalloc
 import pytest
 from test_sweep import DEMO, load_sweep_tool
 
-import randwire_d2.sweep.plan as sweep_plan
+import randwire_d2.sweep.runner as sweep_runner
 from randwire_d2.graphs import parse_seeds
 from randwire_d2.sweep import expand, parse_generators, save_plan, submit_sweep
 
@@ -83,7 +83,7 @@ FAKE_TRAIN_CLS = textwrap.dedent("""
 def fake_train(tmp_path, monkeypatch):
     script = tmp_path / "fake_train_cls.py"
     script.write_text(FAKE_TRAIN_CLS)
-    monkeypatch.setattr(sweep_plan, "TRAIN_CLS", str(script))
+    monkeypatch.setattr(sweep_runner, "TRAIN_CLS", str(script))
     return script
 
 
@@ -316,6 +316,6 @@ def test_train_cls_refusal_and_the_lock_probe_name_the_holder(tmp_path, hold):
     holder = hold(folder)
     with pytest.raises(RuntimeError) as refusal:
         claim_output_dir(folder)
-    assert sweep_plan.refused_by(str(refusal.value)).startswith(holder)
-    assert sweep_plan.held_by(folder).startswith(holder)
-    assert sweep_plan.held_by(str(tmp_path / "free")) is None
+    assert sweep_runner.refused_by(str(refusal.value)).startswith(holder)
+    assert sweep_runner.held_by(folder).startswith(holder)
+    assert sweep_runner.held_by(str(tmp_path / "free")) is None

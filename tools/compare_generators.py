@@ -13,18 +13,10 @@ from randwire_d2.analysis import FIG3_GENERATORS, compare_generators, label
 from randwire_d2.complexity import seed_statistics
 from randwire_d2.config import load_config, set_generator
 from randwire_d2.graphs import sample
+from randwire_d2.sweep import parse_generators
+from randwire_d2.utils.tables import markdown_table
 from randwire_d2.utils.warnings import quiet_third_party_warnings
 from randwire_d2.visualize import draw_generator_grid
-
-
-def parse_setting(text):
-    """'ws:K=4,P=0.75' -> ('ws', {'K': 4, 'P': 0.75})"""
-    gen, _, rest = text.partition(":")
-    params = {}
-    for item in filter(None, rest.split(",")):
-        k, _, v = item.partition("=")
-        params[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-    return gen, params
 
 
 def main():
@@ -49,14 +41,16 @@ def main():
         help="also FLOPs/params of the small-regime C=78 network (configs/imagenet)",
     )
     args = parser.parse_args()
-    settings = [parse_setting(g) for g in args.generators] or FIG3_GENERATORS
+    try:
+        settings = parse_generators(args.generators) or FIG3_GENERATORS
+    except ValueError as e:
+        parser.error(str(e))
     seeds = range(1, args.seeds + 1)
 
     rows = compare_generators(settings, args.num_nodes, seeds)
     keys = [k for k in rows[0] if k != "generator"]
     extra = ["FLOPs (M)", "params (M)"] if args.complexity else []
-    print("| generator | " + " | ".join(keys + extra) + " |")
-    print("|---" * (len(keys) + len(extra) + 1) + "|")
+    table = []
     for (gen, params), row in zip(settings, rows):
         cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" for k in keys]
         if args.complexity:
@@ -69,7 +63,8 @@ def main():
                 f"{st['flops_mean'] / 1e6:.0f} ± {st['flops_std'] / 1e6:.0f}",
                 f"{st['params_mean'] / 1e6:.2f} ± {st['params_std'] / 1e6:.2f}",
             ]
-        print(f"| {row['generator']} | " + " | ".join(cells) + " |")
+        table.append([row["generator"]] + cells)
+    print(markdown_table(["generator"] + keys + extra, table))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         pics = [(label(g, p), sample(g, args.num_nodes, 1, **p)) for g, p in settings]

@@ -19,6 +19,7 @@ from randwire_d2.checkpoint import RandWireCheckpointer, find_trunk
 from randwire_d2.config import load_config
 from randwire_d2.engine import ClassificationTrainer, resolve_device
 from randwire_d2.engine.evaluation import ClassificationEvaluator
+from randwire_d2.utils.tables import markdown_table
 from randwire_d2.visualize import plot_damage
 
 
@@ -60,9 +61,9 @@ def main():
     print(f"baseline top-1: {damage['baseline']:.2f}")
     for key, what in [("nodes", "output degree"), ("edges", "target input degree")]:
         print(f"\nremove one {key[:-1]}: accuracy change by {what}")
-        print("| degree | removals | mean | median |\n|---|---|---|---|")
-        for d, s in summarize_damage(damage[key]).items():
-            print(f"| {d} | {s['count']} | {s['mean']:+.2f} | {s['median']:+.2f} |")
+        summary = summarize_damage(damage[key]).items()
+        rows = [[d, s["count"], f"{s['mean']:+.2f}", f"{s['median']:+.2f}"] for d, s in summary]
+        print(markdown_table(["degree", "removals", "mean", "median"], rows))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         print("\nwrote", plot_damage(damage, args.output))

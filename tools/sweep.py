@@ -24,8 +24,6 @@ import argparse
 import os
 import sys
 
-from randwire_d2.complexity import analytic_complexity
-from randwire_d2.config import load_config
 from randwire_d2.graphs import parse_seeds
 from randwire_d2.sweep import (
     NODE_OPS,
@@ -34,11 +32,13 @@ from randwire_d2.sweep import (
     load_records,
     matching_channels,
     parse_generators,
+    run_complexity,
     run_sweep,
     save_plan,
     submit_sweep,
 )
 from randwire_d2.sweep.report import report
+from randwire_d2.utils.tables import markdown_table
 from randwire_d2.utils.warnings import quiet_third_party_warnings
 
 
@@ -88,9 +88,7 @@ def plan(args):
     runs = expand(configs, generators, ops, seeds, opts, channels_for)
     name = args.preset or os.path.splitext(os.path.basename(configs[0]))[0]
     folder = args.output or os.path.join("output", "sweeps", name)
-    # FLOPs/params at 224x224, as Tables 2-3, in closed form (milliseconds per run).
-    complexity = {r.name: analytic_complexity(load_config(r.config_file, r.opts)) for r in runs}
-    return folder, runs, complexity
+    return folder, runs, run_complexity(runs)
 
 
 def first_metric(records) -> str:
@@ -122,15 +120,13 @@ def main(argv=None):
         return 0
     if args.dry_run:
         print(f"{len(runs)} runs in {folder}:")
-        print(
-            "| run | config | seed | output dir | FLOPs (M) | params (M) |\n|---|---|---|---|---|---|"
-        )
-        for r in runs:
-            flops, params = complexity[r.name]
-            print(
-                f"| {r.name} | {r.config_file} | {r.seed} | {os.path.join(folder, r.name)} "
-                f"| {flops / 1e6:.1f} | {params / 1e6:.2f} |"
-            )
+        head = ["run", "config", "seed", "output dir", "FLOPs (M)", "params (M)"]
+        rows = [
+            [r.name, r.config_file, r.seed, os.path.join(folder, r.name)]
+            + [f"{complexity[r.name][0] / 1e6:.1f}", f"{complexity[r.name][1] / 1e6:.2f}"]
+            for r in runs
+        ]
+        print(markdown_table(head, rows))
         return 0
     if args.slurm:
         failed = submit_sweep(

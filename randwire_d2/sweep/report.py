@@ -15,15 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-__all__ = [
-    "aggregate",
-    "pearson",
-    "op_correlations",
-    "write_tables",
-    "plot_fig3",
-    "plot_fig6",
-    "report",
-]
+from ..utils.tables import markdown_table  # noqa: E402
+
+__all__ = ["aggregate", "pearson", "op_correlations", "write_tables", "report"]
+__all__ += ["plot_fig3", "plot_fig6"]
 
 METRICS = ("top1", "top5")
 REFERENCE_OP = "sep_conv3x3"  # Fig. 6 sorts the generators by this op's accuracy
@@ -115,16 +110,16 @@ def write_tables(rows: Sequence[Dict], folder: str, stem: str = "results") -> Tu
     crops = _crops(rows)
     head = ["generator", "node op", "C", "seeds", "FLOPs (M)", "params (M)"]
     head += [f"{c} top-{m[3:]}" for c in crops for m in METRICS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for r in rows:
-        cells = [r["generator"], r["node_op"], str(r["channels"]), f"{len(r['seeds'])}/{r['runs']}"]
-        cells += [_pm(r["flops_mean"] / 1e6, r["flops_std"] / 1e6, ".1f")]
-        cells += [_pm(r["params_mean"] / 1e6, r["params_std"] / 1e6, ".2f")]
-        cells += [_pm(r[f"{c}/{m}_mean"], r[f"{c}/{m}_std"], ".2f") for c in crops for m in METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
+        row = [r["generator"], r["node_op"], r["channels"], f"{len(r['seeds'])}/{r['runs']}"]
+        row += [_pm(r["flops_mean"] / 1e6, r["flops_std"] / 1e6, ".1f")]
+        row += [_pm(r["params_mean"] / 1e6, r["params_std"] / 1e6, ".2f")]
+        row += [_pm(r[f"{c}/{m}_mean"], r[f"{c}/{m}_std"], ".2f") for c in crops for m in METRICS]
+        cells.append(row)
     md, csv_path = os.path.join(folder, f"{stem}.md"), os.path.join(folder, f"{stem}.csv")
     with open(md, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(markdown_table(head, cells) + "\n")
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["generator"])
         writer.writeheader()

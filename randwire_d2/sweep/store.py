@@ -1,0 +1,185 @@
+"""Run state and results on disk. A sweep folder holds one run folder per (generator setting,
+node op, C, regime, seed), named so a person can read it (`ws_K4_P0.75-sep_conv3x3-C78-small-s1`),
+and `sweep.json`, the plan with each run's FLOPs and params. A run is finished when its folder holds
+a valid `results.json` (its final evaluation, written by the sweep after the run: every metric a
+number in [0, 100]); a folder with checkpoints and no valid results is resumed (`--resume`); others
+start afresh. Running the same sweep again therefore continues it and trains each run once. A run
+whose folder another process holds (train_cls's OUTPUT_DIR lock: a second sweep on the same
+folder) is in progress elsewhere, left to it, and not a failure.
+"""
+
+import dataclasses
+import fcntl
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..analysis import label
+from ..checkpoint import atomic_write
+from .plan import Run, _short
+
+__all__ = ["run_state", "read_results", "check_results", "final_results", "held_by"]
+__all__ += ["save_plan", "load_records"]
+
+# A run's results.json holds a few numbers per test crop; a larger file is not one.
+MAX_RESULTS_BYTES = 2**20
+MAX_PLAN_BYTES = 64 * 2**20
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def check_results(results) -> Optional[str]:
+    """What is wrong with a run's results, or None: {"val_<crop>": {"top1": %, ...}}, every
+    metric a number in [0, 100]."""
+    form = 'expected {"val_<crop>": {"top1": %, "top5": %}}'
+    if not isinstance(results, dict) or not results:
+        return f"{form}, found {_short(results)}"
+    for crop, metrics in results.items():
+        if not crop.startswith("val_") or not isinstance(metrics, dict) or "top1" not in metrics:
+            return f"{form}, found {crop!r}: {_short(metrics)}"
+        for metric, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"{crop}/{metric} = {_short(value)} is not a number in [0, 100]"
+            if not 0 <= value <= 100:
+                return f"{crop}/{metric} = {value!r} is outside [0, 100]"
+    return None
+
+
+def read_results(folder: str) -> Tuple[Optional[Dict], Optional[str]]:
+    """(results, None) of a finished run; (None, what is wrong) when its results.json is corrupt
+    (truncated, another structure, a metric outside [0, 100]): the run must be run again;
+    (None, None) when there is none."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        return None, None
+    if os.path.getsize(path) > MAX_RESULTS_BYTES:
+        return None, f"{path} is larger than {MAX_RESULTS_BYTES} bytes: not a run's results"
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, f"{path} is unreadable JSON ({e})"
+    problem = check_results(results)
+    return (None, f"{path}: {problem}") if problem else (results, None)
+
+
+def run_state(folder: str) -> str:
+    """ "finished" (valid results.json), "interrupted" (checkpoints, no valid results) or "new"."""
+    if read_results(folder)[0] is not None:
+        return "finished"
+    if os.path.isfile(os.path.join(folder, "last_checkpoint")):
+        return "interrupted"
+    return "new"
+
+
+def final_results(folder: str) -> Optional[Dict]:
+    """{"val_224": {"top1", "top5"}, ...} of the last evaluation in metrics.json, if it is the
+    final one (at the last iteration written)."""
+    path = os.path.join(folder, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    last, found = -1, {}
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            it = row.get("iteration", -1)
+            last = max(last, it)
+            evals = {k: v for k, v in row.items() if k.startswith("val_")}
+            if evals:
+                found = {"iteration": it, **evals}
+    if not found or found["iteration"] != last:
+        return None
+    results: Dict[str, Dict] = {}
+    for key, value in found.items():
+        if "/" in key:
+            crop, metric = key.split("/")
+            results.setdefault(crop, {})[metric] = value
+    return results
+
+
+def _holder(text: str) -> str:
+    """ "pid 12 on host since <time>" of claim_output_dir's "<that>: <command line>"."""
+    return text.strip().split(": ", 1)[0] or "another process"
+
+
+def held_by(folder: str) -> Optional[str]:
+    """Who holds `folder` as a live train_cls's OUTPUT_DIR (claim_output_dir keeps its `.lock`
+    locked), or None. The probe takes the lock for an instant; a train_cls starting in that
+    instant is refused, and refused_by recognizes that."""
+    path = os.path.join(folder, ".lock")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "a+") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                return _holder(f.read(4096))
+            fcntl.lockf(f, fcntl.LOCK_UN)
+    except OSError:  # unreadable: train_cls will say what is wrong
+        return None
+    return None
+
+
+def save_plan(runs: Sequence[Run], sweep_dir: str, complexity: Dict[str, Tuple[int, int]]):
+    """Write sweep.json. A run folder of an earlier plan with other overrides is refused: its
+    results would be skipped as finished, though they answer another question."""
+    path = os.path.join(sweep_dir, "sweep.json")
+    if os.path.isfile(path):
+        before = {r["name"]: r for r in _read_plan(path)}
+        for r in runs:
+            old = before.get(r.name)
+            if old and (old["config_file"], list(old["opts"])) != (r.config_file, list(r.opts)):
+                raise ValueError(
+                    f"{sweep_dir} holds run {r.name} of another plan (config {old['config_file']}, "
+                    f"overrides {old['opts']}; now {r.config_file}, {list(r.opts)}): choose "
+                    "another --output, or the same config and overrides"
+                )
+    os.makedirs(sweep_dir, exist_ok=True)
+    plan = [
+        dict(dataclasses.asdict(r), flops=complexity[r.name][0], params_count=complexity[r.name][1])
+        for r in runs
+    ]
+    atomic_write(os.path.join(sweep_dir, "sweep.json"), lambda f: json.dump(plan, f, indent=1), "w")
+
+
+def _read_plan(path: str) -> List[Dict]:
+    """The runs of a sweep.json, or a ValueError naming the file."""
+    if os.path.getsize(path) > MAX_PLAN_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_PLAN_BYTES} bytes: not a sweep plan")
+    try:
+        with open(path, encoding="utf-8") as f:
+            plan = json.load(f)
+    except ValueError as e:
+        raise ValueError(
+            f"{path} is unreadable JSON ({e}): not a plan tools/sweep.py wrote"
+        ) from None
+    keys = {"name", "generator", "params"}
+    if not isinstance(plan, list) or not all(isinstance(r, dict) and keys <= set(r) for r in plan):
+        raise ValueError(f"{path} is not a list of runs: not a plan tools/sweep.py wrote")
+    return plan
+
+
+def load_records(sweep_dir: str, warn=_warn) -> List[Dict]:
+    """The run records of a sweep folder (plan + results so far), for `report.report`. A run
+    with corrupt results is warned about and left out (results None): it needs to run again."""
+    path = os.path.join(sweep_dir, "sweep.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{sweep_dir} holds no sweep.json: not a sweep folder")
+    records = []
+    for r in _read_plan(path):
+        results, problem = read_results(os.path.join(sweep_dir, r["name"]))
+        if problem:
+            warn(
+                f"{problem}; run {r['name']} is left out of the report: it needs to be run again "
+                "(run the sweep's command again)"
+            )
+        records.append(dict(r, group=label(r["generator"], r["params"]), results=results))
+    return records
