@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
-from yacs.config import CfgNode
 
 from .graphs import NetworkWiring
 from .modeling.randwire import RandWire
+from .run_config import RunConfig
 
 __all__ = [
     "CheckpointError",
@@ -51,6 +51,8 @@ __all__ = [
     "convert_classifier_checkpoint",
     "config_lines",
     "check_input_normalization",
+    "build_checkpointer",
+    "load_for_eval",
     "wiring_of_checkpoint",
 ]
 
@@ -259,15 +261,12 @@ def checkpoint_extras(model: torch.nn.Module, cfg=None) -> Dict:
     if hasattr(inner, "pixel_mean"):
         extras["pixel_mean"] = [float(v) for v in inner.pixel_mean.flatten().tolist()]
         extras["pixel_std"] = [float(v) for v in inner.pixel_std.flatten().tolist()]
-    if isinstance(cfg, CfgNode):
-        extras["input_format"] = cfg.INPUT.FORMAT
-        extras["cfg"] = cfg.dump()
-    elif cfg is not None:  # a LazyConfig: its plain values, by dotted key
-        from .config import flatten_lazy
-
-        if getattr(inner, "input_format", None):
-            extras["input_format"] = inner.input_format
-        extras["lazy_cfg"] = flatten_lazy(cfg)
+    if cfg is not None:
+        run = RunConfig(cfg)
+        fmt = run.get("input_format") if not run.lazy else getattr(inner, "input_format", None)
+        if fmt:
+            extras["input_format"] = fmt
+        extras.update(run.snapshot())
     return extras
 
 
@@ -514,12 +513,8 @@ def check_input_normalization(cfg, checkpoint: dict) -> bool:
     MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT (a LazyConfig's model.pixel_mean/pixel_std/
     input_format); False then. (Not an error: fine-tuning with
     other statistics is legitimate, only usually unintended.)"""
-    if isinstance(cfg, CfgNode):
-        ours = {"MODEL.PIXEL_MEAN": cfg.MODEL.PIXEL_MEAN, "MODEL.PIXEL_STD": cfg.MODEL.PIXEL_STD}
-        ours["INPUT.FORMAT"] = cfg.INPUT.FORMAT
-    else:  # a LazyConfig
-        model = cfg.model
-        ours = {f"model.{k}": model.get(k) for k in ("pixel_mean", "pixel_std", "input_format")}
+    run = RunConfig(cfg)
+    ours = {run.key(k): run.get(k) for k in ("pixel_mean", "pixel_std", "input_format")}
     mismatched = []
     for key, theirs in zip(ours, (checkpoint.get(k) for k in ("pixel_mean", "pixel_std"))):
         if theirs is not None and ours[key] is not None:
@@ -544,3 +539,33 @@ def wiring_of_checkpoint(path: str) -> NetworkWiring:
     if "wiring" not in data:
         raise CheckpointError(f"{path} carries no 'wiring': not a randwire_d2 checkpoint")
     return NetworkWiring.from_json(data["wiring"])
+
+
+def build_checkpointer(model, save_dir: str = "", cfg=None, **kwargs):
+    """RandWireCheckpointer (wiring + fingerprint in every file) for models with a RandWire
+    trunk; SafeDetectionCheckpointer (Detectron2's, loading without running code) for the
+    ResNet baselines."""
+    inner = getattr(model, "module", model)
+    if any(isinstance(m, RandWire) for m in inner.modules()):
+        return RandWireCheckpointer(model, save_dir, cfg=cfg, **kwargs)
+    kwargs.pop("strict", None)
+    return SafeDetectionCheckpointer(model, save_dir, **kwargs)
+
+
+def load_for_eval(cfg, model: torch.nn.Module, resume: bool = False) -> Dict:
+    """Load the weights to evaluate into `model` strictly (every tensor from the file, the wiring
+    fingerprint equal): MODEL.WEIGHTS (lazy: train.init_checkpoint), or with `resume` the last
+    checkpoint of OUTPUT_DIR. Returns the rest of the checkpoint (class names, input
+    statistics, ...)."""
+    run = RunConfig(cfg)
+    save_dir = run.get("output_dir", "") if resume else ""
+    checkpointer = build_checkpointer(model, save_dir, cfg=cfg, strict=True)
+    weights = run.get("weights", "") or ""
+    if not weights and not (resume and checkpointer.has_checkpoint()):
+        raise ValueError(
+            f"{run.key('weights')}='' and no checkpoint to resume: --eval-only needs weights to "
+            "evaluate"
+        )
+    extras = checkpointer.resume_or_load(weights, resume=resume)
+    check_input_normalization(cfg, extras)
+    return extras

@@ -25,11 +25,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, LazyConfig, instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 
-from .checkpoint import check_input_normalization, check_weights_on_disk
+from .checkpoint import check_weights_on_disk, load_for_eval
 from .config import (
     UnsafeConfigError,
     check_lazy_overrides,
@@ -37,8 +37,9 @@ from .config import (
     load_lazy_config,
     read_yaml,
 )
-from .data.checks import num_classes_key, prepare_datasets
+from .data.checks import prepare_datasets
 from .data.imagefolder import read_rgb_image
+from .run_config import RunConfig, is_lazy, override_text
 
 __all__ = [
     "LAZY_KEYS",
@@ -160,21 +161,12 @@ def _checked_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> 
     return check_lazy_overrides(cfg, config_file, overrides)
 
 
-def is_lazy(cfg) -> bool:
-    return not isinstance(cfg, CfgNode)
-
-
 def weights_key(cfg) -> str:
-    return "train.init_checkpoint" if is_lazy(cfg) else "MODEL.WEIGHTS"
+    return RunConfig(cfg).key("weights")
 
 
 def _weights(cfg) -> str:
-    return (cfg.train.get("init_checkpoint", "") if is_lazy(cfg) else cfg.MODEL.WEIGHTS) or ""
-
-
-def override_text(cfg, key: str, value: str) -> str:
-    """How an override of `key` is written on the command line for this config's system."""
-    return f"{key}={value}" if is_lazy(cfg) else f"{key} {value}"
+    return RunConfig(cfg).get("weights", "") or ""
 
 
 def input_format(cfg) -> str:
@@ -204,19 +196,12 @@ def input_format(cfg) -> str:
 
 
 def test_datasets_key(cfg) -> str:
-    return "dataloader.test.dataset.names" if is_lazy(cfg) else "DATASETS.TEST"
+    return RunConfig(cfg).key("test_datasets")
 
 
 def test_datasets(cfg) -> List[str]:
     """DATASETS.TEST (lazy: dataloader.test.dataset.names, a name or a list)."""
-    if not is_lazy(cfg):
-        return list(cfg.DATASETS.TEST)
-    from omegaconf import OmegaConf
-
-    names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
-    if names is None:
-        return []
-    return [names] if isinstance(names, str) else list(names)
+    return RunConfig(cfg).datasets("test_datasets")
 
 
 def test_augmentations(cfg) -> T.AugmentationList:
@@ -239,11 +224,7 @@ def test_augmentations(cfg) -> T.AugmentationList:
 
 def num_classes(cfg) -> Tuple[Optional[str], Optional[int]]:
     """(config key, value) of the detector's class count; (None, None) when it has none."""
-    if not is_lazy(cfg):
-        return num_classes_key(cfg)
-    from .engine.lazy import lazy_num_classes
-
-    return lazy_num_classes(cfg)
+    return RunConfig(cfg).num_classes()
 
 
 def _target_name(node) -> str:
@@ -347,8 +328,6 @@ def load_model(
     statistics, ...) with MODEL.WEIGHTS (lazy: train.init_checkpoint) loaded strictly by the
     project's checkpointer: every tensor from the file, the wiring fingerprint equal. Empty
     weights: see `check_weights`."""
-    from .engine.trainer import build_checkpointer
-
     check_weights(cfg, random_weights, purpose)
     if is_lazy(cfg) and is_classifier(cfg):
         raise ValueError(
@@ -356,12 +335,7 @@ def load_model(
             "(tools/train_cls.py)"
         )
     model = _build(cfg)
-    extras = {}
-    weights = _weights(cfg)
-    if weights:
-        checkpointer = build_checkpointer(model, "", cfg=cfg, strict=True)
-        extras = checkpointer.load(weights, checkpointables=[])
-        check_input_normalization(cfg, extras)
+    extras = load_for_eval(cfg, model) if _weights(cfg) else {}
     return model.eval(), extras
 
 

@@ -16,7 +16,8 @@ from randwire_d2.config import load_lazy_config
 from randwire_d2.data.detection_loader import GroupedBatchSampler
 from randwire_d2.engine import RandWireTrainer, Trainer
 from randwire_d2.engine.lazy import do_train
-from randwire_d2.engine.trainer import log_resume, release_output_dir
+from randwire_d2.engine.output_dir import release_output_dir
+from randwire_d2.engine.resume import log_resume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,8 +22,8 @@ from test_detection import (  # noqa: F401 (tiny_data is a fixture)
 
 from randwire_d2.checkpoint import RandWireCheckpointer
 from randwire_d2.config import flatten_lazy, load_config, load_lazy_config
-from randwire_d2.engine.lazy import lazy_num_classes
 from randwire_d2.modeling import RandWire
+from randwire_d2.run_config import RunConfig
 
 LAZY = os.path.join(REPO, "configs", "lazy")
 LAZY_CONFIGS = sorted(
@@ -140,7 +140,7 @@ def test_yaml_and_lazy_demo_detectors_are_twins(name):
     shapes = {k: tuple(v.shape) for k, v in yaml_model.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in lazy_model.state_dict().items()} == shapes
     assert lazy_cfg.train.max_iter == yaml_cfg.SOLVER.MAX_ITER
-    assert lazy_num_classes(lazy_cfg) == ("model.roi_heads.num_classes", 5)
+    assert RunConfig(lazy_cfg).num_classes() == ("model.roi_heads.num_classes", 5)
 
 
 @pytest.mark.parametrize(

@@ -22,11 +22,11 @@ from randwire_d2.data.checks import (
     check_datasets_fit_model,
     check_mask_format,
     load_dataset,
-    num_classes_key,
     register_user_datasets,
 )
 from randwire_d2.data.detection_demo import generate_detection_demo, render_detection_image
 from randwire_d2.engine import Trainer, build_checkpointer, draw_detections
+from randwire_d2.run_config import RunConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -202,11 +202,11 @@ def test_demo_masks_are_exact_and_load_as_bitmasks(mask_data):
 
 
 def test_num_classes_key_follows_the_meta_architecture():
-    assert num_classes_key(tiny_mask_cfg()) == ("MODEL.ROI_HEADS.NUM_CLASSES", 5)
-    assert num_classes_key(tiny_retina_cfg()) == ("MODEL.RETINANET.NUM_CLASSES", 5)
+    assert RunConfig(tiny_mask_cfg()).num_classes() == ("MODEL.ROI_HEADS.NUM_CLASSES", 5)
+    assert RunConfig(tiny_retina_cfg()).num_classes() == ("MODEL.RETINANET.NUM_CLASSES", 5)
     cfg = tiny_retina_cfg()
     cfg.MODEL.META_ARCHITECTURE = "ProposalNetwork"
-    assert num_classes_key(cfg) == (None, None)
+    assert RunConfig(cfg).num_classes() == (None, None)
 
 
 def test_retinanet_with_too_few_classes_fails_before_training(mask_data, tmp_path):

@@ -58,8 +58,8 @@ def test_a_pkl_payload_never_runs_in_any_weights_loader(evil_pkl, tmp_path):
     with pytest.raises(CheckpointError, match="could run code"):
         build_predictor(setup_cfg(DEMO_CONFIG, TINY + ["MODEL.WEIGHTS", path]))
     # the LazyConfig tool's --eval-only
+    from randwire_d2.checkpoint import load_for_eval
     from randwire_d2.engine.lazy import build_model as build_lazy
-    from randwire_d2.engine.lazy import load_for_eval
 
     lazy = load_lazy_config(
         FASTER_DEMO,

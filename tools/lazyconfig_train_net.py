@@ -16,22 +16,17 @@ Without CUDA, `--num-gpus N` runs N CPU processes (gloo).
 
 # First: importing randwire_d2 quiets the deprecation notes that Detectron2's imports print.
 import randwire_d2  # noqa: F401  # isort: split
-from detectron2.engine import default_setup
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
-
+from randwire_d2.checkpoint import load_for_eval
 from randwire_d2.config import load_lazy_config
 from randwire_d2.data.checks import register_user_datasets
 from randwire_d2.engine import argument_parser, launch
-from randwire_d2.engine.lazy import build_model, do_test, do_train, load_for_eval, setup_lazy
+from randwire_d2.engine.lazy import build_model, do_test, do_train, setup_lazy
 
 
 def main(args):
     register_user_datasets(args.dataset)
     cfg = load_lazy_config(args.config_file, args.opts)
     setup_lazy(cfg, args)
-    default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="randwire_d2")
     if args.eval_only:
         model = build_model(cfg)
         load_for_eval(cfg, model, args.resume)

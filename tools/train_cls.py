@@ -16,9 +16,7 @@ import os
 
 # First: importing randwire_d2 quiets the deprecation notes that Detectron2's imports print.
 import randwire_d2  # noqa: F401  # isort: split
-from detectron2.engine import default_setup
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from randwire_d2.config import explicit_keys, load_config
 from randwire_d2.data.checks import check_image_folder
@@ -27,15 +25,14 @@ from randwire_d2.engine import (
     ClassificationTrainer,
     argument_parser,
     check_gpu_keys,
-    claim_output_dir,
     describe_schedule,
     evaluate_checkpoint,
     launch,
     resolve_device,
     resolve_schedule,
 )
+from randwire_d2.engine.rules import precision, setup_run
 from randwire_d2.engine.schedule import IMAGENET_TRAIN_IMAGES
-from randwire_d2.engine.trainer import check_amp_dtype
 
 
 def build_parser():
@@ -56,7 +53,7 @@ def setup(args, world_size=None):
     OUTPUT_DIR is claimed and Detectron2's default_setup writes it to OUTPUT_DIR/config.yaml."""
     cfg = load_config(args.config_file, args.opts, False, args.allow_unsafe_config)
     resolve_device(cfg)
-    check_amp_dtype(cfg)
+    precision(cfg.PRETRAIN.AMP_DTYPE, "PRETRAIN.AMP_DTYPE")
     check_gpu_keys(cfg, runnable=not args.dry_run)
     root = cfg.PRETRAIN.DATA_ROOT
     if comm.is_main_process():
@@ -76,9 +73,7 @@ def setup(args, world_size=None):
         cfg = resolve_schedule(cfg, size, world_size, explicit)
         print(f"Schedule:\n{describe_schedule(cfg, size, world_size)}")
     if not args.dry_run:
-        claim_output_dir(cfg.OUTPUT_DIR, args.resume or args.eval_only, args.overwrite)
-        default_setup(cfg, args)
-        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="randwire_d2")
+        setup_run(cfg, args)
     return cfg
 
 

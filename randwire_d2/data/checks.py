@@ -11,6 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.utils import comm
 
+from ..run_config import RunConfig
 from .imagefolder import scan_image_folder
 
 __all__ = [
@@ -22,8 +23,6 @@ __all__ = [
     "load_dataset",
     "prepare_datasets",
     "check_num_classes",
-    "NUM_CLASSES_KEYS",
-    "num_classes_key",
     "check_mask_format",
     "check_datasets_fit_model",
     "check_instance_counts",
@@ -31,13 +30,6 @@ __all__ = [
 ]
 
 _COCO_KEYS = ("images", "annotations", "categories")
-# Meta-architecture -> the config key holding its number of object classes (None: no classes).
-NUM_CLASSES_KEYS = {
-    "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES",
-    "PanopticFPN": "MODEL.ROI_HEADS.NUM_CLASSES",
-    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
-    "ProposalNetwork": None,
-}
 # Most annotations one training image may hold. COCO's densest image has 93 and LVIS's ~800;
 # the matchers compare every anchor and proposal with every box, so 300,000 boxes on one image
 # ask for ~15 GB at the first iteration. Raise it here if your data really is that dense.
@@ -233,19 +225,6 @@ def check_num_classes(
             )
 
 
-def num_classes_key(cfg) -> Tuple[Optional[str], Optional[int]]:
-    """(config key, value) of the model's number of object classes for its
-    MODEL.META_ARCHITECTURE, e.g. ("MODEL.RETINANET.NUM_CLASSES", 80); (None, None) for a
-    meta-architecture without classes or not in NUM_CLASSES_KEYS (nothing to check then)."""
-    key = NUM_CLASSES_KEYS.get(cfg.MODEL.META_ARCHITECTURE)
-    if key is None:
-        return None, None
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return key, int(node)
-
-
 def check_mask_format(
     dataset_names: Iterable[str],
     mask_on: bool,
@@ -281,10 +260,12 @@ def check_mask_format(
 
 
 def check_datasets_fit_model(dataset_names: Iterable[str], cfg) -> None:
-    """check_num_classes with the class-count key of MODEL.META_ARCHITECTURE, and
-    check_mask_format."""
-    dataset_names = list(dataset_names)
-    key, num_classes = num_classes_key(cfg)
+    """check_num_classes with the model's class-count key (RunConfig.num_classes), and
+    check_mask_format, for a yaml config or a LazyConfig."""
+    dataset_names, run = list(dataset_names), RunConfig(cfg)
+    key, num_classes = run.num_classes()
     if key is not None:
         check_num_classes(dataset_names, num_classes, key)
-    check_mask_format(dataset_names, cfg.MODEL.MASK_ON, cfg.INPUT.MASK_FORMAT)
+    mask_on, mask_format = run.get("mask_on", False), run.get("mask_format", "polygon")
+    keys = (run.key("mask_on"), run.key("mask_format"))
+    check_mask_format(dataset_names, mask_on, mask_format, keys)

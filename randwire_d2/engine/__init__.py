@@ -1,7 +1,11 @@
 """Training and evaluation on Detectron2's engine: one trainer base, one module per task.
 
 launch.py          starting the processes (torchrun or Detectron2's launch), both tools
-trainer.py         RandWireTrainer: what both trainers share; OUTPUT_DIR claim; resume checks
+rules.py           the rules of a run before anything is built (device, iterations, AMP, data)
+output_dir.py      OUTPUT_DIR held by one run; metrics.json trimmed on resume
+resume.py          start from weights or resume: what is restored, what a resume refuses
+trainer.py         RandWireTrainer: what both yaml trainers share (DDP, AMP, hooks)
+lazy.py            training and evaluation from a LazyConfig (tools/lazyconfig_train_net.py)
 hooks.py           hooks and the progress printer
 schedule.py        pretraining epochs resolved into SOLVER.*
 evaluation.py      top-k accuracy
@@ -10,15 +14,11 @@ cuda_graphs.py     the classification step captured in a CUDA graph (PRETRAIN.CU
 detection.py       Trainer (tools/train_net.py), detection pictures
 """
 
+from ..checkpoint import build_checkpointer
 from .classification import ClassificationTrainer, check_gpu_keys, evaluate_checkpoint
 from .detection import Trainer, draw_detections
 from .launch import argument_parser, launch
+from .output_dir import claim_output_dir, release_output_dir
+from .rules import check_iterations, resolve_device
 from .schedule import describe_schedule, resolve_schedule
-from .trainer import (
-    RandWireTrainer,
-    build_checkpointer,
-    check_iterations,
-    claim_output_dir,
-    create_ddp_model,
-    resolve_device,
-)
+from .trainer import RandWireTrainer, create_ddp_model

@@ -18,13 +18,13 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
 
-from ..checkpoint import RandWireCheckpointer
+from ..checkpoint import load_for_eval
 from ..data.checks import check_image_folder
 from ..data.imagefolder import build_cls_test_loader, build_cls_train_loader
 from .cuda_graphs import GraphedStepTrainer, check_cuda_graphs
 from .evaluation import ClassificationEvaluator
 from .hooks import ProgressPrinter
-from .trainer import RandWireTrainer, broadcast_buffers, check_amp_dtype
+from .trainer import RandWireTrainer, broadcast_buffers
 
 __all__ = ["ClassList", "ClassificationTrainer", "evaluate_checkpoint", "check_gpu_keys"]
 
@@ -94,8 +94,7 @@ class ClassificationTrainer(RandWireTrainer):
         self.iters_per_epoch = max(1, len(samples) // cfg.SOLVER.IMS_PER_BATCH)
         return cfg
 
-    def amp_dtype(self, cfg):
-        return check_amp_dtype(cfg)
+    amp_precision_key = "PRETRAIN.AMP_DTYPE"
 
     @classmethod
     def main_metric(cls, cfg) -> str:
@@ -217,12 +216,7 @@ def evaluate_checkpoint(cfg, resume: bool = False):
     PRETRAIN.DATA_ROOT/val; needs no train/ folder. Every weight must fit the model."""
     classes, _ = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("val",))["val"]
     model = ClassificationTrainer.build_model(cfg)
-    checkpointer = RandWireCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg, strict=True)
-    if not cfg.MODEL.WEIGHTS and not (resume and checkpointer.has_checkpoint()):
-        raise ValueError(
-            "MODEL.WEIGHTS='' and no checkpoint to resume: --eval-only needs weights to evaluate"
-        )
-    loaded = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    loaded = load_for_eval(cfg, model, resume)
     if "classes" in loaded and list(loaded["classes"]) != classes:
         raise ValueError(
             f"the checkpoint's classes {loaded['classes'][:5]}... ({len(loaded['classes'])}) "

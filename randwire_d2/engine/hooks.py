@@ -13,8 +13,16 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, get_event_storage
 
 from ..modeling.randwire import RandWire
+from ..run_config import RunConfig
 
-__all__ = ["ThroughputHook", "RunSeed", "StepSeed", "ProgressPrinter", "BestCheckpoint"]
+__all__ = [
+    "ThroughputHook",
+    "RunSeed",
+    "StepSeed",
+    "ProgressPrinter",
+    "BestCheckpoint",
+    "best_checkpoint_hook",
+]
 
 
 class ThroughputHook(hooks.HookBase):
@@ -161,3 +169,18 @@ class BestCheckpoint(hooks.HookBase):
         logging.getLogger(__name__).info(
             f"{self.metric} = {value:.4g} at iteration {iteration}: saved as model_best.pth"
         )
+
+
+def best_checkpoint_hook(cfg, checkpointer, auto_metric: str) -> Optional[BestCheckpoint]:
+    """BestCheckpoint for TEST.BEST_CHECKPOINT_METRIC (lazy: train.best_checkpoint.metric;
+    "auto": the task's `auto_metric`), or None when it is unset."""
+    run = RunConfig(cfg)
+    metric = run.get("best_metric", "") or ""
+    if not metric:
+        return None
+    # fmt: off
+    return BestCheckpoint(
+        checkpointer, run.get("eval_period"), auto_metric if metric == "auto" else metric,
+        run.get("best_mode", "max"), run.key("best_metric"),
+    )
+    # fmt: on

@@ -17,30 +17,13 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import OmegaConf
 
-from ..checkpoint import check_input_normalization, check_weights_on_disk
-from ..data.checks import (
-    check_datasets_on_disk,
-    check_mask_format,
-    check_num_classes,
-    prepare_datasets,
-)
+from ..checkpoint import build_checkpointer
 from ..data.detection_loader import build_resumable_train_loader
-from .hooks import BestCheckpoint, RunSeed, StepSeed, ThroughputHook
-from .trainer import (
-    AMP_DTYPES,
-    broadcast_buffers,
-    build_checkpointer,
-    check_frozen_stages_have_weights,
-    check_iterations,
-    check_resume,
-    claim_output_dir,
-    create_ddp_model,
-    log_resume,
-    release_output_dir,
-    resolve_device,
-    step_trainer,
-    truncate_metrics,
-)
+from .hooks import RunSeed, StepSeed, ThroughputHook, best_checkpoint_hook
+from .output_dir import release_output_dir
+from .resume import resume_or_load
+from .rules import amp_dtype, check_detection_run, setup_run
+from .trainer import broadcast_buffers, create_ddp_model, step_trainer
 
 __all__ = [
     "setup_lazy",
@@ -48,54 +31,17 @@ __all__ = [
     "build_train_loader",
     "do_train",
     "do_test",
-    "load_for_eval",
-    "lazy_num_classes",
     "describe_lazy_schedule",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def lazy_num_classes(cfg):
-    """(key, value) of the model's class count: roi_heads.num_classes (R-CNN) or num_classes
-    (RetinaNet, FCOS); (None, None) when the model has neither."""
-    for key in ("model.roi_heads.num_classes", "model.num_classes"):
-        node = cfg
-        for part in key.split("."):
-            node = node.get(part) if hasattr(node, "get") else None
-        if isinstance(node, int):
-            return key, node
-    return None, None
-
-
-def _dataset_names(loader_cfg) -> list:
-    names = loader_cfg.dataset.names
-    return [names] if isinstance(names, str) else list(names)
-
-
 def setup_lazy(cfg, args) -> None:
-    """Check what can be checked before anything is built: the device, the datasets on disk,
-    their class count against the model's, train.init_checkpoint; then hold train.output_dir."""
-    resolve_device(cfg)
-    if not args.eval_only:
-        check_iterations(cfg)
-    datasets = _dataset_names(cfg.dataloader.test) if "test" in cfg.dataloader else []
-    if not args.eval_only:
-        datasets += _dataset_names(cfg.dataloader.train)
-    check_datasets_on_disk(datasets)
-    check_weights_on_disk(cfg.train.init_checkpoint, key="train.init_checkpoint")
-    prepare_datasets(datasets)
-    key, num_classes = lazy_num_classes(cfg)
-    if key is not None:
-        check_num_classes(datasets, num_classes, key=key)
-    mapper = cfg.dataloader.train.get("mapper", {})
-    if not args.eval_only and mapper.get("use_instance_mask", False):
-        fmt = mapper.get("instance_mask_format", "polygon")
-        keys = tuple(
-            f"dataloader.train.mapper.{k}" for k in ("use_instance_mask", "instance_mask_format")
-        )
-        check_mask_format(_dataset_names(cfg.dataloader.train), True, fmt, keys)
-    claim_output_dir(cfg.train.output_dir, args.resume or args.eval_only, args.overwrite)
+    """Check what can be checked before anything is built (engine/rules.py), then hold
+    train.output_dir and set up the logs."""
+    check_detection_run(cfg, args.eval_only)
+    setup_run(cfg, args)
 
 
 def build_model(cfg) -> torch.nn.Module:
@@ -116,18 +62,6 @@ def do_test(cfg, model):
     if comm.is_main_process():
         print_csv_format(results)
     return results
-
-
-def load_for_eval(cfg, model, resume: bool) -> None:
-    """Weights for --eval-only: train.init_checkpoint, or the last checkpoint with --resume;
-    strict (every tensor must fit)."""
-    checkpointer = build_checkpointer(model, cfg.train.output_dir, cfg=cfg, strict=True)
-    if not cfg.train.init_checkpoint and not (resume and checkpointer.has_checkpoint()):
-        raise ValueError(
-            "train.init_checkpoint='' and no checkpoint to resume: nothing to evaluate"
-        )
-    extras = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    check_input_normalization(cfg, extras)
 
 
 # What build_resumable_train_loader reproduces of Detectron2's build_detection_train_loader.
@@ -216,20 +150,6 @@ def describe_lazy_schedule(cfg) -> str:
     )
 
 
-def best_checkpoint_hook(cfg, checkpointer):
-    """BestCheckpoint for train.best_checkpoint.metric ("auto": bbox/AP), or None when unset."""
-    metric = OmegaConf.select(cfg, "train.best_checkpoint.metric", default="") or ""
-    if not metric:
-        return None
-    # fmt: off
-    return BestCheckpoint(
-        checkpointer, cfg.train.eval_period, "bbox/AP" if metric == "auto" else metric,
-        OmegaConf.select(cfg, "train.best_checkpoint.mode", default="max"),
-        "train.best_checkpoint.metric",
-    )
-    # fmt: on
-
-
 def do_train(cfg, args):
     """Train `cfg.train.max_iter` iterations with Detectron2's hooks; evaluate at the end (and
     every train.eval_period iterations)."""
@@ -248,19 +168,7 @@ def do_train(cfg, args):
 
         model.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
     on_cuda = next(model.parameters()).device.type == "cuda"
-    amp = cfg.train.get("amp", {})
-    amp_dtype = None
-    if amp.get("enabled", False):
-        name = amp.get("precision", "float16")
-        if name not in AMP_DTYPES:
-            raise ValueError(
-                f"train.amp.precision={name!r} is invalid: expected one of {sorted(AMP_DTYPES)}"
-            )
-        if on_cuda:
-            amp_dtype = AMP_DTYPES[name]
-        else:
-            logger.warning("train.amp.enabled needs CUDA: training in float32 on CPU")
-    trainer = step_trainer(model, train_loader, optimizer, amp_dtype)
+    trainer = step_trainer(model, train_loader, optimizer, amp_dtype(cfg, on_cuda))
     checkpointer = build_checkpointer(
         model, cfg.train.output_dir, cfg=cfg, trainer=trainer, run_seed=run_seed
     )
@@ -277,7 +185,7 @@ def do_train(cfg, args):
                 else None
             ),
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-            best_checkpoint_hook(cfg, checkpointer),
+            best_checkpoint_hook(cfg, checkpointer, "bbox/AP"),
             (
                 hooks.PeriodicWriter(
                     default_writers(cfg.train.output_dir, cfg.train.max_iter),
@@ -288,24 +196,16 @@ def do_train(cfg, args):
             ),
         ]
     )
-    extras = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-    resumed = extras.pop("__resumed_from__", None) or (
-        args.resume and checkpointer.has_checkpoint()
+    start_iter, _ = resume_or_load(
+        cfg,
+        checkpointer,
+        trainer,
+        trainer,
+        args.resume,
+        lambda start: build_train_loader(cfg, start, run_seed.seed),
+        run_seed,
+        _resumable(cfg.dataloader.train),
     )
-    start_iter = trainer.iter + 1 if resumed else 0
-    if resumed:
-        check_resume(cfg, extras, start_iter)
-    trainer.reset_data_loader(lambda: build_train_loader(cfg, start_iter, run_seed.seed))
-    if resumed:
-        truncate_metrics(cfg.train.output_dir, start_iter)
-        log_resume(start_iter, resumed, run_seed.seed, _resumable(cfg.dataloader.train))
-    else:
-        key = "model.backbone.bottom_up.freeze_at"
-        freeze_at = OmegaConf.select(cfg, key, default=0) or 0
-        check_frozen_stages_have_weights(
-            freeze_at, cfg.train.init_checkpoint, (key, "train.init_checkpoint")
-        )
-        check_input_normalization(cfg, extras)
     try:
         trainer.train(start_iter, cfg.train.max_iter)
     finally:

@@ -99,7 +99,7 @@ def build_export_model(cfg, random_weights: bool = False) -> nn.Module:
     unless `random_weights` (an untrained model, for trying the export itself)."""
     from detectron2.modeling import build_model
 
-    from ..engine import build_checkpointer
+    from ..checkpoint import build_checkpointer
 
     weights = cfg.MODEL.WEIGHTS
     if not weights and not random_weights:

@@ -1,0 +1,102 @@
+"""Starting a run from its weights or resuming it from its last checkpoint, for both trainers: a
+resume restores the model, optimizer, scheduler, iteration, run seed and data order, refuses a
+config that contradicts them and names the other changes it applies; a fresh start checks
+that frozen stages have weights and that the weights' input normalization is the config's."""
+
+import logging
+from typing import Callable, Tuple
+
+from ..checkpoint import check_input_normalization
+from ..run_config import RESTORED, RESUME_SECTIONS, RunConfig
+from .output_dir import truncate_metrics
+
+__all__ = ["resume_or_load", "check_resume", "log_resume", "check_frozen_stages_have_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+def resume_or_load(
+    cfg, checkpointer, loop, step, resume: bool, build_loader: Callable, run_seed, data_order: bool
+) -> Tuple[int, dict]:
+    """Load the config's weights, or with `resume` the last checkpoint; return (the iteration
+    to start at, the rest of the checkpoint). `loop` is the trainer whose `iter` the checkpoint
+    restores, `step` the one-iteration trainer whose data become `build_loader(start_iter)`;
+    `run_seed` is the RunSeed the checkpoint restores; `data_order` says whether that
+    loader continues an interrupted run's data."""
+    run = RunConfig(cfg)
+    extras = checkpointer.resume_or_load(run.get("weights"), resume=resume)
+    resumed = extras.pop("__resumed_from__", None) or (resume and checkpointer.has_checkpoint())
+    start_iter = loop.iter + 1 if resumed else 0
+    if resumed:
+        check_resume(cfg, extras, start_iter)
+    step.reset_data_loader(lambda: build_loader(start_iter))
+    if resumed:
+        truncate_metrics(run.get("output_dir"), start_iter)
+        log_resume(start_iter, resumed, run_seed.seed, data_order)
+    else:
+        check_frozen_stages_have_weights(cfg)
+        check_input_normalization(cfg, extras)
+    return start_iter, extras
+
+
+def check_frozen_stages_have_weights(cfg) -> None:
+    """Frozen stages (MODEL.BACKBONE.FREEZE_AT > 0; lazy: model.backbone.bottom_up.freeze_at)
+    without pretrained weights would stay random."""
+    run = RunConfig(cfg)
+    freeze_at, weights = run.get("freeze_at", 0) or 0, run.get("weights")
+    freeze_key, weights_key = run.key("freeze_at"), run.key("weights")
+    if freeze_at > 0 and not weights:
+        raise ValueError(
+            f"{freeze_key}={freeze_at} freezes the first {freeze_at} stages, but {weights_key} "
+            f"is empty: they would stay random. Give pretrained {weights_key}, or set "
+            f"{freeze_key} 0 to train from scratch."
+        )
+
+
+def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
+    """Refuse a resume whose config contradicts the restored optimizer / data state (RESTORED)
+    or leaves nothing to train; name the other changes it applies (RESUME_SECTIONS)."""
+    run = RunConfig(cfg)
+    old, new = run.saved_flat(checkpoint), run.flat()
+    max_key, weights_key = run.key("max_iter"), run.key("weights")
+    max_iter = new[max_key]
+    if start_iter == max_iter == old.get(max_key):
+        logger.warning(
+            "--resume: the run trained all its iterations: only its final evaluation runs"
+        )
+    elif start_iter >= max_iter:
+        raise ValueError(
+            f"--resume: the checkpoint is at iteration {start_iter}, but {max_key}="
+            f"{max_iter}: nothing is left to train (another batch or epoch count?). "
+            f"Start a new OUTPUT_DIR with {weights_key} set to the checkpoint to fine-tune."
+        )
+    if not old:
+        return
+    restored = {run.key(name) for name in RESTORED}
+    changed = [k for k in new if k in old and _as_lists(old[k]) != _as_lists(new[k])]
+    refused = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k in restored]
+    if refused:
+        raise ValueError(
+            "--resume restores the checkpoint's optimizer and data order, which contradict the "
+            f"config: {'; '.join(refused)}. Resume with the checkpoint's values, or start a new "
+            f"OUTPUT_DIR with {weights_key} set to the checkpoint."
+        )
+    shown = RESUME_SECTIONS[run.lazy]
+    applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k.split(".")[0] in shown]
+    if applied:
+        logger.warning("--resume applies changed keys: " + "; ".join(applied))
+
+
+def _as_lists(value):
+    """A config value with tuples as lists: a checkpoint's yaml holds lists where the running
+    config holds tuples (SOLVER.STEPS), and they are the same setting."""
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value
+
+
+def log_resume(start_iter: int, source, seed: int, data_order: bool = True) -> None:
+    """The line both trainers print when they resume: what was restored, and from where."""
+    what = "model, optimizer, lr scheduler, iteration, " + ("data order, " if data_order else "")
+    where = source if isinstance(source, str) else "the last checkpoint"
+    logger.info(f"Resumed at iteration {start_iter}: {what}run seed {seed} restored from {where}")

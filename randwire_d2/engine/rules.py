@@ -1,0 +1,106 @@
+"""The rules every run applies before it builds anything, written once for both config systems
+(read through run_config.RunConfig): the device, the iteration counts, the AMP precision, the
+datasets and weights on disk, and the set-up of its OUTPUT_DIR and logs."""
+
+import logging
+from typing import Optional
+
+import torch
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint import check_weights_on_disk
+from ..data.checks import check_datasets_fit_model, check_datasets_on_disk, prepare_datasets
+from ..run_config import RunConfig
+from .output_dir import claim_output_dir
+
+__all__ = [
+    "AMP_DTYPES",
+    "resolve_device",
+    "check_iterations",
+    "precision",
+    "amp_dtype",
+    "check_detection_run",
+    "setup_run",
+]
+
+logger = logging.getLogger(__name__)
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# The iteration counts of a run and their least values.
+ITERATION_SETTINGS = (("max_iter", 1), ("checkpoint_period", 1), ("eval_period", 0))
+ITERATION_SETTINGS += (("warmup_iters", 0),)
+
+
+def resolve_device(cfg) -> None:
+    """MODEL.DEVICE (a LazyConfig's train.device) "cuda*" on a machine without CUDA becomes
+    "cpu", with a warning."""
+    run = RunConfig(cfg)
+    device = run.get("device")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"{run.key('device')}={device!r} but CUDA is not available: using CPU")
+        run.set("device", "cpu")
+
+
+def check_iterations(cfg) -> None:
+    """The iteration counts (ITERATION_SETTINGS) are integers in range: `train.max_iter=-5`
+    would train nothing and evaluate the untrained model, 0 divide by zero after evaluating, a
+    string fail inside the scheduler. A LazyConfig may leave all but train.max_iter out."""
+    run = RunConfig(cfg)
+    for name, least in ITERATION_SETTINGS:
+        key = run.key(name)
+        if key is None:
+            continue
+        value = run.select(key)
+        if value is None and run.lazy and name != "max_iter":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{key}={value!r} is invalid: expected an integer >= {least}")
+
+
+def precision(name: str, key: str) -> torch.dtype:
+    """The dtype of AMP precision `name`, read from config `key`."""
+    if name not in AMP_DTYPES:
+        raise ValueError(f"{key}={name!r} is invalid: expected one of {sorted(AMP_DTYPES)}")
+    return AMP_DTYPES[name]
+
+
+def amp_dtype(cfg, on_cuda: bool, precision_key: Optional[str] = None) -> Optional[torch.dtype]:
+    """The dtype a run trains in under AMP, None for float32: SOLVER.AMP.ENABLED (lazy:
+    train.amp.enabled) in the precision at `precision_key` (lazy: train.amp.precision;
+    float16 where neither is given). AMP needs CUDA: on CPU a warning, and float32."""
+    run = RunConfig(cfg)
+    if not run.get("amp", False):
+        return None
+    key = precision_key or run.key("amp_precision")
+    dtype = precision(run.select(key, "float16"), key)
+    if not on_cuda:
+        logger.warning(f"{run.key('amp')} needs CUDA: training in float32 on CPU")
+        return None
+    return dtype
+
+
+def check_detection_run(cfg, eval_only: bool) -> None:
+    """What a detection run can check before anything is built: the device, the iteration
+    counts, its datasets (test, and train unless `eval_only`) on disk and fitting the model's
+    class count and mask format, and its weights on disk."""
+    run = RunConfig(cfg)
+    resolve_device(cfg)
+    if not eval_only:
+        check_iterations(cfg)
+    datasets = run.datasets("test_datasets")
+    if not eval_only:
+        datasets += run.datasets("train_datasets")
+    check_datasets_on_disk(datasets)
+    check_weights_on_disk(run.get("weights"), key=run.key("weights"))
+    prepare_datasets(datasets)
+    check_datasets_fit_model(datasets, cfg)
+
+
+def setup_run(cfg, args) -> None:
+    """Hold the run's OUTPUT_DIR (train.output_dir), then Detectron2's default_setup (logs, the
+    config saved, seeds) and the project's log to the same folder."""
+    output_dir = RunConfig(cfg).get("output_dir")
+    claim_output_dir(output_dir, args.resume or args.eval_only, args.overwrite)
+    default_setup(cfg, args)
+    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="randwire_d2")
