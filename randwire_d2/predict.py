@@ -31,16 +31,15 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.catalog import Metadata
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
-from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from . import data as _data  # noqa: F401  (registers the embedded demo datasets)
 from .data.imagefolder import ResizeCenterCrop, read_rgb_image
-from .engine.trainer import resolve_device
+from .engine import resolve_device
+from .engine.detection import draw_instances
 from .inference_config import (
     LAZY_KEYS,
     check_weights,
@@ -153,8 +152,8 @@ def find_images(inputs: Sequence[str]) -> List[str]:
     found = []
     for pattern in inputs:
         if os.path.isdir(pattern):
-            names = sorted(os.listdir(pattern))
-            paths = [os.path.join(pattern, n) for n in names if _is_image(n)]
+            paths = sorted(os.path.join(pattern, n) for n in os.listdir(pattern))
+            paths = [p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS)]
             what = f"folder {pattern!r} holds no images with extensions {IMAGE_EXTENSIONS}"
         elif os.path.isfile(pattern):
             paths, what = [pattern], ""
@@ -165,10 +164,6 @@ def find_images(inputs: Sequence[str]) -> List[str]:
             raise FileNotFoundError(what)
         found.extend(paths)
     return found
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def check_output_folder(output: Optional[str], flag: str = "--output") -> None:
@@ -339,12 +334,6 @@ class DatasetIds:
             )
         return self._category_ids[class_index], ""
 
-    def label(self, class_index: int) -> str:
-        """The dataset's name of a class index; the index itself where it has none."""
-        if class_index < len(self.classes):
-            return self.classes[class_index]
-        return str(class_index)
-
 
 class DetectionPredictor:
     """A detector on one BGR HWC uint8 image at a time, prepared as evaluation prepares images
@@ -385,22 +374,19 @@ class DetectionPredictor:
                 r["frame"] = frame
             why = [f"image_id: {note}"] * (image_id is None)
             why += [f"category_id: {why_category}"] * (r["category_id"] is None)
-            if why:
-                r.update(class_index=index, label=self.ids.label(index), unknown_ids="; ".join(why))
+            if why:  # labelled with the dataset's class name, else the class index
+                label = self.ids.classes[index] if index < len(self.ids.classes) else str(index)
+                r.update(class_index=index, label=label, unknown_ids="; ".join(why))
         return records, image_id, note
 
     def draw(self, bgr: np.ndarray, instances) -> np.ndarray:
-        """The image (BGR) with the detections drawn, at `drawn_scale` of its size, labelled
-        with the dataset's class names (class indices where it has none)."""
+        """The image (BGR) with the detections drawn by `draw_instances`, at `drawn_scale` of its
+        size, labelled with the dataset's class names (class indices where it has none)."""
         scale = drawn_scale(*bgr.shape[:2])
         if scale < 1:  # shrunk before drawing: matplotlib's canvas of the full image is huge
             bgr, instances = _shrink(bgr, instances, scale)
             scale = 1.0
-        classes = instances.get("pred_classes") if instances.has("pred_classes") else None
-        count = int(classes.max()) + 1 if classes is not None and len(classes) else 0
-        names = [self.ids.label(i) for i in range(max(count, len(self.ids.classes)))]
-        vis = Visualizer(bgr[:, :, ::-1], Metadata(thing_classes=names), scale=scale)
-        return vis.draw_instance_predictions(instances).get_image()[:, :, ::-1]
+        return draw_instances(bgr[:, :, ::-1], instances, self.metadata, scale)[:, :, ::-1]
 
 
 def drawn_scale(height: int, width: int) -> float:

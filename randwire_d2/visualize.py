@@ -29,6 +29,14 @@ def _colors(w: StageWiring) -> List[str]:
     ]
 
 
+def _save(fig, path: str) -> str:
+    """Save `fig` as PNG at `path` (tight layout, 110 dpi), close it; returns `path`."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _layered_positions(w: StageWiring) -> Dict:
     """x = depth (longest path from the input node), y spread within a depth."""
     g = w.to_networkx(with_io=True)
@@ -76,10 +84,7 @@ def draw_network(wiring: NetworkWiring, path: str, layout: str = "layered", titl
         w = wiring[name]
         draw_stage(w, ax, layout, f"{name}: N={w.num_nodes}, E={len(w.edges)}")
     fig.suptitle(title or f"wiring {wiring.fingerprint()} (blue: fed by input, red: to output)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def draw_generator_grid(rows: Sequence, path: str) -> str:
@@ -91,10 +96,7 @@ def draw_generator_grid(rows: Sequence, path: str) -> str:
         ax.set_axis_off()
     for ax, (label, w) in zip(axes.flat, rows):
         draw_stage(w, ax, "ring", f"{label}: E={len(w.edges)}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_damage(damage: Dict, path: str) -> str:
@@ -117,7 +119,4 @@ def plot_damage(damage: Dict, path: str) -> str:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy change (points)")
     fig.suptitle(f"graph damage (baseline top-1 {damage['baseline']:.2f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -14,6 +14,7 @@ import torch
 from detectron2.data import (
     DatasetCatalog,
     DatasetMapper,
+    Metadata,
     MetadataCatalog,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -21,6 +22,7 @@ from detectron2.data import (
 from detectron2.data.detection_utils import read_image
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Instances
 from detectron2.utils import comm
 from detectron2.utils.visualizer import Visualizer
 
@@ -29,7 +31,7 @@ from ..data.detection_loader import build_resumable_train_loader
 from .hooks import RunSeed
 from .trainer import RandWireTrainer
 
-__all__ = ["Trainer", "draw_detections", "RESUMABLE_SAMPLERS"]
+__all__ = ["Trainer", "draw_detections", "draw_instances", "RESUMABLE_SAMPLERS"]
 
 # DATALOADER.SAMPLER_TRAIN values whose order a resumed run continues exactly.
 RESUMABLE_SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler")
@@ -95,26 +97,37 @@ class Trainer(RandWireTrainer):
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
 
+def draw_instances(
+    rgb: np.ndarray, instances: Instances, metadata, scale: float = 1.0, score_thresh: float = 0.0
+) -> np.ndarray:
+    """`rgb` (RGB HWC uint8) with the detections of `instances` scoring >= `score_thresh` drawn
+    by Detectron2's Visualizer at `scale`: boxes, classes, scores, and masks when predicted;
+    labelled with `metadata`'s thing_classes, a class index beyond them by the index. RGB."""
+    instances = instances[instances.scores >= score_thresh]
+    names = list(metadata.get("thing_classes", None) or [])
+    count = int(instances.pred_classes.max()) + 1 if len(instances) else 0
+    if names and count > len(names):
+        names += [str(i) for i in range(len(names), count)]
+        metadata = Metadata(**dict(metadata.as_dict(), thing_classes=names))
+    return Visualizer(rgb, metadata, scale=scale).draw_instance_predictions(instances).get_image()
+
+
 def draw_detections(cfg, model, path: str, count: int = 8, score_thresh: float = 0.5) -> str:
     """Write a grid of the first `count` images of DATASETS.TEST[0] with the model's detections
-    scoring >= `score_thresh` (boxes, classes, scores; masks too when the model predicts them,
-    as Mask R-CNN does) to `path`; returns `path`."""
+    scoring >= `score_thresh`, drawn by `draw_instances` at scale 2 with the dataset's metadata,
+    to `path`; returns `path`."""
     name = cfg.DATASETS.TEST[0]
-    dicts = DatasetCatalog.get(name)[:count]
     meta = MetadataCatalog.get(name)
     was_training = model.training
     model.eval()
     tiles = []
     with torch.no_grad():
-        for d in dicts:
+        for d in DatasetCatalog.get(name)[:count]:
             image = read_image(d["file_name"], format=cfg.INPUT.FORMAT)
             tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
             out = model([{"image": tensor, "height": d["height"], "width": d["width"]}])[0]
-            inst = out["instances"].to("cpu")
-            inst = inst[inst.scores >= score_thresh]
             rgb = image if cfg.INPUT.FORMAT == "RGB" else image[:, :, ::-1]
-            vis = Visualizer(rgb, meta, scale=2.0).draw_instance_predictions(inst)
-            tiles.append(vis.get_image())
+            tiles.append(draw_instances(rgb, out["instances"].to("cpu"), meta, 2.0, score_thresh))
     model.train(was_training)
     rows = [np.concatenate(tiles[i : i + 4], axis=1) for i in range(0, len(tiles), 4)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
