@@ -57,6 +57,7 @@ __all__ = [
     "check_weights",
     "load_model",
     "require_registered",
+    "read_image_file",
     "prepare_image",
     "detector_samples",
 ]
@@ -350,6 +351,13 @@ def require_registered(names: Sequence[str], key: str, alternative: str = "") ->
             )
 
 
+def read_image_file(path: str) -> np.ndarray:
+    """HWC uint8 BGR (as cv2 reads it) of an image file, read by the training loader's
+    `read_rgb_image` (16-bit grayscale scaled to 8 bits, at most MAX_IMAGE_PIXELS pixels); an
+    error names the file."""
+    return np.asarray(read_rgb_image(path))[:, :, ::-1]
+
+
 def prepare_image(bgr: np.ndarray, fmt: str, augs: T.AugmentationList) -> Dict:
     """A detector's input as evaluation prepares it: {"image": float32 CHW in `fmt` resized by
     `augs`, "height", "width" of the original}."""
@@ -368,8 +376,9 @@ def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) ->
     if sample_image:
         if not os.path.isfile(sample_image):
             raise FileNotFoundError(f"--sample-image {sample_image!r} does not exist")
-        bgr = np.asarray(read_rgb_image(sample_image))[:, :, ::-1]
-        return [prepare_image(bgr, input_format(cfg), test_augmentations(cfg))]
+        return [
+            prepare_image(read_image_file(sample_image), input_format(cfg), test_augmentations(cfg))
+        ]
     key, names = test_datasets_key(cfg), test_datasets(cfg)
     if not names:
         raise ValueError(f"{key} is empty: give --sample-image IMAGE or a test dataset")

@@ -37,7 +37,7 @@ from detectron2.structures import Instances
 from PIL import Image
 
 from . import data as _data  # noqa: F401  (registers the embedded demo datasets)
-from .data.imagefolder import ResizeCenterCrop, read_rgb_image
+from .data.imagefolder import ResizeCenterCrop
 from .engine import resolve_device
 from .engine.detection import draw_instances
 from .inference_config import (
@@ -48,15 +48,14 @@ from .inference_config import (
     is_lazy,
     load_any_config,
     load_model,
-    num_classes,
     override_text,
     prepare_image,
+    read_image_file,
     require_registered,
     set_score_threshold,
     test_augmentations,
-    test_datasets,
-    test_datasets_key,
 )
+from .run_config import RunConfig
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -135,7 +134,7 @@ def split_overrides(words: Sequence[str]) -> Tuple[List[str], List[str]]:
 def check_dataset_flags(cfg, registered: Sequence[str]) -> None:
     """Datasets given with --dataset are for DATASETS.TEST[0] (lazy: dataloader.test.dataset.
     names), whose ids and class names predictions take: one of them must be it."""
-    key, names = test_datasets_key(cfg), test_datasets(cfg)
+    key, names = RunConfig(cfg).key("test_datasets"), RunConfig(cfg).datasets("test_datasets")
     if registered and (not names or names[0] not in registered):
         name = registered[0]
         fix = f"{key}={name}" if is_lazy(cfg) else f"{key} \"('{name}',)\""
@@ -173,13 +172,6 @@ def check_output_folder(output: Optional[str], flag: str = "--output") -> None:
             f"{flag} {output!r} is an existing file: expected a folder (created if missing) for "
             "the drawn images and results.json"
         )
-
-
-def read_image_file(path: str) -> np.ndarray:
-    """HWC uint8 BGR (as cv2 reads it) of an image file, read by the training loader's
-    `read_rgb_image` (16-bit grayscale scaled to 8 bits, at most MAX_IMAGE_PIXELS pixels); an
-    error names the file."""
-    return np.asarray(read_rgb_image(path))[:, :, ::-1]
 
 
 def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
@@ -250,7 +242,7 @@ class DatasetIds:
     def of(cls, cfg) -> "DatasetIds":
         """The ids of DATASETS.TEST[0] (lazy: dataloader.test.dataset.names[0]), which must be
         registered (an error names the --dataset flag); none when the config names no dataset."""
-        key, names = test_datasets_key(cfg), test_datasets(cfg)
+        key, names = RunConfig(cfg).key("test_datasets"), RunConfig(cfg).datasets("test_datasets")
         if not names:
             return cls(None, f"{key} is empty: there is no dataset to take ids from")
         empty = override_text(cfg, key, "[]" if is_lazy(cfg) else "'()'")
@@ -348,7 +340,7 @@ class DetectionPredictor:
         self.ids = DatasetIds.of(cfg)
         self.metadata = self.ids.metadata
         self.model, self.checkpoint = load_model(cfg)
-        self.num_classes = num_classes(cfg)
+        self.num_classes = RunConfig(cfg).num_classes()
 
     def __call__(self, bgr: np.ndarray) -> Dict:
         """The model's output ({"instances": ...}) for one BGR HWC uint8 image."""
