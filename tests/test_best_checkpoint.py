@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from test_train_cls import DEMO_CFG, data_root, make_cfg, read_metrics, tiny_opts  # noqa: F401
+from common import CLS_CONFIG, make_cfg, read_metrics, tiny_opts
 
 from randwire_d2.config import load_config
 from randwire_d2.engine import ClassificationTrainer, Trainer
@@ -76,15 +76,15 @@ def test_best_checkpoint_names_the_metrics_the_evaluation_reports():
 
 
 def test_auto_names_each_tasks_main_metric():
-    cfg = load_config(DEMO_CFG, ["PRETRAIN.TEST_CROPS", "[32, 40]"])
+    cfg = load_config(CLS_CONFIG, ["PRETRAIN.TEST_CROPS", "[32, 40]"])
     assert ClassificationTrainer.main_metric(cfg) == "val_32/top1"
     assert Trainer.main_metric(cfg) == "bbox/AP"
 
 
-def test_classifier_keeps_its_best_evaluation(data_root, tmp_path, one_thread):
+def test_classifier_keeps_its_best_evaluation(cls_data_root, tmp_path, one_thread):
     """TEST.BEST_CHECKPOINT_METRIC auto on the classifier: model_best.pth holds the iteration
     of the best val top-1 in metrics.json; last_checkpoint still names the newest checkpoint."""
-    opts = tiny_opts(data_root, tmp_path, epochs=4, **{"PRETRAIN.EVAL_PERIOD_EPOCHS": 1.0})
+    opts = tiny_opts(cls_data_root, tmp_path, epochs=4, **{"PRETRAIN.EVAL_PERIOD_EPOCHS": 1.0})
     opts += ["TEST.BEST_CHECKPOINT_METRIC", "auto"]
     cfg = make_cfg(opts)
     trainer = ClassificationTrainer(cfg)

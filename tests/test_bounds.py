@@ -6,12 +6,17 @@ import os
 import time
 
 import pytest
+from common import (
+    DET_CONFIG,
+    LAZY_DET_CONFIG,
+    TINY_LAZY,
+    coco_dict,
+    load_tool,
+    tiny_cfg,
+    write_image,
+)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
-from test_data_checks import coco_dict, write_image
-from test_detection import DEMO_CONFIG, tiny_cfg
-from test_lazy import FASTER_DEMO, TINY_LAZY
-from test_trust import load_tool
 
 from randwire_d2.config import load_lazy_config
 from randwire_d2.data import checks
@@ -74,7 +79,7 @@ def test_an_image_with_too_many_annotations_fails_setup_in_both_tools(dense_coco
     name, path, images, count = dense_coco
     train_net = load_tool("train_net")
     args = train_net.build_parser().parse_args(
-        ["--config-file", DEMO_CONFIG, "--dataset", name, path, images]
+        ["--config-file", DET_CONFIG, "--dataset", name, path, images]
         + ["DATASETS.TRAIN", f"('{name}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "1"]
         + ["OUTPUT_DIR", str(tmp_path / "yaml"), "MODEL.DEVICE", "cpu"]
     )
@@ -84,7 +89,7 @@ def test_an_image_with_too_many_annotations_fails_setup_in_both_tools(dense_coco
         train_net.setup(args)
     assert not os.path.exists(tmp_path / "yaml")  # refused before OUTPUT_DIR was claimed
     lazy = load_lazy_config(
-        FASTER_DEMO,
+        LAZY_DET_CONFIG,
         TINY_LAZY
         + [f"dataloader.train.dataset.names={name}", f"train.output_dir={tmp_path / 'lazy'}"],
     )
@@ -94,15 +99,15 @@ def test_an_image_with_too_many_annotations_fails_setup_in_both_tools(dense_coco
 
 @pytest.mark.parametrize("value", [-5, 0, "abc"])
 def test_iteration_counts_are_checked_for_both_config_systems(value, tmp_path):
-    lazy = load_lazy_config(FASTER_DEMO, [f"train.max_iter={value}"])
+    lazy = load_lazy_config(LAZY_DET_CONFIG, [f"train.max_iter={value}"])
     with pytest.raises(ValueError, match=rf"train.max_iter={value!r} is invalid: .*integer >= 1"):
         setup_lazy(lazy, argument_parser().parse_args([]))
     if value != "abc":  # yacs refuses a string for an int key itself, naming it
         cfg = tiny_cfg("SOLVER.MAX_ITER", value)
         with pytest.raises(ValueError, match=rf"SOLVER.MAX_ITER={value} is invalid"):
             check_iterations(cfg)
-    lazy = load_lazy_config(FASTER_DEMO, ["train.checkpointer.period=0"])
+    lazy = load_lazy_config(LAZY_DET_CONFIG, ["train.checkpointer.period=0"])
     with pytest.raises(ValueError, match=r"train.checkpointer.period=0 is invalid"):
         check_iterations(lazy)
-    check_iterations(load_lazy_config(FASTER_DEMO))
+    check_iterations(load_lazy_config(LAZY_DET_CONFIG))
     check_iterations(tiny_cfg())

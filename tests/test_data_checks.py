@@ -7,20 +7,12 @@ import uuid
 
 import numpy as np
 import pytest
+from common import coco_dict, write_image
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 
 from randwire_d2.data import checks, cls_demo
 from randwire_d2.data.imagefolder import ImageFolderDataset, ResizeCenterCrop
 from randwire_d2.data.shapes import CLASSES
-
-
-def write_image(path, seed=0, size=(24, 32)):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    array = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
-    Image.fromarray(array).save(path)
-    return str(path)
-
 
 # ImageFolder layout ---------------------------------------------------------------------------
 
@@ -140,26 +132,6 @@ def coco(tmp_path):
     for name in names:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-
-
-def coco_dict(num_categories=3):
-    return {
-        "images": [
-            {"id": i + 1, "file_name": f"{i}.jpg", "height": 24, "width": 32} for i in range(2)
-        ],
-        "annotations": [
-            {
-                "id": k + 1,
-                "image_id": k % 2 + 1,
-                "category_id": k + 1,
-                "bbox": [2, 2, 10, 10],
-                "area": 100,
-                "iscrowd": 0,
-            }
-            for k in range(num_categories)
-        ],
-        "categories": [{"id": k + 1, "name": f"c{k}"} for k in range(num_categories)],
-    }
 
 
 @pytest.mark.parametrize("drop", [None, "images", "annotations", "categories"])

@@ -4,17 +4,26 @@ import glob
 import json
 import math
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from common import (
+    DET_CONFIG,
+    REPO,
+    TINY_DET,
+    as_args,
+    call_tool,
+    classifier_cfg,
+    images_with_boxes,
+    run_tool,
+    tiny_cfg,
+)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import Instances
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from torch import nn
@@ -40,48 +49,7 @@ from randwire_d2.data.detection_demo import (
 from randwire_d2.engine import Trainer, build_checkpointer, draw_detections
 from randwire_d2.modeling import RandWire, WiringMismatchError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
-DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml")
-TOOL_ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-
-# A detector small enough for a CPU test: C=8, N=6, WS(2, 0.75), 16-channel FPN, 64-pixel images.
-# fmt: off
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RANDWIRE.CHANNELS", 8,
-    "MODEL.RANDWIRE.NUM_NODES", 6,
-    "MODEL.RANDWIRE.WS_K", 2,
-    "MODEL.FPN.OUT_CHANNELS", 16,
-    "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 64,
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 50,
-    "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
-    "INPUT.MIN_SIZE_TRAIN", (64,),
-    "INPUT.MAX_SIZE_TRAIN", 64,
-    "INPUT.MIN_SIZE_TEST", 64,
-    "INPUT.MAX_SIZE_TEST", 64,
-    "SOLVER.IMS_PER_BATCH", 2,
-]
-# fmt: on
-
-
-def tiny_cfg(*overrides, config=DEMO_CONFIG):
-    return load_config(config, TINY + list(overrides), freeze=False)
-
-
-def classifier_cfg(cfg):
-    """The RandWireClassifier that pretrains `cfg`'s trunk (same wiring and channels)."""
-    cls = cfg.clone()
-    cls.MODEL.META_ARCHITECTURE = "RandWireClassifier"
-    cls.MODEL.BACKBONE.NAME = "build_randwire_backbone"
-    cls.MODEL.BACKBONE.FREEZE_AT = 0
-    cls.MODEL.RANDWIRE.NORM = "BN"
-    cls.MODEL.RANDWIRE.OUT_FEATURES = ["conv5"]
-    cls.MODEL.CLASSIFIER.NUM_CLASSES = 5
-    cls.MODEL.CLASSIFIER.HEAD_CHANNELS = 32
-    return cls
 
 
 def randomized(model):
@@ -91,50 +59,6 @@ def randomized(model):
         for t in list(model.parameters()) + [b for n, b in model.named_buffers() if "running" in n]:
             t.copy_(torch.rand(t.shape, generator=g) + 0.5)
     return model
-
-
-def images_with_boxes(n=2, size=64, masks=False):
-    """n random images with the same two boxes (classes 0, 3); with `masks`, each box's mask
-    fills it (gt_masks as BitMasks)."""
-    g = torch.Generator().manual_seed(1)
-    batch = []
-    for _ in range(n):
-        boxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0]])
-        inst = Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=torch.tensor([0, 3]))
-        if masks:
-            fill = torch.zeros(len(boxes), size, size, dtype=torch.bool)
-            for m, (x0, y0, x1, y1) in zip(fill, boxes.int().tolist()):
-                m[y0:y1, x0:x1] = True
-            inst.gt_masks = BitMasks(fill)
-        image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
-        batch.append({"image": image.float(), "instances": inst, "height": size, "width": size})
-    return batch
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A tiny demo-style COCO dataset, registered as det_test_train / det_test_val."""
-    folder = str(tmp_path_factory.mktemp("det_data"))
-    paths = generate_detection_demo(
-        folder,
-        {"train": 24, "val": 8},
-        image_size=(64, 64),
-        objects_per_image=(1, 3),
-        object_size=(14, 30),
-        seed=3,
-    )
-    for split in ("train", "val"):
-        name = f"det_test_{split}"
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-    register_user_datasets(
-        [
-            (f"det_test_{split}", paths[split], os.path.join(folder, split))
-            for split in ("train", "val")
-        ]
-    )
-    return folder, paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,13 +402,7 @@ def test_input_normalization_mismatch_is_reported(classifier_checkpoint, caplog)
 def test_transfer_via_converter_tool(classifier_checkpoint, tmp_path):
     det_cfg, classifier, path = classifier_checkpoint
     out = str(tmp_path / "converted.pth")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "convert_cls_to_d2.py"), path, out],
-        capture_output=True,
-        text=True,
-        env=TOOL_ENV,
-        timeout=120,
-    )
+    proc = run_tool("convert_cls_to_d2", path, out, timeout=120)  # the smoke test of its CLI
     assert proc.returncode == 0, proc.stderr
     node = "conv3.nodes.0.transform.2.weight"
     assert f"backbone.{node} -> backbone.bottom_up.{node}" in proc.stdout
@@ -554,20 +472,15 @@ def test_missing_local_weights_are_named():
 
 @pytest.mark.slow
 def test_eval_only_without_coco_exits_with_clear_error(tmp_path):
-    env = {**TOOL_ENV, "DETECTRON2_DATASETS": str(tmp_path / "nowhere")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "train_net.py"),
-            "--config",
-            os.path.join(REPO, "configs", "faster_rcnn_randwire_c109_fpn_1x.yaml"),
-            "--eval-only",
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    # A fresh process: Detectron2 reads DETECTRON2_DATASETS when it registers COCO at import.
+    proc = run_tool(
+        "train_net",
+        "--config",
+        os.path.join(REPO, "configs", "faster_rcnn_randwire_c109_fpn_1x.yaml"),
+        "--eval-only",
+        "OUTPUT_DIR",
+        tmp_path / "out",
+        env={"DETECTRON2_DATASETS": str(tmp_path / "nowhere")},
         timeout=180,
     )
     assert proc.returncode != 0
@@ -584,10 +497,8 @@ def test_two_process_cpu_training_with_user_dataset(tiny_data, tmp_path):
     out = tmp_path / "out"
     args = (
         [
-            sys.executable,
-            os.path.join(REPO, "tools", "train_net.py"),
             "--config-file",
-            DEMO_CONFIG,
+            DET_CONFIG,
             "--num-gpus",
             "2",
             "--dist-url",
@@ -601,7 +512,7 @@ def test_two_process_cpu_training_with_user_dataset(tiny_data, tmp_path):
             paths["val"],
             os.path.join(folder, "val"),
         ]
-        + [str(v) for v in TINY]
+        + as_args(TINY_DET)
         + [
             "DATASETS.TRAIN",
             "('cli_train',)",
@@ -617,7 +528,7 @@ def test_two_process_cpu_training_with_user_dataset(tiny_data, tmp_path):
             str(out),
         ]
     )
-    proc = subprocess.run(args, capture_output=True, text=True, env=TOOL_ENV, timeout=240)
+    proc = run_tool("train_net", *args, timeout=240)  # 2 processes: a fresh one
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "World size: 2" in proc.stderr + proc.stdout
     final = torch.load(out / "model_final.pth", weights_only=True)
@@ -632,7 +543,7 @@ def test_train_net_logs_the_projects_messages(classifier_checkpoint, tiny_data, 
     _, _, weights = classifier_checkpoint
     folder, paths = tiny_data
     out = str(tmp_path / "run")
-    opts = [str(v) for v in TINY] + [
+    opts = as_args(TINY_DET) + [
         *("MODEL.RANDWIRE.REGIME", "regular", "MODEL.RANDWIRE.NORM", "FrozenBN"),
         *("MODEL.BACKBONE.FREEZE_AT", "2", "MODEL.RANDWIRE.SEED", "3"),
         *("MODEL.WEIGHTS", weights, "SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0"),
@@ -644,15 +555,7 @@ def test_train_net_logs_the_projects_messages(classifier_checkpoint, tiny_data, 
         for s in ("train", "val")
         for a in ("--dataset", f"det_test_{s}", paths[s], os.path.join(folder, s))
     ]
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", DEMO_CONFIG]
-        + data
-        + opts,
-        capture_output=True,
-        text=True,
-        env=TOOL_ENV,
-        timeout=600,
-    )
+    proc = call_tool("train_net", "--config-file", DET_CONFIG, *data, *opts)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = "Loaded a RandWireClassifier checkpoint into GeneralizedRCNN"
     assert line in proc.stdout + proc.stderr

@@ -9,8 +9,7 @@ import shutil
 
 import pytest
 import torch
-from test_detection import tiny_cfg, tiny_data  # noqa: F401  (fixture)
-from test_lazy import FASTER_DEMO, TINY_LAZY
+from common import LAZY_DET_CONFIG, TINY_LAZY, tiny_cfg
 
 from randwire_d2.config import load_lazy_config
 from randwire_d2.data.detection_loader import GroupedBatchSampler
@@ -70,7 +69,7 @@ def test_lazy_resume_gives_the_uninterrupted_runs_weights_with_a_drawn_seed(
 ):
     def train(folder, resume):
         cfg = load_lazy_config(
-            FASTER_DEMO,
+            LAZY_DET_CONFIG,
             TINY_LAZY
             + ["dataloader.train.dataset.names=det_test_train", "train.device=cpu"]
             + ["dataloader.test.dataset.names=det_test_val", "train.max_iter=6"]

@@ -5,46 +5,16 @@ import copy
 
 import pytest
 import torch
+from common import image_batch as batch
+from common import tiny_cls_cfg as tiny_cfg
+from common import tiny_trunk
 from detectron2.modeling import build_model
-from test_modeling import batch, tiny_cfg
 
-from randwire_d2.modeling import NODE_OPS, RandWire, network_wiring
+from randwire_d2.modeling import NODE_OPS
 from randwire_d2.modeling.execution import StagePlan
 from randwire_d2.modeling.randwire import execution_mode
 
 NORMS = ["BN", "FrozenBN", "GN", "naiveSyncBN"]
-
-
-def tiny_trunk(regime, node_op, norm, drop_edge_prob=0.0, out=("conv5",), nodes=6, seed=1):
-    torch.manual_seed(0)
-    wiring = network_wiring("ws", nodes, seed, regime, K=2, P=0.5)
-    trunk = RandWire(
-        wiring=wiring,
-        channels=8,
-        regime=regime,
-        node_op=node_op,
-        norm=norm,
-        out_features=list(out),
-        drop_edge_prob=drop_edge_prob,
-        execution="reference",
-    )
-    # Non-trivial aggregation weights and norm statistics (they start at 0 / 1).
-    with torch.no_grad():
-        for name, t in list(trunk.named_parameters()) + list(trunk.named_buffers()):
-            if (
-                name.endswith(".weight")
-                and t.dim() == 1
-                and "nodes" in name
-                and "transform" not in name
-            ):
-                t.normal_()
-            elif "running_var" in name:
-                t.uniform_(0.5, 2.0)
-            elif "running_mean" in name:
-                t.normal_(0, 0.3)
-            elif t.dim() == 1 and t.is_floating_point() and "transform" in name:
-                t.normal_(1.0 if name.endswith("weight") else 0.0, 0.2)
-    return trunk.double()  # float64: a real difference is not lost in rounding noise
 
 
 def run(trunk, x, train, key=None):

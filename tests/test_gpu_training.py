@@ -5,9 +5,12 @@ import copy
 
 import pytest
 import torch
+from common import image_batch as batch
+from common import make_cfg
+from common import tiny_cls_cfg as tiny_cfg
+from common import tiny_opts
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
-from test_modeling import batch, tiny_cfg
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -321,7 +324,6 @@ def test_classification_trainer_trains_on_device_decoded_batches(tmp_path, monke
     import json
 
     from detectron2.utils.env import seed_all_rng
-    from test_train_cls import make_cfg, tiny_opts
 
     from randwire_d2.data.batched_decode import DecodeLoader
     from randwire_d2.data.cls_demo import generate_jpeg_folder
@@ -353,7 +355,6 @@ def test_classification_trainer_trains_on_device_decoded_batches(tmp_path, monke
 def test_train_cls_refuses_cuda_graphs_on_cpu_before_building(tmp_path):
     """tools/train_cls.py's setup and the trainer refuse PRETRAIN.CUDA_GRAPHS on a machine
     without CUDA before a model, loader or OUTPUT_DIR exists."""
-    from test_train_cls import make_cfg, tiny_opts
 
     from randwire_d2.data.cls_demo import generate_classification_demo
     from randwire_d2.engine import ClassificationTrainer

@@ -16,10 +16,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from common import (
+    CLS_CONFIG,
+    DET_CONFIG,
+    REPO,
+    TINY_EXPORT_CLS,
+    TINY_PREDICT_DET,
+    save_model_final,
+    save_random_model,
+    tiny_export_model,
+)
 from detectron2.structures import Boxes, Instances
 from PIL import Image
-from test_export import TINY_CLS, save_checkpoint, tiny_model
-from test_predict import CLS_CONFIG, DET_CONFIG, TINY, save_random_model
 
 import randwire_d2.data.imagefolder as imagefolder
 import randwire_d2.predict as predict_lib
@@ -27,7 +35,6 @@ from randwire_d2.checkpoint import atomic_torch_save, atomic_write
 from randwire_d2.data.imagefolder import ImageFolderDataset
 from randwire_d2.predict import read_image_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import export_model  # noqa: E402
 import predict as predict_tool  # noqa: E402  (tools/predict.py)
@@ -40,7 +47,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def detector_weights(tmp_path_factory):
-    return save_random_model(DET_CONFIG, TINY, tmp_path_factory.mktemp("detector"))
+    return save_random_model(DET_CONFIG, TINY_PREDICT_DET, tmp_path_factory.mktemp("detector"))
 
 
 def test_a_large_image_is_drawn_at_a_bounded_size(detector_weights, tmp_path, monkeypatch, capsys):
@@ -51,7 +58,7 @@ def test_a_large_image_is_drawn_at_a_bounded_size(detector_weights, tmp_path, mo
     records = predict_tool.main(
         ["--config-file", DET_CONFIG, "--input", str(image), "--output", str(out)]
         + ["--confidence-threshold", "0.05", "--opts", "MODEL.WEIGHTS", detector_weights]
-        + TINY
+        + TINY_PREDICT_DET
         + ["DATASETS.TEST", "()"]
     )
     assert cv2.imread(str(out / "wide.png")).shape == (128, 256, 3)
@@ -87,7 +94,7 @@ def test_images_over_the_pixel_limit_are_refused(detector_weights, tmp_path, mon
         predict_tool.main(
             ["--config-file", DET_CONFIG, "--input", image, "--opts"]
             + ["MODEL.WEIGHTS", detector_weights, "DATASETS.TEST", "()"]
-            + TINY
+            + TINY_PREDICT_DET
         )
     # The training loader skips it as a bad image, naming it.
     good = str(tmp_path / "good.png")
@@ -151,21 +158,27 @@ def test_output_naming_a_file_is_a_one_line_error(tmp_path):
         predict_tool.main(
             ["--config-file", DET_CONFIG, "--input", str(existing), "--output", str(existing)]
         )
-    argv = ["--config-file", CLS_CONFIG, "--output", str(existing), "--random-weights"] + TINY_CLS
+    argv = [
+        "--config-file",
+        CLS_CONFIG,
+        "--output",
+        str(existing),
+        "--random-weights",
+    ] + TINY_EXPORT_CLS
     with pytest.raises(SystemExit, match=r"--output '.*results\.txt' is an existing file: expect"):
         export_model.main(argv)
     assert existing.read_text() == "mine"
 
 
 def test_an_earlier_export_is_refused_then_replaced_with_overwrite(tmp_path):
-    weights = save_checkpoint(tiny_model(), CLS_CONFIG, TINY_CLS, tmp_path)
+    weights = save_model_final(tiny_export_model(), CLS_CONFIG, TINY_EXPORT_CLS, tmp_path)
     out = tmp_path / "export"
     out.mkdir()
     (out / "model.pt2").write_bytes(b"another model")
     (out / "export_report.json").write_text('{"pt2": {}}')
     (out / "notes.txt").write_text("the user's")
     argv = ["--config-file", CLS_CONFIG, "--format", "onnx", "--input-size", "32"]
-    argv += ["--output", str(out)] + TINY_CLS + ["MODEL.WEIGHTS", weights]
+    argv += ["--output", str(out)] + TINY_EXPORT_CLS + ["MODEL.WEIGHTS", weights]
     with pytest.raises(
         SystemExit,
         match=r"holds an earlier export \(model\.pt2, export_report\.json\).*--overwrite",

@@ -8,9 +8,10 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from common import image_batch as batch
+from common import tiny_cls_cfg as tiny_cfg
+from common import tiny_trunk
 from detectron2.modeling import build_model
-from test_execution import tiny_trunk
-from test_modeling import batch, tiny_cfg
 
 from randwire_d2.graphs import NetworkWiring, StageWiring
 from randwire_d2.modeling import execution, kernels

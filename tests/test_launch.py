@@ -8,8 +8,17 @@ import sys
 
 import pytest
 import torch
-from test_detection import DEMO_CONFIG, TINY
-from test_train_cls import DEMO_CFG, REPO, read_metrics, tiny_opts
+from common import (
+    CLS_CONFIG,
+    DET_CONFIG,
+    REPO,
+    TINY_DET,
+    TOOL_ENV,
+    as_args,
+    read_metrics,
+    run_tool,
+    tiny_opts,
+)
 
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.detection_demo import generate_detection_demo
@@ -29,7 +38,7 @@ def two_machines(tool: str, args, timeout: int = 300):
             [sys.executable, os.path.join(REPO, "tools", tool), *args[:2], "--num-gpus", "1"]
             + ["--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url, *args[2:]],
             cwd=REPO,
-            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            env=TOOL_ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -50,7 +59,7 @@ def two_machines(tool: str, args, timeout: int = 300):
 def test_train_cls_on_two_machines(tmp_path):
     data = generate_classification_demo(str(tmp_path / "data"), {"train": 4, "val": 2}, 32)
     out = tmp_path / "out"
-    logs = two_machines("train_cls.py", ["--config-file", DEMO_CFG, *tiny_opts(data, out)])
+    logs = two_machines("train_cls.py", ["--config-file", CLS_CONFIG, *tiny_opts(data, out)])
     assert "World size: 2" in logs[1]
     assert [it for it, r in read_metrics(out) if "total_loss" in r] == [0, 1]
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1
@@ -62,8 +71,8 @@ def test_train_net_on_two_machines(tmp_path):
         str(tmp_path), {"train": 8}, image_size=(64, 64), object_size=(14, 30), seed=3
     )
     out = tmp_path / "out"
-    args = ["--config-file", DEMO_CONFIG, "--dataset", "two_train", paths["train"]]
-    args += [str(tmp_path / "train"), *[str(v) for v in TINY], "DATASETS.TRAIN", "('two_train',)"]
+    args = ["--config-file", DET_CONFIG, "--dataset", "two_train", paths["train"]]
+    args += [str(tmp_path / "train"), *as_args(TINY_DET), "DATASETS.TRAIN", "('two_train',)"]
     args += ["DATASETS.TEST", "()", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1"]
     logs = two_machines("train_net.py", args + ["SOLVER.STEPS", "()", "OUTPUT_DIR", str(out)])
     assert "World size: 2" in logs[1]
@@ -77,18 +86,11 @@ def test_train_net_joins_a_torchrun_group(tmp_path):
     )
     out = tmp_path / "out"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
-    args = [*torchrun, "2", os.path.join(REPO, "tools", "train_net.py"), "--config", DEMO_CONFIG]
+    args = ["--config", DET_CONFIG]
     args += ["--dataset", "tr_train", paths["train"], str(tmp_path / "train")]
-    args += [*[str(v) for v in TINY], "DATASETS.TRAIN", "('tr_train',)", "DATASETS.TEST", "()"]
+    args += [*as_args(TINY_DET), "DATASETS.TRAIN", "('tr_train',)", "DATASETS.TEST", "()"]
     args += ["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()", "OUTPUT_DIR", str(out)]
-    proc = subprocess.run(
-        args,
-        cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_tool("train_net", *args, prefix=[*torchrun, "2"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "World size: 2" in proc.stdout + proc.stderr
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1

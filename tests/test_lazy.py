@@ -3,61 +3,34 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from common import (
+    LAZY,
+    LAZY_DET_CONFIG,
+    LAZY_MASK_CONFIG,
+    REPO,
+    TINY_LAZY,
+    TINY_LAZY_MASK,
+    call_tool,
+    classifier_cfg,
+    images_with_boxes,
+    run_tool,
+    tiny_cfg,
+)
 from detectron2.config import instantiate
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from test_detection import (  # noqa: F401 (tiny_data is a fixture)
-    REPO,
-    TOOL_ENV,
-    classifier_cfg,
-    images_with_boxes,
-    tiny_cfg,
-    tiny_data,
-)
 
 from randwire_d2.checkpoint import RandWireCheckpointer
 from randwire_d2.config import flatten_lazy, load_config, load_lazy_config
 from randwire_d2.modeling import RandWire
 from randwire_d2.run_config import RunConfig
 
-LAZY = os.path.join(REPO, "configs", "lazy")
 LAZY_CONFIGS = sorted(
     p for p in glob.glob(os.path.join(LAZY, "**", "*.py"), recursive=True) if "/common/" not in p
 )
-MASK_DEMO = os.path.join(LAZY, "demo", "mask_rcnn_randwire_demo.py")
-FASTER_DEMO = os.path.join(LAZY, "demo", "faster_rcnn_randwire_demo.py")
-TOOL = os.path.join(REPO, "tools", "lazyconfig_train_net.py")
-
-# The lazy twin of test_detection.TINY (C=8, N=6, WS(2, 0.75), 16-channel FPN, 64-pixel images).
-TINY_LAZY = [
-    "model.backbone.bottom_up.channels=8",
-    "model.backbone.bottom_up.wiring.num_nodes=6",
-    "model.backbone.bottom_up.wiring.K=2",
-    "model.backbone.out_channels=16",
-    "model.proposal_generator.head.in_channels=16",
-    "model.proposal_generator.batch_size_per_image=64",
-    "model.proposal_generator.post_nms_topk=[50,50]",
-    "model.roi_heads.batch_size_per_image=32",
-    "model.roi_heads.box_head.input_shape.channels=16",
-    "model.roi_heads.box_head.fc_dims=[32,32]",
-    "model.roi_heads.box_predictor.input_shape.channels=32",
-    "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
-    "dataloader.train.mapper.augmentations.0.max_size=64",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=64",
-    "dataloader.test.mapper.augmentations.0.max_size=64",
-    "dataloader.train.total_batch_size=2",
-    "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0",
-]
-TINY_MASK = TINY_LAZY + [
-    "model.roi_heads.mask_head.input_shape.channels=16",
-    "model.roi_heads.mask_head.conv_dims=[16,16,16]",
-]
 
 
 def trunk_of(model) -> RandWire:
@@ -146,8 +119,8 @@ def test_yaml_and_lazy_demo_detectors_are_twins(name):
 @pytest.mark.parametrize(
     "config, overrides",
     [
-        (FASTER_DEMO, TINY_LAZY),
-        (MASK_DEMO, TINY_MASK),
+        (LAZY_DET_CONFIG, TINY_LAZY),
+        (LAZY_MASK_CONFIG, TINY_LAZY_MASK),
         (
             os.path.join(LAZY, "retinanet_randwire_c109_fpn_1x.py"),
             [
@@ -190,22 +163,18 @@ def test_a_train_step_for_each_meta_architecture(config, overrides, one_thread):
 
 def test_an_override_of_a_missing_key_is_an_error_naming_the_close_keys():
     with pytest.raises(KeyError, match=r"no key 'train.max_iters'.*train.max_iter"):
-        load_lazy_config(FASTER_DEMO, ["train.max_iters=10"])
+        load_lazy_config(LAZY_DET_CONFIG, ["train.max_iters=10"])
     with pytest.raises(KeyError, match="model.backbone.bottom_up.wiring.seeds"):
-        load_lazy_config(FASTER_DEMO, ["model.backbone.bottom_up.wiring.seeds=2"])
-    cfg = load_lazy_config(FASTER_DEMO, ["+train.note=hello", "train.max_iter=7"])
+        load_lazy_config(LAZY_DET_CONFIG, ["model.backbone.bottom_up.wiring.seeds=2"])
+    cfg = load_lazy_config(LAZY_DET_CONFIG, ["+train.note=hello", "train.max_iter=7"])
     assert cfg.train.note == "hello" and cfg.train.max_iter == 7
     with pytest.raises(ValueError, match="not a LazyConfig"):
         load_lazy_config(os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml"))
 
 
-def run_tool(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, TOOL, *args], env=TOOL_ENV, capture_output=True, text=True, timeout=600
-    )
-    if check and proc.returncode:
-        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
-    return proc
+def lazy_tool(*args, check=True):
+    """tools/lazyconfig_train_net.py ARGS, in-process; with `check`, it must succeed."""
+    return call_tool("lazyconfig_train_net", *args, check=True if check else None)
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +200,16 @@ def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume
         "dataloader.test.dataset.names=det_test_val",
     ]
     out = str(tmp_path / "run")
-    common = ["--config-file", MASK_DEMO, *data, *TINY_MASK, *names, f"train.output_dir={out}"]
-    proc = run_tool(
+    common = [
+        "--config-file",
+        LAZY_MASK_CONFIG,
+        *data,
+        *TINY_LAZY_MASK,
+        *names,
+        f"train.output_dir={out}",
+    ]
+    proc = run_tool(  # the smoke test of its command line, in a fresh process
+        "lazyconfig_train_net",
         *common,
         f"train.init_checkpoint={weights}",
         "train.max_iter=3",
@@ -253,20 +230,20 @@ def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume
     lines = [json.loads(x) for x in open(os.path.join(out, "metrics.json")) if x.strip()]
     assert [x["iteration"] for x in lines if "loss_mask" in x] == [0, 1, 2]
     saved = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
-    trunk = trunk_of(instantiate(load_lazy_config(MASK_DEMO, TINY_MASK).model))
+    trunk = trunk_of(instantiate(load_lazy_config(LAZY_MASK_CONFIG, TINY_LAZY_MASK).model))
     assert saved["wiring_fingerprint"] == trunk.wiring.fingerprint()
     assert saved["lazy_cfg"]["optimizer.lr"] == 0.02 and saved["input_format"] == "RGB"
     assert "Loaded a RandWireClassifier checkpoint into GeneralizedRCNN" in log
 
     # A second fresh run in the same folder is refused; --resume with another lr is refused.
-    again = run_tool(*common, "train.max_iter=3", check=False)
+    again = lazy_tool(*common, "train.max_iter=3", check=False)
     assert again.returncode and "--resume" in again.stderr and "--overwrite" in again.stderr
     resume = ["--resume", *common]
-    lr = run_tool(*resume, "train.max_iter=5", "optimizer.lr=0.5", check=False)
+    lr = lazy_tool(*resume, "train.max_iter=5", "optimizer.lr=0.5", check=False)
     assert lr.returncode and "optimizer.lr 0.02 -> 0.5" in lr.stderr
 
     # --eval-only with the trained model: bbox and segm AP.
-    ev = run_tool(
+    ev = lazy_tool(
         "--eval-only",
         *common[:-1],
         f"train.output_dir={tmp_path / 'eval'}",
@@ -281,9 +258,9 @@ def test_cli_refuses_weights_of_another_wiring_and_frozen_stages_without_weights
     lazy_classifier, tmp_path
 ):
     _, weights = lazy_classifier
-    other = run_tool(
+    other = lazy_tool(
         "--config-file",
-        FASTER_DEMO,
+        LAZY_DET_CONFIG,
         *TINY_LAZY,
         "model.backbone.bottom_up.wiring.seed=2",
         f"train.init_checkpoint={weights}",
@@ -292,9 +269,9 @@ def test_cli_refuses_weights_of_another_wiring_and_frozen_stages_without_weights
         check=False,
     )
     assert other.returncode and "wiring" in other.stderr.lower()
-    frozen = run_tool(
+    frozen = lazy_tool(
         "--config-file",
-        FASTER_DEMO,
+        LAZY_DET_CONFIG,
         *TINY_LAZY,
         "model.backbone.bottom_up.freeze_at=2",
         f"train.output_dir={tmp_path / 'b'}",
@@ -302,16 +279,16 @@ def test_cli_refuses_weights_of_another_wiring_and_frozen_stages_without_weights
         check=False,
     )
     assert frozen.returncode and "model.backbone.bottom_up.freeze_at=2" in frozen.stderr
-    polygon = run_tool(
+    polygon = lazy_tool(
         "--config-file",
-        MASK_DEMO,
+        LAZY_MASK_CONFIG,
         "dataloader.train.mapper.instance_mask_format=polygon",
         f"train.output_dir={tmp_path / 'c'}",
         check=False,
     )
     assert polygon.returncode
     assert "dataloader.train.mapper.instance_mask_format='polygon' cannot read" in polygon.stderr
-    typo = run_tool("--config-file", FASTER_DEMO, "train.max_iters=1", check=False)
+    typo = lazy_tool("--config-file", LAZY_DET_CONFIG, "train.max_iters=1", check=False)
     assert typo.returncode and "Did you mean train.max_iter" in typo.stderr
-    late = run_tool("--config-file", FASTER_DEMO, "train.max_iter=1", "--resume", check=False)
+    late = lazy_tool("--config-file", LAZY_DET_CONFIG, "train.max_iter=1", "--resume", check=False)
     assert late.returncode and "options such as --resume go before the overrides" in late.stderr

@@ -9,12 +9,23 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from common import (
+    CONFIGS,
+    MASK_CONFIG,
+    REPO,
+    RETINA_CONFIG,
+    TINY_FPN,
+    TINY_INPUT,
+    TINY_MASK_HEAD,
+    TINY_RCNN,
+    TINY_TRUNK,
+    images_with_boxes,
+)
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
-from test_detection import images_with_boxes
 
 from randwire_d2.checkpoint import RandWireCheckpointer, convert_classifier_checkpoint
 from randwire_d2.config import load_config
@@ -28,10 +39,6 @@ from randwire_d2.data.detection_demo import generate_detection_demo, render_dete
 from randwire_d2.engine import Trainer, build_checkpointer, draw_detections
 from randwire_d2.run_config import RunConfig
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
-MASK_DEMO = os.path.join(CONFIGS, "demo", "mask_rcnn_randwire_demo.yaml")
-RETINA_DEMO = os.path.join(CONFIGS, "demo", "retinanet_randwire_demo.yaml")
 PAPER_CONFIGS = [
     f"{arch}_{backbone}_1x.yaml"
     for arch in ("mask_rcnn", "retinanet")
@@ -41,37 +48,18 @@ PAPER_CONFIGS = [
 MASK_HEAD_PARAMS = 4 * (256 * 256 * 9 + 256) + (256 * 256 * 4 + 256) + (256 * 80 + 80)
 
 # Small enough for a CPU test: C=8, N=6, WS(2, 0.75), 16-channel FPN and heads, 64-pixel images.
-# fmt: off
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RANDWIRE.CHANNELS", 8,
-    "MODEL.RANDWIRE.NUM_NODES", 6,
-    "MODEL.RANDWIRE.WS_K", 2,
-    "MODEL.FPN.OUT_CHANNELS", 16,
-    "INPUT.MIN_SIZE_TRAIN", (64,),
-    "INPUT.MAX_SIZE_TRAIN", 64,
-    "INPUT.MIN_SIZE_TEST", 64,
-    "INPUT.MAX_SIZE_TEST", 64,
-    "SOLVER.IMS_PER_BATCH", 2,
-]
-TINY_RCNN = [
-    "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
-    "MODEL.ROI_MASK_HEAD.CONV_DIM", 16,
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 64,
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 50,
-    "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
-]
-# fmt: on
+TINY = TINY_TRUNK + TINY_FPN + TINY_INPUT  # TINY_DET without its Faster R-CNN heads
 
 
 def tiny_mask_cfg(*overrides):
-    return load_config(MASK_DEMO, TINY + TINY_RCNN + list(overrides), freeze=False)
+    return load_config(
+        MASK_CONFIG, TINY + TINY_RCNN + TINY_MASK_HEAD + list(overrides), freeze=False
+    )
 
 
 def tiny_retina_cfg(*overrides):
     return load_config(
-        RETINA_DEMO, TINY + ["MODEL.RETINANET.NUM_CONVS", 1] + list(overrides), freeze=False
+        RETINA_CONFIG, TINY + ["MODEL.RETINANET.NUM_CONVS", 1] + list(overrides), freeze=False
     )
 
 
@@ -225,7 +213,7 @@ def test_retinanet_with_too_few_classes_fails_before_training(mask_data, tmp_pat
     args = train_net.build_parser().parse_args(
         [
             "--config-file",
-            RETINA_DEMO,
+            RETINA_CONFIG,
             "--dataset",
             name,
             paths["train"],

@@ -1,9 +1,10 @@
 import pytest
 import torch
+from common import image_batch as batch
+from common import tiny_cls_cfg as tiny_cfg  # test_traffic.py imports it from here
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
-from randwire_d2.config import load_config
 from randwire_d2.graphs import NetworkWiring, StageWiring
 from randwire_d2.modeling import (
     NODE_OPS,
@@ -13,31 +14,6 @@ from randwire_d2.modeling import (
     WiringMismatchError,
     network_wiring,
 )
-
-
-def tiny_cfg(regime="small", node_op="sep_conv3x3", generator="ws", seed=1):
-    cfg = load_config("configs/imagenet/randwire_ws_c78_small.yaml", freeze=False)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RANDWIRE.REGIME = regime
-    cfg.MODEL.RANDWIRE.NODE_OP = node_op
-    cfg.MODEL.RANDWIRE.GENERATOR = generator
-    cfg.MODEL.RANDWIRE.SEED = seed
-    cfg.MODEL.RANDWIRE.NUM_NODES = 6
-    cfg.MODEL.RANDWIRE.WS_K = 2
-    cfg.MODEL.RANDWIRE.BA_M = 2
-    cfg.MODEL.RANDWIRE.CHANNELS = 8
-    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 5
-    cfg.MODEL.CLASSIFIER.HEAD_CHANNELS = 16
-    return cfg
-
-
-def batch(n=2, size=32, labels=True):
-    g = torch.Generator().manual_seed(0)
-    items = [{"image": torch.rand(3, size, size, generator=g) * 255} for _ in range(n)]
-    if labels:
-        for i, x in enumerate(items):
-            x["label"] = i % 5
-    return items
 
 
 @pytest.mark.parametrize("regime", ["small", "regular"])

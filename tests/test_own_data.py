@@ -8,20 +8,16 @@ import contextlib
 import io
 import json
 import os
-import runpy
 import shlex
 import shutil
-import sys
 
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from test_detection import TINY
+from common import REPO, TINY_DET, call_tool
 
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.detection_demo import generate_detection_demo
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "docs", "own_data.md")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,24 +35,14 @@ def readme_commands(block: str):
 def run_tool(command, cwd, extra=()):
     """`python tools/X.py ARGS` run in-process in `cwd`, with `extra` appended; its output."""
     assert command[0] == "python" and command[1].startswith("tools/"), command
-    tool = os.path.join(REPO, command[1])
     args = [os.path.join(REPO, a) if a.startswith("configs/") else a for a in command[2:]]
-    argv, here = [tool, *args, *[str(x) for x in extra]], os.getcwd()
-    out = io.StringIO()
-    registered = set(DatasetCatalog.list())
-    try:
-        os.chdir(cwd)
-        sys.argv = argv
-        with contextlib.redirect_stdout(out):
-            runpy.run_path(tool, run_name="__main__")
-    except SystemExit as e:
-        assert not e.code, f"{' '.join(command)} exited with {e.code}:\n{out.getvalue()[-3000:]}"
-    finally:
-        os.chdir(here)
-        for name in set(DatasetCatalog.list()) - registered:  # each command is its own process
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-    return out.getvalue()
+    proc = call_tool(os.path.basename(command[1]), *args, *extra, cwd=cwd)
+    assert not proc.returncode, (
+        f"{' '.join(command)} exited with {proc.returncode}:\n"
+        + proc.stdout[-3000:]
+        + proc.stderr[-3000:]
+    )
+    return proc.stdout
 
 
 def user_coco_dataset(root):
@@ -107,7 +93,7 @@ def test_readme_detection_commands_on_a_users_coco_dataset(tmp_path):
     trees = user_coco_dataset(str(tmp_path))
     train, evaluate, predict, export = readme_commands("detection")
     # The documented training, made tiny: a 64-pixel detector trained 60 iterations.
-    run_tool(train, tmp_path, TINY + ["SOLVER.MAX_ITER", 60, "SOLVER.BASE_LR", 0.02])
+    run_tool(train, tmp_path, TINY_DET + ["SOLVER.MAX_ITER", 60, "SOLVER.BASE_LR", 0.02])
     run_tool(evaluate, tmp_path)
     out = tmp_path / "output" / "trees"
     evaluated = json.load(open(out / "inference" / "trees_val" / "coco_instances_results.json"))

@@ -9,16 +9,28 @@ import copy
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from common import (
+    CLS_CONFIG,
+    DET_CONFIG,
+)
+from common import LAZY_DET_CONFIG as LAZY_DEMO  # test_export_tools.py imports it from here
+from common import (
+    MASK_CONFIG,
+    REPO,
+    TINY_LAZY,
+    TINY_PREDICT_CLS,
+    TINY_PREDICT_DET,
+    load_tool,
+    run_tool,
+    save_random_model,
+)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
-from detectron2.modeling import build_model
 from pycocotools.coco import COCO
 
 from randwire_d2.checkpoint import RandWireCheckpointer
@@ -39,39 +51,10 @@ from randwire_d2.predict import (
     setup_cfg,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo")
-DET_CONFIG = os.path.join(DEMO, "faster_rcnn_randwire_demo.yaml")
-MASK_CONFIG = os.path.join(DEMO, "mask_rcnn_randwire_demo.yaml")
-CLS_CONFIG = os.path.join(DEMO, "randwire_cls_demo.yaml")
-LAZY_DEMO = os.path.join(REPO, "configs", "lazy", "demo", "faster_rcnn_randwire_demo.py")
-PREDICT = os.path.join(REPO, "tools", "predict.py")
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import predict as predict_tool  # noqa: E402  (tools/predict.py)
+predict_tool = load_tool("predict")
+TINY = TINY_PREDICT_DET
+TINY_CLS = TINY_PREDICT_CLS
 
-# fmt: off
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RANDWIRE.CHANNELS", "8",
-    "MODEL.RANDWIRE.NUM_NODES", "6",
-    "MODEL.RANDWIRE.WS_K", "2",
-    "MODEL.FPN.OUT_CHANNELS", "16",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
-    "INPUT.MIN_SIZE_TEST", "96",
-    "INPUT.MAX_SIZE_TEST", "96",
-]
-TINY_CLS = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RANDWIRE.CHANNELS", "8",
-    "MODEL.RANDWIRE.NUM_NODES", "6",
-    "MODEL.RANDWIRE.WS_K", "2",
-    "MODEL.CLASSIFIER.HEAD_CHANNELS", "32",
-    "PRETRAIN.TEST_CROPS", "[28, 32]",
-    "SOLVER.IMS_PER_BATCH", "4",
-    "DATALOADER.NUM_WORKERS", "0",
-]
-# fmt: on
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,16 +67,6 @@ def demo_root(tmp_path_factory):
     ensure_detection_demo(root, "val")
     yield root
     register_detection_demo()
-
-
-def save_random_model(config, opts, folder, name="model", **checkpointables):
-    """A checkpoint of an untrained model of `config` + `opts`, written by the project's
-    checkpointer (wiring, input statistics, cfg); its path."""
-    cfg = load_config(config, opts)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    RandWireCheckpointer(model, str(folder), cfg=cfg, **checkpointables).save(name)
-    return os.path.join(str(folder), f"{name}.pth")
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +96,11 @@ def check_coco_results(records, root, masks=False):
 def test_tool_draws_and_writes_coco_results_for_a_glob(demo_root, detector_weights, tmp_path):
     pattern = os.path.join(demo_root, "randwire_demo_det", "val", "00000[0-2].jpg")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, PREDICT, "--config-file", DET_CONFIG, "--input", pattern]
-        + ["--output", str(out), "--confidence-threshold", "0.1"]
-        + ["--opts", "MODEL.WEIGHTS", detector_weights, *TINY],
-        cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1", DETECTRON2_DATASETS=demo_root),
-        capture_output=True,
-        text=True,
+    proc = run_tool(  # the smoke test of its command line, in a fresh process
+        "predict",
+        *("--config-file", DET_CONFIG, "--input", pattern, "--output", out),
+        *("--confidence-threshold", "0.1", "--opts", "MODEL.WEIGHTS", detector_weights, *TINY),
+        env={"DETECTRON2_DATASETS": demo_root},
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -397,7 +367,6 @@ def lazy_run(tmp_path_factory):
     on the user's dataset: the config as tools/lazyconfig_train_net.py saves it (LazyConfig.save),
     the weights written by the project's checkpointer."""
     from detectron2.config import LazyConfig, instantiate
-    from test_lazy import TINY_LAZY
 
     folder = tmp_path_factory.mktemp("lazy_run")
     opts = TINY_LAZY + [

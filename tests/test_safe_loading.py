@@ -8,10 +8,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from common import DET_CONFIG, LAZY_DET_CONFIG, REPO, TINY_DET, TINY_LAZY, tiny_cfg
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from test_detection import DEMO_CONFIG, REPO, TINY, tiny_cfg
-from test_lazy import FASTER_DEMO, TINY_LAZY
 
 import randwire_d2
 from randwire_d2.checkpoint import CheckpointError, read_pickled_weights
@@ -56,13 +55,13 @@ def test_a_pkl_payload_never_runs_in_any_weights_loader(evil_pkl, tmp_path):
     with pytest.raises(CheckpointError, match="could run code"):
         build_export_model(cfg)
     with pytest.raises(CheckpointError, match="could run code"):
-        build_predictor(setup_cfg(DEMO_CONFIG, TINY + ["MODEL.WEIGHTS", path]))
+        build_predictor(setup_cfg(DET_CONFIG, TINY_DET + ["MODEL.WEIGHTS", path]))
     # the LazyConfig tool's --eval-only
     from randwire_d2.checkpoint import load_for_eval
     from randwire_d2.engine.lazy import build_model as build_lazy
 
     lazy = load_lazy_config(
-        FASTER_DEMO,
+        LAZY_DET_CONFIG,
         TINY_LAZY
         + [
             f"train.init_checkpoint={path}",

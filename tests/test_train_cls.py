@@ -5,7 +5,6 @@ Every run uses configs/demo/randwire_cls_demo.yaml shrunk by `tiny_opts`: 20 tra
 metrics.json.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -14,59 +13,27 @@ import time
 
 import pytest
 import torch
+from common import (
+    CLS_CONFIG,
+    DET_CONFIG,
+    REPO,
+    TOOL_ENV,
+    call_tool,
+    make_cfg,
+    read_metrics,
+    run_tool,
+    tiny_opts,
+)
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
 from randwire_d2.checkpoint import RandWireCheckpointer
 from randwire_d2.config import load_config
-from randwire_d2.data.checks import check_image_folder
-from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.shapes import CLASSES
-from randwire_d2.engine import ClassificationTrainer, evaluate_checkpoint, resolve_schedule
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CFG = os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml")
-DETECTOR_DEMO_CFG = os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml")
-TRAIN_CLS = os.path.join(REPO, "tools", "train_cls.py")
-
+from randwire_d2.engine import ClassificationTrainer, evaluate_checkpoint
 
 # Every test here trains tiny models: one torch thread (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cls_data") / "demo"
-    return generate_classification_demo(str(folder), {"train": 4, "val": 2}, image_size=32)
-
-
-def tiny_opts(data_root, output_dir, epochs=2, **extra):
-    """KEY VALUE overrides (as strings, as on the command line) of a tiny, fast run."""
-    opts = {
-        "MODEL.DEVICE": "cpu",
-        "MODEL.RANDWIRE.NUM_NODES": 6,
-        "MODEL.RANDWIRE.CHANNELS": 8,
-        "MODEL.CLASSIFIER.HEAD_CHANNELS": 32,
-        "SOLVER.IMS_PER_BATCH": 16,
-        "PRETRAIN.DATA_ROOT": data_root,
-        "PRETRAIN.EPOCHS": epochs,
-        "PRETRAIN.WARMUP_EPOCHS": 1.0,
-        "PRETRAIN.TRAIN_CROP": 32,
-        "PRETRAIN.TEST_CROPS": [32],
-        "PRETRAIN.CHECKPOINT_PERIOD_EPOCHS": 1.0,
-        "PRETRAIN.EVAL_PERIOD_EPOCHS": 0.0,
-        "DATALOADER.NUM_WORKERS": 0,
-        "OUTPUT_DIR": str(output_dir),
-    }
-    opts.update(extra)
-    return [str(x) for kv in opts.items() for x in kv]
-
-
-def make_cfg(opts, world_size=1):
-    """The config tools/train_cls.py trains with: file, overrides, schedule resolved."""
-    cfg = load_config(DEMO_CFG, opts)
-    size = len(check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("train",))["train"][1])
-    return resolve_schedule(cfg, size, world_size)
 
 
 def train_in_process(opts, resume=False):
@@ -79,32 +46,23 @@ def train_in_process(opts, resume=False):
 
 
 def run_cli(*args, timeout=240, prefix=(sys.executable,)):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [*prefix, TRAIN_CLS, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    """tools/train_cls.py ARGS in fresh processes (several: launch or torchrun); its output."""
+    proc = run_tool("train_cls", *args, check=True, timeout=timeout, prefix=prefix)
     return proc.stdout + proc.stderr
 
 
-def read_metrics(output_dir):
-    """[(iteration, record)] of metrics.json, in file order."""
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [(r["iteration"], r) for r in records]
+def call_cli(*args):
+    """tools/train_cls.py ARGS in-process; its output."""
+    proc = call_tool("train_cls", *args, check=True)
+    return proc.stdout + proc.stderr
 
 
 def train_losses(output_dir):
     return {it: r["total_loss"] for it, r in read_metrics(output_dir) if "total_loss" in r}
 
 
-def test_single_process_run(data_root, tmp_path):
-    trainer = train_in_process(tiny_opts(data_root, tmp_path, epochs=3))
+def test_single_process_run(cls_data_root, tmp_path):
+    trainer = train_in_process(tiny_opts(cls_data_root, tmp_path, epochs=3))
     s = trainer.cfg.SOLVER
     assert (trainer.iters_per_epoch, s.MAX_ITER, s.WARMUP_ITERS) == (1, 3, 1)
     assert s.BASE_LR == pytest.approx(0.4 * 16 / 256)  # LR_PER_256 x global batch / 256
@@ -129,18 +87,20 @@ def test_single_process_run(data_root, tmp_path):
 
     # --eval-only on the final checkpoint reproduces the evaluation that ended training.
     weights = {"MODEL.WEIGHTS": str(tmp_path / "model_final.pth")}
-    results = evaluate_checkpoint(make_cfg(tiny_opts(data_root, tmp_path / "eval", **weights)))
+    results = evaluate_checkpoint(make_cfg(tiny_opts(cls_data_root, tmp_path / "eval", **weights)))
     assert results["val_32"]["top1"] == pytest.approx(final[0]["val_32/top1"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["launch", "torchrun"])
-def test_two_processes_match_one_process_at_the_same_global_batch(launcher, data_root, tmp_path):
+def test_two_processes_match_one_process_at_the_same_global_batch(
+    launcher, cls_data_root, tmp_path
+):
     # naiveSyncBN: the two processes normalize with the statistics of the whole global batch.
     common = dict(epochs=2, **{"MODEL.RANDWIRE.NORM": "naiveSyncBN"})
     single, double = tmp_path / "one", tmp_path / "two"
-    train_in_process(tiny_opts(data_root, single, **common))
-    args = ["--config-file", DEMO_CFG, *tiny_opts(data_root, double, **common)]
+    train_in_process(tiny_opts(cls_data_root, single, **common))
+    args = ["--config-file", CLS_CONFIG, *tiny_opts(cls_data_root, double, **common)]
     if launcher == "launch":  # Detectron2's launch spawns 2 gloo processes
         run_cli("--num-gpus", "2", "--dist-url", "auto", *args)
     else:  # torchrun starts them; train_cls.py joins from WORLD_SIZE/RANK/LOCAL_RANK/MASTER_ADDR
@@ -165,17 +125,17 @@ def test_two_processes_match_one_process_at_the_same_global_batch(launcher, data
     assert evals[1][0]["val_32/top1"] == pytest.approx(evals[0][0]["val_32/top1"])
 
 
-def test_resume_continues_at_the_saved_iteration_with_the_same_lr_and_data(data_root, tmp_path):
+def test_resume_continues_at_the_saved_iteration_with_the_same_lr_and_data(cls_data_root, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     # With edge removal on: the removed edges must also be those of the uninterrupted run.
     edges = {"MODEL.RANDWIRE.DROP_EDGE_PROB": 0.5}
-    train_in_process(tiny_opts(data_root, full, epochs=6, **edges))
+    train_in_process(tiny_opts(cls_data_root, full, epochs=6, **edges))
     # A run that stopped after iteration 2: its output folder holds that checkpoint only.
     os.makedirs(resumed)
     os.link(full / "model_0000002.pth", resumed / "model_0000002.pth")
     (resumed / "last_checkpoint").write_text("model_0000002.pth")
 
-    cfg = make_cfg(tiny_opts(data_root, resumed, epochs=6, **edges))
+    cfg = make_cfg(tiny_opts(cls_data_root, resumed, epochs=6, **edges))
     trainer = ClassificationTrainer(cfg)
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 3
@@ -191,16 +151,16 @@ def test_resume_continues_at_the_saved_iteration_with_the_same_lr_and_data(data_
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_loses_at_most_one_checkpoint_period(data_root, tmp_path):
+def test_sigkill_then_resume_loses_at_most_one_checkpoint_period(cls_data_root, tmp_path):
     period = 3
     opts = tiny_opts(
-        data_root, tmp_path, epochs=60, **{"PRETRAIN.CHECKPOINT_PERIOD_EPOCHS": float(period)}
+        cls_data_root, tmp_path, epochs=60, **{"PRETRAIN.CHECKPOINT_PERIOD_EPOCHS": float(period)}
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, TRAIN_CLS, "--config-file", DEMO_CFG, *opts],
+    proc = subprocess.Popen(  # a process to kill mid-run
+        [sys.executable, os.path.join(REPO, "tools", "train_cls.py"), "--config-file", CLS_CONFIG]
+        + opts,
         cwd=REPO,
-        env=env,
+        env=TOOL_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -224,7 +184,7 @@ def test_sigkill_then_resume_loses_at_most_one_checkpoint_period(data_root, tmp_
     saved_iter = torch.load(tmp_path / saved, map_location="cpu", weights_only=True)["iteration"]
     assert killed_at - saved_iter < period
 
-    run_cli("--config-file", DEMO_CFG, "--resume", *opts)
+    call_cli("--config-file", CLS_CONFIG, "--resume", *opts)
     iterations = [it for it, r in read_metrics(tmp_path) if "total_loss" in r]
     assert iterations == list(range(60))  # each once: the killed run's later lines are dropped
     resumed = {it: r for it, r in read_metrics(tmp_path) if "total_loss" in r}
@@ -234,9 +194,9 @@ def test_sigkill_then_resume_loses_at_most_one_checkpoint_period(data_root, tmp_
         assert resumed[it]["total_loss"] == pytest.approx(killed[it]["total_loss"], rel=1e-5)
 
 
-def test_checkpoint_loads_weights_only_and_initialises_the_demo_detector(data_root, tmp_path):
+def test_checkpoint_loads_weights_only_and_initialises_the_demo_detector(cls_data_root, tmp_path):
     # The demo classifier at its real size (its wiring must be the detector's), on tiny data.
-    opts = tiny_opts(data_root, tmp_path, epochs=1)
+    opts = tiny_opts(cls_data_root, tmp_path, epochs=1)
     for key in (
         "MODEL.RANDWIRE.NUM_NODES",
         "MODEL.RANDWIRE.CHANNELS",
@@ -249,7 +209,7 @@ def test_checkpoint_loads_weights_only_and_initialises_the_demo_detector(data_ro
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["classes"] == sorted(CLASSES)  # ImageFolder order: sorted folder names
 
-    det_cfg = load_config(DETECTOR_DEMO_CFG, ["MODEL.DEVICE", "cpu"])
+    det_cfg = load_config(DET_CONFIG, ["MODEL.DEVICE", "cpu"])
     cls_cfg = make_cfg(opts)
     for key in ("GENERATOR", "NUM_NODES", "SEED", "WS_K", "WS_P", "CHANNELS", "REGIME", "NODE_OP"):
         assert det_cfg.MODEL.RANDWIRE[key] == cls_cfg.MODEL.RANDWIRE[key], key
@@ -292,7 +252,7 @@ def test_checkpoint_loads_weights_only_and_initialises_the_demo_detector(data_ro
 def test_dry_run_prints_the_paper_schedule_for_imagenet(
     config, epochs, weight_decay, extra, tmp_path
 ):
-    out = run_cli(
+    out = call_cli(
         "--config-file",
         os.path.join(REPO, "configs", "imagenet", config),
         "--dry-run",
@@ -300,7 +260,6 @@ def test_dry_run_prints_the_paper_schedule_for_imagenet(
         "8",
         "PRETRAIN.DATA_ROOT",
         str(tmp_path / "no_imagenet_here"),
-        timeout=120,
     )
     ipe = 1_281_167 // 256
     expect = [
@@ -325,7 +284,7 @@ def test_dry_run_prints_the_paper_schedule_for_imagenet(
 
 @pytest.mark.slow
 def test_dry_run_scales_lr_with_the_global_batch(tmp_path):
-    out = run_cli(
+    out = call_cli(
         "--config-file",
         os.path.join(REPO, "configs", "imagenet", "randwire_ws_c78_small.yaml"),
         "--dry-run",
@@ -337,7 +296,6 @@ def test_dry_run_scales_lr_with_the_global_batch(tmp_path):
         "100000",
         "SOLVER.IMS_PER_BATCH",
         "1024",
-        timeout=120,
     )
     lines = [" ".join(line.split()) for line in out.splitlines()]
     for e in [

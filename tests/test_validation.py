@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
+from common import tiny_cfg as tiny_detector_cfg
+from common import tiny_cls_cfg as tiny_cfg
 from detectron2.modeling import build_model
-from test_modeling import tiny_cfg
 
 from randwire_d2.complexity import wiring_stats
 from randwire_d2.config import load_config
@@ -102,8 +103,6 @@ def test_unknown_norm():
 
 
 def test_fpn_in_features_not_returned_by_trunk():
-    from test_detection import tiny_cfg as tiny_detector_cfg
-
     cfg = tiny_detector_cfg()
     cfg.MODEL.RANDWIRE.OUT_FEATURES = ["conv3", "conv4", "conv5"]
     with pytest.raises(
