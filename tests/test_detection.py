@@ -536,7 +536,6 @@ def test_two_process_cpu_training_with_user_dataset(tiny_data, tmp_path):
     assert (out / "inference" / "cli_val" / "coco_instances_results.json").exists()
 
 
-@pytest.mark.slow
 def test_train_net_logs_the_projects_messages(classifier_checkpoint, tiny_data, tmp_path):
     """train_net set up Detectron2's loggers only: randwire_d2's INFO lines (which weights went
     where) reached neither the screen nor log.txt."""

@@ -253,7 +253,6 @@ def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume
     assert "copypaste: Task: segm" in ev.stdout + ev.stderr
 
 
-@pytest.mark.slow
 def test_cli_refuses_weights_of_another_wiring_and_frozen_stages_without_weights(
     lazy_classifier, tmp_path
 ):

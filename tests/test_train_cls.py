@@ -225,7 +225,6 @@ def test_checkpoint_loads_weights_only_and_initialises_the_demo_detector(cls_dat
         assert torch.equal(det_state["backbone.bottom_up." + k[len("backbone.") :]], v), k
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "config, epochs, weight_decay, extra",
     [
@@ -282,7 +281,6 @@ def test_dry_run_prints_the_paper_schedule_for_imagenet(
     assert not os.path.exists(tmp_path / "no_imagenet_here")  # nothing trained, nothing written
 
 
-@pytest.mark.slow
 def test_dry_run_scales_lr_with_the_global_batch(tmp_path):
     out = call_cli(
         "--config-file",

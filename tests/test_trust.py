@@ -86,7 +86,6 @@ def test_a_held_output_dir_is_refused_naming_the_holder(tmp_path):
     release_output_dir(str(tmp_path))
 
 
-@pytest.mark.slow
 def test_fresh_run_over_checkpoints_is_refused_unless_overwrite(trained, tmp_path, cls_data_root):
     out = copy_run(trained, tmp_path / "run")
     opts = tiny_opts(cls_data_root, out, epochs=3)
@@ -181,7 +180,6 @@ def test_explicit_solver_keys_win_over_the_epoch_schedule(cls_data_root, tmp_pat
     assert "SOLVER.BASE_LR=0.01 is given explicitly" in err
 
 
-@pytest.mark.slow
 def test_a_smoke_test_trains_max_iter_iterations(cls_data_root, tmp_path):
     run_cli("--config-file", CLS_CONFIG, *tiny_opts(cls_data_root, tmp_path, epochs=100), *[
         "SOLVER.MAX_ITER", "2"])  # fmt: skip
@@ -281,7 +279,6 @@ def test_dry_run_rejects_invalid_values(cls_data_root, tmp_path, opts, match):
         train_cls.setup(train_cls.build_parser().parse_args(argv), world_size=1)
 
 
-@pytest.mark.slow
 def test_detector_with_fewer_classes_than_the_dataset_fails_before_training(tmp_path):
     paths = generate_detection_demo(
         str(tmp_path), {"train": 2}, image_size=(64, 64), object_size=(14, 30), seed=3
