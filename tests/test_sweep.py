@@ -1,7 +1,6 @@
 """tools/sweep.py: expansion, naming, presets, skip/resume after a kill, submitit's local executor,
 aggregation from disk (the maths of the aggregation is in test_sweep_report.py)."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -10,13 +9,13 @@ import sys
 import time
 
 import pytest
-from test_train_cls import REPO, read_metrics
+from common import CLS_CONFIG as DEMO
+from common import REPO, load_tool, read_metrics, run_tool, tool_path
 
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.sweep import expand, parse_generators, run_state, submit_sweep
 
-SWEEP = os.path.join(REPO, "tools", "sweep.py")
-DEMO = os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml")
+SWEEP = tool_path("sweep")
 # fmt: off
 TINY = ["MODEL.RANDWIRE.NUM_NODES", "6", "MODEL.RANDWIRE.CHANNELS", "8",
         "MODEL.CLASSIFIER.HEAD_CHANNELS", "32", "SOLVER.IMS_PER_BATCH", "16",
@@ -31,27 +30,9 @@ def data_root(tmp_path_factory):
     return generate_classification_demo(str(folder), {"train": 4, "val": 2}, image_size=32)
 
 
-def load_sweep_tool():
-    """tools/sweep.py as a module, to call its main(argv) in this process."""
-    path = os.path.join(REPO, "tools", "sweep.py")
-    spec = importlib.util.spec_from_file_location("sweep_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def sweep(*args, timeout=600, check=True):
-    proc = subprocess.run(
-        [sys.executable, SWEEP, *args],
-        cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    """tools/sweep.py in a fresh process, as a user runs it (it starts train_cls processes)."""
+    return run_tool("sweep", *args, check=check or None, timeout=timeout).stdout
 
 
 def test_generator_settings_are_crossed():
@@ -88,7 +69,7 @@ def test_runs_are_named_and_carry_their_overrides():
 
 def test_fig6_dry_run_keeps_the_flops_of_the_separable_conv(capsys):
     argv = ["--preset", "fig6", "--generators", "ws:K=4,P=0.75", "--seeds", "1", "--dry-run"]
-    assert load_sweep_tool().main(argv) == 0  # in process: FLOPs in closed form, no model built
+    assert load_tool("sweep").main(argv) == 0  # in process: FLOPs in closed form, no model built
     out = capsys.readouterr().out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ws_")]
     assert [r[0].split("-")[1] for r in rows] == [

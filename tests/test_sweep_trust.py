@@ -12,13 +12,14 @@ import textwrap
 import tracemalloc
 
 import pytest
-from test_sweep import DEMO, load_sweep_tool
+from common import CLS_CONFIG as DEMO
+from common import load_tool
 
 import randwire_d2.sweep.runner as sweep_runner
 from randwire_d2.graphs import parse_seeds
 from randwire_d2.sweep import expand, parse_generators, save_plan, submit_sweep
 
-SWEEP = load_sweep_tool()
+SWEEP = load_tool("sweep")
 RUN = "er_P0.2-sep_conv3x3-C16-small-s{}"  # the runs of ER_02 below, by seed
 ER_02 = ["--config-file", DEMO, "--generators", "er:P=0.2"]
 GOOD = {"val_32": {"top1": 60.0, "top5": 100.0}}
