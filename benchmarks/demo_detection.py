@@ -19,6 +19,7 @@ from detectron2.utils.env import seed_all_rng
 
 from randwire_d2.config import load_config
 from randwire_d2.engine import Trainer, claim_output_dir, draw_detections
+from randwire_d2.utils.tables import markdown_table
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(__file__), "..", "configs", "demo", "faster_rcnn_randwire_demo.yaml"
@@ -79,13 +80,10 @@ def main():
         f"\nDemo detection: {cfg.SOLVER.MAX_ITER} iterations of {cfg.SOLVER.IMS_PER_BATCH} images, "
         f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
     )
-    print("| AP | AP50 | AP75 | APs | APm | APl | train wall time | eval wall time | CPU time |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(
-        "| "
-        + " | ".join(f"{box[k]:.1f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
-        + f" | {train_s / 60:.1f} min | {eval_s:.0f} s | {cpu_s / 60:.1f} min |"
-    )
+    aps = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    row = [f"{box[k]:.1f}" for k in aps]
+    row += [f"{train_s / 60:.1f} min", f"{eval_s:.0f} s", f"{cpu_s / 60:.1f} min"]
+    print(markdown_table(aps + ["train wall time", "eval wall time", "CPU time"], [row]))
     with open(os.path.join(cfg.OUTPUT_DIR, "benchmark.json"), "w") as f:
         json.dump(
             {"bbox": box, "train_seconds": train_s, "eval_seconds": eval_s, "cpu_seconds": cpu_s},

@@ -4,7 +4,8 @@
     python benchmarks/detector_complexity.py [--seeds 1 2 3 4 5] [--configs ...]
 
 FLOPs are counted by fvcore's FlopCountAnalysis (the counter behind Detectron2's
-`detectron2.utils.analysis.FlopCountAnalysis`; one multiply-add = one FLOP) on one image of
+`detectron2.utils.analysis.FlopCountAnalysis`; one multiply-add = one FLOP), through
+`randwire_d2.complexity.module_flops` (RandWire in its reference execution), on one image of
 800x1333, which Detectron2 pads to 800x1344 (FPN's size divisibility 32): that padded tensor is
 what is measured. "trunk" is the ImageNet network without its classifier (RandWire conv1..conv5,
 ResNet stem..res5); "FPN" adds the feature pyramid (p2..p6). RandWire rows are the mean (+- std)
@@ -18,10 +19,10 @@ import os
 import numpy as np
 import torch
 from detectron2.modeling import build_model
-from fvcore.nn import FlopCountAnalysis
 
+from randwire_d2.complexity import module_flops
 from randwire_d2.config import load_config
-from randwire_d2.modeling.randwire import execution_mode
+from randwire_d2.utils.tables import markdown_row, markdown_table
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 # (config, row label, Table 5 box AP / AP50 of the paper)
@@ -36,13 +37,6 @@ ROWS = [
 ]
 
 
-def flops(module, x) -> int:
-    counter = FlopCountAnalysis(module, x)
-    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    with torch.no_grad(), execution_mode(module, "reference"):  # norms unfolded, as counted
-        return int(counter.total())
-
-
 def backbone_complexity(config: str, seed: int, height: int, width: int):
     """(trunk FLOPs, FPN backbone FLOPs, trunk params, FPN backbone params) of one config."""
     cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.RANDWIRE.SEED", seed])
@@ -50,8 +44,8 @@ def backbone_complexity(config: str, seed: int, height: int, width: int):
     x = torch.zeros(1, 3, height, width)
     trunk = backbone.bottom_up
     return (
-        flops(trunk, x),
-        flops(backbone, x),
+        int(module_flops(trunk, x)[""]),
+        int(module_flops(backbone, x)[""]),
         sum(p.numel() for p in trunk.parameters()),
         sum(p.numel() for p in backbone.parameters()),
     )
@@ -76,20 +70,14 @@ def main():
     torch.set_grad_enabled(False)
 
     print(f"Backbone complexity at {args.height}x{args.width} (fvcore, multiply-add = 1 FLOP)\n")
-    print(
-        "| backbone | config | trunk GFLOPs | FPN backbone GFLOPs | trunk params (M) "
-        "| FPN backbone params (M) | paper Table 5 AP / AP50 |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    header = ["backbone", "config", "trunk GFLOPs", "FPN backbone GFLOPs", "trunk params (M)"]
+    print(markdown_table(header + ["FPN backbone params (M)", "paper Table 5 AP / AP50"], []))
     for config, label, paper in ROWS:
         path = os.path.join(CONFIG_DIR, config)
         seeds = args.seeds if "randwire" in config else [0]
         rows = np.array([backbone_complexity(path, s, args.height, args.width) for s in seeds])
         cells = [fmt(rows[:, i], scale, 1) for i, scale in enumerate([1e9, 1e9, 1e6, 1e6])]
-        print(
-            f"| {label} | `configs/{config}` | " + " | ".join(cells) + f" | {paper} |",
-            flush=True,
-        )
+        print(markdown_row([label, f"`configs/{config}`", *cells, paper]), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ import time
 
 import torch
 from detectron2.modeling import build_model
-from detectron2.utils.analysis import FlopCountAnalysis
 
+from randwire_d2.complexity import module_flops
 from randwire_d2.config import load_config
+from randwire_d2.utils.tables import markdown_row, markdown_table
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 CONFIGS = [
@@ -59,12 +60,8 @@ def complexity(config: str, height: int, width: int):
     model = build_model(cfg).eval()
     image = torch.rand(3, height, width) * 255
     inputs = [{"image": image, "height": height, "width": width}]
-    counter = FlopCountAnalysis(model, inputs)
-    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    with torch.no_grad():
-        total = counter.total()
-    backbone = counter.by_module()["model.backbone"]  # under TracingAdapter's "model"
-    return sum(p.numel() for p in model.parameters()), total, backbone
+    by_module = module_flops(model, inputs)  # the model is TracingAdapter's "model"
+    return sum(p.numel() for p in model.parameters()), by_module[""], by_module["model.backbone"]
 
 
 def main():
@@ -84,19 +81,18 @@ def main():
         f"Detector complexity, one random {args.height}x{args.width} image, Detectron2's "
         "FlopCountAnalysis (multiply-add = 1 FLOP), heads at 1000 proposals, 100 detections\n"
     )
-    print("| config | params (M) | GFLOPs | backbone GFLOPs | heads GFLOPs | time |")
-    print("|---|---|---|---|---|---|")
+    header = ["config", "params (M)", "GFLOPs", "backbone GFLOPs", "heads GFLOPs", "time"]
+    print(markdown_table(header, []))
     start = time.perf_counter()
     for name in args.configs:
         t = time.perf_counter()
         params, total, backbone = complexity(
             os.path.join(CONFIG_DIR, name), args.height, args.width
         )
-        print(
-            f"| `{name}` | {params / 1e6:.1f} | {total / 1e9:.1f} | {backbone / 1e9:.1f} "
-            f"| {(total - backbone) / 1e9:.1f} | {time.perf_counter() - t:.0f} s |",
-            flush=True,
-        )
+        cells = [f"`{name}`", f"{params / 1e6:.1f}", f"{total / 1e9:.1f}"]
+        cells += [f"{backbone / 1e9:.1f}", f"{(total - backbone) / 1e9:.1f}"]
+        cells += [f"{time.perf_counter() - t:.0f} s"]
+        print(markdown_row(cells), flush=True)
     print(f"\n{len(args.configs)} configs in {(time.perf_counter() - start) / 60:.1f} min")
 
 

@@ -19,7 +19,6 @@ PRETRAIN.TEST_CROPS[0]) and batch --batch:
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -48,23 +47,16 @@ from randwire_d2.export import (
 from randwire_d2.modeling import RandWireClassifier
 from randwire_d2.utils.warnings import quiet_export_warnings
 
+if __package__:  # python -m benchmarks.export_latency
+    from .bench_common import machine
+else:  # python benchmarks/export_latency.py: its folder is sys.path[0]
+    from bench_common import machine
+
 CONFIGS = [
     "configs/demo/randwire_cls_demo.yaml",
     "configs/imagenet/randwire_ws_c109_regular.yaml",
 ]
 FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript", "pt2": "torch.export"}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-        f"load average {os.getloadavg()[0]:.1f} (torch {torch.__version__})"
-    )
 
 
 # The executions whose graphs and latency are compared (tools/export_model.py

@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,14 +40,17 @@ import torchvision  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import randwire_d2  # noqa: E402,F401
-from randwire_d2.complexity import Logits  # noqa: E402
 from randwire_d2.config import load_config  # noqa: E402
 from randwire_d2.modeling import kernels  # noqa: E402
+from randwire_d2.modeling.classifier import ClassifierLogits  # noqa: E402
+from randwire_d2.utils.tables import markdown_table  # noqa: E402
 
 if __package__:  # python -m benchmarks.gpu_kernels
     from . import traffic
+    from .bench_common import machine
 else:  # python benchmarks/gpu_kernels.py: its folder is sys.path[0]
     import traffic
+    from bench_common import machine
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 C109 = "configs/imagenet/randwire_ws_c109_regular.yaml"
@@ -144,7 +146,7 @@ def classifier(config, execution, device, tiny):
         cfg.MODEL.RANDWIRE.REGIME, cfg.MODEL.RANDWIRE.WS_K = "small", 2
         cfg.MODEL.CLASSIFIER.HEAD_CHANNELS, cfg.MODEL.CLASSIFIER.NUM_CLASSES = 16, 10
     torch.manual_seed(0)
-    return Logits(build_model(cfg)).to(device)
+    return ClassifierLogits(build_model(cfg), normalize=False).to(device)
 
 
 def check_model(args, device, dtype):
@@ -343,39 +345,28 @@ def markdown(result) -> str:
         f"gradients {cm['train_gradients']:.2e} ({'ok' if cm['ok'] else 'FAILED'})",
         f"Copy bandwidth: {result['copy_gb_s']:.0f} GB/s",
         "",
-        "| stage | C | k | stride | layout | op | eager ms | kernel ms | speedup |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["kernels"]:
-        lines.append(
-            f"| {r['stage']} | {r['C']} | {r['k']} | {r['stride']} | {r['layout']} | {r['op']} | "
-            f"{r['eager_ms']:.3f} | {r['kernel_ms']:.3f} | {r['speedup']:.2f} |"
-        )
-    lines += [
-        "",
-        "| batch | layout | model | step | img/s | x R50 | MB/img | GB/s | of copy bw |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["models"]:
-        if "img_s" not in r:
-            lines.append(f"| {r['batch']} | {r['layout']} | skipped: {r['skipped']} |")
-            continue
-        lines.append(
-            f"| {r['batch']} | {r['layout']} | {r['model']} | {r['what']} | {r['img_s']:.0f} | "
-            f"{r.get('vs_r50', float('nan')):.2f} | {r['bytes_per_image'] / 1e6:.1f} | "
-            f"{r['gb_s']:.1f} | {100 * r['bw_fraction']:.0f}% |"
-        )
+    header = ["stage", "C", "k", "stride", "layout", "op", "eager ms", "kernel ms", "speedup"]
+    # fmt: off
+    lines.append(markdown_table(header, [
+        [r["stage"], r["C"], r["k"], r["stride"], r["layout"], r["op"], f"{r['eager_ms']:.3f}",
+         f"{r['kernel_ms']:.3f}", f"{r['speedup']:.2f}"]
+        for r in result["kernels"]
+    ]))
+    header = ["batch", "layout", "model", "step", "img/s", "x R50", "MB/img", "GB/s", "of copy bw"]
+    lines += ["", markdown_table(header, [
+        [r["batch"], r["layout"], f"skipped: {r['skipped']}"] if "img_s" not in r else
+        [r["batch"], r["layout"], r["model"], r["what"], f"{r['img_s']:.0f}",
+         f"{r.get('vs_r50', float('nan')):.2f}", f"{r['bytes_per_image'] / 1e6:.1f}",
+         f"{r['gb_s']:.1f}", f"{100 * r['bw_fraction']:.0f}%"]
+        for r in result["models"]
+    ])]
+    # fmt: on
     lines += ["", "Best layout of each model over ResNet-50's best (same batch):"]
     for k, v in result["best_layout_ratios"].items():
         lines.append(f"- {k}: {v:.2f}x")
     lines.append(f"\nTotal {result['seconds']:.0f} s.")
     return "\n".join(lines)
-
-
-def machine(device) -> str:
-    if DRY:
-        return f"CPU ({platform.processor() or platform.machine()}), dry run"
-    return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
 
 
 def main(argv=None):

@@ -26,9 +26,11 @@ from randwire_d2.utils.args import bounded_int  # noqa: E402
 from randwire_d2.utils.tables import markdown_table  # noqa: E402
 
 if __package__:  # python -m benchmarks.layouts
-    from .throughput import RANDWIRE, RESNETS, Bench, machine, randwire, run
+    from .bench_common import machine
+    from .throughput import RANDWIRE, RESNETS, Bench, randwire, run
 else:  # python benchmarks/layouts.py: its folder is sys.path[0]
-    from throughput import RANDWIRE, RESNETS, Bench, machine, randwire, run
+    from bench_common import machine
+    from throughput import RANDWIRE, RESNETS, Bench, randwire, run
 
 LAYOUTS = {"nchw": "NCHW", "channels_last": "channels_last"}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -159,16 +161,16 @@ def main(argv=None):
     rows = run(benches, baseline, args, size, args.batch)
     for row in rows:
         row["name"], row["layout"], row["dtype"] = row["model"].split(" ")
-    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    date, host = datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine(args.device)
     print(
-        f"# {machine(args)}, {date}; batch {args.batch}, {args.size}x{args.size}, RandWire "
+        f"# {host}, {date}; batch {args.batch}, {args.size}x{args.size}, RandWire "
         f"EXECUTION {args.mode}, {args.rounds} rounds interleaved, medians"
     )
     print(table(rows))
     fastest = fastest_lines(rows)
     print("\n".join(fastest))
     if args.json:
-        out = {"machine": machine(args), "date": date, "args": vars(args), "rows": rows}
+        out = {"machine": host, "date": date, "args": vars(args), "rows": rows}
         out["fastest"] = fastest
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

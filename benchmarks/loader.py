@@ -31,7 +31,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import tempfile
 import time
 from typing import Dict, List
@@ -44,6 +43,12 @@ import torchvision
 from randwire_d2.data.cls_demo import generate_jpeg_folder
 from randwire_d2.data.imagefolder import build_cls_train_loader, scan_image_folder
 from randwire_d2.utils.args import bounded_int  # noqa: E402
+from randwire_d2.utils.tables import markdown_table
+
+if __package__:  # python -m benchmarks.loader
+    from .bench_common import machine
+else:  # python benchmarks/loader.py: its folder is sys.path[0]
+    from bench_common import machine
 
 DECODES = ("cpu", "cuda")
 CROP_SCALE = (0.08, 1.0)
@@ -89,24 +94,14 @@ def time_loader(decode: str, samples, workers: int, args) -> float:
     return args.batch * args.batches / seconds
 
 
-def machine() -> Dict[str, str]:
-    return {
-        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_threads": str(torch.get_num_threads()),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-    }
-
-
 def table(rows: List[Dict]) -> str:
-    lines = ["| decode | workers | img/s | img/s per worker |", "|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r['decode']} | {r['workers']} | {r['img_s']:.0f} | {r['img_s_per_worker']:.0f} |"
-        )
-    return "\n".join(lines)
+    header = ["decode", "workers", "img/s", "img/s per worker"]
+    # fmt: off
+    return markdown_table(header, [
+        [r["decode"], r["workers"], f"{r['img_s']:.0f}", f"{r['img_s_per_worker']:.0f}"]
+        for r in rows
+    ], align="lrrr")
+    # fmt: on
 
 
 def run(args, folder: str) -> List[Dict]:
@@ -116,11 +111,11 @@ def run(args, folder: str) -> List[Dict]:
             f"--batch {args.batch} is larger than the {len(samples)} images in {folder}"
         )
     sizes = [os.path.getsize(path) for path, _ in samples]
-    info = machine()
-    print(
-        f"# {info['cpu']}, torch {info['torch']}, torchvision {info['torchvision']}, "
-        f"{info['torch_threads']} torch threads, GPU: {info['gpu']}; {info['date']}"
-    )
+    # As tests/test_batched_decode.py reads it: torchvision, then "GPU: <name or none>; <date>".
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    info = f"{machine()}, torchvision {torchvision.__version__}, GPU: {gpu}; {date}"
+    print(f"# {info}")
     print(
         f"# {len(samples)} images in {folder} (mean {sum(sizes) / len(sizes) / 1e3:.0f} KB); "
         f"batch {args.batch}, crop {args.crop}, {args.batches} timed batches after 1 warm-up"

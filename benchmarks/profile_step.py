@@ -38,10 +38,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from randwire_d2.utils.tables import markdown_table
+
 if __package__:  # python -m benchmarks.profile_step
-    from .throughput import RESNETS, add_common_arguments, machine, make_bench
+    from .bench_common import machine
+    from .throughput import RESNETS, add_common_arguments, make_bench
 else:  # python benchmarks/profile_step.py: its folder is sys.path[0]
-    from throughput import RESNETS, add_common_arguments, machine, make_bench
+    from bench_common import machine
+    from throughput import RESNETS, add_common_arguments, make_bench
 
 IDLE = "idle gaps"
 CATEGORIES = (
@@ -270,11 +274,14 @@ def table(result: dict, args) -> str:
         f"\n## {result['model']}: one training step, batch {args.batch}, {args.dtype}, "
         f"{'channels_last' if args.channels_last else 'NCHW'}: {result['wall_ms']:.1f} ms wall "
         f"(median of {args.steps}), {result['busy_ms']:.1f} ms of {clock} time",
-        f"| category | ms | share of step | {'kernels' if args.device == 'cuda' else 'ops'} |",
-        "|---|---|---|---|",
     ]
-    for c, r in result["categories"].items():
-        lines.append(f"| {c} | {r['time']:.2f} | {100 * r['share']:.1f}% | {r['count']} |")
+    header = ["category", "ms", "share of step", "kernels" if args.device == "cuda" else "ops"]
+    # fmt: off
+    lines.append(markdown_table(header, [
+        [c, f"{r['time']:.2f}", f"{100 * r['share']:.1f}%", r["count"]]
+        for c, r in result["categories"].items()
+    ]))
+    # fmt: on
     lines.append(f"SGD step timed alone: {result['optimizer_step_ms']:.2f} ms")
     lines.append(
         "top ops: " + "; ".join(f"{n} {t:.2f} ms" for n, t in result["top_ops"][: args.top])
@@ -299,8 +306,8 @@ def main(argv=None):
     args.device_type = args.device
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
-    results = []
-    print(f"# {machine(args)}")
+    results, host = [], machine(args.device)
+    print(f"# {host}")
     for name in args.models:
         for mode in ["eager"] if name in RESNETS else args.modes:
             bench = make_bench(name, mode, args)
@@ -311,9 +318,7 @@ def main(argv=None):
             del bench, x
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
-                {"machine": machine(args), "args": vars(args), "results": results}, f, indent=1
-            )
+            json.dump({"machine": host, "args": vars(args), "results": results}, f, indent=1)
     return results
 
 

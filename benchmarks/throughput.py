@@ -37,7 +37,6 @@ eager model's bytes), and its fraction of the device-to-device copy bandwidth me
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -52,12 +51,15 @@ import torch.nn.functional as F
 import torchvision
 from detectron2.modeling import build_model
 
-from randwire_d2.complexity import Logits
 from randwire_d2.config import load_config
+from randwire_d2.modeling.classifier import ClassifierLogits
+from randwire_d2.utils.tables import markdown_table
 
 if __package__:  # python -m benchmarks.throughput
+    from .bench_common import machine
     from .traffic import traffic
 else:  # python benchmarks/throughput.py: its folder is sys.path[0]
+    from bench_common import machine
     from traffic import traffic
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -92,7 +94,7 @@ def randwire(config: str, mode: str, device: str) -> torch.nn.Module:
     model = build_model(cfg)
     if mode == "fast-nofold":
         model.backbone.set_execution(fold_norms=False)
-    return Logits(model)
+    return ClassifierLogits(model, normalize=False)
 
 
 def detector_backbone(config: str, device: str) -> torch.nn.Module:
@@ -266,20 +268,20 @@ def add_bandwidth(rows, benches: List["Bench"], args, copy_gbs: float) -> None:
 
 
 def bandwidth_table(rows, copy_gbs: float, kernels: bool) -> str:
-    lines = [
+    title = (
         f"\n# achieved bandwidth: img/s x eager traffic model bytes/img (MB = 1e6; EXECUTION "
         f"fast counted {'with' if kernels else 'without'} the Triton node kernels, as it runs "
-        f"here); device-to-device copy {copy_gbs:.0f} GB/s",
-        "| model | inference MB/img | GB/s | of copy | training MB/img | GB/s | of copy |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['infer_mb_per_img']:.0f} | {r['infer_gbs']:.0f} | "
-            f"{r['infer_copy_frac']:.0%} | {r['train_mb_per_img']:.0f} | {r['train_gbs']:.0f} | "
-            f"{r['train_copy_frac']:.0%} |"
-        )
-    return "\n".join(lines)
+        f"here); device-to-device copy {copy_gbs:.0f} GB/s"
+    )
+    header = ["model", "inference MB/img", "GB/s", "of copy", "training MB/img", "GB/s", "of copy"]
+    # fmt: off
+    return title + "\n" + markdown_table(header, [
+        [r["model"], f"{r['infer_mb_per_img']:.0f}", f"{r['infer_gbs']:.0f}",
+         f"{r['infer_copy_frac']:.0%}", f"{r['train_mb_per_img']:.0f}", f"{r['train_gbs']:.0f}",
+         f"{r['train_copy_frac']:.0%}"]
+        for r in rows
+    ])
+    # fmt: on
 
 
 def cuda_memory_per_image_mib(bench: Bench, args, size) -> float:
@@ -335,30 +337,16 @@ def by_name_row(rows, name):
 
 
 def table(rows, base_label, memory: bool) -> str:
-    head = "| model | inference img/s | ÷ {0} | training img/s | ÷ {0} |".format(base_label)
-    sep = "|---|---|---|---|---|"
-    if memory:
-        head += f" training MiB/img | ÷ {base_label} |"
-        sep += "---|---|"
-    lines = [head, sep]
+    header = ["model", "inference img/s", f"÷ {base_label}", "training img/s", f"÷ {base_label}"]
+    header += ["training MiB/img", f"÷ {base_label}"] if memory else []
+    cells = []
     for r in rows:
-        line = (
-            f"| {r['model']} | {r['infer_ips']:.3g} | {r['infer_ratio']:.2f} | "
-            f"{r['train_ips']:.3g} | {r['train_ratio']:.2f} |"
+        cells.append(
+            [r["model"], f"{r['infer_ips']:.3g}", f"{r['infer_ratio']:.2f}"]
+            + [f"{r['train_ips']:.3g}", f"{r['train_ratio']:.2f}"]
+            + ([f"{r['mem_mib']:.0f}", f"{r['mem_ratio']:.2f}"] if memory else [])
         )
-        if memory:
-            line += f" {r['mem_mib']:.0f} | {r['mem_ratio']:.2f} |"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def machine(args) -> str:
-    if args.device_type == "cuda":
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch threads (torch {torch.__version__})"
-    )
+    return markdown_table(header, cells)
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -436,8 +424,9 @@ def main(argv=None):
     if args.memory != "none" and args.device_type == "cuda":
         for bench in benches:
             memory[bench.name] = cuda_memory_per_image_mib(bench, args, (args.size, args.size))
+    host = machine(args.device)
     print(
-        f"# {machine(args)}; batch {args.batch}, {args.size}x{args.size}, {args.dtype}, "
+        f"# {host}; batch {args.batch}, {args.size}x{args.size}, {args.dtype}, "
         f"{'channels_last' if args.channels_last else 'NCHW'}, {args.rounds} rounds, medians"
     )
     rows = run(benches, baseline, args, (args.size, args.size), args.batch, memory)
@@ -473,7 +462,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"machine": machine(args), "args": {k: v for k, v in vars(args).items()}, **out},
+                {"machine": host, "args": {k: v for k, v in vars(args).items()}, **out},
                 f,
                 indent=1,
             )

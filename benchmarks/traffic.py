@@ -60,9 +60,10 @@ from detectron2.modeling import build_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from randwire_d2.complexity import Logits
 from randwire_d2.config import load_config
+from randwire_d2.modeling.classifier import ClassifierLogits
 from randwire_d2.modeling.execution import EXECUTIONS
+from randwire_d2.utils.tables import markdown_table
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DEFAULT_CONFIG = "configs/imagenet/randwire_ws_c109_regular.yaml"
@@ -230,8 +231,8 @@ def traffic(
 ) -> Dict:
     """Memory traffic of one inference forward (`train` False: eval, no_grad) or one training
     step (train: forward, cross-entropy on random labels, backward; no optimizer step) of
-    `model`, a module taking an NCHW tensor (`Logits(randwire_classifier)`, a torchvision
-    classifier). `granularity`: "eager" or "conv" (see the module docstring); "fused" counts as
+    `model`, a module taking an NCHW tensor (`ClassifierLogits(randwire_classifier, False)`, a
+    torchvision classifier). `granularity`: "eager" or "conv" (see the module docstring); "fused" counts as
     "eager" (the difference is the model: build it with EXECUTION "triton").
 
     Returns {"bytes_per_image", "kernels_per_image"} (totals / batch) and the totals per step
@@ -281,7 +282,7 @@ def randwire_model(
     if execution:
         cfg.MODEL.RANDWIRE.EXECUTION = execution
     with torch.device(device):
-        return Logits(build_model(cfg))
+        return ClassifierLogits(build_model(cfg), normalize=False)
 
 
 def resnet50(device: str = "meta") -> torch.nn.Module:
@@ -330,14 +331,12 @@ def _cell(r) -> str:
 
 
 def table(rows: List[Dict], name: str) -> str:
-    lines = [
-        f"| per image (kernels per step) | {name} | ResNet-50 | bytes R50/{name} |",
-        "|---|---|---|---|",
-    ]
+    header = ["per image (kernels per step)", name, "ResNet-50", f"bytes R50/{name}"]
+    cells = []
     for row in rows:
         r50 = _cell(row["r50"]) + (" (eager)" if row["granularity"] == "fused" else "")
-        lines.append(f"| {row['row']} | {_cell(row['randwire'])} | {r50} | {row['ratio']:.2f} |")
-    return "\n".join(lines)
+        cells.append([row["row"], _cell(row["randwire"]), r50, f"{row['ratio']:.2f}"])
+    return markdown_table(header, cells)
 
 
 def main(argv=None):

@@ -37,25 +37,24 @@ import statistics
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-# First: it imports randwire_d2, which quiets the notes that Detectron2's imports print.
-import train_cls  # noqa: E402  # isort: split
-import torch  # noqa: E402
-from detectron2.engine import hooks  # noqa: E402
-from detectron2.utils.env import seed_all_rng  # noqa: E402
+# First: it quiets the notes that Detectron2's imports print.
+import randwire_d2  # noqa: F401  # isort: split
+import torch
+from detectron2.engine import hooks
+from detectron2.utils.env import seed_all_rng
 
-from randwire_d2.engine import ClassificationTrainer  # noqa: E402
-from randwire_d2.engine.trainer import release_output_dir  # noqa: E402
-from randwire_d2.utils.args import bounded_int  # noqa: E402
-from randwire_d2.utils.tables import markdown_table  # noqa: E402
+from randwire_d2.engine import ClassificationTrainer
+from randwire_d2.engine.trainer import release_output_dir
+from randwire_d2.utils.args import bounded_int
+from randwire_d2.utils.tables import markdown_table
 
 if __package__:  # python -m benchmarks.train_step
-    from . import throughput
+    from .bench_common import import_tool, machine
 else:  # python benchmarks/train_step.py: its folder is sys.path[0]
-    import throughput
+    from bench_common import import_tool, machine
+
+train_cls = import_tool("train_cls")
 
 RUNS = {"e2e": "end-to-end", "model": "model-only"}
 # Hooks that are not part of a training step: they would only add checkpoints and evaluation.
@@ -171,10 +170,6 @@ def compare_losses(a, b) -> dict:
     return {"iterations": len(pairs), "max_abs": max(diffs), "max_rel": max(rel)}
 
 
-def machine(device: str) -> str:
-    return throughput.machine(SimpleNamespace(device_type=torch.device(device).type))
-
-
 def table(rows) -> str:
     header = ["run", "img/s (median)", "step ms (median)", "warm-up s", "build s"]
     # fmt: off
@@ -268,15 +263,15 @@ def main(argv=None) -> int:
         if temporary:
             shutil.rmtree(output_dir, ignore_errors=True)
 
-    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    date, host = datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine(cfg.MODEL.DEVICE)
     print(
-        f"\n# {machine(cfg.MODEL.DEVICE)}, {date}; {args.config_file}, batch "
+        f"\n# {host}, {date}; {args.config_file}, batch "
         f"{cfg.SOLVER.IMS_PER_BATCH}, {args.iters} timed iterations after {args.warmup} "
         f"warm-up; overrides: {' '.join(args.opts) or '-'}"
     )
     print(table(rows))
     out = dict(
-        machine=machine(cfg.MODEL.DEVICE),
+        machine=host,
         date=date,
         config=args.config_file,
         opts=args.opts,

@@ -17,15 +17,17 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import numpy as np
 import torch
 from detectron2.modeling import build_model
+from detectron2.utils.analysis import FlopCountAnalysis as DetectronFlopCountAnalysis
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from .graphs import graph_statistics
 from .modeling import ops
+from .modeling.classifier import ClassifierLogits
 from .modeling.randwire import STAGE_STRIDES, execution_mode, stage_specs, wiring_from_cfg
 
 __all__ = [
-    "Logits",
+    "module_flops",
     "flops_params",
     "flops_by_stage",
     "model_complexity",
@@ -40,24 +42,28 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class Logits(nn.Module):
-    """A RandWireClassifier as a tensor -> logits module (as a torchvision classifier is)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model.logits(x)
-
-
-def _flop_counter(module: nn.Module, input_size: int) -> FlopCountAnalysis:
-    net = Logits(module) if hasattr(module, "logits") else module
-    x = torch.zeros(1, 3, input_size, input_size, device=next(module.parameters()).device)
-    counter = FlopCountAnalysis(net, x)
-    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+def module_flops(model: nn.Module, inputs) -> Dict[str, int]:
+    """{module name ("" the whole): FLOPs} of `model` on `inputs` (a tensor, a tuple of them, or
+    a Detectron2 model's list[dict]) by fvcore's FlopCountAnalysis, in eval mode, no_grad, in
+    the reference execution (the fast one folds norms into convs, which fvcore counts apart). A
+    list goes through Detectron2's FlopCountAnalysis: the model is "model" in its TracingAdapter,
+    batch_norm and a few more ops count 0."""
+    analysis = DetectronFlopCountAnalysis if isinstance(inputs, list) else FlopCountAnalysis
     logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
-    return counter
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), execution_mode(model, "reference"):
+        counter = analysis(model, inputs).unsupported_ops_warnings(False)
+        by_module = counter.uncalled_modules_warnings(False).by_module()
+    model.train(was_training)
+    return by_module
+
+
+def _classifier_flops(module: nn.Module, input_size: int) -> Dict[str, int]:
+    wrap = hasattr(module, "logits")  # a classifier: its logits, in its mode (restored after)
+    net = ClassifierLogits(module, normalize=False).train(module.training) if wrap else module
+    x = torch.zeros(1, 3, input_size, input_size, device=next(module.parameters()).device)
+    return module_flops(net, x)
 
 
 def flops_params(module: nn.Module, input_size: int = 224) -> Tuple[int, int]:
@@ -65,31 +71,17 @@ def flops_params(module: nn.Module, input_size: int = 224) -> Tuple[int, int]:
 
     `module` is a RandWireClassifier (its logits are counted) or any module taking a tensor.
     """
-    was_training = module.training
-    module.eval()
-    # The reference execution: the fast one folds norms into convs, which fvcore counts apart.
-    with torch.no_grad(), execution_mode(module, "reference"):
-        flops = int(_flop_counter(module, input_size).total())
-    module.train(was_training)
-    params = sum(p.numel() for p in module.parameters())
-    return flops, params
+    flops = int(_classifier_flops(module, input_size)[""])
+    return flops, sum(p.numel() for p in module.parameters())
 
 
 def flops_by_stage(model: nn.Module, input_size: int = 224) -> Dict[str, Tuple[int, int]]:
     """{stage or "head": (FLOPs, params)} of a RandWireClassifier, in eval mode."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), execution_mode(model, "reference"):
-        by_module = _flop_counter(model, input_size).by_module()
-    model.train(was_training)
+    by_module = _classifier_flops(model, input_size)
     out = {}
-    for name in model.backbone.stage_names:
-        stage = getattr(model.backbone, name)
-        out[name] = (
-            int(by_module["model.backbone." + name]),
-            sum(p.numel() for p in stage.parameters()),
-        )
-    out["head"] = (int(by_module["model.head"]), sum(p.numel() for p in model.head.parameters()))
+    for name in [f"backbone.{stage}" for stage in model.backbone.stage_names] + ["head"]:
+        params = sum(p.numel() for p in model.get_submodule(name).parameters())
+        out[name.split(".")[-1]] = (int(by_module["model." + name]), params)
     return out
 
 

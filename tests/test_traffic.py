@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from test_modeling import tiny_cfg
 from torch import nn
 
-from randwire_d2.complexity import Logits
+from randwire_d2.modeling.classifier import ClassifierLogits
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 import traffic as tr  # noqa: E402
@@ -27,7 +27,7 @@ def tiny_randwire(execution="fast", nodes=8):
     cfg.MODEL.RANDWIRE.EXECUTION = execution
     cfg.MODEL.DEVICE = "meta"
     with torch.device("meta"):
-        return Logits(build_model(cfg))
+        return ClassifierLogits(build_model(cfg), normalize=False)
 
 
 @pytest.mark.parametrize("granularity", ["eager", "conv"])

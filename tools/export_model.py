@@ -30,6 +30,7 @@ A LazyConfig's weights are train.init_checkpoint, its test data dataloader.test 
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -66,10 +67,15 @@ from randwire_d2.inference_config import (
 )
 
 try:  # --compare-executions: benchmarks/ lies beside tools/ in the repository, not installed
-    from benchmarks.export_latency import op_counts
-except ModuleNotFoundError:  # python tools/export_model.py: the root is not on sys.path
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks.export_latency import op_counts
+    import benchmarks  # noqa: F401
+except ModuleNotFoundError:  # python tools/export_model.py: the package is loaded from its folder
+    _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _spec = importlib.util.spec_from_file_location(
+        "benchmarks", os.path.join(_ROOT, "benchmarks", "__init__.py")
+    )
+    sys.modules["benchmarks"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["benchmarks"])
+from benchmarks.export_latency import op_counts  # noqa: E402
 
 
 def build_parser():

@@ -5,8 +5,8 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from torch import nn
 
+from ..modeling.classifier import ClassifierLogits as ClassifierExport  # images -> logits
 from ..modeling.classifier import RandWireClassifier
 from ..utils.warnings import quiet_export_warnings
 from .compare import MAX_CHECK_BATCH, _check_counts, compare_logits, write_and_check
@@ -20,18 +20,6 @@ from .formats import (
     run_onnx,
     torchscript_op_count,
 )
-
-
-class ClassifierExport(nn.Module):
-    """RandWireClassifier as images -> logits: (images - pixel_mean) / pixel_std -> trunk -> head.
-    `images` is an NCHW float batch in INPUT.FORMAT, 0-255, as the model's "image" inputs."""
-
-    def __init__(self, model: RandWireClassifier):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images):
-        return self.model.logits((images - self.model.pixel_mean) / self.model.pixel_std)
 
 
 def classifier_samples(

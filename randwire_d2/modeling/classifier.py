@@ -11,7 +11,7 @@ from torch import nn
 
 from .ops import norm_layer
 
-__all__ = ["ClassifierHead", "RandWireClassifier"]
+__all__ = ["ClassifierHead", "ClassifierLogits", "RandWireClassifier"]
 
 
 class ClassifierHead(nn.Module):
@@ -109,3 +109,17 @@ class RandWireClassifier(nn.Module):
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
             return {"loss_cls": loss}
         return [{"scores": s} for s in logits.softmax(dim=1)]
+
+
+class ClassifierLogits(nn.Module):
+    """A RandWireClassifier as a tensor -> logits module: with `normalize` (as exported) of NCHW
+    images as its "image" inputs (INPUT.FORMAT, 0-255), else of a batch normalized already."""
+
+    def __init__(self, model: RandWireClassifier, normalize: bool = True):
+        super().__init__()
+        self.model, self.normalize = model, normalize
+
+    def forward(self, images):  # the name of the input of an export (torch.export, TorchScript)
+        if self.normalize:
+            images = (images - self.model.pixel_mean) / self.model.pixel_std
+        return self.model.logits(images)
