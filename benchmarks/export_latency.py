@@ -17,32 +17,27 @@ PRETRAIN.TEST_CROPS[0]) and batch --batch:
 """
 
 import argparse
-import copy
 import os
 import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict
 
 # First: registers the RandWire backbones, and quiets the notes Detectron2's imports print.
 import randwire_d2  # noqa: F401  # isort: split
 import torch
 from detectron2.modeling import build_model
-from torch import nn
 
-from randwire_d2.checkpoint import find_trunk
 from randwire_d2.config import load_config
 from randwire_d2.export import (
+    EXECUTIONS_COMPARED,
     ClassifierExport,
     classifier_samples,
     export_onnx,
-    exported_program_op_count,
-    freeze_for_export,
     markdown_table,
-    onnx_op_count,
     onnx_session,
-    torchscript_op_count,
+    op_counts,
 )
 from randwire_d2.modeling import RandWireClassifier
 from randwire_d2.utils.warnings import quiet_export_warnings
@@ -57,58 +52,6 @@ CONFIGS = [
     "configs/imagenet/randwire_ws_c109_regular.yaml",
 ]
 FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript", "pt2": "torch.export"}
-
-
-# The executions whose graphs and latency are compared (tools/export_model.py
-# --compare-executions prints `op_counts` too): "export" is what an export writes.
-EXECUTIONS_COMPARED = ("reference", "fast", "export")
-
-
-def _variant(model: nn.Module, execution: str) -> nn.Module:
-    """The model as traced with `execution`: "reference" / "fast" (MODEL.RANDWIRE.EXECUTION,
-    unfrozen) or "export" (`freeze_for_export`)."""
-    if execution == "export":
-        return freeze_for_export(model)
-    variant = copy.deepcopy(model).eval()
-    _, trunk = find_trunk(variant)
-    trunk.set_execution(execution)
-    return variant
-
-
-@quiet_export_warnings()
-def op_counts(
-    model: nn.Module,
-    wrap: Callable[[nn.Module], nn.Module],
-    args: tuple,
-    formats: Sequence[str] = ("pt2", "torchscript", "onnx"),
-    executions: Sequence[str] = EXECUTIONS_COMPARED,
-    dynamic_axes: Optional[Dict[int, Dict[int, str]]] = None,
-) -> Dict[str, Dict[str, int]]:
-    """{execution: {format: op count}} of `wrap(model as run by execution)` traced on `args`
-    (formats: "pt2" torch.export call_function nodes, "torchscript" aten:: nodes of the inlined
-    trace, "onnx" non-Constant ONNX nodes). `dynamic_axes` ({input index: {axis: name}}, e.g.
-    {0: DETECTOR_AXES}) exports the ONNX graphs with those axes dynamic, as the written file:
-    shape arithmetic that a static export folds into constants stays in the graph."""
-    counts = {}
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        for execution in executions:
-            net = wrap(_variant(model, execution)).eval()
-            row = {}
-            if "pt2" in formats:
-                row["pt2"] = exported_program_op_count(torch.export.export(net, args))
-            if "torchscript" in formats:
-                # No second trace to compare: the fast execution caches its folded weights
-                # at the first call, so a second one records another graph.
-                traced = torch.jit.trace(net, args, check_trace=False)
-                row["torchscript"] = torchscript_op_count(traced)
-            if "onnx" in formats:
-                path = os.path.join(tmp, f"{execution}.onnx")
-                names = [f"input{i}" for i in range(len(args))]
-                axes = {names[i]: a for i, a in (dynamic_axes or {}).items()}
-                export_onnx(net, args, path, names, dynamic_axes=axes or None)
-                row["onnx"] = onnx_op_count(path)
-            counts[execution] = row
-    return counts
 
 
 @quiet_export_warnings()

@@ -143,8 +143,10 @@ export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore PYTHONPATH="$PWD${PYTHONPATH:+:$
 DATA="$OUT_DIR/cls_data"
 DET="$OUT_DIR/det_data"
 TRAIN_DEPS="randwire_d2 tools/train_cls.py configs/imagenet benchmarks/train_step.py"
+TRAIN_DEPS+=" benchmarks/bench_common.py"
 TRAIN_DEPS+=" $OUT_DIR/cls_data.stamp"
 MODEL_DEPS="randwire_d2 configs/imagenet benchmarks/throughput.py benchmarks/traffic.py"
+MODEL_DEPS+=" benchmarks/bench_common.py"
 DET_DEPS="randwire_d2 tools/train_net.py configs $OUT_DIR/det_data.stamp"
 if [ "$DRY" = 1 ]; then
     CLASSES=2 PER_CLASS=12 VAL_PER_CLASS=2 DET_SIZE="(48, 80)" DET_IMAGES=4
@@ -200,7 +202,8 @@ with get_context('fork').Pool(min(len(jobs), os.cpu_count())) as pool:
     pool.map(one, jobs)
 print(classes * counts['train'], 'training images,', classes * counts['val'], 'validation images')"
 
-step loader 90 "benchmarks/loader.py randwire_d2/data $OUT_DIR/cls_data.stamp" \
+LOADER_DEPS="benchmarks/loader.py benchmarks/bench_common.py randwire_d2/data"
+step loader 90 "$LOADER_DEPS $OUT_DIR/cls_data.stamp" \
     "$PY" benchmarks/loader.py --data "$DATA" "${LOADER[@]}" --json "$OUT_DIR/loader.json"
 
 for keys in default best; do

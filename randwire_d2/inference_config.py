@@ -5,16 +5,14 @@ file or as the config.yaml a lazy run saves (`LazyConfig.save`: top-level lowerc
 
     what            yaml                                     LazyConfig
     model           build_model(cfg)                         instantiate(cfg.model)
-    weights         MODEL.WEIGHTS                            train.init_checkpoint
-    device          MODEL.DEVICE                             train.device
     input format    INPUT.FORMAT                             dataloader.test.mapper.image_format
                                                              (= model.input_format)
     test resizing   ResizeShortestEdge(INPUT.MIN_SIZE_TEST,  dataloader.test.mapper.augmentations
                     INPUT.MAX_SIZE_TEST)
-    test datasets   DATASETS.TEST                            dataloader.test.dataset.names
 
-Weights load strictly through the project's checkpointer (`build_checkpointer`: nothing
-unpickled beyond tensors, the wiring checked). A lazy config, `.py` or yaml, names the python
+and, as every run reads them, weights, device and test datasets through run_config.RunConfig.
+Weights load strictly (checkpoint.load_for_eval: nothing unpickled beyond tensors, the wiring
+checked). A lazy config, `.py` or yaml, names the python
 callables that build it (`_target_`): like a python file, load only one you trust.
 """
 
@@ -45,13 +43,9 @@ __all__ = [
     "LAZY_KEYS",
     "load_any_config",
     "is_lazy",
-    "weights_key",
     "override_text",
     "input_format",
-    "test_datasets",
-    "test_datasets_key",
     "test_augmentations",
-    "num_classes",
     "is_classifier",
     "set_score_threshold",
     "check_weights",
@@ -162,14 +156,6 @@ def _checked_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> 
     return check_lazy_overrides(cfg, config_file, overrides)
 
 
-def weights_key(cfg) -> str:
-    return RunConfig(cfg).key("weights")
-
-
-def _weights(cfg) -> str:
-    return RunConfig(cfg).get("weights", "") or ""
-
-
 def input_format(cfg) -> str:
     """INPUT.FORMAT; lazy: the test mapper's image_format (what evaluation feeds the model),
     which must equal model.input_format where both are set. Checked to be RGB or BGR."""
@@ -196,15 +182,6 @@ def input_format(cfg) -> str:
     return fmt
 
 
-def test_datasets_key(cfg) -> str:
-    return RunConfig(cfg).key("test_datasets")
-
-
-def test_datasets(cfg) -> List[str]:
-    """DATASETS.TEST (lazy: dataloader.test.dataset.names, a name or a list)."""
-    return RunConfig(cfg).datasets("test_datasets")
-
-
 def test_augmentations(cfg) -> T.AugmentationList:
     """The resizing of evaluation: ResizeShortestEdge to INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, as
     Detectron2's DefaultPredictor (lazy: dataloader.test.mapper.augmentations)."""
@@ -221,11 +198,6 @@ def test_augmentations(cfg) -> T.AugmentationList:
             "max_size=1333)])"
         )
     return T.AugmentationList(list(instantiate(augs)))
-
-
-def num_classes(cfg) -> Tuple[Optional[str], Optional[int]]:
-    """(config key, value) of the detector's class count; (None, None) when it has none."""
-    return RunConfig(cfg).num_classes()
 
 
 def _target_name(node) -> str:
@@ -308,10 +280,11 @@ def check_weights(cfg, random_weights: Optional[bool] = None, purpose: str = "pr
     """MODEL.WEIGHTS (lazy: train.init_checkpoint) is given and on disk. Empty weights are an
     error unless `random_weights` (a tool's --random-weights; None when the tool has no such
     flag): an untrained model, for trying an export."""
-    key, weights = weights_key(cfg), _weights(cfg)
+    run = RunConfig(cfg)
+    key, weights = run.key("weights"), run.get("weights", "") or ""
     if not weights and not random_weights:
-        output_dir = cfg.train.get("output_dir", "output") if is_lazy(cfg) else cfg.OUTPUT_DIR
-        example = override_text(cfg, key, os.path.join(output_dir, "model_final.pth"))
+        output_dir = run.get("output_dir", "output") or "output"
+        example = run.override("weights", os.path.join(output_dir, "model_final.pth"))
         random = ", or --random-weights for an untrained model" if random_weights is False else ""
         raise ValueError(f"{key} is empty: {purpose} need trained weights, e.g. {example}{random}")
     if weights and random_weights:
@@ -336,7 +309,7 @@ def load_model(
             "(tools/train_cls.py)"
         )
     model = _build(cfg)
-    extras = load_for_eval(cfg, model) if _weights(cfg) else {}
+    extras = load_for_eval(cfg, model) if RunConfig(cfg).get("weights") else {}
     return model.eval(), extras
 
 
@@ -379,7 +352,8 @@ def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) ->
         return [
             prepare_image(read_image_file(sample_image), input_format(cfg), test_augmentations(cfg))
         ]
-    key, names = test_datasets_key(cfg), test_datasets(cfg)
+    run = RunConfig(cfg)
+    key, names = run.key("test_datasets"), run.datasets("test_datasets")
     if not names:
         raise ValueError(f"{key} is empty: give --sample-image IMAGE or a test dataset")
     name = names[0]

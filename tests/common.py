@@ -18,6 +18,8 @@ import sys
 import traceback
 import warnings
 
+import cv2
+import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
@@ -516,3 +518,33 @@ def call_tool(name, *args, check=None, env=None, cwd=None):
     result = subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
     _check(result, check, name)
     return result
+
+
+# One category, id 1 (Detectron2's class index 0); image ids neither contiguous nor in file order.
+USER_IMAGES = {"sub/a.jpg": 17, "sub/b.jpg": 40, "sub/c.jpg": 3}
+TINY_1CLASS = TINY_PREDICT_DET + ["MODEL.ROI_HEADS.NUM_CLASSES", "1"]
+
+
+def write_user_dataset(folder) -> dict:
+    """A user-style COCO dataset under `folder`: images/sub/{a,b,c}.jpg (64x64) with ids
+    USER_IMAGES, category 1 "tree"; and other/x.jpg, an image that is not in it."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for name, image_id in USER_IMAGES.items():
+        path = os.path.join(folder, "images", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        cv2.imwrite(path, rng.integers(0, 255, (64, 64, 3), np.uint8))
+        images.append({"id": image_id, "file_name": name, "height": 64, "width": 64})
+        bbox = [8.0, 10.0, 30.0, 24.0]
+        annotations.append(
+            {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": bbox}
+            | {"area": bbox[2] * bbox[3], "iscrowd": 0}
+        )
+    json_file = os.path.join(folder, "trees_val.json")
+    with open(json_file, "w") as f:
+        categories = [{"id": 1, "name": "tree"}]
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    other = os.path.join(folder, "other", "x.jpg")
+    os.makedirs(os.path.dirname(other))
+    cv2.imwrite(other, rng.integers(0, 255, (64, 64, 3), np.uint8))
+    return {"json": json_file, "images": os.path.join(folder, "images"), "other": other}

@@ -6,8 +6,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from common import LAZY_DET_CONFIG, TINY_LAZY, write_user_dataset  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
+from randwire_d2.checkpoint import RandWireCheckpointer  # noqa: E402
+from randwire_d2.config import load_lazy_config  # noqa: E402
 from randwire_d2.data.checks import register_user_datasets  # noqa: E402
 from randwire_d2.data.cls_demo import generate_classification_demo  # noqa: E402
 from randwire_d2.data.detection_demo import generate_detection_demo  # noqa: E402
@@ -56,3 +59,38 @@ def cls_data_root(tmp_path_factory):
     that tests only read."""
     folder = tmp_path_factory.mktemp("cls_data") / "demo"
     return generate_classification_demo(str(folder), {"train": 4, "val": 2}, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    return write_user_dataset(str(tmp_path_factory.mktemp("trees")))
+
+
+@pytest.fixture
+def forget_datasets():
+    """Unregister the datasets a test's --dataset registered (a tool's main runs in-process)."""
+    before = set(DatasetCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - before:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+@pytest.fixture(scope="module")
+def lazy_run(tmp_path_factory):
+    """(overrides, saved config.yaml, model_final.pth) of a lazy run of a tiny 1-class detector
+    on the user's dataset: the config as tools/lazyconfig_train_net.py saves it (LazyConfig.save),
+    the weights written by the project's checkpointer."""
+    from detectron2.config import LazyConfig, instantiate
+
+    folder = tmp_path_factory.mktemp("lazy_run")
+    opts = TINY_LAZY + [
+        "model.roi_heads.num_classes=1",
+        "dataloader.test.dataset.names=trees_val",
+        f"train.output_dir={folder}",
+    ]
+    cfg = load_lazy_config(LAZY_DET_CONFIG, opts)
+    torch.manual_seed(0)
+    RandWireCheckpointer(instantiate(cfg.model), str(folder), cfg=cfg).save("model_final")
+    LazyConfig.save(cfg, str(folder / "config.yaml"))
+    return opts, str(folder / "config.yaml"), str(folder / "model_final.pth")

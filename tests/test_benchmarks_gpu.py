@@ -4,18 +4,16 @@ stamps (benchmarks/gpu_check.sh skips a step that passed when nothing it depends
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
+from benchmarks import profile_step
+from benchmarks.profile_step import IDLE, busy_time, categorize, summarize
 from randwire_d2.data.cls_demo import generate_classification_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import profile_step  # noqa: E402
-from profile_step import IDLE, busy_time, categorize, summarize  # noqa: E402
 
 GPU_CHECK = os.path.join(REPO, "benchmarks", "gpu_check.sh")
 DW = [[8, 64, 56, 56], [64, 1, 3, 3], [], [], [], [], []]  # aten::conv2d's input shapes
@@ -166,7 +164,7 @@ def test_a_real_cpu_profile_is_categorized_by_weight_shape(one_thread):
 
 
 def test_layouts_runs_on_cpu(tmp_path, capsys, one_thread):
-    import layouts
+    from benchmarks import layouts
 
     out = tmp_path / "layouts.json"
     argv = "--device cpu --dtypes fp32 --batch 2 --rounds 1 --models rw-c78 r50 --size 32"
@@ -184,7 +182,7 @@ def test_layouts_runs_on_cpu(tmp_path, capsys, one_thread):
 
 
 def test_train_step_runs_on_cpu(tmp_path, capsys, one_thread):
-    import train_step
+    from benchmarks import train_step
 
     data = generate_classification_demo(str(tmp_path / "data"), {"train": 4, "val": 2}, 32)
     out = tmp_path / "train_step.json"

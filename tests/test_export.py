@@ -4,15 +4,19 @@ model computes, onnxruntime runs the ONNX files, weights load strictly, the grap
 import json
 import logging
 import os
-import sys
 import warnings
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from common import CLS_CONFIG, DET_CONFIG, RETINA_CONFIG
+from common import TINY_EXPORT_CLS as TINY_CLS
+from common import TINY_EXPORT_DET as TINY_DET
+from common import load_tool
+from common import save_model_final as save_checkpoint
+from common import tiny_export_model as tiny_model
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from torch.fx._symbolic_trace import is_fx_tracing_warning
 
@@ -20,53 +24,10 @@ import randwire_d2.export as export
 from randwire_d2.config import load_config
 from randwire_d2.data import generate_detection_demo
 from randwire_d2.data.checks import register_user_datasets
-from randwire_d2.engine import build_checkpointer
+from randwire_d2.export import op_counts
+from randwire_d2.inference_config import load_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import export_model  # noqa: E402  (it finds benchmarks/ from the repository root)
-
-from benchmarks.export_latency import op_counts  # noqa: E402
-
-CLS_CONFIG = os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml")
-DET_CONFIG = os.path.join(REPO, "configs", "demo", "faster_rcnn_randwire_demo.yaml")
-RETINA_CONFIG = os.path.join(REPO, "configs", "demo", "retinanet_randwire_demo.yaml")
-# fmt: off
-TINY_CLS = ["MODEL.DEVICE", "cpu", "MODEL.RANDWIRE.NUM_NODES", "6", "MODEL.RANDWIRE.CHANNELS", "8",
-            "MODEL.CLASSIFIER.HEAD_CHANNELS", "32"]
-TINY_DET = ["MODEL.DEVICE", "cpu", "MODEL.RANDWIRE.NUM_NODES", "6", "MODEL.RANDWIRE.CHANNELS", "8",
-            "MODEL.RANDWIRE.WS_K", "2", "MODEL.FPN.OUT_CHANNELS", "16",
-            "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
-            "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64"]
-# fmt: on
-
-
-def randomize_norms(model, seed=0):
-    """Non-trivial BN statistics and affine, so that folding them is tested."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
-            elif hasattr(m, "weight") and isinstance(m.weight, torch.nn.Parameter):
-                if m.weight.dim() == 1 and m.weight.shape[0] > 1 and type(m).__name__ == "Node":
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g))
-    return model.eval()
-
-
-def tiny_model(config=CLS_CONFIG, opts=TINY_CLS, *extra):
-    torch.manual_seed(0)
-    return randomize_norms(build_model(load_config(config, list(opts) + list(extra))))
-
-
-def save_checkpoint(model, config, opts, folder):
-    cfg = load_config(config, opts)
-    build_checkpointer(model, str(folder), cfg=cfg).save("model_final")
-    return str(folder / "model_final.pth")
+export_model = load_tool("export_model")
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +278,7 @@ def test_missing_or_mismatched_weights_are_errors(opts, args, message, cls_check
 
 def test_random_weights_flag_exports_without_weights(tmp_path):
     cfg = load_config(CLS_CONFIG, TINY_CLS)
-    model = export.build_export_model(cfg, random_weights=True)
+    model, _ = load_model(cfg, random_weights=True)
     assert not model.training
 
 

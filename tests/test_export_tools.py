@@ -2,22 +2,13 @@
 and on LazyConfigs: a `.py` file and the config.yaml a lazy run saves (key=value overrides)."""
 
 import json
-import os
-import sys
 
 import pytest
-from test_predict import (  # noqa: F401 (forget_datasets, lazy_run, user_data are fixtures)
-    DET_CONFIG,
-    LAZY_DEMO,
-    REPO,
-    TINY_1CLASS,
-    forget_datasets,
-    lazy_run,
-    user_data,
-)
+from common import DET_CONFIG
+from common import LAZY_DET_CONFIG as LAZY_DEMO
+from common import TINY_1CLASS, load_tool
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import export_model  # noqa: E402
+export_model = load_tool("export_model")
 
 FAST = ["--format", "torchscript", "--num-samples", "1"]
 

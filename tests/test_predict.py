@@ -11,20 +11,20 @@ import json
 import os
 
 import cv2
-import numpy as np
 import pytest
 import torch
 from common import (
     CLS_CONFIG,
     DET_CONFIG,
 )
-from common import LAZY_DET_CONFIG as LAZY_DEMO  # test_export_tools.py imports it from here
+from common import LAZY_DET_CONFIG as LAZY_DEMO
 from common import (
     MASK_CONFIG,
     REPO,
-    TINY_LAZY,
+    TINY_1CLASS,
     TINY_PREDICT_CLS,
     TINY_PREDICT_DET,
+    USER_IMAGES,
     load_tool,
     run_tool,
     save_random_model,
@@ -34,7 +34,7 @@ from detectron2.engine import DefaultPredictor
 from pycocotools.coco import COCO
 
 from randwire_d2.checkpoint import RandWireCheckpointer
-from randwire_d2.config import load_config, load_lazy_config
+from randwire_d2.config import load_config
 from randwire_d2.data.checks import check_image_folder
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.detection_demo import ensure_detection_demo, register_detection_demo
@@ -233,50 +233,6 @@ def test_bad_inputs_are_named(classifier, detector_weights, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # A user's own COCO dataset (tools/train_net.py --dataset NAME JSON IMAGE_DIR), yaml and lazy
 
-# One category, id 1 (Detectron2's class index 0); image ids neither contiguous nor in file order.
-USER_IMAGES = {"sub/a.jpg": 17, "sub/b.jpg": 40, "sub/c.jpg": 3}
-TINY_1CLASS = TINY + ["MODEL.ROI_HEADS.NUM_CLASSES", "1"]
-
-
-def write_user_dataset(folder) -> dict:
-    """A user-style COCO dataset under `folder`: images/sub/{a,b,c}.jpg (64x64) with ids
-    USER_IMAGES, category 1 "tree"; and other/x.jpg, an image that is not in it."""
-    rng = np.random.default_rng(0)
-    images, annotations = [], []
-    for name, image_id in USER_IMAGES.items():
-        path = os.path.join(folder, "images", name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        cv2.imwrite(path, rng.integers(0, 255, (64, 64, 3), np.uint8))
-        images.append({"id": image_id, "file_name": name, "height": 64, "width": 64})
-        bbox = [8.0, 10.0, 30.0, 24.0]
-        annotations.append(
-            {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": bbox}
-            | {"area": bbox[2] * bbox[3], "iscrowd": 0}
-        )
-    json_file = os.path.join(folder, "trees_val.json")
-    with open(json_file, "w") as f:
-        categories = [{"id": 1, "name": "tree"}]
-        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
-    other = os.path.join(folder, "other", "x.jpg")
-    os.makedirs(os.path.dirname(other))
-    cv2.imwrite(other, rng.integers(0, 255, (64, 64, 3), np.uint8))
-    return {"json": json_file, "images": os.path.join(folder, "images"), "other": other}
-
-
-@pytest.fixture(scope="module")
-def user_data(tmp_path_factory):
-    return write_user_dataset(str(tmp_path_factory.mktemp("trees")))
-
-
-@pytest.fixture
-def forget_datasets():
-    """Unregister the datasets a test's --dataset registered (a tool's main runs in-process)."""
-    before = set(DatasetCatalog.list())
-    yield
-    for name in set(DatasetCatalog.list()) - before:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-
 
 @pytest.fixture(scope="module")
 def one_class_weights(tmp_path_factory):
@@ -359,26 +315,6 @@ def test_override_syntax_is_checked_per_config_system():
     lazy = os.path.join(REPO, "configs", "lazy", "demo", "faster_rcnn_randwire_demo.py")
     with pytest.raises(ValueError, match="LazyConfig, whose overrides are key=value"):
         load_any_config(lazy, ["MODEL.WEIGHTS", "w"])
-
-
-@pytest.fixture(scope="module")
-def lazy_run(tmp_path_factory):
-    """(overrides, saved config.yaml, model_final.pth) of a lazy run of a tiny 1-class detector
-    on the user's dataset: the config as tools/lazyconfig_train_net.py saves it (LazyConfig.save),
-    the weights written by the project's checkpointer."""
-    from detectron2.config import LazyConfig, instantiate
-
-    folder = tmp_path_factory.mktemp("lazy_run")
-    opts = TINY_LAZY + [
-        "model.roi_heads.num_classes=1",
-        "dataloader.test.dataset.names=trees_val",
-        f"train.output_dir={folder}",
-    ]
-    cfg = load_lazy_config(LAZY_DEMO, opts)
-    torch.manual_seed(0)
-    RandWireCheckpointer(instantiate(cfg.model), str(folder), cfg=cfg).save("model_final")
-    LazyConfig.save(cfg, str(folder / "config.yaml"))
-    return opts, str(folder / "config.yaml"), str(folder / "model_final.pth")
 
 
 def test_lazy_config_and_its_saved_yaml_predict_with_the_datasets_ids(

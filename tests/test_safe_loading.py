@@ -48,12 +48,12 @@ def test_a_pkl_payload_never_runs_in_any_weights_loader(evil_pkl, tmp_path):
             build_checkpointer(model, "", strict=True).load(path, checkpointables=[])
         assert not marker.exists()
     # predict and export load through the same strict checkpointer
-    from randwire_d2.export import build_export_model
+    from randwire_d2.inference_config import load_model
     from randwire_d2.predict import build_predictor, setup_cfg
 
     cfg = tiny_cfg("MODEL.WEIGHTS", path)
     with pytest.raises(CheckpointError, match="could run code"):
-        build_export_model(cfg)
+        load_model(cfg)
     with pytest.raises(CheckpointError, match="could run code"):
         build_predictor(setup_cfg(DET_CONFIG, TINY_DET + ["MODEL.WEIGHTS", path]))
     # the LazyConfig tool's --eval-only

@@ -2,19 +2,15 @@
 and the issue's table (ResNet-50 and RandWire-C109, bf16) on the meta device."""
 
 import json
-import os
-import sys
 
 import pytest
 import torch
+from common import tiny_cls_cfg as tiny_cfg
 from detectron2.modeling import build_model
-from test_modeling import tiny_cfg
 from torch import nn
 
+import benchmarks.traffic as tr
 from randwire_d2.modeling.classifier import ClassifierLogits
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-import traffic as tr  # noqa: E402
 
 
 def nbytes(*tensors):

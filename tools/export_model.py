@@ -30,12 +30,10 @@ A LazyConfig's weights are train.init_checkpoint, its test data dataloader.test 
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 
-import torch
 from detectron2.utils.logger import setup_logger
 
 from randwire_d2.data.checks import register_user_datasets
@@ -52,6 +50,7 @@ from randwire_d2.export import (
     export_classifier,
     export_detector,
     markdown_table,
+    op_counts,
     prepare_export_folder,
     report_table,
 )
@@ -62,20 +61,8 @@ from randwire_d2.inference_config import (
     load_any_config,
     load_model,
     require_registered,
-    test_datasets,
-    test_datasets_key,
 )
-
-try:  # --compare-executions: benchmarks/ lies beside tools/ in the repository, not installed
-    import benchmarks  # noqa: F401
-except ModuleNotFoundError:  # python tools/export_model.py: the package is loaded from its folder
-    _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    _spec = importlib.util.spec_from_file_location(
-        "benchmarks", os.path.join(_ROOT, "benchmarks", "__init__.py")
-    )
-    sys.modules["benchmarks"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["benchmarks"])
-from benchmarks.export_latency import op_counts  # noqa: E402
+from randwire_d2.run_config import RunConfig
 
 
 def build_parser():
@@ -167,12 +154,12 @@ def main(argv=None):
             f"--format pt2 is invalid for {arch}: detectors export by tracing (torchscript, "
             "onnx); pt2 is for RandWireClassifier"
         )
-    output_dir = cfg.train.get("output_dir", "output") if is_lazy(cfg) else cfg.OUTPUT_DIR
-    output = args.output or os.path.join(output_dir, "export")
+    run = RunConfig(cfg)
+    output = args.output or os.path.join(run.get("output_dir", "output") or "output", "export")
     try:
         if not classifier and not args.sample_image:  # before building: the data to trace on
-            key = test_datasets_key(cfg)
-            require_registered(test_datasets(cfg)[:1], key, ", or --sample-image IMAGE")
+            names, key = run.datasets("test_datasets"), run.key("test_datasets")
+            require_registered(names[:1], key, ", or --sample-image IMAGE")
         prepare_export_folder(output, args.overwrite)
         model, _ = load_model(cfg, args.random_weights, purpose="exports")
     except (ValueError, OSError) as e:  # FileNotFoundError, FileExistsError: named paths

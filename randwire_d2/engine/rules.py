@@ -28,8 +28,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 # The iteration counts of a run and their least values.
-ITERATION_SETTINGS = (("max_iter", 1), ("checkpoint_period", 1), ("eval_period", 0))
-ITERATION_SETTINGS += (("warmup_iters", 0),)
+ITERATION_SETTINGS = {"max_iter": 1, "checkpoint_period": 1, "eval_period": 0, "warmup_iters": 0}
 
 
 def resolve_device(cfg) -> None:
@@ -47,7 +46,7 @@ def check_iterations(cfg) -> None:
     would train nothing and evaluate the untrained model, 0 divide by zero after evaluating, a
     string fail inside the scheduler. A LazyConfig may leave all but train.max_iter out."""
     run = RunConfig(cfg)
-    for name, least in ITERATION_SETTINGS:
+    for name, least in ITERATION_SETTINGS.items():
         key = run.key(name)
         if key is None:
             continue

@@ -30,11 +30,11 @@ ask for. Graph sizes per execution and latency: benchmarks/export_latency.py.
 import torch
 from torch import nn
 
-from ..checkpoint import check_input_normalization, check_weights_on_disk
 from ..inference_config import detector_samples
 from ..modeling.frozen import FrozenStage, fold_conv_norms, freeze_for_export
 from .classifier import ClassifierExport, classifier_samples, export_classifier
 from .compare import (
+    EXECUTIONS_COMPARED,
     MAX_CHECK_BATCH,
     MAX_CHECK_SIDE,
     ExportMismatchError,
@@ -42,6 +42,7 @@ from .compare import (
     compare_instances,
     compare_logits,
     markdown_table,
+    op_counts,
     report_table,
 )
 from .detector import detector_adapter, export_detector
@@ -60,7 +61,6 @@ from .formats import (
 )
 
 __all__ = [
-    "build_export_model",
     "detector_samples",
     "classifier_samples",
     "FORMATS",
@@ -86,37 +86,13 @@ __all__ = [
     "markdown_table",
     "checks_summary",
     "report_table",
+    "op_counts",
+    "EXECUTIONS_COMPARED",
     "MAX_CHECK_BATCH",
     "MAX_CHECK_SIDE",
     "CLASSIFIER_AXES",
     "DETECTOR_AXES",
 ]
-
-
-def build_export_model(cfg, random_weights: bool = False) -> nn.Module:
-    """build_model(cfg) in eval mode with MODEL.WEIGHTS loaded strictly (every tensor of the
-    model from the file, the wiring fingerprint equal). An empty MODEL.WEIGHTS is an error
-    unless `random_weights` (an untrained model, for trying the export itself)."""
-    from detectron2.modeling import build_model
-
-    from ..checkpoint import build_checkpointer
-
-    weights = cfg.MODEL.WEIGHTS
-    if not weights and not random_weights:
-        raise ValueError(
-            "MODEL.WEIGHTS is empty: give the checkpoint to export (MODEL.WEIGHTS "
-            "path/to/model_final.pth), or --random-weights to export an untrained model"
-        )
-    if weights and random_weights:
-        raise ValueError(
-            f"MODEL.WEIGHTS={weights!r} and --random-weights were both given: pass one of them"
-        )
-    model = build_model(cfg)
-    if weights:
-        check_weights_on_disk(weights)
-        loaded = build_checkpointer(model, "", cfg=cfg, strict=True).load(weights)
-        check_input_normalization(cfg, loaded)
-    return model.eval()
 
 
 def export_onnx(

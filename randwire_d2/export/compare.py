@@ -1,17 +1,29 @@
 """An export checked against the eager model: comparisons of logits and detections, the bounds of
 the inputs checked, and the report of what matched."""
 
+import copy
 import json
 import logging
 import os
+import tempfile
 import time
-from typing import Dict, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from detectron2.structures import Instances
+from torch import nn
 
+from ..checkpoint import find_trunk
+from ..modeling.frozen import freeze_for_export
 from ..utils.tables import markdown_table
-from .formats import FORMATS, _shape_text
+from ..utils.warnings import quiet_export_warnings
+from .formats import (
+    FORMATS,
+    _shape_text,
+    exported_program_op_count,
+    onnx_op_count,
+    torchscript_op_count,
+)
 
 # Bounds of the extra inputs an export is checked on (export_classifier's check_batches,
 # export_detector's check_sizes): each is run by the eager model and by every written file.
@@ -136,3 +148,57 @@ def report_table(report: Dict) -> str:
         if fmt in FORMATS
     ]
     return markdown_table(["format", "file", "ops", "input", "matches eager"], rows)
+
+
+# The executions whose graphs and latency are compared (tools/export_model.py
+# --compare-executions, benchmarks/export_latency.py): "export" is what an export writes.
+EXECUTIONS_COMPARED = ("reference", "fast", "export")
+
+
+def _variant(model: nn.Module, execution: str) -> nn.Module:
+    """The model as traced with `execution`: "reference" / "fast" (MODEL.RANDWIRE.EXECUTION,
+    unfrozen) or "export" (`freeze_for_export`)."""
+    if execution == "export":
+        return freeze_for_export(model)
+    variant = copy.deepcopy(model).eval()
+    _, trunk = find_trunk(variant)
+    trunk.set_execution(execution)
+    return variant
+
+
+@quiet_export_warnings()
+def op_counts(
+    model: nn.Module,
+    wrap: Callable[[nn.Module], nn.Module],
+    args: tuple,
+    formats: Sequence[str] = ("pt2", "torchscript", "onnx"),
+    executions: Sequence[str] = EXECUTIONS_COMPARED,
+    dynamic_axes: Optional[Dict[int, Dict[int, str]]] = None,
+) -> Dict[str, Dict[str, int]]:
+    """{execution: {format: op count}} of `wrap(model as run by execution)` traced on `args`
+    (formats: "pt2" torch.export call_function nodes, "torchscript" aten:: nodes of the inlined
+    trace, "onnx" non-Constant ONNX nodes). `dynamic_axes` ({input index: {axis: name}}, e.g.
+    {0: DETECTOR_AXES}) exports the ONNX graphs with those axes dynamic, as the written file:
+    shape arithmetic that a static export folds into constants stays in the graph."""
+    from . import export_onnx  # defined in the package itself (see export_onnx)
+
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for execution in executions:
+            net = wrap(_variant(model, execution)).eval()
+            row = {}
+            if "pt2" in formats:
+                row["pt2"] = exported_program_op_count(torch.export.export(net, args))
+            if "torchscript" in formats:
+                # No second trace to compare: the fast execution caches its folded weights
+                # at the first call, so a second one records another graph.
+                traced = torch.jit.trace(net, args, check_trace=False)
+                row["torchscript"] = torchscript_op_count(traced)
+            if "onnx" in formats:
+                path = os.path.join(tmp, f"{execution}.onnx")
+                names = [f"input{i}" for i in range(len(args))]
+                axes = {names[i]: a for i, a in (dynamic_axes or {}).items()}
+                export_onnx(net, args, path, names, dynamic_axes=axes or None)
+                row["onnx"] = onnx_op_count(path)
+            counts[execution] = row
+    return counts
