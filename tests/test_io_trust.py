@@ -22,6 +22,7 @@ from common import (
     REPO,
     TINY_EXPORT_CLS,
     TINY_PREDICT_DET,
+    load_tool,
     save_model_final,
     save_random_model,
     tiny_export_model,
@@ -35,9 +36,8 @@ from randwire_d2.checkpoint import atomic_torch_save, atomic_write
 from randwire_d2.data.imagefolder import ImageFolderDataset
 from randwire_d2.predict import read_image_file
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import export_model  # noqa: E402
-import predict as predict_tool  # noqa: E402  (tools/predict.py)
+export_model = load_tool("export_model")
+predict_tool = load_tool("predict")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,9 +13,9 @@ from common import tiny_cls_cfg as tiny_cfg
 from common import tiny_trunk
 from detectron2.modeling import build_model
 
-from randwire_d2.graphs import NetworkWiring, StageWiring
+from randwire_d2.graphs import StageWiring
 from randwire_d2.modeling import execution, kernels
-from randwire_d2.modeling.randwire import RandWire, WiredStage
+from randwire_d2.modeling.randwire import WiredStage
 
 # Triton chose compiled kernels at their definition: they cannot run on CPU tensors here.
 assert kernels.INTERPRET, "tests/conftest.py sets TRITON_INTERPRET=1 before randwire_d2 loads"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 from common import image_batch as batch
-from common import tiny_cls_cfg as tiny_cfg  # test_traffic.py imports it from here
+from common import tiny_cls_cfg as tiny_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 

@@ -9,7 +9,6 @@ from common import tiny_cls_cfg as tiny_cfg
 from detectron2.modeling import build_model
 
 from randwire_d2.complexity import wiring_stats
-from randwire_d2.config import load_config
 from randwire_d2.graphs import NetworkWiring, StageWiring, graph_statistics
 from randwire_d2.modeling import RandWire, network_wiring, ops, randwire
 from randwire_d2.modeling.randwire import stage_specs, wiring_from_cfg
