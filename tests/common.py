@@ -149,19 +149,12 @@ def tiny_cfg(*overrides, config=DET_CONFIG):
 
 def tiny_cls_cfg(regime="small", node_op="sep_conv3x3", generator="ws", seed=1):
     """A tiny classifier of CLS_SMALL_CONFIG (C=8, N=6, 5 classes); not frozen."""
-    cfg = load_config(CLS_SMALL_CONFIG, freeze=False)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RANDWIRE.REGIME = regime
-    cfg.MODEL.RANDWIRE.NODE_OP = node_op
-    cfg.MODEL.RANDWIRE.GENERATOR = generator
-    cfg.MODEL.RANDWIRE.SEED = seed
-    cfg.MODEL.RANDWIRE.NUM_NODES = 6
-    cfg.MODEL.RANDWIRE.WS_K = 2
-    cfg.MODEL.RANDWIRE.BA_M = 2
-    cfg.MODEL.RANDWIRE.CHANNELS = 8
-    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 5
-    cfg.MODEL.CLASSIFIER.HEAD_CHANNELS = 16
-    return cfg
+    keys = {"DEVICE": "cpu", "RANDWIRE.REGIME": regime, "RANDWIRE.NODE_OP": node_op}
+    keys |= {"RANDWIRE.GENERATOR": generator, "RANDWIRE.SEED": seed, "RANDWIRE.NUM_NODES": 6}
+    keys |= {"RANDWIRE.WS_K": 2, "RANDWIRE.BA_M": 2, "RANDWIRE.CHANNELS": 8}
+    keys |= {"CLASSIFIER.NUM_CLASSES": 5, "CLASSIFIER.HEAD_CHANNELS": 16}
+    opts = [x for k, v in keys.items() for x in ("MODEL." + k, v)]
+    return load_config(CLS_SMALL_CONFIG, opts, freeze=False)
 
 
 def image_batch(n=2, size=32, labels=True):
