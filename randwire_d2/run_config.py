@@ -1,15 +1,7 @@
-"""A run's settings read from either config system, so that each rule of a run (engine/rules.py,
-engine/resume.py, checkpoint.py, the inference tools) is written once.
-
-    setting        yaml CfgNode                  LazyConfig
-    device         MODEL.DEVICE                  train.device
-    output_dir     OUTPUT_DIR                    train.output_dir
-    weights        MODEL.WEIGHTS                 train.init_checkpoint
-    amp            SOLVER.AMP.ENABLED            train.amp.enabled (precision: train.amp.precision)
-    num_classes    by MODEL.META_ARCHITECTURE    model.roi_heads.num_classes / model.num_classes
-    ... (SETTINGS)
-
-A yaml key always exists (add_randwire_config adds them all); a LazyConfig may lack one, and then
+"""A run's settings read from either config system, by name (SETTINGS: e.g. "weights" is
+MODEL.WEIGHTS in a yaml config, train.init_checkpoint in a LazyConfig), so that each rule of a
+run (engine/rules.py, engine/resume.py, checkpoint.py, the inference tools) is written once. A
+yaml key always exists (add_randwire_config adds them all); a LazyConfig may lack one, which then
 reads as the default given.
 """
 

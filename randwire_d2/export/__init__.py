@@ -24,7 +24,8 @@ batch sizes of a classifier, two other image sizes of a detector), and compared 
 order). ONNX files are run in onnxruntime. A difference beyond tolerance raises
 `ExportMismatchError`, naming numbers. The notes torch prints while tracing Detectron2's code are
 ignored during an export (`utils/warnings.py: quiet_export_warnings`); these checks are what they
-ask for. Graph sizes per execution and latency: benchmarks/export_latency.py.
+ask for. Graph sizes per execution: `op_counts` (compare.py; export_model.py
+--compare-executions); latency: benchmarks/export_latency.py.
 """
 
 import torch
@@ -60,40 +61,6 @@ from .formats import (
     torchscript_op_count,
 )
 
-__all__ = [
-    "detector_samples",
-    "classifier_samples",
-    "FORMATS",
-    "EXPORT_FILES",
-    "ONNX_OPSET",
-    "ExportMismatchError",
-    "prepare_export_folder",
-    "FrozenStage",
-    "fold_conv_norms",
-    "freeze_for_export",
-    "ClassifierExport",
-    "detector_adapter",
-    "export_onnx",
-    "onnx_session",
-    "run_onnx",
-    "onnx_op_count",
-    "torchscript_op_count",
-    "exported_program_op_count",
-    "export_classifier",
-    "export_detector",
-    "compare_logits",
-    "compare_instances",
-    "markdown_table",
-    "checks_summary",
-    "report_table",
-    "op_counts",
-    "EXECUTIONS_COMPARED",
-    "MAX_CHECK_BATCH",
-    "MAX_CHECK_SIDE",
-    "CLASSIFIER_AXES",
-    "DETECTOR_AXES",
-]
-
 
 def export_onnx(
     module: nn.Module, args: tuple, path: str, input_names, output_names=None, dynamic_axes=None
@@ -111,3 +78,7 @@ def export_onnx(
         output_names=output_names,
         dynamic_axes=dynamic_axes,
     )
+
+
+# Every public name above, as detectron2.modeling lists its own.
+__all__ = [k for k in globals() if not k.startswith("_") and k not in ("torch", "nn")]
