@@ -277,14 +277,9 @@ def classifier_to_detector(
 
     Returns (new state dict, [(old, new) key pairs], [dropped keys]).
     """
-    new, mapped, dropped = {}, [], []
-    for k, v in state.items():
-        if k.startswith("backbone."):
-            new[prefix + k[len("backbone.") :]] = v
-            mapped.append((k, prefix + k[len("backbone.") :]))
-        else:
-            dropped.append(k)  # classifier head, pixel statistics
-    return new, mapped, dropped
+    mapped = [(k, prefix + k.removeprefix("backbone.")) for k in state if k.startswith("backbone.")]
+    dropped = [k for k in state if not k.startswith("backbone.")]  # classifier head, statistics
+    return {new: state[old] for old, new in mapped}, mapped, dropped
 
 
 def _describe(keys, limit: int = 3) -> str:
@@ -315,11 +310,8 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
                 raise CheckpointError(
                     f"{filename} is not a pycls checkpoint: it has no 'model_state' entry"
                 )
-            state = {
-                k: v
-                for k, v in data["model_state"].items()
-                if not k.endswith("num_batches_tracked")
-            }
+            state = data["model_state"]
+            state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         if not filename.endswith(".pkl"):
             return super()._load_file(filename)
@@ -327,9 +319,8 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         if "model" in data and "__author__" in data:  # Detectron2's model zoo format
             self.logger.info(f"Reading a file from '{data['__author__']}'")
             return data
-        # Caffe2 / Detectron1 model zoo, as DetectionCheckpointer reads it
-        data = data.get("blobs", data)
-        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        # Caffe2 / Detectron1 model zoo
+        data = {k: v for k, v in data.get("blobs", data).items() if not k.endswith("_momentum")}
         return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _torch_load(self, f):
@@ -413,11 +404,8 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         prefix, _ = find_trunk(self.model)
         reshaped = [k for k, _, _ in incompatible.incorrect_shapes]
-        missing = [
-            k
-            for k in incompatible.missing_keys
-            if (k.startswith(prefix) or self.strict) and k not in reshaped
-        ]
+        unloaded = [k for k in incompatible.missing_keys if k not in reshaped]
+        missing = [k for k in unloaded if k.startswith(prefix) or self.strict]
         shapes = [
             s for s in incompatible.incorrect_shapes if s[0].startswith(prefix) or self.strict
         ]
@@ -435,8 +423,7 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
                 f"the weights do not fit the model: {'; '.join(lines)}. The file holds {held}. "
                 "Give a checkpoint of this model (tools/train_cls.py / train_net.py)."
             )
-        others = reshaped + [k for k in incompatible.missing_keys if k not in reshaped]
-        others = reshaped if trunk_only else others
+        others = reshaped if trunk_only else reshaped + unloaded
         if others:
             logger.warning(
                 f"{len(others)} tensors outside the trunk do not fit and keep their "
@@ -510,21 +497,19 @@ def config_lines(data: Dict) -> List[str]:
 
 def check_input_normalization(cfg, checkpoint: dict) -> bool:
     """Warn when the checkpoint was trained on other pixel statistics or channel order than
-    MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT (a LazyConfig's model.pixel_mean/pixel_std/
-    input_format); False then. (Not an error: fine-tuning with
-    other statistics is legitimate, only usually unintended.)"""
+    MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT (lazy: model.pixel_mean/pixel_std/input_format);
+    False then. Not an error: fine-tuning on other statistics is legitimate, only unusual."""
     run = RunConfig(cfg)
-    ours = {run.key(k): run.get(k) for k in ("pixel_mean", "pixel_std", "input_format")}
     mismatched = []
-    for key, theirs in zip(ours, (checkpoint.get(k) for k in ("pixel_mean", "pixel_std"))):
-        if theirs is not None and ours[key] is not None:
-            if not np.allclose(theirs, list(ours[key]), rtol=0, atol=1e-3):
-                values = [float(f"{v:.6g}") for v in theirs]
-                mismatched.append(f"{key} {values} (config: {list(ours[key])})")
-    fmt_key = list(ours)[2]
-    fmt = checkpoint.get("input_format")
-    if fmt is not None and ours[fmt_key] is not None and fmt != ours[fmt_key]:
-        mismatched.append(f"{fmt_key} {fmt} (config: {ours[fmt_key]})")
+    for name in ("pixel_mean", "pixel_std", "input_format"):
+        ours, theirs = run.get(name), checkpoint.get(name)
+        if ours is None or theirs is None:
+            continue
+        if name == "input_format" and theirs != ours:
+            mismatched.append(f"{run.key(name)} {theirs} (config: {ours})")
+        elif name != "input_format" and not np.allclose(theirs, list(ours), rtol=0, atol=1e-3):
+            values = [float(f"{v:.6g}") for v in theirs]
+            mismatched.append(f"{run.key(name)} {values} (config: {list(ours)})")
     if mismatched:
         logger.warning(
             "The weights were trained with other input normalization than this config; to "

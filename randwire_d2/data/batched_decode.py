@@ -20,11 +20,11 @@ import logging
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.functional import pil_to_tensor
 
 from . import imagefolder
 from .imagefolder import (
@@ -98,8 +98,7 @@ class ImageBytesDataset(ImageFolderDataset):
     dict(data=1-D uint8 tensor of the JPEG file, box=(x0, y0, x1, y1), flip=bool, label, path)
     for a JPEG the device decodes (see the module docstring), or
     dict(image=CHW uint8 RGB tensor of size x size, label) decoded and augmented here otherwise.
-
-    Unreadable files: the next readable one, with `max_bad_images` as in ImageFolderDataset.
+    Unreadable files are replaced as in ImageFolderDataset.
     """
 
     def __init__(
@@ -116,24 +115,19 @@ class ImageBytesDataset(ImageFolderDataset):
                 data = f.read(MAX_JPEG_BYTES + 1)
         except OSError:
             data = b""  # read_rgb_image names the error
-        if len(data) > MAX_JPEG_BYTES:  # never held whole: the CPU path reads it lazily
-            return read_rgb_image(path)
-        size = _jpeg_size(data)
+        # A larger file is never held whole: the CPU path reads it lazily.
+        size = _jpeg_size(data) if len(data) <= MAX_JPEG_BYTES else None
         if size is None:
             return read_rgb_image(path)
         return data, size
 
     def _transform(self, image, seed: Optional[int]) -> Dict:
         if isinstance(image, Image.Image):
-            array = np.asarray(self.transform(image, seed))
-            return {"image": torch.from_numpy(array.copy()).permute(2, 0, 1)}
+            return {"image": pil_to_tensor(self.transform(image, seed))}
         data, (width, height) = image
         box, flip = self.transform.draw(width, height, seed)
-        return {
-            "data": torch.frombuffer(bytearray(data), dtype=torch.uint8),
-            "box": box,
-            "flip": flip,
-        }
+        data = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return {"data": data, "box": box, "flip": flip}
 
     def __getitem__(self, key) -> Dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
@@ -170,15 +164,11 @@ class BatchDecoder:
     """Items of ImageBytesDataset -> {"images": uint8 [B, 3, size, size] on `device` (contiguous,
     channels in `image_format`), "labels": int64 [B] on `device`}.
 
-    JPEG bytes are decoded as one batch on `device`; when that fails, image by image, and an image
-    the device refuses is decoded by PIL (read_rgb_image, as the CPU path does) with a warning
-    naming the file, once per file. Then each is cropped to its box, resized to size x size
-    (bilinear, antialiased, as PIL) and flipped when drawn so.
-
-    Args:
-        size: side of the output images (PRETRAIN.TRAIN_CROP).
-        image_format: "RGB" or "BGR" (INPUT.FORMAT).
-        device: "cpu" (torchvision's libjpeg decoder) or "cuda[:N]" (nvjpeg).
+    JPEG bytes are decoded as one batch on `device` ("cpu": libjpeg, "cuda[:N]": nvjpeg); when
+    that fails, image by image, and an image the device refuses is decoded by PIL (read_rgb_image,
+    as the CPU path does) with a warning naming the file, once per file. Then each is cropped to
+    its box, resized to size x size (PRETRAIN.TRAIN_CROP; bilinear, antialiased, as PIL) and
+    flipped when drawn so.
     """
 
     def __init__(self, size: int, image_format: str = "RGB", device="cuda"):
@@ -201,13 +191,13 @@ class BatchDecoder:
                 f"({str(error).splitlines()[-1]}): decoding it with PIL on the CPU"
             )
         try:
-            array = np.asarray(read_rgb_image(path))
+            image = read_rgb_image(path)
         except ValueError as e:  # the worker read its header; the data is broken
             raise RuntimeError(
                 f"image {path!r} passed the worker's header check but neither decode_jpeg on "
                 f"{self.device} nor PIL decodes it: {e}"
             ) from None
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).to(self.device)
+        return pil_to_tensor(image).to(self.device)
 
     def _decode(self, items: List[Dict]) -> List[torch.Tensor]:
         if not items:

@@ -80,10 +80,8 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def register_user_datasets(specs: Optional[Iterable[Sequence[str]]]) -> List[str]:
-    """Register COCO-format datasets given as (name, json file, image folder); their names.
-
-    Each becomes usable as DATASETS.TRAIN / DATASETS.TEST and is evaluated with COCOEvaluator.
-    """
+    """Register COCO-format datasets given as (name, json file, image folder), for DATASETS.TRAIN
+    / DATASETS.TEST (evaluated with COCOEvaluator); their names."""
     names = []
     for spec in specs or []:
         if len(spec) != 3:
@@ -166,7 +164,12 @@ def load_dataset(name: str) -> List[Dict]:
     if error:
         raise error
     check_instance_counts(name, dicts)
-    _MASK_KINDS[name] = _mask_kinds(dicts)
+    _MASK_KINDS[name] = frozenset(
+        "rle" if isinstance(a["segmentation"], dict) else "polygon"
+        for d in dicts
+        for a in d.get("annotations", ())
+        if a.get("segmentation") is not None and not a.get("iscrowd", 0)  # the mapper drops crowds
+    )
     return dicts
 
 
@@ -186,16 +189,6 @@ def check_instance_counts(name: str, dicts: List[Dict], limit: Optional[int] = N
             f"{limit} per image (randwire_d2.data.checks.MAX_INSTANCES_PER_IMAGE): matching "
             "every anchor with every box would exhaust memory. Is the annotation file right?"
         )
-
-
-def _mask_kinds(dicts: List[Dict]) -> frozenset:
-    kinds = set()
-    for d in dicts:
-        for a in d.get("annotations", ()):
-            segm = a.get("segmentation")
-            if segm is not None and not a.get("iscrowd", 0):  # the mapper drops crowd boxes
-                kinds.add("rle" if isinstance(segm, dict) else "polygon")
-    return frozenset(kinds)
 
 
 def prepare_datasets(dataset_names: Iterable[str]) -> None:

@@ -24,6 +24,7 @@ from typing import Dict, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .detection_demo import SPLIT_IDS, check_splits
 from .detection_demo import data_root as datasets_root
 from .shapes import CLASSES, render_background, render_object
 
@@ -37,7 +38,6 @@ __all__ = [
     "generate_jpeg_folder",
 ]
 
-_SPLIT_IDS = {"train": 0, "val": 1}
 _VERSION = 1
 # PRETRAIN.DATA_ROOT of configs/demo/randwire_cls_demo.yaml (relative to the working directory).
 DEMO_CLS_ROOT = "datasets/randwire_demo_cls"
@@ -69,20 +69,14 @@ def generate_classification_demo(
     object_scale: Tuple[float, float] = (0.4, 0.8),
     seed: int = 0,
 ) -> str:
-    """Write the demo splits under `folder` (when it already holds them, only the missing files);
-    returns `folder`.
+    """Write the demo splits, `<folder>/<split>/<class>/<i>.png` and `<folder>/params.json`
+    (when `folder` already holds them, only the missing files); returns `folder`.
 
-    Args:
-        folder: output folder; holds `<split>/<class>/<i>.png` and `params.json`.
-        images_per_class: images of each class per split, e.g. {"train": 400, "val": 60}.
-        image_size: side of the square images, >= 16.
-        object_scale: (min, max) side of the object's box as a fraction of the image side,
-            0.1 <= min <= max <= 0.95.
-        seed: dataset seed.
+    `images_per_class` is per split, e.g. {"train": 400, "val": 60}; `image_size` (>= 16) the side
+    of the square images; `object_scale` the (min, max) side of the object's box as a fraction of
+    the image side, 0.1 <= min <= max <= 0.95.
     """
-    bad = [s for s in images_per_class if s not in _SPLIT_IDS]
-    if bad:
-        raise ValueError(f"splits {bad} are unknown: expected a subset of {sorted(_SPLIT_IDS)}")
+    check_splits(images_per_class)
     if image_size < 16:
         raise ValueError(f"image_size={image_size!r} is invalid: expected >= 16")
     if not 0.1 <= object_scale[0] <= object_scale[1] <= 0.95:
@@ -112,7 +106,7 @@ def generate_classification_demo(
                 path = os.path.join(folder, split, name, f"{i:05d}.png")
                 if current and os.path.exists(path):
                     continue
-                rng = np.random.default_rng([seed, _SPLIT_IDS[split], c, i])
+                rng = np.random.default_rng([seed, SPLIT_IDS[split], c, i])
                 image = render_classification_image(rng, c, image_size, object_scale)
                 cv2.imwrite(path, image[:, :, ::-1])
                 written += 1
@@ -173,23 +167,12 @@ def generate_jpeg_folder(
     seed: int = 0,
     splits: Sequence[str] = ("train",),
 ) -> str:
-    """Write photo-like JPEGs (`render_photo`) in ImageFolder layout,
+    """Write photo-like JPEGs (`render_photo`) of `size` (width, height) in ImageFolder layout,
     `<root>/<split>/class_<c>/<i>.jpg`; returns `root`. Image i of class c is drawn from
     `numpy.random.default_rng([seed, split id, c, i])` alone. Files that exist are kept as they
     are (whatever wrote them); each new file appears whole (written aside, then renamed).
-
-    Args:
-        root: output folder.
-        num_classes: classes per split, >= 1.
-        images_per_class: images per class and split, >= 1.
-        size: (width, height) of every image, both >= 8.
-        quality: JPEG quality, 1..100.
-        seed: dataset seed.
-        splits: a subset of ("train", "val").
     """
-    bad = [s for s in splits if s not in _SPLIT_IDS]
-    if bad:
-        raise ValueError(f"splits {bad} are unknown: expected a subset of {sorted(_SPLIT_IDS)}")
+    check_splits(splits)
     if num_classes < 1 or images_per_class < 1:
         raise ValueError(
             f"num_classes={num_classes!r}, images_per_class={images_per_class!r} are invalid: "
@@ -209,7 +192,7 @@ def generate_jpeg_folder(
                 path = os.path.join(folder, f"{i:05d}.jpg")
                 if os.path.exists(path):
                     continue
-                rng = np.random.default_rng([seed, _SPLIT_IDS[split], c, i])
+                rng = np.random.default_rng([seed, SPLIT_IDS[split], c, i])
                 image = render_photo(rng, width, height)
                 ok, data = cv2.imencode(
                     ".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality]

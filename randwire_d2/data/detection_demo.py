@@ -35,7 +35,7 @@ __all__ = [
 
 # Dataset name -> split.
 DEMO_DET_NAMES = {"randwire_demo_det_train": "train", "randwire_demo_det_val": "val"}
-_SPLIT_IDS = {"train": 0, "val": 1}
+SPLIT_IDS = {"train": 0, "val": 1}  # the split's entry in an image's random seed
 # Generation parameters of the registered demo data (changing them regenerates the files).
 DEMO_DET_PARAMS = dict(
     num_images={"train": 1200, "val": 200},
@@ -54,6 +54,12 @@ def data_root(root: Optional[str] = None) -> str:
 
 def demo_det_folder(root: Optional[str] = None) -> str:
     return os.path.join(data_root(root), "randwire_demo_det")
+
+
+def check_splits(splits) -> None:
+    bad = [s for s in splits if s not in SPLIT_IDS]
+    if bad:
+        raise ValueError(f"splits {bad} are unknown: expected a subset of {sorted(SPLIT_IDS)}")
 
 
 def _place_boxes(rng, count, image_size, object_size) -> List[Tuple[float, float, float, float]]:
@@ -118,19 +124,14 @@ def generate_detection_demo(
     object_size: Tuple[int, int] = (16, 64),
     seed: int = 0,
 ) -> Dict[str, str]:
-    """Write the demo splits under `folder`; returns {split: annotation json path}.
+    """Write the demo splits, `<folder>/<split>/*.jpg` and `<folder>/annotations/<split>.json`;
+    returns {split: annotation json path}.
 
-    Args:
-        folder: output folder (created); holds `<split>/*.jpg` and `annotations/<split>.json`.
-        num_images: images per split, e.g. {"train": 1200, "val": 200}; splits are "train", "val".
-        image_size: (height, width) of every image, each >= 32.
-        objects_per_image: (min, max) objects per image, 1 <= min <= max.
-        object_size: (min, max) side of an object box in pixels, 4 <= min <= max < image side.
-        seed: dataset seed; image i of a split is drawn from default_rng([seed, split id, i]).
+    `num_images` is per split, e.g. {"train": 1200, "val": 200}; `image_size` is (height, width);
+    `object_size` the (min, max) side of an object box in pixels. Image i of a split is drawn from
+    default_rng([seed, split id, i]).
     """
-    bad = [s for s in num_images if s not in _SPLIT_IDS]
-    if bad:
-        raise ValueError(f"splits {bad} are unknown: expected a subset of {sorted(_SPLIT_IDS)}")
+    check_splits(num_images)
     if min(image_size) < 32:
         raise ValueError(f"image_size={image_size!r} is invalid: expected sides >= 32")
     if not 1 <= objects_per_image[0] <= objects_per_image[1]:
@@ -139,21 +140,16 @@ def generate_detection_demo(
         raise ValueError(
             f"object_size={object_size!r} is invalid: expected 4 <= min <= max < {min(image_size)}"
         )
-    params = dict(
-        version=_VERSION,
-        image_size=list(image_size),
-        objects_per_image=list(objects_per_image),
-        object_size=list(object_size),
-        seed=seed,
-    )
+    params = _params(image_size, objects_per_image, object_size, seed)
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]
     os.makedirs(os.path.join(folder, "annotations"), exist_ok=True)
+    height, width = image_size
     paths = {}
     for split, count in num_images.items():
         os.makedirs(os.path.join(folder, split), exist_ok=True)
         images, annotations = [], []
         for i in range(count):
-            rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
+            rng = np.random.default_rng([seed, SPLIT_IDS[split], i])
             image, objects = render_detection_image(rng, image_size, objects_per_image, object_size)
             file_name = f"{i:06d}.jpg"
             cv2.imwrite(
@@ -161,17 +157,9 @@ def generate_detection_demo(
                 image[:, :, ::-1],
                 [cv2.IMWRITE_JPEG_QUALITY, 95],
             )
-            image_id = i + 1
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": file_name,
-                    "height": image_size[0],
-                    "width": image_size[1],
-                }
-            )
+            images.append(dict(id=i + 1, file_name=file_name, height=height, width=width))
             for class_index, mask in objects:
-                annotations.append(_annotation(mask, class_index, image_id, len(annotations) + 1))
+                annotations.append(_annotation(mask, class_index, i + 1, len(annotations) + 1))
         coco = {
             "info": {"description": "randwire_d2 detection demo", **params, "split": split},
             "images": images,
@@ -187,28 +175,15 @@ def generate_detection_demo(
     return paths
 
 
-def _is_current(json_path: str, num_images: int, params: Dict) -> bool:
-    if not os.path.isfile(json_path):
-        return False
-    with open(json_path) as f:
-        info = json.load(f).get("info", {})
-    current = {
-        k: info.get(k)
-        for k in ("version", "image_size", "objects_per_image", "object_size", "seed")
-    }
-    expected = dict(
+def _params(image_size, objects_per_image, object_size, seed) -> Dict:
+    """What a split's "info" records of its generation (a change regenerates the split)."""
+    return dict(
         version=_VERSION,
-        image_size=list(params["image_size"]),
-        objects_per_image=list(params["objects_per_image"]),
-        object_size=list(params["object_size"]),
-        seed=params["seed"],
+        image_size=list(image_size),
+        objects_per_image=list(objects_per_image),
+        object_size=list(object_size),
+        seed=seed,
     )
-    return current == expected and _count_images(json_path) == num_images
-
-
-def _count_images(json_path: str) -> int:
-    with open(json_path) as f:
-        return len(json.load(f)["images"])
 
 
 def ensure_detection_demo(root: Optional[str] = None, split: str = "train") -> str:
@@ -216,9 +191,15 @@ def ensure_detection_demo(root: Optional[str] = None, split: str = "train") -> s
     folder = demo_det_folder(root)
     path = os.path.join(folder, "annotations", f"{split}.json")
     count = DEMO_DET_PARAMS["num_images"][split]
-    if not _is_current(path, count, DEMO_DET_PARAMS):
-        params = {k: v for k, v in DEMO_DET_PARAMS.items() if k != "num_images"}
-        generate_detection_demo(folder, {split: count}, **params)
+    params = {k: v for k, v in DEMO_DET_PARAMS.items() if k != "num_images"}
+    expected = _params(**params)
+    if os.path.isfile(path):
+        with open(path) as f:
+            coco = json.load(f)
+        info = coco.get("info", {})
+        if {k: info.get(k) for k in expected} == expected and len(coco["images"]) == count:
+            return path
+    generate_detection_demo(folder, {split: count}, **params)
     return path
 
 

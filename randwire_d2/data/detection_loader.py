@@ -6,10 +6,9 @@ count), and augments with each worker's global random state: after `--resume` th
 data of iterations 0, 1, ... again, with other flips. Here every batch is a function of
 (seed, rank, world size, iteration) alone:
 
-- the index stream of this process is epoch after epoch of permutations keyed on (seed, epoch)
-  (with DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler, of each image repeated by its
-  factor, rounded stochastically per epoch as Detectron2 does), of which rank r takes positions
-  r, r + world_size, ...;
+- the index stream of this process is epoch after epoch of `imagefolder.epoch_order` (with
+  DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler, of each image repeated by its factor), of
+  which rank r takes positions r, r + world_size, ...;
 - aspect-ratio grouping happens in the batch sampler, from the images' recorded width and height,
   so no image is read to decide a batch and the worker count does not matter;
 - each image is mapped (augmented) under random state seeded by its stream position.
@@ -18,6 +17,7 @@ Starting at iteration k replays only the integer bookkeeping of the first k batc
 second for a COCO schedule), not the images.
 """
 
+import itertools
 import logging
 import random
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -27,7 +27,7 @@ import torch
 from detectron2.data import DatasetFromList
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .imagefolder import batched_loader
+from .imagefolder import batched_loader, epoch_order
 
 __all__ = ["GroupedBatchSampler", "SeededMapDataset", "build_resumable_train_loader"]
 
@@ -37,14 +37,9 @@ logger = logging.getLogger(__name__)
 class GroupedBatchSampler(Sampler):
     """This process's batches, from `start_iter` on, as lists of (dataset index, item seed).
 
-    Args:
-        aspect_groups: per dataset item, its group (0: width > height, 1: otherwise, as
-            Detectron2's AspectRatioGroupedDataset); None: no grouping.
-        batch_size: images per batch of this process.
-        seed: the run's seed (SEED / train.seed).
-        rank, world_size: this process and the process count.
-        start_iter: the first batch to yield (the iteration a resumed run starts at).
-        repeat_factors: per item, its repeat factor (RepeatFactorTrainingSampler); None: 1.
+    `aspect_groups` gives each item's group (0: width > height, 1: otherwise, as Detectron2's
+    AspectRatioGroupedDataset; None: no grouping), `repeat_factors` its repeat factor
+    (RepeatFactorTrainingSampler; None: 1); `batch_size` is per process.
     """
 
     def __init__(
@@ -68,24 +63,11 @@ class GroupedBatchSampler(Sampler):
         self.groups = None if aspect_groups is None else np.asarray(aspect_groups, dtype=np.int64)
         self.repeat = None if repeat_factors is None else np.asarray(repeat_factors, np.float64)
 
-    def epoch_items(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(dataset index, item seed) of this process's positions in epoch `epoch`."""
-        rng = np.random.default_rng([self.seed, epoch])
-        if self.repeat is None:
-            indices = np.arange(self.size)
-        else:
-            whole = np.floor(self.repeat)
-            counts = whole + (rng.random(self.size) < self.repeat - whole)
-            indices = np.repeat(np.arange(self.size), counts.astype(np.int64))
-        order = indices[rng.permutation(len(indices))]
-        seeds = rng.integers(2**62, size=len(order))
-        return order[self.rank :: self.world_size], seeds[self.rank :: self.world_size]
-
     def _batches(self) -> Iterator[List[Tuple[int, int]]]:
         buckets: Dict[int, List[Tuple[int, int]]] = {}
-        epoch = 0
-        while True:
-            indices, seeds = self.epoch_items(epoch)
+        for epoch in itertools.count():
+            order = epoch_order(self.seed, epoch, self.size, self.repeat)
+            indices, seeds = (a[self.rank :: self.world_size] for a in order)
             if len(indices) == 0:
                 raise ValueError(
                     f"process {self.rank} of {self.world_size} gets no training image: the "
@@ -98,13 +80,9 @@ class GroupedBatchSampler(Sampler):
                 if len(bucket) == self.batch_size:
                     yield bucket
                     buckets[group] = []
-            epoch += 1
 
     def __iter__(self):
-        batches = self._batches()
-        for _ in range(self.start_iter):
-            next(batches)
-        yield from batches
+        return itertools.islice(self._batches(), self.start_iter, None)
 
 
 class SeededMapDataset(Dataset):

@@ -14,9 +14,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.data.build import trivial_batch_collator
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms.functional import pil_to_tensor
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -64,15 +66,13 @@ def read_rgb_image(path: str) -> Image.Image:
             ImageOps.exif_transpose(image, in_place=True)  # decodes the image
         except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
             raise _unreadable(path, e) from e
-        return _to_rgb8(image, path)
-
-
-def _unreadable(path: str, error: Exception) -> ValueError:
-    return ValueError(f"cannot read image {path!r}: {type(error).__name__}: {error}")
-
-
-def _to_rgb8(image: Image.Image, path: str) -> Image.Image:
-    if image.mode in _WIDE_GRAY_MODES:
+        if image.mode == "F":
+            raise ValueError(
+                f"image {path!r} has 32-bit float pixels (PIL mode F): expected 8-bit or 16-bit "
+                "values"
+            )
+        if image.mode not in _WIDE_GRAY_MODES:
+            return image.convert("RGB")
         values = np.asarray(image)
         low, high = int(values.min()), int(values.max())
         if low < 0 or high > 65535:
@@ -81,12 +81,10 @@ def _to_rgb8(image: Image.Image, path: str) -> Image.Image:
                 f"{image.mode}): expected 8-bit or 16-bit values (0..65535)"
             )
         return Image.fromarray((values >> 8).astype(np.uint8)).convert("RGB")
-    if image.mode == "F":
-        raise ValueError(
-            f"image {path!r} has 32-bit float pixels (PIL mode F): expected 8-bit or 16-bit "
-            "values"
-        )
-    return image.convert("RGB")
+
+
+def _unreadable(path: str, error: Exception) -> ValueError:
+    return ValueError(f"cannot read image {path!r}: {type(error).__name__}: {error}")
 
 
 def scan_image_folder(folder: str) -> Tuple[List[str], List[Tuple[str, int]]]:
@@ -166,8 +164,7 @@ class ResizeCenterCrop:
 class ImageFolderDataset(Dataset):
     """dataset[(index, seed)] -> dict(image=CHW uint8 tensor in `image_format`, label=int).
 
-    Images are read by `read_rgb_image`. An unreadable image (empty, not an image, truncated,
-    over MAX_IMAGE_PIXELS) is logged once and replaced by the next readable one,
+    An image that `read_rgb_image` refuses is logged once and replaced by the next readable one,
     (index + 1) % len, with the same seed, so batches keep their size; more than `max_bad_images`
     distinct bad files (default max(10, 1% of the dataset)) in this instance (one per data loader
     worker) raise a RuntimeError.
@@ -194,7 +191,7 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def _open(self, path: str):
-        """The image at `path`, decoded; a ValueError naming the file when it is unreadable."""
+        """The image at `path`; a ValueError naming the file when it is unreadable."""
         return read_rgb_image(path)
 
     def _transform(self, image, seed: Optional[int]):
@@ -231,20 +228,35 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, key) -> Dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
         index, image = self._first_readable(index, seed)
-        array = np.asarray(image)
+        image = pil_to_tensor(image)
         if self.image_format == "BGR":
-            array = array[:, :, ::-1]
-        label = self.samples[index][1]
-        return {"image": torch.from_numpy(array.copy()).permute(2, 0, 1), "label": label}
+            image = image.flip(0)
+        return {"image": image, "label": self.samples[index][1]}
+
+
+def epoch_order(
+    seed: int, epoch: int, size: int, repeat_factors: Optional[np.ndarray] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(item index, augmentation seed) of every position of epoch `epoch`: a permutation keyed on
+    (seed, epoch) of the items, each repeated by its factor in `repeat_factors` rounded
+    stochastically per epoch (as Detectron2's RepeatFactorTrainingSampler), or once."""
+    rng = np.random.default_rng([seed, epoch])
+    indices = np.arange(size)
+    if repeat_factors is not None:
+        whole = np.floor(repeat_factors)
+        counts = whole + (rng.random(size) < repeat_factors - whole)
+        indices = np.repeat(indices, counts.astype(np.int64))
+    order = indices[rng.permutation(len(indices))]
+    return order, rng.integers(2**62, size=len(order))
 
 
 class EpochBatchSampler(Sampler):
-    """This process's part of every global batch from `start_iter` to `max_iter`.
-
-    Epoch e visits a permutation of the dataset keyed on (seed, e) in `dataset_size //
-    global_batch` global batches (the remainder is dropped); rank r takes items
-    [r * b, (r + 1) * b) of each global batch, b = global_batch / world_size. Each item is
+    """This process's part of every global batch from `start_iter` to `max_iter`, as lists of
     (image index, augmentation seed).
+
+    Epoch e is `epoch_order(seed, e)` in `dataset_size // global_batch` global batches (the
+    remainder is dropped); rank r takes items [r * b, (r + 1) * b) of each global batch,
+    b = global_batch / world_size.
     """
 
     def __init__(
@@ -275,20 +287,11 @@ class EpochBatchSampler(Sampler):
         self.start_iter, self.max_iter = start_iter, max_iter
         self._epoch, self._order = None, None
 
-    def epoch_order(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(image index, augmentation seed) of every position of the epoch."""
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._order = (
-                rng.permutation(self.dataset_size),
-                rng.integers(2**62, size=self.dataset_size),
-            )
-            self._epoch = epoch
-        return self._order
-
     def batch_at(self, iteration: int) -> List[Tuple[int, int]]:
         epoch, step = divmod(iteration, self.iters_per_epoch)
-        indices, seeds = self.epoch_order(epoch)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, epoch_order(self.seed, epoch, self.dataset_size)
+        indices, seeds = self._order
         lo = step * self.global_batch + self.offset
         return [(int(indices[k]), int(seeds[k])) for k in range(lo, lo + self.batch)]
 
@@ -300,27 +303,14 @@ class EpochBatchSampler(Sampler):
         return max(0, self.max_iter - self.start_iter)
 
 
-class ShardBatchSampler(Sampler):
+class ShardBatchSampler(BatchSampler):
     """Batches of this process's contiguous shard of [0, dataset_size): every item exactly once
     across processes."""
 
     def __init__(self, dataset_size: int, batch_size: int, rank: int = 0, world_size: int = 1):
         shard = math.ceil(dataset_size / world_size)
-        self.indices = list(
-            range(min(rank * shard, dataset_size), min((rank + 1) * shard, dataset_size))
-        )
-        self.batch_size = max(1, batch_size)
-
-    def __iter__(self):
-        for k in range(0, len(self.indices), self.batch_size):
-            yield self.indices[k : k + self.batch_size]
-
-    def __len__(self):
-        return math.ceil(len(self.indices) / self.batch_size)
-
-
-def _list_collate(batch):
-    return batch
+        lo, hi = min(rank * shard, dataset_size), min((rank + 1) * shard, dataset_size)
+        super().__init__(range(lo, hi), max(1, batch_size), drop_last=False)
 
 
 def batched_loader(
@@ -331,7 +321,7 @@ def batched_loader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,
-        collate_fn=_list_collate,
+        collate_fn=trivial_batch_collator,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
