@@ -1,7 +1,6 @@
-"""What tools/predict.py and tools/export_model.py read from a config of either system, in one
-place: a yaml config (`load_config`, `KEY VALUE` overrides) or a LazyConfig, given as a `.py`
-file or as the config.yaml a lazy run saves (`LazyConfig.save`: top-level lowercase `model`,
-`dataloader`, `train`, ...), with `key=value` overrides. `load_any_config` tells them apart.
+"""What tools/predict.py and tools/export_model.py read from a config of either system: a yaml
+config (`KEY VALUE` overrides) or a LazyConfig, a `.py` file or the config.yaml a lazy run saves
+(`key=value` overrides). `load_any_config` tells them apart.
 
     what            yaml                                     LazyConfig
     model           build_model(cfg)                         instantiate(cfg.model)
@@ -10,10 +9,9 @@ file or as the config.yaml a lazy run saves (`LazyConfig.save`: top-level lowerc
     test resizing   ResizeShortestEdge(INPUT.MIN_SIZE_TEST,  dataloader.test.mapper.augmentations
                     INPUT.MAX_SIZE_TEST)
 
-and, as every run reads them, weights, device and test datasets through run_config.RunConfig.
-Weights load strictly (checkpoint.load_for_eval: nothing unpickled beyond tensors, the wiring
-checked). A lazy config, `.py` or yaml, names the python
-callables that build it (`_target_`): like a python file, load only one you trust.
+and weights, device and test datasets through run_config.RunConfig. Weights load strictly
+(checkpoint.load_for_eval). A lazy config names the python callables that build it (`_target_`):
+like a python file, load only one you trust.
 """
 
 import copy
@@ -24,10 +22,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .checkpoint import check_weights_on_disk, load_for_eval
+from .checkpoint import CLASSIFIER_ARCH, check_weights_on_disk, load_for_eval
 from .config import (
     UnsafeConfigError,
     check_lazy_overrides,
@@ -37,13 +38,11 @@ from .config import (
 )
 from .data.checks import prepare_datasets
 from .data.imagefolder import read_rgb_image
-from .run_config import RunConfig, is_lazy, override_text
+from .run_config import RunConfig, is_lazy
 
 __all__ = [
     "LAZY_KEYS",
     "load_any_config",
-    "is_lazy",
-    "override_text",
     "input_format",
     "test_augmentations",
     "is_classifier",
@@ -62,26 +61,22 @@ LAZY_KEYS = ("model", "dataloader", "train", "optimizer", "lr_multiplier")
 # Constructor arguments that hold a detector's minimum test score (R-CNN box predictors,
 # RetinaNet/FCOS, PanopticFPN's instance combination).
 SCORE_THRESHOLD_ARGS = ("test_score_thresh", "combine_instances_score_thresh")
-CLASSIFIER_ARCH = "RandWireClassifier"
 
 
 def load_any_config(
     config_file: str, opts: Sequence[str] = (), freeze: bool = True, allow_unsafe: bool = False
 ):
-    """The config in `config_file`, of either system: a `.py` file is a LazyConfig
-    (`load_lazy_config`, `key=value` overrides); a yaml whose top-level keys are a LazyConfig's
-    (LAZY_KEYS, lower case) is a lazy run's saved config, parsed safely and given `key=value`
-    overrides checked as `load_lazy_config` checks them; any other yaml is `load_config`'s
-    (`KEY VALUE` overrides; frozen with `freeze`). Overrides in the other system's syntax are an
-    error that says which syntax the file takes."""
+    """The config in `config_file`: a `.py` file is a LazyConfig; a yaml whose top-level keys are
+    LAZY_KEYS is a lazy run's saved config (`key=value` overrides checked as `load_lazy_config`
+    checks them); any other yaml is `load_config`'s (`KEY VALUE` overrides; frozen with
+    `freeze`). Overrides in the other system's syntax are an error naming the right one."""
     opts = list(opts)
     if config_file.endswith(".py"):
         _check_lazy_syntax(config_file, opts)
         return load_lazy_config(config_file, opts)
     loaded = read_yaml(config_file, allow_unsafe)
     if not _is_lazy_yaml(config_file, loaded):
-        keys = opts[::2]
-        lazy_style = [k for k in keys if isinstance(k, str) and "=" in k]
+        lazy_style = [k for k in opts[::2] if isinstance(k, str) and "=" in k]
         if lazy_style:
             raise ValueError(
                 f"override {lazy_style[0]!r} is invalid: {config_file} is a yaml config, whose "
@@ -89,12 +84,11 @@ def load_any_config(
                 "is a LazyConfig's syntax"
             )
         return load_config(config_file, opts, freeze, allow_unsafe)
-    from omegaconf import OmegaConf
-
     if not allow_unsafe:
         _check_targets(config_file, loaded)
+    _check_lazy_syntax(config_file, opts)
     cfg = OmegaConf.create(loaded, flags={"allow_objects": True})
-    return LazyConfig.apply_overrides(cfg, _checked_lazy_overrides(cfg, config_file, opts))
+    return LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, opts))
 
 
 # What a lazy run's saved config.yaml may name as `_target_` (instantiating a target imports
@@ -149,34 +143,20 @@ def _check_lazy_syntax(config_file: str, overrides: Sequence[str]) -> None:
             )
 
 
-def _checked_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> List[str]:
-    """`key=value` overrides as `load_lazy_config` takes them (config.check_lazy_overrides),
-    after a KEY VALUE pair is refused as the other config system's syntax."""
-    _check_lazy_syntax(config_file, overrides)
-    return check_lazy_overrides(cfg, config_file, overrides)
-
-
 def input_format(cfg) -> str:
     """INPUT.FORMAT; lazy: the test mapper's image_format (what evaluation feeds the model),
     which must equal model.input_format where both are set. Checked to be RGB or BGR."""
-    if is_lazy(cfg):
-        from omegaconf import OmegaConf
-
-        found = {
-            k: v
-            for k in ("dataloader.test.mapper.image_format", "model.input_format")
-            for v in [OmegaConf.select(cfg, k, default=None)]
-            if v is not None
-        }
-        if len(set(found.values())) > 1:
-            raise ValueError(
-                "the LazyConfig's input formats differ: "
-                + ", ".join(f"{k}={v!r}" for k, v in found.items())
-                + ": set both to the channel order the model was trained on"
-            )
-        key, fmt = next(iter(found.items()), ("model.input_format", "BGR"))
-    else:
-        key, fmt = "INPUT.FORMAT", cfg.INPUT.FORMAT
+    run = RunConfig(cfg)
+    lazy_keys = ("dataloader.test.mapper.image_format", "model.input_format")
+    keys = lazy_keys if run.lazy else ("INPUT.FORMAT",)
+    found = {k: run.select(k) for k in keys if run.select(k) is not None}
+    if len(set(found.values())) > 1:
+        raise ValueError(
+            "the LazyConfig's input formats differ: "
+            + ", ".join(f"{k}={v!r}" for k, v in found.items())
+            + ": set both to the channel order the model was trained on"
+        )
+    key, fmt = next(iter(found.items()), ("model.input_format", "BGR"))
     if fmt not in ("RGB", "BGR"):
         raise ValueError(f"{key}={fmt!r} is invalid: expected RGB or BGR")
     return fmt
@@ -188,9 +168,7 @@ def test_augmentations(cfg) -> T.AugmentationList:
     if not is_lazy(cfg):
         size = cfg.INPUT.MIN_SIZE_TEST
         return T.AugmentationList([T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)])
-    from omegaconf import OmegaConf
-
-    augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentations", default=None)
+    augs = RunConfig(cfg).select("dataloader.test.mapper.augmentations")
     if augs is None:
         raise ValueError(
             "the LazyConfig has no dataloader.test.mapper.augmentations: the test resizing of "
@@ -200,25 +178,19 @@ def test_augmentations(cfg) -> T.AugmentationList:
     return T.AugmentationList(list(instantiate(augs)))
 
 
-def _target_name(node) -> str:
-    target = node.get("_target_") if hasattr(node, "get") else None
-    if isinstance(target, str):
-        return target
-    return getattr(target, "__qualname__", "") if target is not None else ""
-
-
 def is_classifier(cfg) -> bool:
     """MODEL.META_ARCHITECTURE RandWireClassifier (lazy: model._target_)."""
-    if is_lazy(cfg):
-        return _target_name(cfg.model).split(".")[-1] == CLASSIFIER_ARCH
-    return cfg.MODEL.META_ARCHITECTURE == CLASSIFIER_ARCH
+    run = RunConfig(cfg)
+    arch = run.select("model._target_" if run.lazy else "MODEL.META_ARCHITECTURE")
+    name = arch if isinstance(arch, str) else getattr(arch, "__qualname__", "")
+    return name.split(".")[-1] == CLASSIFIER_ARCH
 
 
-def set_score_threshold(cfg, threshold: float) -> List[str]:
+def set_score_threshold(cfg, threshold: float) -> None:
     """Make `threshold` the minimum score of a detection: yaml MODEL.ROI_HEADS.SCORE_THRESH_TEST,
     MODEL.RETINANET.SCORE_THRESH_TEST and MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH;
-    lazy: every argument in SCORE_THRESHOLD_ARGS of a callable under `model`. Returns the keys
-    set; a lazy model with none of them is an error."""
+    lazy: every argument in SCORE_THRESHOLD_ARGS of a callable under `model` (an error if
+    there is none)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(
             f"--confidence-threshold={threshold} is invalid: expected a score in [0, 1]"
@@ -227,26 +199,19 @@ def set_score_threshold(cfg, threshold: float) -> List[str]:
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
         cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = threshold
-        return [
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-            "MODEL.RETINANET.SCORE_THRESH_TEST",
-            "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
-        ]
-    keys = _set_lazy_args(cfg.model, "model", SCORE_THRESHOLD_ARGS, threshold)
-    if not keys:
+    elif not _set_lazy_args(cfg.model, SCORE_THRESHOLD_ARGS, threshold):
         raise ValueError(
             f"--confidence-threshold: no callable under `model` of this LazyConfig takes one of "
             f"{list(SCORE_THRESHOLD_ARGS)}, so the minimum score cannot be set"
         )
-    return keys
 
 
-def _set_lazy_args(node, key: str, args: Sequence[str], value) -> List[str]:
-    from detectron2.utils.registry import locate
-    from omegaconf import DictConfig, ListConfig
-
-    found = []
-    if isinstance(node, DictConfig):
+def _set_lazy_args(node, args: Sequence[str], value) -> bool:
+    """Set each of `args` that a callable under `node` takes; whether any was."""
+    found = False
+    if isinstance(node, ListConfig):
+        children = list(node)
+    elif isinstance(node, DictConfig):
         target = node.get("_target_")
         if target is not None:
             func = locate(target) if isinstance(target, str) else target
@@ -257,23 +222,13 @@ def _set_lazy_args(node, key: str, args: Sequence[str], value) -> List[str]:
             for arg in args:
                 if arg in params or arg in node:
                     node[arg] = value
-                    found.append(f"{key}.{arg}")
-        children = [(k, v) for k, v in node.items() if isinstance(v, (DictConfig, ListConfig))]
-    elif isinstance(node, ListConfig):
-        children = [(i, v) for i, v in enumerate(node) if isinstance(v, (DictConfig, ListConfig))]
+                    found = True
+        children = list(node.values())
     else:
-        children = []
-    for k, child in children:
-        found += _set_lazy_args(child, f"{key}.{k}", args, value)
+        return False
+    for child in children:
+        found = _set_lazy_args(child, args, value) or found
     return found
-
-
-def _build(cfg) -> torch.nn.Module:
-    if is_lazy(cfg):
-        return instantiate(cfg.model).to(cfg.train.device)
-    from detectron2.modeling import build_model
-
-    return build_model(cfg)
 
 
 def check_weights(cfg, random_weights: Optional[bool] = None, purpose: str = "predictions"):
@@ -303,13 +258,14 @@ def load_model(
     project's checkpointer: every tensor from the file, the wiring fingerprint equal. Empty
     weights: see `check_weights`."""
     check_weights(cfg, random_weights, purpose)
-    if is_lazy(cfg) and is_classifier(cfg):
+    run = RunConfig(cfg)
+    if run.lazy and is_classifier(cfg):
         raise ValueError(
             f"{CLASSIFIER_ARCH} from a LazyConfig is not supported: classifiers are yaml configs "
             "(tools/train_cls.py)"
         )
-    model = _build(cfg)
-    extras = load_for_eval(cfg, model) if RunConfig(cfg).get("weights") else {}
+    model = instantiate(cfg.model).to(run.get("device")) if run.lazy else build_model(cfg)
+    extras = load_for_eval(cfg, model) if run.get("weights") else {}
     return model.eval(), extras
 
 
@@ -349,9 +305,8 @@ def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) ->
     if sample_image:
         if not os.path.isfile(sample_image):
             raise FileNotFoundError(f"--sample-image {sample_image!r} does not exist")
-        return [
-            prepare_image(read_image_file(sample_image), input_format(cfg), test_augmentations(cfg))
-        ]
+        image = read_image_file(sample_image)
+        return [prepare_image(image, input_format(cfg), test_augmentations(cfg))]
     run = RunConfig(cfg)
     key, names = run.key("test_datasets"), run.datasets("test_datasets")
     if not names:
@@ -359,14 +314,12 @@ def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) ->
     name = names[0]
     require_registered([name], key, ", or --sample-image IMAGE")
     prepare_datasets([name])
-    if is_lazy(cfg):
+    if run.lazy:
         cfg = copy.deepcopy(cfg)
         cfg.dataloader.test.num_workers = 0
         cfg.dataloader.test.dataset.names = name
         loader = instantiate(cfg.dataloader.test)
     else:
-        from detectron2.data import build_detection_test_loader
-
         cfg = cfg.clone()
         cfg.defrost()
         cfg.DATALOADER.NUM_WORKERS = 0

@@ -1,24 +1,16 @@
 """Predictions of a trained model on images or a video: tools/predict.py (as Detectron2's
-demo/demo.py) is its command line.
+demo/demo.py) is its command line; the config is either system's, read by `inference_config`.
 
-The config is a yaml config or a LazyConfig (a `.py` file, or the config.yaml a lazy run saves),
-read through `inference_config`. A detector's detections are drawn (boxes, and masks when the
-model predicts them) and written as COCO-format results; the classifier's top-k classes are
-printed and written with the class names its checkpoint carries. Inputs are prepared as
-evaluation prepares them, so that predictions equal evaluation's: detectors as Detectron2's
-DefaultPredictor (ResizeShortestEdge to INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, channels in
-INPUT.FORMAT; a LazyConfig's dataloader.test.mapper), the classifier as its validation loader at
-the first PRETRAIN.TEST_CROPS size (resize, center crop). Images are read as the classification
-loader reads them (`read_rgb_image`: 16-bit grayscale scaled to 8 bits, more than
-MAX_IMAGE_PIXELS pixels refused); pictures are drawn at most MAX_DRAWN_SIDE pixels long.
-
-Ids: detections carry the ids of DATASETS.TEST[0] (lazy: dataloader.test.dataset.names[0]),
-which must be registered (the tool's --dataset NAME JSON IMAGE_DIR, or the demo datasets): the
-dataset's category ids (COCOEvaluator's mapping back from the model's class indices) and, for
-an image of that dataset, its image id. RESULTS_FILE holds the detections with both ids (a list
-`COCO.loadRes` reads as it is); WITHOUT_IDS_FILE those where an id cannot be known (an image
-not in the dataset, a video frame, a config without a dataset), with `null` there and a field
-`unknown_ids` saying why. No id is ever made up.
+Inputs are prepared as evaluation prepares them, so that predictions equal evaluation's:
+detectors as Detectron2's DefaultPredictor (a LazyConfig: its dataloader.test.mapper), the
+classifier as its validation loader at the first PRETRAIN.TEST_CROPS size; images are read as
+the classification loader reads them (`read_rgb_image`). The classifier's top-k classes are
+labelled with the class names its checkpoint carries. A detector's detections are drawn and
+written as COCO results with the ids of DATASETS.TEST[0] (lazy: dataloader.test.dataset.names[0]),
+which must be registered (--dataset NAME JSON IMAGE_DIR, or the demo datasets): RESULTS_FILE
+holds those with both ids (for `COCO.loadRes`), WITHOUT_IDS_FILE those whose image or category
+id cannot be known (an image not in the dataset, a video frame, no dataset), with null there and
+why. No id is ever made up.
 """
 
 import glob
@@ -31,12 +23,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 from PIL import Image
 
 from . import data as _data  # noqa: F401  (registers the embedded demo datasets)
+from .config import add_randwire_config
 from .data.imagefolder import ResizeCenterCrop
 from .engine import resolve_device
 from .engine.detection import draw_instances
@@ -45,17 +39,15 @@ from .inference_config import (
     check_weights,
     input_format,
     is_classifier,
-    is_lazy,
     load_any_config,
     load_model,
-    override_text,
     prepare_image,
     read_image_file,
     require_registered,
     set_score_threshold,
     test_augmentations,
 )
-from .run_config import RunConfig
+from .run_config import RunConfig, is_lazy, override_text
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -80,8 +72,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # drawing takes bounded time and memory (Detectron2's default INPUT.MAX_SIZE_TEST).
 MIN_DRAWN_SIDE = 480
 MAX_DRAWN_SIDE = 1333
-# The detector's output files: COCO results with the dataset's ids (a list for COCO.loadRes),
-# and {"dataset", "note", "results"} holding the detections with an unknown id.
 RESULTS_FILE = "results.json"
 WITHOUT_IDS_FILE = "results_without_ids.json"
 WITHOUT_IDS_NOTE = (
@@ -98,10 +88,9 @@ def setup_cfg(
     confidence_threshold: float = 0.5,
     allow_unsafe: bool = False,
 ):
-    """The config to predict with: a yaml config with KEY VALUE overrides (frozen), or a
-    LazyConfig (`.py`, or a lazy run's saved config.yaml) with key=value overrides; the device
-    resolved, `confidence_threshold` the minimum score of a detection shown and written (every
-    detector kind's test threshold), the weights checked to be given and on disk."""
+    """The config to predict with (`load_any_config`; a yaml config frozen): the device
+    resolved, `confidence_threshold` the minimum score of a detection shown and written, the
+    weights checked to be given and on disk."""
     cfg = load_any_config(config_file, opts, freeze=False, allow_unsafe=allow_unsafe)
     resolve_device(cfg)
     if not (is_lazy(cfg) and is_classifier(cfg)):
@@ -114,13 +103,9 @@ def setup_cfg(
 
 def split_overrides(words: Sequence[str]) -> Tuple[List[str], List[str]]:
     """(inputs, overrides) of --input's words: argparse gives `--input a.jpg MODEL.WEIGHTS w`
-    all to --input. The first word that is a config override and names no existing file starts
-    the overrides: a yaml key whose first part is a top-level key of the config (MODEL.WEIGHTS,
-    OUTPUT_DIR), or a LazyConfig key=value whose first part is one of LAZY_KEYS (or +key=value)."""
-    from detectron2.config import get_cfg
-
-    from .config import add_randwire_config
-
+    all to --input. The overrides start at the first word that names no existing file and is a
+    yaml key whose first part is a top-level key of the config (MODEL.WEIGHTS, OUTPUT_DIR), or a
+    key=value whose first part is one of LAZY_KEYS (or +key=value)."""
     yaml_keys = set(add_randwire_config(get_cfg()))
     for i, word in enumerate(words):
         key, sep, _ = word.partition("=")
@@ -190,13 +175,11 @@ def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
 
     def frames():
-        frame = first
+        ok, frame = True, first
         try:
             while ok:
                 yield frame
-                ok_next, frame = capture.read()
-                if not ok_next:
-                    return
+                ok, frame = capture.read()
         finally:
             capture.release()
 
@@ -204,16 +187,11 @@ def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
 
 
 class DatasetIds:
-    """The COCO ids of predictions on a dataset's images, as COCOEvaluator writes them: a file's
-    image id is the dataset's (matched by real path, else by file name, the longest shared
-    trailing path and the image size), a class index's category id is the dataset's (the inverse
-    of the metadata's thing_dataset_id_to_contiguous_id). An id that cannot be known is None,
-    with the reason; nothing is guessed.
-
-    Args:
-        name: a registered dataset (None: no dataset, `why` says why).
-        why: the reason every id is unknown when `name` is None.
-    """
+    """The COCO ids of predictions on the images of registered dataset `name`, as COCOEvaluator
+    writes them: a file's image id is the dataset's (matched by real path, else by file name, the
+    longest shared trailing path and the image size), a class index's category id is the
+    dataset's (the inverse of thing_dataset_id_to_contiguous_id). An id that cannot be known is
+    None, with the reason (`why` when `name` is None); nothing is guessed."""
 
     def __init__(self, name: Optional[str], why: str = ""):
         self.name, self.why = name, why
@@ -246,16 +224,13 @@ class DatasetIds:
         if not names:
             return cls(None, f"{key} is empty: there is no dataset to take ids from")
         empty = override_text(cfg, key, "[]" if is_lazy(cfg) else "'()'")
-        require_registered(
-            names[:1],
-            f"{key}[0]",
-            f", or {empty} to predict without a dataset (class indices, no COCO ids)",
-        )
+        alternative = f", or {empty} to predict without a dataset (class indices, no COCO ids)"
+        require_registered(names[:1], f"{key}[0]", alternative)
         return cls(names[0])
 
     def describe(self, num_classes: Tuple[Optional[str], Optional[int]] = (None, None)):
-        """Lines that say where the ids and class names come from, and a class count that
-        differs from the model's."""
+        """Lines that say where ids and class names come from, and a class count unlike the
+        model's."""
         if self.name is None:
             return [
                 f"ids: none ({self.why}): detections get image_id and category_id null and are "
@@ -328,17 +303,15 @@ class DatasetIds:
 
 
 class DetectionPredictor:
-    """A detector on one BGR HWC uint8 image at a time, prepared as evaluation prepares images
-    (Detectron2's DefaultPredictor for a yaml config; a LazyConfig's test augmentations), with
-    weights loaded strictly by the project's checkpointer and the COCO ids and class names of
-    DATASETS.TEST[0] (lazy: dataloader.test.dataset.names[0]); see `DatasetIds`."""
+    """A detector on one BGR HWC uint8 image at a time, prepared as evaluation prepares images,
+    with weights loaded strictly and the COCO ids and class names of the test dataset
+    (`DatasetIds`)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.input_format = input_format(cfg)
         self.aug = test_augmentations(cfg)
         self.ids = DatasetIds.of(cfg)
-        self.metadata = self.ids.metadata
         self.model, self.checkpoint = load_model(cfg)
         self.num_classes = RunConfig(cfg).num_classes()
 
@@ -348,11 +321,9 @@ class DetectionPredictor:
             return self.model([prepare_image(bgr, self.input_format, self.aug)])[0]
 
     def results(self, instances, file_name: str, frame: Optional[int] = None):
-        """(COCO-format results of one image or video frame: category and image ids of the
-        dataset, XYWH boxes, RLE masks, its file_name (and frame); the note on its image id).
-
-        A record whose image_id or category_id is unknown holds None there, plus its
-        class_index, label and `unknown_ids`: why."""
+        """(COCO-format results of one image or video frame with its file_name (and frame), the
+        image id, the note on it). A record whose image_id or category_id is unknown holds None
+        there, plus its class_index, label and `unknown_ids`: why."""
         if frame is None:
             image_id, note = self.ids.image_id(file_name, *instances.image_size)
         else:
@@ -378,7 +349,7 @@ class DetectionPredictor:
         if scale < 1:  # shrunk before drawing: matplotlib's canvas of the full image is huge
             bgr, instances = _shrink(bgr, instances, scale)
             scale = 1.0
-        return draw_instances(bgr[:, :, ::-1], instances, self.metadata, scale)[:, :, ::-1]
+        return draw_instances(bgr[:, :, ::-1], instances, self.ids.metadata, scale)[:, :, ::-1]
 
 
 def drawn_scale(height: int, width: int) -> float:
@@ -474,17 +445,14 @@ def predict(
 ) -> List[Dict]:
     """Run `predictor` on image files or on the frames of a video; print one line per image or
     frame. With `output` (a folder): detectors write each image with its detections under its
-    file name (a video: <name>.mp4 of the drawn frames), RESULTS_FILE (the COCO results whose
-    image and category ids are the dataset's) and WITHOUT_IDS_FILE (those with an id that cannot
-    be known, each saying why); the classifier writes its top-k classes per image to
-    RESULTS_FILE. Returns every record, in input order."""
+    file name (a video: <name>.mp4 of the drawn frames), RESULTS_FILE and WITHOUT_IDS_FILE; the
+    classifier its top-k classes per image to RESULTS_FILE. Returns the records, in input order."""
     detector = isinstance(predictor, DetectionPredictor)
     check_output_folder(output)
     if output:
         os.makedirs(output, exist_ok=True)
     if detector:
-        for line in predictor.ids.describe(predictor.num_classes):
-            print(line)
+        print("\n".join(predictor.ids.describe(predictor.num_classes)))
     if video:
         frames, fps = read_video(video)
         sources = ((f"{video}#{i}", i, frame) for i, frame in enumerate(frames))
@@ -516,12 +484,10 @@ def predict(
                         f"{bgr.shape[1]}x{bgr.shape[0]}; MAX_DRAWN_SIDE={MAX_DRAWN_SIDE})"
                     )
             print(line)
-            if not output:
-                continue
-            if video:
+            if output and video:
                 writer = writer or _video_writer(video, output, fps, drawn.shape)
                 writer.write(drawn)
-            else:
+            elif output:
                 path = os.path.join(output, _unique_name(os.path.basename(name), taken))
                 if not cv2.imwrite(path, drawn):
                     raise OSError(f"cannot write {path!r}: OpenCV's imwrite failed (disk full?)")
@@ -565,8 +531,7 @@ def _write_detections(records: List[Dict], dataset: Optional[str], output: Optio
 
 
 def _video_writer(video: str, output: str, fps: float, shape) -> cv2.VideoWriter:
-    name = os.path.splitext(os.path.basename(video))[0] + ".mp4"
-    path = os.path.join(output, name)
+    path = os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (shape[1], shape[0]))
     if not writer.isOpened():
         raise ValueError(f"cannot write video {path!r}: this OpenCV build has no mp4v encoder")

@@ -57,12 +57,11 @@ from randwire_d2.export import (
 from randwire_d2.inference_config import (
     detector_samples,
     is_classifier,
-    is_lazy,
     load_any_config,
     load_model,
     require_registered,
 )
-from randwire_d2.run_config import RunConfig
+from randwire_d2.run_config import RunConfig, is_lazy
 
 
 def build_parser():
