@@ -82,11 +82,8 @@ def remove_edge(trunk: RandWire, stage: str, edge: Tuple[int, int]):
         inputs[pos] = torch.zeros_like(inputs[pos])
         return (inputs,) + tuple(args[1:])
 
-    handle = st.nodes[v].register_forward_pre_hook(zero_input)
-    try:
+    with st.nodes[v].register_forward_pre_hook(zero_input):
         yield
-    finally:
-        handle.remove()
 
 
 @contextlib.contextmanager
@@ -95,11 +92,8 @@ def remove_node(trunk: RandWire, stage: str, node: int):
     st = _stage(trunk, stage)
     if not 0 <= node < len(st.nodes):
         raise ValueError(f"node={node!r} is invalid: expected an integer in [0, {len(st.nodes)})")
-    handle = st.nodes[node].register_forward_hook(lambda m, a, out: torch.zeros_like(out))
-    try:
+    with st.nodes[node].register_forward_hook(lambda m, a, out: torch.zeros_like(out)):
         yield
-    finally:
-        handle.remove()
 
 
 def graph_damage(

@@ -1,16 +1,14 @@
 """Model complexity as the paper counts it: fvcore FLOPs (one multiply-add = one FLOP), params.
 
-Two ways to the same numbers: `flops_params` / `model_complexity` trace a built model with fvcore
-(the reference execution, in eval mode); `analytic_complexity` / `analytic_by_stage` compute
-them from the config and its wiring in closed form, without building anything, so that sweeps
-can plan hundreds of runs at once. Tests hold the two equal for every shipped config and node
-op; a config the closed form does not know (a user's own node op or norm) is traced, said once
-in the log. `seed_statistics` gives mean and std over the paper's seeds (Tables 2-3 report
-"mean +- std" over seeds 1..5); `find_channels` sets C to the integer whose complexity is
-nearest the target (Sec. 4: "set C to the nearest integer such that target model complexity is
-met").
+Two ways to the same numbers: `flops_params` / `model_complexity` trace a built model with fvcore;
+`analytic_complexity` / `analytic_by_stage` compute them in closed form from the config and its
+wiring, so that sweeps can plan hundreds of runs without building any. Tests hold the two equal
+for every shipped config and node op; a config the closed form does not know is traced.
+`find_channels` sets C as Sec. 4 does: "the nearest integer such that target model complexity
+is met".
 """
 
+import functools
 import logging
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -44,10 +42,10 @@ logger = logging.getLogger(__name__)
 
 def module_flops(model: nn.Module, inputs) -> Dict[str, int]:
     """{module name ("" the whole): FLOPs} of `model` on `inputs` (a tensor, a tuple of them, or
-    a Detectron2 model's list[dict]) by fvcore's FlopCountAnalysis, in eval mode, no_grad, in
-    the reference execution (the fast one folds norms into convs, which fvcore counts apart). A
-    list goes through Detectron2's FlopCountAnalysis: the model is "model" in its TracingAdapter,
-    batch_norm and a few more ops count 0."""
+    a Detectron2 model's list[dict]) by fvcore, in eval mode and the reference execution (the fast
+    one folds norms into convs, which fvcore counts apart). A list goes through Detectron2's
+    FlopCountAnalysis: the model is "model" in its TracingAdapter, batch_norm and a few more ops
+    count 0."""
     analysis = DetectronFlopCountAnalysis if isinstance(inputs, list) else FlopCountAnalysis
     logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
     was_training = model.training
@@ -119,8 +117,7 @@ def model_complexity(cfg, input_size: int = 224) -> Tuple[int, int]:
 
 # Norms whose count the closed form knows. The BN family turns into FrozenBN (no parameters) in
 # a frozen stage (MODEL.BACKBONE.FREEZE_AT); GroupNorm stays as it is.
-_BN_NORMS = ("BN", "FrozenBN", "SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
-_KNOWN_NORMS = _BN_NORMS + ("GN",)
+_KNOWN_NORMS = ("BN", "FrozenBN", "SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN", "GN")
 
 
 def _conv(cin: int, cout: int, kernel: int, positions: int, groups: int = 1) -> Tuple[int, int]:
@@ -193,30 +190,34 @@ def _wired_stage(wiring, cin: int, c: int, positions: int, op: str, norm: str, f
     return _add(*counts)
 
 
-def _head(cin: int, positions: int, head_channels: int, classes: int, norm: str):
-    """(FLOPs, params) of the ClassifierHead: 1x1 conv, norm, global average pool, fc."""
-    return _add(
-        _conv(cin, head_channels, 1, positions),
-        _norm(norm, head_channels, positions, False),
-        (head_channels * positions, 0),
-        (head_channels * classes, head_channels * classes + classes),
-    )
+_SAID: set = set()
 
 
-def _closed_form(cfg, input_size: int) -> Tuple[Optional[Dict[str, Tuple[int, int]]], str]:
-    """({stage or "head": (FLOPs, params)}, "") as the built classifier counts, or (None, what
-    the closed form does not know)."""
+def _traced_instead(unknown: str) -> None:
+    if unknown not in _SAID:
+        _SAID.add(unknown)
+        logger.warning(
+            f"randwire_d2.complexity has no closed form for {unknown}: its FLOPs and params are "
+            "counted by an fvcore trace of the built model (slower)"
+        )
+
+
+def _closed_form(cfg, input_size: int) -> Optional[Dict[str, Tuple[int, int]]]:
+    """{stage or "head": (FLOPs, params)} as the built classifier counts, or None (said once in
+    the log) where the closed form does not know `cfg`."""
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
         raise ValueError(f"input_size={input_size!r} is invalid: expected an integer >= 1")
     unknown = _not_in_closed_form(cfg)
     if unknown:
-        return None, unknown
+        _traced_instead(unknown)
+        return None
     rw = cfg.MODEL.RANDWIRE
     c, norm, freeze_at = rw.CHANNELS, rw.NORM, cfg.MODEL.BACKBONE.FREEZE_AT
     specs = stage_specs(rw.REGIME, 4, c)  # as RandWire: N is the wiring's
     wiring = wiring_from_cfg(cfg)
     if sorted(wiring.stages) != sorted(name for name, _, _ in specs):
-        return None, f"a wiring of stages {sorted(wiring.stages)} in regime {rw.REGIME!r}"
+        _traced_instead(f"a wiring of stages {sorted(wiring.stages)} in regime {rw.REGIME!r}")
+        return None
     # As RandWire: conv1, conv2 (small: one conv), the random stages, up to the last output;
     # stage i (conv1 = 0) is frozen when FREEZE_AT > i.
     names = ["conv1", "conv2"] + [name for name, _, _ in specs if name != "conv2"]
@@ -244,50 +245,38 @@ def _closed_form(cfg, input_size: int) -> Tuple[Optional[Dict[str, Tuple[int, in
     head_input = rw.OUT_FEATURES[-1]
     for name in names[names.index(head_input) + 1 : last + 1]:
         out[name] = (0, out[name][1])
+    # The ClassifierHead: 1x1 conv, norm, global average pool, fc.
     cin, side = shape[head_input]
-    head = cfg.MODEL.CLASSIFIER
-    out["head"] = _head(cin, side * side, head.HEAD_CHANNELS, head.NUM_CLASSES, norm)
-    return out, ""
-
-
-_SAID: set = set()
-
-
-def _traced_instead(unknown: str) -> None:
-    if unknown not in _SAID:
-        _SAID.add(unknown)
-        logger.warning(
-            f"randwire_d2.complexity has no closed form for {unknown}: its FLOPs and params are "
-            "counted by an fvcore trace of the built model (slower)"
-        )
+    width, classes = cfg.MODEL.CLASSIFIER.HEAD_CHANNELS, cfg.MODEL.CLASSIFIER.NUM_CLASSES
+    out["head"] = _add(
+        _conv(cin, width, 1, side * side),
+        _norm(norm, width, side * side, False),
+        (width * side * side, 0),
+        (width * classes, width * classes + classes),
+    )
+    return out
 
 
 def analytic_by_stage(cfg, input_size: int = 224) -> Dict[str, Tuple[int, int]]:
     """{stage or "head": (FLOPs, params)} of the classifier of `cfg`, in closed form: the numbers
     `flops_by_stage` traces from the built model. A config the closed form does not know is
     built and traced (said once in the log)."""
-    found, unknown = _closed_form(cfg, input_size)
-    if found is not None:
-        return found
-    _traced_instead(unknown)
-    return flops_by_stage(_build_on_cpu(cfg), input_size)
+    found = _closed_form(cfg, input_size)
+    return flops_by_stage(_build_on_cpu(cfg), input_size) if found is None else found
 
 
 def analytic_complexity(cfg, input_size: int = 224) -> Tuple[int, int]:
     """(FLOPs, params) of the classifier of `cfg`, in closed form: the numbers `model_complexity`
     traces. A config the closed form does not know is built and traced (said once in the log)."""
-    found, unknown = _closed_form(cfg, input_size)
-    if found is not None:
-        return _add(*found.values())
-    _traced_instead(unknown)
-    return model_complexity(cfg, input_size)
+    found = _closed_form(cfg, input_size)
+    return model_complexity(cfg, input_size) if found is None else _add(*found.values())
 
 
 def seed_statistics(
     cfg, seeds: Iterable[int] = range(1, 6), input_size: int = 224, trace: bool = False
 ) -> Dict:
-    """FLOPs and params for each seed s (MODEL.RANDWIRE.SEED), with their mean and std; in
-    closed form, or with `trace` by fvcore traces of the built models."""
+    """FLOPs and params for each seed s (MODEL.RANDWIRE.SEED) and their mean and std (Tables 2-3:
+    seeds 1..5); in closed form, or with `trace` by fvcore traces of the built models."""
     count = model_complexity if trace else analytic_complexity
     rows = {}
     for s in seeds:
@@ -323,20 +312,14 @@ def find_channels(
         raise ValueError(f"target_flops={target_flops!r} is invalid: expected a positive number")
     seeds = list(seeds)
 
-    def mean_flops(c: int) -> float:
+    @functools.lru_cache(maxsize=None)
+    def f(c: int) -> float:
         conf = cfg.clone()
         conf.defrost()
         conf.MODEL.RANDWIRE.CHANNELS = int(c)
         if measure is not None:
             return float(measure(conf))
         return seed_statistics(conf, seeds, input_size, trace)["flops_mean"]
-
-    cache: Dict[int, float] = {}
-
-    def f(c: int) -> float:
-        if c not in cache:
-            cache[c] = mean_flops(c)
-        return cache[c]
 
     lo, hi = 2, 4
     while f(hi) < target_flops:
@@ -354,6 +337,5 @@ def find_channels(
 
 
 def wiring_stats(wiring) -> Dict[str, Dict[str, float]]:
-    """Per stage: its node count and `visualize.graph_statistics` (edges, input/output nodes,
-    degrees, path length, depth, ...)."""
+    """Per stage: its node count and `graphs.graph_statistics`."""
     return {name: {"nodes": w.num_nodes, **graph_statistics(w)} for name, w in wiring.items()}

@@ -6,8 +6,10 @@ import difflib
 import os
 from typing import List, Sequence
 
+import yaml
 from detectron2.config import CfgNode as CN
-from detectron2.config import get_cfg
+from detectron2.config import LazyConfig, get_cfg
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 __all__ = [
     "add_randwire_config",
@@ -172,8 +174,6 @@ def read_yaml(config_file: str, allow_unsafe: bool = False) -> dict:
     """The yaml `config_file` merged with its `_BASE_` chain, as a dict, parsed with
     `yaml.safe_load`; a tag that constructs python objects is an error naming the file unless
     `allow_unsafe` (then Detectron2 loads it unsafely, with its warning)."""
-    import yaml
-
     if not config_file:
         raise ValueError("no config given: pass --config-file FILE")
     if not os.path.isfile(config_file):
@@ -198,8 +198,6 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = ()):
     `LazyConfig.apply_overrides`), where a KEY the config does not have is an error naming its
     closest keys: Detectron2 would add it silently, so `train.max_iters=10` would train the
     config's max_iter. `+KEY=VALUE` adds a new key on purpose."""
-    from detectron2.config import LazyConfig
-
     if not config_file:
         raise ValueError("no config given: pass --config-file FILE.py")
     if not os.path.isfile(config_file):
@@ -216,8 +214,6 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = ()):
 def check_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> List[str]:
     """`overrides` (KEY=VALUE) as LazyConfig.apply_overrides takes them, each KEY one that
     `cfg` (loaded from `config_file`) has; `+KEY=VALUE` adds a key on purpose."""
-    from omegaconf import OmegaConf
-
     checked = []
     for item in overrides:
         key, sep, _ = item.partition("=")
@@ -245,8 +241,6 @@ _MISSING = object()
 def flatten_lazy(cfg, prefix: str = "", leaves_only: bool = True) -> dict:
     """{"optimizer.lr": 0.02, ...}: the plain values (numbers, strings, bools, lists of them) of
     a LazyConfig by dotted key; with `leaves_only=False`, every node's key too."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     flat = {}
     for k, v in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else cfg.items():
         key = f"{prefix}{k}"
@@ -278,8 +272,7 @@ def flatten(cfg: dict, prefix: str = "") -> dict:
 
 def explicit_keys(config_file: str, opts: Sequence[str] = (), allow_unsafe: bool = False) -> set:
     """The dotted keys that `config_file` (with its `_BASE_` chain) or `opts` set explicitly."""
-    keys = flatten(read_yaml(config_file, allow_unsafe))
-    return set(keys) | set(list(opts)[::2])
+    return set(flatten(read_yaml(config_file, allow_unsafe))) | set(list(opts)[::2])
 
 
 def _literal(text):

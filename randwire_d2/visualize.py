@@ -12,24 +12,23 @@ import numpy as np  # noqa: E402
 
 from .graphs import NetworkWiring, StageWiring  # noqa: E402
 
-__all__ = ["draw_stage", "draw_network", "draw_generator_grid", "plot_damage"]
+__all__ = ["draw_stage", "draw_network", "draw_generator_grid", "plot_damage", "save_figure"]
 
 INPUT_COLOR, OUTPUT_COLOR, NODE_COLOR, BOTH_COLOR = "#1f77b4", "#d62728", "#bbbbbb", "#9467bd"
 
 
 def _colors(w: StageWiring) -> List[str]:
     ins, outs = set(w.input_nodes), set(w.output_nodes)
-    return [
-        (
-            BOTH_COLOR
-            if v in ins and v in outs
-            else INPUT_COLOR if v in ins else OUTPUT_COLOR if v in outs else NODE_COLOR
-        )
-        for v in range(w.num_nodes)
-    ]
+    by_role = {
+        (False, False): NODE_COLOR,
+        (True, False): INPUT_COLOR,
+        (False, True): OUTPUT_COLOR,
+        (True, True): BOTH_COLOR,
+    }
+    return [by_role[v in ins, v in outs] for v in range(w.num_nodes)]
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
     """Save `fig` as PNG at `path` (tight layout, 110 dpi), close it; returns `path`."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -37,28 +36,15 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def _layered_positions(w: StageWiring) -> Dict:
-    """x = depth (longest path from the input node), y spread within a depth."""
-    g = w.to_networkx(with_io=True)
-    depth = {}
-    for v in nx.topological_sort(g):
-        depth[v] = max((depth[u] + 1 for u in g.predecessors(v)), default=0)
-    layers: Dict[int, list] = {}
-    for v, d in depth.items():
-        layers.setdefault(d, []).append(v)
-    pos = {}
-    for d, vs in layers.items():
-        for i, v in enumerate(sorted(vs, key=str)):
-            pos[v] = (d, i - (len(vs) - 1) / 2)
-    return pos
-
-
 def draw_stage(w: StageWiring, ax, layout: str = "layered", title: str = "") -> None:
     """Draw one stage on a matplotlib axis. layout: "layered" (DAG, with the extra input and
     output nodes) or "ring" (the undirected graph, nodes on a circle in DAG order, as Fig. 4)."""
     if layout == "layered":
         g = w.to_networkx(with_io=True)
-        pos = _layered_positions(w)
+        pos = {}  # x: depth (longest path from the input node), y: spread within a depth
+        for depth, layer in enumerate(nx.topological_generations(g)):
+            for i, v in enumerate(sorted(layer, key=str)):
+                pos[v] = (depth, i - (len(layer) - 1) / 2)
         colors = _colors(w) + ["black", "black"]
         nodelist = list(range(w.num_nodes)) + ["input", "output"]
         nx.draw_networkx_edges(g, pos, ax=ax, arrows=True, arrowsize=6, width=0.5, alpha=0.6)
@@ -84,7 +70,7 @@ def draw_network(wiring: NetworkWiring, path: str, layout: str = "layered", titl
         w = wiring[name]
         draw_stage(w, ax, layout, f"{name}: N={w.num_nodes}, E={len(w.edges)}")
     fig.suptitle(title or f"wiring {wiring.fingerprint()} (blue: fed by input, red: to output)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def draw_generator_grid(rows: Sequence, path: str) -> str:
@@ -96,7 +82,7 @@ def draw_generator_grid(rows: Sequence, path: str) -> str:
         ax.set_axis_off()
     for ax, (label, w) in zip(axes.flat, rows):
         draw_stage(w, ax, "ring", f"{label}: E={len(w.edges)}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_damage(damage: Dict, path: str) -> str:
@@ -119,4 +105,4 @@ def plot_damage(damage: Dict, path: str) -> str:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy change (points)")
     fig.suptitle(f"graph damage (baseline top-1 {damage['baseline']:.2f})")
-    return _save(fig, path)
+    return save_figure(fig, path)

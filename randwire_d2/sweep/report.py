@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from ..utils.tables import markdown_table  # noqa: E402
+from ..visualize import save_figure  # noqa: E402
 
 __all__ = ["aggregate", "pearson", "op_correlations", "write_tables", "report"]
 __all__ += ["plot_fig3", "plot_fig6"]
@@ -175,10 +176,7 @@ def _save(fig, ax, x, gens, metric: str, title: str, path: str) -> str:
     ax.set_xticks(x, gens, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def report(records: Sequence[Dict], folder: str, metric: str = "val_224/top1") -> str:
