@@ -47,7 +47,7 @@ from .inference_config import (
     set_score_threshold,
     test_augmentations,
 )
-from .run_config import RunConfig, is_lazy, override_text
+from .run_config import RunConfig, is_lazy
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -119,10 +119,11 @@ def split_overrides(words: Sequence[str]) -> Tuple[List[str], List[str]]:
 def check_dataset_flags(cfg, registered: Sequence[str]) -> None:
     """Datasets given with --dataset are for DATASETS.TEST[0] (lazy: dataloader.test.dataset.
     names), whose ids and class names predictions take: one of them must be it."""
-    key, names = RunConfig(cfg).key("test_datasets"), RunConfig(cfg).datasets("test_datasets")
+    run = RunConfig(cfg)
+    key, names = run.key("test_datasets"), run.datasets("test_datasets")
     if registered and (not names or names[0] not in registered):
         name = registered[0]
-        fix = f"{key}={name}" if is_lazy(cfg) else f"{key} \"('{name}',)\""
+        fix = run.override("test_datasets", name if run.lazy else f"\"('{name}',)\"")
         raise ValueError(
             f"--dataset {', '.join(registered)} is not what the config predicts with: "
             f"{key} is {names}, and predictions take their ids and class names from its first "
@@ -220,10 +221,11 @@ class DatasetIds:
     def of(cls, cfg) -> "DatasetIds":
         """The ids of DATASETS.TEST[0] (lazy: dataloader.test.dataset.names[0]), which must be
         registered (an error names the --dataset flag); none when the config names no dataset."""
-        key, names = RunConfig(cfg).key("test_datasets"), RunConfig(cfg).datasets("test_datasets")
+        run = RunConfig(cfg)
+        key, names = run.key("test_datasets"), run.datasets("test_datasets")
         if not names:
             return cls(None, f"{key} is empty: there is no dataset to take ids from")
-        empty = override_text(cfg, key, "[]" if is_lazy(cfg) else "'()'")
+        empty = run.override("test_datasets", "[]" if run.lazy else "'()'")
         alternative = f", or {empty} to predict without a dataset (class indices, no COCO ids)"
         require_registered(names[:1], f"{key}[0]", alternative)
         return cls(names[0])

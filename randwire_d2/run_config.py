@@ -100,7 +100,8 @@ class RunConfig:
 
     def override(self, name: str, value) -> str:
         """How an override of setting `name` is written on this config system's command line."""
-        return override_text(self.cfg, self.key(name), value)
+        key = self.key(name)
+        return f"{key}={value}" if self.lazy else f"{key} {value}"
 
     def flat(self) -> dict:
         """The config's plain values by dotted key."""
@@ -136,8 +137,3 @@ class RunConfig:
             if isinstance(value, int):
                 return key, value
         return None, None
-
-
-def override_text(cfg, key: str, value) -> str:
-    """How an override of `key` is written on the command line for this config's system."""
-    return f"{key}={value}" if is_lazy(cfg) else f"{key} {value}"
