@@ -330,6 +330,20 @@ def test_metrics_of_iterations_after_the_resumed_checkpoint_are_dropped(tmp_path
     assert [it for it, _ in read_metrics(tmp_path)] == [0, 1]
 
 
+def test_metrics_lines_that_are_json_but_not_records_do_not_stop_a_resume(tmp_path):
+    """A metrics.json line that parses but is not a record (a list, a number, a string) is
+    kept as unreadable, in truncate_metrics (resume) and in a sweep's final_results."""
+    from randwire_d2.sweep.store import final_results
+
+    lines = ['{"iteration": 0, "val_32/top1": 50.0}\n', "[1, 2]\n", "7\n", '"x"\n']
+    lines.append('{"iteration": 3, "total_loss": 1.0}\n')
+    (tmp_path / "metrics.json").write_text("".join(lines))
+    assert final_results(str(tmp_path)) is None  # the last iteration (3) has no evaluation
+    truncate_metrics(str(tmp_path), 2)
+    kept = (tmp_path / "metrics.json").read_text().splitlines()
+    assert kept == [ln.strip() for ln in lines[:4]]
+
+
 def test_train_cls_generates_the_demo_data_on_a_fresh_clone(tmp_path, monkeypatch):
     import randwire_d2.data.cls_demo as cls_demo
 

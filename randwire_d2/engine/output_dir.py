@@ -10,10 +10,11 @@ import os
 import socket
 import sys
 import time
+from typing import Optional
 
 from detectron2.utils import comm
 
-__all__ = ["claim_output_dir", "release_output_dir", "truncate_metrics"]
+__all__ = ["claim_output_dir", "release_output_dir", "truncate_metrics", "metrics_record"]
 
 logger = logging.getLogger(__name__)
 _HELD_OUTPUT_DIRS = {}  # absolute path -> the open, locked lock file of this process
@@ -35,7 +36,7 @@ def claim_output_dir(output_dir: str, resume: bool = True, overwrite: bool = Fal
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
+            holder = f.read(1000).strip() or "another process"  # a line this module wrote
             f.close()
             raise RuntimeError(
                 f"OUTPUT_DIR={output_dir!r} is in use by {holder}. Two runs in one OUTPUT_DIR "
@@ -90,7 +91,16 @@ def truncate_metrics(output_dir: str, start_iter: int) -> None:
 
 
 def _iteration(line: str) -> int:
+    record = metrics_record(line)
+    return -1 if record is None else record["iteration"]
+
+
+def metrics_record(line: str) -> Optional[dict]:
+    """A metrics.json line as a dict with an integer "iteration"; None for a line cut by a kill
+    or one holding another JSON value."""
     try:
-        return int(json.loads(line).get("iteration", -1))
-    except ValueError:  # a line cut by a kill
-        return -1
+        record = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("iteration"), int)
+    return record if ok else None

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..analysis import label
 from ..checkpoint import atomic_write
+from ..engine.output_dir import metrics_record
 from .plan import Run, _short
 
 __all__ = ["run_state", "read_results", "check_results", "final_results", "held_by"]
@@ -84,11 +85,10 @@ def final_results(folder: str) -> Optional[Dict]:
     last, found = -1, {}
     with open(path) as f:
         for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
+            row = metrics_record(line)
+            if row is None:
                 continue
-            it = row.get("iteration", -1)
+            it = row["iteration"]
             last = max(last, it)
             evals = {k: v for k, v in row.items() if k.startswith("val_")}
             if evals:
