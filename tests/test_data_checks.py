@@ -140,9 +140,8 @@ def test_invalid_coco_json_names_the_dataset_and_the_file(coco, drop):
         content = '{"images": [1, '  # malformed JSON
     else:
         content = {k: v for k, v in coco_dict().items() if k != drop}
-    name, path = coco(content)
-    with pytest.raises(ValueError, match=rf"{name}.*{path}") as error:
-        checks.prepare_datasets([name])
+    with pytest.raises(ValueError, match=r"--dataset test_checks_.*\.json is not a COCO") as error:
+        coco(content)  # refused before it is registered
     assert drop is None or drop in str(error.value)
 
 
@@ -155,3 +154,52 @@ def test_more_categories_than_classes_names_the_key(coco):
     other, _ = coco(coco_dict(num_categories=3))  # not loaded yet: the check loads it
     with pytest.raises(ValueError, match=rf"MODEL.RETINANET.NUM_CLASSES=1.*{other}"):
         checks.check_num_classes([other], 1, key="MODEL.RETINANET.NUM_CLASSES")
+
+
+@pytest.mark.parametrize(
+    "content, field",
+    [
+        ([1, 2], "a JSON list"),
+        (dict(coco_dict(), annotations="x"), "'annotations' is a JSON string"),
+        ('{"images": [1, ', "not valid JSON"),
+        (dict(coco_dict(), images=[{"id": 1, "height": 24, "width": 32}]), "images[0]"),
+        (dict(coco_dict(), categories=[3]), "categories[0] is 3"),
+    ],
+)
+def test_a_json_that_is_not_coco_is_refused_before_registering(tmp_path, content, field):
+    path = tmp_path / "bad.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    name = f"test_checks_{uuid.uuid4().hex}"
+    with pytest.raises(ValueError, match=rf"--dataset {name}.*{path}.*is not a COCO") as error:
+        checks.register_user_datasets([(name, str(path), str(tmp_path))])
+    assert field in str(error.value)
+    assert name not in DatasetCatalog.list()
+
+
+def test_missing_images_an_empty_dataset_and_bad_boxes_are_named_at_setup(coco, caplog):
+    missing = coco_dict()
+    missing["images"][1]["file_name"] = "gone.jpg"
+    name, path = coco(missing)
+    with pytest.raises(
+        checks.DatasetNotFoundError, match=rf"{name}.*1 of 2 image files do not exist.*gone\.jpg"
+    ):
+        checks.prepare_datasets([name])
+    name, _ = coco(dict(coco_dict(), images=[], annotations=[]))
+    with pytest.raises(ValueError, match=rf"dataset {name!r} holds no images"):
+        checks.prepare_datasets([name])
+    text_box = coco_dict()
+    text_box["annotations"][2]["bbox"] = "2 2 10 10"
+    name, _ = coco(text_box)
+    with pytest.raises(ValueError, match=rf"{name}.*1 annotations have a bbox that is not 4 num"):
+        checks.prepare_datasets([name])
+    outside = coco_dict()
+    for a in outside["annotations"]:
+        a["bbox"] = [40, 2, 10, 10]  # the images are 32 pixels wide
+    name, _ = coco(outside)
+    with pytest.raises(ValueError, match=rf"{name}.*all 3 boxes lie entirely outside"):
+        checks.prepare_datasets([name])
+    outside["annotations"][0]["bbox"] = [2, 2, 10, 10]
+    name, _ = coco(outside)
+    with caplog.at_level(logging.WARNING):
+        checks.prepare_datasets([name])
+    assert f"dataset {name!r}: 2 of 3 boxes lie entirely outside their images" in caplog.text

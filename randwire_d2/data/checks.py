@@ -4,14 +4,18 @@ and COCO-format datasets (detection), so that a run fails at setup, not at its f
 
 import functools
 import json
+import logging
+import math
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from ..run_config import RunConfig
+from ..trust import read_bounded
 from .imagefolder import scan_image_folder
 
 __all__ = [
@@ -19,6 +23,8 @@ __all__ = [
     "check_image_folder",
     "DatasetNotFoundError",
     "register_user_datasets",
+    "check_coco_json",
+    "check_dataset_dicts",
     "check_datasets_on_disk",
     "load_dataset",
     "prepare_datasets",
@@ -29,7 +35,13 @@ __all__ = [
     "MAX_INSTANCES_PER_IMAGE",
 ]
 
-_COCO_KEYS = ("images", "annotations", "categories")
+# What loading a COCO instances file needs: its lists, and the fields of their objects.
+_COCO_FIELDS = {
+    "images": ("id", "file_name", "height", "width"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
+_COCO_KEYS = tuple(_COCO_FIELDS)
 # Most annotations one training image may hold. COCO's densest image has 93 and LVIS's ~800;
 # the matchers compare every anchor and proposal with every box, so 300,000 boxes on one image
 # ask for ~15 GB at the first iteration. Raise it here if your data really is that dense.
@@ -37,6 +49,7 @@ MAX_INSTANCES_PER_IMAGE = 1000
 # Per dataset, the kinds of non-crowd instance masks it holds ("polygon", "rle"), recorded by
 # load_dataset so that check_mask_format need not load a large dataset again.
 _MASK_KINDS: Dict[str, frozenset] = {}
+logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,6 +110,7 @@ def register_user_datasets(specs: Optional[Iterable[Sequence[str]]]) -> List[str
                 raise DatasetNotFoundError(
                     f"--dataset {name}: {what} {os.path.abspath(path)} does not exist"
                 )
+        check_coco_json(json_file, f"--dataset {name}")
         register_coco_instances(name, {}, json_file, image_root)
         names.append(name)
     return names
@@ -130,39 +144,61 @@ def check_datasets_on_disk(dataset_names: Iterable[str]) -> None:
                 )
 
 
-def _not_coco(name: str, json_file: str, cause: Optional[str] = None) -> Optional[ValueError]:
-    """The error to raise when `json_file` is not COCO instances (`cause` when the reason is
-    something else); None when it is and there is no `cause`."""
+def _json_type(value) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def check_coco_json(json_file: str, what: str) -> None:
+    """`json_file` is a COCO instances file: a JSON object with lists `images`, `annotations`
+    and `categories` of objects that hold the fields loading needs (_COCO_FIELDS). Read once,
+    with the dataset byte bound; a ValueError names `what` (the flag or dataset), the file and
+    the field, instead of a bare AssertionError or TypeError from the loader."""
+    text = read_bounded(json_file, f"{what} JSON", "dataset", text=True)
+    where = f"{what}: {os.path.abspath(json_file)} is not a COCO instances file"
+    expected = f"expected a JSON object with lists {list(_COCO_KEYS)} of objects"
     try:
-        with open(json_file) as f:
-            content = json.load(f)
-        missing = [k for k in _COCO_KEYS if not isinstance(content, dict) or k not in content]
-        problem = f"it has no {missing}" if missing else cause
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        problem = f"it is not valid JSON ({e})"
-    if problem is None:
-        return None
-    return ValueError(
-        f"dataset {name!r}: {os.path.abspath(json_file)} is not a COCO instances file: {problem}; "
-        f"expected a JSON object with lists {list(_COCO_KEYS)}"
-    )
+        content = json.loads(text)
+    except ValueError as e:  # JSONDecodeError
+        raise ValueError(f"{where}: it is not valid JSON ({e}); {expected}") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{where}: it holds a JSON {_json_type(content)}; {expected}")
+    for key, fields in _COCO_FIELDS.items():
+        items = content.get(key)
+        if key not in content:
+            raise ValueError(f"{where}: it has no {key!r}; {expected}")
+        if not isinstance(items, list):
+            raise ValueError(f"{where}: {key!r} is a JSON {_json_type(items)}; {expected}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ValueError(
+                    f"{where}: {key}[{i}] is {str(item)[:80]}, not an object with {list(fields)}"
+                )
+            missing = [f for f in fields if f not in item]
+            if missing:
+                raise ValueError(
+                    f"{where}: {key}[{i}] has no {missing}; each of {key} needs {list(fields)}"
+                )
 
 
 def load_dataset(name: str) -> List[Dict]:
-    """DatasetCatalog.get(name); a ValueError naming the dataset and its json file when that file
-    is not COCO instances (Detectron2 raises a bare JSON error, or loads no images or no boxes)."""
+    """DatasetCatalog.get(name), checked by `check_dataset_dicts`; a ValueError naming the
+    dataset and its json file when that file is not COCO instances (`check_coco_json`:
+    Detectron2 raises a bare JSON error, or loads no images or no boxes)."""
     json_file = MetadataCatalog.get(name).get("json_file")
     try:
         dicts = DatasetCatalog.get(name)
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         if not json_file:
             raise
-        raise _not_coco(name, json_file, f"{type(e).__name__}: {e}") from e
-    error = (
-        json_file and not any(d.get("annotations") for d in dicts) and _not_coco(name, json_file)
-    )
-    if error:
-        raise error
+        check_coco_json(json_file, f"dataset {name!r}")
+        raise ValueError(
+            f"dataset {name!r}: {os.path.abspath(json_file)} cannot be loaded as COCO instances: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if json_file and not any(d.get("annotations") for d in dicts):
+        check_coco_json(json_file, f"dataset {name!r}")
+    check_dataset_dicts(name, dicts, json_file)
     check_instance_counts(name, dicts)
     _MASK_KINDS[name] = frozenset(
         "rle" if isinstance(a["segmentation"], dict) else "polygon"
@@ -171,6 +207,62 @@ def load_dataset(name: str) -> List[Dict]:
         if a.get("segmentation") is not None and not a.get("iscrowd", 0)  # the mapper drops crowds
     )
     return dicts
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_dataset_dicts(name: str, dicts: List[Dict], json_file: Optional[str] = None) -> None:
+    """At setup, what a run would otherwise find mid-way in dataset `name` (its Detectron2 dicts,
+    from `json_file`): no images; image files that do not exist (one os.path.isfile each); a
+    bbox that is not 4 numbers. Boxes that lie entirely outside their image (dropped by the
+    mapper's clipping) are an error when all are, else a warning naming the count."""
+    source = f" ({os.path.abspath(json_file)})" if json_file else ""
+    if not dicts:
+        raise ValueError(
+            f"dataset {name!r} holds no images{source}: a run needs at least one. Is it the "
+            "right annotation file?"
+        )
+    missing = [d.get("file_name") for d in dicts if not os.path.isfile(d.get("file_name", ""))]
+    if missing:
+        raise DatasetNotFoundError(
+            f"dataset {name!r}: {len(missing)} of {len(dicts)} image files do not exist, e.g. "
+            f"{_some(missing)}{source}: is the image folder right?"
+        )
+    bad, outside, boxes = [], [], 0
+    for d in dicts:
+        for a in d.get("annotations", ()):
+            box = a.get("bbox")
+            if box is None:
+                continue
+            if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(map(_is_number, box)):
+                bad.append((box, d.get("file_name")))
+                continue
+            mode = a.get("bbox_mode", BoxMode.XYWH_ABS)
+            if a.get("iscrowd", 0) or mode not in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS):
+                continue
+            boxes += 1
+            x0, y0, x1, y1 = BoxMode.convert(list(box), mode, BoxMode.XYXY_ABS)
+            height, width = d.get("height"), d.get("width")
+            if height and width and (x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height):
+                outside.append((box, d.get("file_name"), width, height))
+    if bad:
+        box, file_name = bad[0]
+        raise ValueError(
+            f"dataset {name!r}: {len(bad)} annotations have a bbox that is not 4 numbers, e.g. "
+            f"bbox {str(box)[:80]!s} on {file_name}{source}; expected [x, y, width, height]"
+        )
+    if outside:
+        box, file_name, width, height = outside[0]
+        what = f"all {boxes}" if len(outside) == boxes else f"{len(outside)} of {boxes}"
+        message = (
+            f"dataset {name!r}: {what} boxes lie entirely outside their images (e.g. {box} on "
+            f"{file_name}, {width}x{height}){source}: training drops them"
+        )
+        if len(outside) == boxes:
+            raise ValueError(f"{message}, so nothing would be learned. Are the boxes [x, y, w, h]?")
+        logger.warning(f"{message}. Are the boxes [x, y, width, height] in pixels?")
 
 
 def check_instance_counts(name: str, dicts: List[Dict], limit: Optional[int] = None) -> None:
