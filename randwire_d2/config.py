@@ -11,6 +11,8 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import LazyConfig, get_cfg
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .limits import check_config_sizes
+
 __all__ = [
     "add_randwire_config",
     "load_config",
@@ -165,6 +167,7 @@ def load_config(
         if isinstance(defaults.get(opts[i]), float) and isinstance(_literal(opts[i + 1]), int):
             opts[i + 1] = str(float(_literal(opts[i + 1])))
     cfg.merge_from_list(opts)
+    check_config_sizes(cfg)
     if freeze:
         cfg.freeze()
     return cfg

@@ -17,6 +17,7 @@ like a python file, load only one you trust.
 import copy
 import inspect
 import os
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,6 +39,7 @@ from .config import (
 )
 from .data.checks import prepare_datasets
 from .data.imagefolder import read_rgb_image
+from .limits import MAX_IMAGE_SIDE, check_int
 from .run_config import RunConfig, is_lazy
 
 __all__ = [
@@ -175,7 +177,15 @@ def test_augmentations(cfg) -> T.AugmentationList:
             "its images is unknown (e.g. [L(T.ResizeShortestEdge)(short_edge_length=800, "
             "max_size=1333)])"
         )
-    return T.AugmentationList(list(instantiate(augs)))
+    augs = list(instantiate(augs))
+    for i, aug in enumerate(augs):  # the sides it resizes to, bounded as a yaml config's are
+        if isinstance(aug, T.ResizeShortestEdge):
+            key = f"dataloader.test.mapper.augmentations.{i}"
+            for v in aug.short_edge_length:
+                check_int(f"{key}.short_edge_length", v, 0, MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")
+            if aug.max_size != sys.maxsize:  # Detectron2's default: no limit
+                check_int(f"{key}.max_size", aug.max_size, 0, MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")
+    return T.AugmentationList(augs)
 
 
 def is_classifier(cfg) -> bool:

@@ -27,6 +27,8 @@ from randwire_d2.complexity import (
 )
 from randwire_d2.config import generator_params, load_config
 from randwire_d2.graphs import parse_seeds
+from randwire_d2.limits import MAX_IMAGE_SIDE
+from randwire_d2.utils.args import bounded_int
 
 
 def setup(args):
@@ -70,7 +72,10 @@ def main():
     )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument(
-        "--input-size", type=int, default=224, help="square input side (224; 320 for Table 4)"
+        "--input-size",
+        type=bounded_int(1, MAX_IMAGE_SIDE, "limits.MAX_IMAGE_SIDE"),
+        default=224,
+        help="square input side (224; 320 for Table 4)",
     )
     parser.add_argument(
         "--seeds", default="", help="e.g. 1-5 or 1,3: mean and std over these seeds"

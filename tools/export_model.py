@@ -61,7 +61,14 @@ from randwire_d2.inference_config import (
     load_model,
     require_registered,
 )
+from randwire_d2.limits import (
+    MAX_EXPORT_BATCH,
+    MAX_EXPORT_SAMPLES,
+    MAX_IMAGE_SIDE,
+    check_export_inputs,
+)
 from randwire_d2.run_config import RunConfig, is_lazy
+from randwire_d2.utils.args import bounded_int
 
 
 def build_parser():
@@ -89,14 +96,24 @@ def build_parser():
         help="replace an earlier export in --output (its files only; other files stay)",
     )
     parser.add_argument("--sample-image", default=None, help="detector: trace on this image")
-    parser.add_argument("--num-samples", type=int, default=2, help="inputs compared per format")
+    parser.add_argument(
+        "--num-samples",
+        type=bounded_int(1, MAX_EXPORT_SAMPLES, "limits.MAX_EXPORT_SAMPLES"),
+        default=2,
+        help=f"inputs compared per format (1..{MAX_EXPORT_SAMPLES})",
+    )
     parser.add_argument(
         "--input-size",
-        type=int,
-        default=0,
-        help="classifier: side (default PRETRAIN.TEST_CROPS[0])",
+        type=bounded_int(1, MAX_IMAGE_SIDE, "limits.MAX_IMAGE_SIDE"),
+        default=None,
+        help=f"classifier: side, 1..{MAX_IMAGE_SIDE} (default PRETRAIN.TEST_CROPS[0])",
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="classifier: batch size")
+    parser.add_argument(
+        "--batch-size",
+        type=bounded_int(1, MAX_EXPORT_BATCH, "limits.MAX_EXPORT_BATCH"),
+        default=1,
+        help=f"classifier: batch size (1..{MAX_EXPORT_BATCH})",
+    )
     parser.add_argument(
         "--random-weights", action="store_true", help="export without MODEL.WEIGHTS (untrained)"
     )
@@ -141,8 +158,6 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     classifier = is_classifier(cfg)
     formats = args.format or (["pt2", "onnx"] if classifier else ["torchscript"])
-    if args.num_samples < 1:
-        sys.exit(f"--num-samples {args.num_samples} is invalid: expected an integer >= 1")
     if classifier and args.sample_image:
         sys.exit("--sample-image is for detectors: a classifier is exported at --input-size")
     if not classifier and "pt2" in formats:
@@ -156,7 +171,10 @@ def main(argv=None):
     run = RunConfig(cfg)
     output = args.output or os.path.join(run.get("output_dir", "output") or "output", "export")
     try:
-        if not classifier and not args.sample_image:  # before building: the data to trace on
+        if classifier:  # before building: the inputs' size is bounded
+            size = args.input_size or cfg.PRETRAIN.TEST_CROPS[0]
+            check_export_inputs(size, args.batch_size, args.num_samples)
+        elif not args.sample_image:  # before building: the data to trace on
             names, key = run.datasets("test_datasets"), run.key("test_datasets")
             require_registered(names[:1], key, ", or --sample-image IMAGE")
         prepare_export_folder(output, args.overwrite)
@@ -167,7 +185,6 @@ def main(argv=None):
 
     try:
         if classifier:
-            size = args.input_size or cfg.PRETRAIN.TEST_CROPS[0]
             samples = classifier_samples(
                 size, args.batch_size, args.num_samples, cfg.SEED, model.device
             )

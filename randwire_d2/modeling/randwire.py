@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import generator_params
 from ..graphs import NetworkWiring, StageWiring, sample_stages
+from ..limits import MAX_CHANNELS, check_int
 from .execution import EXECUTIONS, NodeSpec, StagePlan, fast_stage_forward, removal_at
 from .ops import build_node_op, norm_layer
 
@@ -69,8 +70,7 @@ def stage_specs(regime: str, num_nodes: int, channels: int) -> List[Tuple[str, i
     """[(stage name, N of the stage, channels of its nodes)] of the random stages (Table 1)."""
     if regime not in REGIMES:
         raise ValueError(f"REGIME={regime!r} is unknown: expected one of {sorted(REGIMES)}")
-    if channels < 2:
-        raise ValueError(f"CHANNELS={channels!r} is invalid: expected an integer >= 2")
+    check_int("CHANNELS", channels, 2, MAX_CHANNELS, "MAX_CHANNELS")
     low = math.ceil(2 / min(n for _, n, _ in REGIMES[regime]))  # every stage needs >= 2 nodes
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < low:
         raise ValueError(

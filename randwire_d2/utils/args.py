@@ -5,9 +5,11 @@ import argparse
 __all__ = ["bounded_int"]
 
 
-def bounded_int(low: int, high: int):
+def bounded_int(low: int, high: int, limit: str = ""):
     """An argparse `type` for an integer in [low, high]; another value is an error naming the
-    value and the range."""
+    value, the range and `limit` (the name of the constant that sets `high`), which argparse
+    prefixes with the flag."""
+    where = f" ({limit})" if limit else ""
 
     def parse(text: str) -> int:
         try:
@@ -15,7 +17,7 @@ def bounded_int(low: int, high: int):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is invalid: expected {low}..{high}")
+            raise argparse.ArgumentTypeError(f"{value} is invalid: expected {low}..{high}{where}")
         return value
 
     return parse
