@@ -27,6 +27,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import urllib.error
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -46,6 +47,7 @@ __all__ = [
     "atomic_torch_save",
     "read_checkpoint",
     "check_weights_on_disk",
+    "weights_download_named",
     "find_trunk",
     "classifier_to_detector",
     "convert_classifier_checkpoint",
@@ -164,6 +166,23 @@ def check_weights_on_disk(weights: str, key: str = "MODEL.WEIGHTS") -> None:
             f"{key}={weights!r} does not exist ({os.path.abspath(weights)}): give a "
             "checkpoint file, a detectron2:// or https:// URL, or an empty string (random init)"
         )
+
+
+@contextlib.contextmanager
+def weights_download_named(key: str, weights: str):
+    """Inside: a failure to download `weights` (the value of config `key`, a URL such as
+    https://... or detectron2://...) is an OSError naming the key, the URL and the reason, not
+    urllib's bare "<urlopen error ...>"."""
+    try:
+        yield
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        if "://" not in (weights or ""):
+            raise
+        reason = getattr(e, "reason", None) or e
+        raise OSError(
+            f"{key}={weights!r} cannot be downloaded ({reason}): without network access, "
+            f"download it elsewhere and set {key} to the local file"
+        ) from e
 
 
 def read_checkpoint(path: str, what: str = "MODEL.WEIGHTS") -> dict:
@@ -551,6 +570,7 @@ def load_for_eval(cfg, model: torch.nn.Module, resume: bool = False) -> Dict:
             f"{run.key('weights')}='' and no checkpoint to resume: --eval-only needs weights to "
             "evaluate"
         )
-    extras = checkpointer.resume_or_load(weights, resume=resume)
+    with weights_download_named(run.key("weights"), weights):
+        extras = checkpointer.resume_or_load(weights, resume=resume)
     check_input_normalization(cfg, extras)
     return extras

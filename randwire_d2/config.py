@@ -160,6 +160,12 @@ def load_config(
     else:  # an older Detectron2 config: Detectron2 upgrades it
         cfg.merge_from_file(config_file, allow_unsafe=allow_unsafe)
     opts = list(opts)
+    for i, item in enumerate(opts):
+        if isinstance(item, str) and item.startswith("-" if i % 2 == 0 else "--"):
+            raise ValueError(
+                f"override {item!r} is invalid: expected KEY VALUE pairs (options such as "
+                "--resume go before the overrides)"
+            )
     if len(opts) % 2:
         raise ValueError(f"overrides {opts} are invalid: expected KEY VALUE pairs")
     defaults = flatten(cfg)

@@ -6,7 +6,7 @@ that frozen stages have weights and that the weights' input normalization is the
 import logging
 from typing import Callable, Tuple
 
-from ..checkpoint import check_input_normalization
+from ..checkpoint import check_input_normalization, weights_download_named
 from ..run_config import RESTORED, RESUME_SECTIONS, RunConfig
 from .output_dir import truncate_metrics
 
@@ -24,7 +24,8 @@ def resume_or_load(
     `run_seed` is the RunSeed the checkpoint restores; `data_order` says whether that
     loader continues an interrupted run's data."""
     run = RunConfig(cfg)
-    extras = checkpointer.resume_or_load(run.get("weights"), resume=resume)
+    with weights_download_named(run.key("weights"), run.get("weights")):
+        extras = checkpointer.resume_or_load(run.get("weights"), resume=resume)
     resumed = extras.pop("__resumed_from__", None) or (resume and checkpointer.has_checkpoint())
     start_iter = loop.iter + 1 if resumed else 0
     if resumed:

@@ -1,0 +1,76 @@
+"""What a user sees when a command line is slightly wrong or the machine is offline: options given
+after the KEY VALUE overrides, weights at a URL that cannot be downloaded (issue 25, item 12)."""
+
+import pytest
+from common import (
+    CLS_CONFIG,
+    DET_CONFIG,
+    LAZY_DET_CONFIG,
+    TINY_LAZY,
+    TINY_PREDICT_CLS,
+    call_tool,
+    load_tool,
+    tiny_cls_cfg,
+    write_image,
+)
+from detectron2.config import instantiate
+from detectron2.modeling import build_model
+
+from randwire_d2.checkpoint import build_checkpointer, load_for_eval
+from randwire_d2.config import load_lazy_config
+from randwire_d2.engine.resume import resume_or_load
+
+# Nothing listens on port 9 (discard) of this machine: the connection is refused at once, as
+# any download is on a machine without network.
+OFFLINE_URL = "http://127.0.0.1:9/model_final.pth"
+HINT = "expected KEY VALUE pairs (options such as --resume go before the overrides)"
+
+
+@pytest.mark.parametrize(
+    "tool, config, late",
+    [
+        ("train_net", DET_CONFIG, ["--resume"]),
+        ("train_net", DET_CONFIG, ["--resume", "--overwrite"]),
+        ("train_cls", CLS_CONFIG, ["--eval-only"]),
+    ],
+)
+def test_options_after_the_overrides_are_an_error_that_says_where_they_go(tool, config, late):
+    module = load_tool(tool)
+    args = module.build_parser().parse_args(
+        ["--config-file", config, "MODEL.WEIGHTS", "w.pth", *late]
+    )
+    with pytest.raises(ValueError) as e:
+        module.setup(args)
+    assert str(e.value) == f"override {late[0]!r} is invalid: {HINT}"
+
+
+def test_weights_at_a_url_without_network_name_the_key_and_the_url(tmp_path):
+    reason = "[Errno 111] Connection refused"
+    cfg = tiny_cls_cfg()
+    cfg.MODEL.WEIGHTS = OFFLINE_URL
+    with pytest.raises(OSError) as e:
+        load_for_eval(cfg, build_model(cfg))
+    assert str(e.value) == (
+        f"MODEL.WEIGHTS='{OFFLINE_URL}' cannot be downloaded ({reason}): without network "
+        "access, download it elsewhere and set MODEL.WEIGHTS to the local file"
+    )
+    lazy = load_lazy_config(LAZY_DET_CONFIG, TINY_LAZY + [f"train.init_checkpoint={OFFLINE_URL}"])
+    checkpointer = build_checkpointer(instantiate(lazy.model), str(tmp_path))
+    with pytest.raises(OSError, match=rf"^train.init_checkpoint='{OFFLINE_URL}' cannot be down"):
+        resume_or_load(lazy, checkpointer, None, None, False, None, None, False)
+    image = write_image(tmp_path / "a.jpg")
+    proc = call_tool(
+        "predict",
+        "--config-file",
+        CLS_CONFIG,
+        "--input",
+        image,
+        *TINY_PREDICT_CLS,
+        "MODEL.WEIGHTS",
+        OFFLINE_URL,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: MODEL.WEIGHTS='{OFFLINE_URL}' cannot be downloaded ({reason}): without network "
+        "access, download it elsewhere and set MODEL.WEIGHTS to the local file"
+    )
