@@ -35,6 +35,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
+from .data.checks import check_categories
 from .graphs import NetworkWiring
 from .modeling.randwire import RandWire
 from .run_config import RunConfig
@@ -573,4 +574,7 @@ def load_for_eval(cfg, model: torch.nn.Module, resume: bool = False) -> Dict:
     with weights_download_named(run.key("weights"), weights):
         extras = checkpointer.resume_or_load(weights, resume=resume)
     check_input_normalization(cfg, extras)
+    if type(getattr(model, "module", model)).__name__ != CLASSIFIER_ARCH:
+        source = f"{run.key('weights')}={weights!r}" if weights else "the last checkpoint"
+        check_categories(extras.get("categories"), run.datasets("test_datasets"), source)
     return extras

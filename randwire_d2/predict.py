@@ -31,6 +31,7 @@ from PIL import Image
 
 from . import data as _data  # noqa: F401  (registers the embedded demo datasets)
 from .config import add_randwire_config
+from .data.checks import check_datasets_fit_model
 from .data.imagefolder import ResizeCenterCrop
 from .engine import resolve_device
 from .engine.detection import draw_instances
@@ -307,14 +308,17 @@ class DatasetIds:
 class DetectionPredictor:
     """A detector on one BGR HWC uint8 image at a time, prepared as evaluation prepares images,
     with weights loaded strictly and the COCO ids and class names of the test dataset
-    (`DatasetIds`)."""
+    (`DatasetIds`), which must fit the model's class count and be the categories its checkpoint
+    was trained on."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.input_format = input_format(cfg)
         self.aug = test_augmentations(cfg)
         self.ids = DatasetIds.of(cfg)
-        self.model, self.checkpoint = load_model(cfg)
+        if self.ids.name and not self.ids.why:  # as --eval-only: the classes fit the model
+            check_datasets_fit_model([self.ids.name], cfg, masks=False)
+        self.model, self.checkpoint = load_model(cfg)  # refuses other categories than trained
         self.num_classes = RunConfig(cfg).num_classes()
 
     def __call__(self, bgr: np.ndarray) -> Dict:

@@ -28,6 +28,7 @@ from common import (
     load_tool,
     run_tool,
     save_random_model,
+    tiny_cfg,
 )
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
@@ -35,10 +36,10 @@ from pycocotools.coco import COCO
 
 from randwire_d2.checkpoint import RandWireCheckpointer
 from randwire_d2.config import load_config
-from randwire_d2.data.checks import check_image_folder
+from randwire_d2.data.checks import check_image_folder, prepare_datasets, register_user_datasets
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.data.detection_demo import ensure_detection_demo, register_detection_demo
-from randwire_d2.engine import ClassificationTrainer
+from randwire_d2.engine import ClassificationTrainer, Trainer
 from randwire_d2.engine.classification import ClassList
 from randwire_d2.predict import (
     ClassificationPredictor,
@@ -344,3 +345,79 @@ def test_lazy_config_and_its_saved_yaml_predict_with_the_datasets_ids(
         r["category_id"] for r in records
     } == {1}
     COCO(user_data["json"]).loadRes(str(tmp_path / "config.yaml" / "results.json"))
+
+
+def _categories_json(folder, name, category_ids):
+    """A COCO json of the user dataset's images sub/a.jpg, sub/b.jpg with one box of each of
+    `category_ids` (named c<id>); its path."""
+    images = [
+        {"id": i + 1, "file_name": f"sub/{n}.jpg", "height": 64, "width": 64}
+        for i, n in enumerate("ab")
+    ]
+    annotations = [
+        {"id": k + 1, "image_id": k % 2 + 1, "category_id": c, "bbox": [8, 10, 30, 24]}
+        | {"area": 720, "iscrowd": 0}
+        for k, c in enumerate(category_ids)
+    ]
+    categories = [{"id": c, "name": f"c{c}"} for c in category_ids]
+    path = os.path.join(folder, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return path
+
+
+@pytest.mark.slow
+def test_predict_refuses_a_dataset_of_other_categories_than_the_checkpoints(
+    user_data, tmp_path, caplog, forget_datasets
+):
+    """A detector trained on category ids {7, 9} records them in its checkpoint: predicting with
+    a dataset of {9, 11} is an error naming both, as is a dataset of more categories than
+    NUM_CLASSES (as --eval-only); a checkpoint without the record predicts, with a warning."""
+    specs = [
+        (n, _categories_json(tmp_path, n, ids), user_data["images"])
+        for n, ids in [("cats_a", [7, 9]), ("cats_b", [9, 11]), ("cats_c", [7, 9, 11])]
+    ]
+    register_user_datasets(specs[:1])
+    cfg = tiny_cfg(
+        *("DATASETS.TRAIN", ("cats_a",), "DATASETS.TEST", (), "MODEL.ROI_HEADS.NUM_CLASSES", 2),
+        *("SOLVER.MAX_ITER", 1, "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path / "run")),
+    )
+    prepare_datasets(["cats_a"])  # as train_net's setup
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    weights = str(tmp_path / "run" / "model_final.pth")
+    record = torch.load(weights, weights_only=True)["categories"]
+    assert record == {
+        "dataset": "cats_a",
+        "thing_classes": ["c7", "c9"],
+        "thing_dataset_id_to_contiguous_id": {7: 0, 9: 1},
+    }
+    DatasetCatalog.remove("cats_a")
+    MetadataCatalog.remove("cats_a")
+
+    def run(spec, weights=weights):
+        argv = ["--config-file", DET_CONFIG, "--dataset", *spec, "--input", user_data["other"]]
+        argv += TINY + ["MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.WEIGHTS", weights]
+        try:
+            return predict_tool.main(argv + ["DATASETS.TEST", f"('{spec[0]}',)"])
+        finally:
+            DatasetCatalog.remove(spec[0])
+            MetadataCatalog.remove(spec[0])
+
+    with pytest.raises(
+        SystemExit,
+        match=r"trained on the categories of dataset 'cats_a' \{7: 'c7', 9: 'c9'\}, but dataset "
+        r"'cats_b' has \{9: 'c9', 11: 'c11'\}",
+    ):
+        run(specs[1])
+    with pytest.raises(
+        SystemExit,
+        match=r"MODEL.ROI_HEADS.NUM_CLASSES=2 is too small for dataset 'cats_c', which has 3 cat",
+    ):
+        run(specs[2])
+    assert run(specs[0]) is not None  # the training dataset's categories
+    old = save_random_model(DET_CONFIG, TINY + ["MODEL.ROI_HEADS.NUM_CLASSES", "2"], tmp_path)
+    with caplog.at_level("WARNING"):
+        assert run(specs[1], old) is not None
+    assert "records no categories" in caplog.text and "cannot be checked" in caplog.text

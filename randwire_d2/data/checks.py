@@ -31,6 +31,8 @@ __all__ = [
     "check_num_classes",
     "check_mask_format",
     "check_datasets_fit_model",
+    "dataset_categories",
+    "check_categories",
     "check_instance_counts",
     "MAX_INSTANCES_PER_IMAGE",
 ]
@@ -344,13 +346,74 @@ def check_mask_format(
             )
 
 
-def check_datasets_fit_model(dataset_names: Iterable[str], cfg) -> None:
-    """check_num_classes with the model's class-count key (RunConfig.num_classes), and
-    check_mask_format, for a yaml config or a LazyConfig."""
+def check_datasets_fit_model(dataset_names: Iterable[str], cfg, masks: bool = True) -> None:
+    """check_num_classes with the model's class-count key (RunConfig.num_classes), and (with
+    `masks`: training, evaluation) check_mask_format, for a yaml config or a LazyConfig."""
     dataset_names, run = list(dataset_names), RunConfig(cfg)
     key, num_classes = run.num_classes()
     if key is not None:
         check_num_classes(dataset_names, num_classes, key)
+    if not masks:
+        return
     mask_on, mask_format = run.get("mask_on", False), run.get("mask_format", "polygon")
     keys = (run.key("mask_on"), run.key("mask_format"))
     check_mask_format(dataset_names, mask_on, mask_format, keys)
+
+
+# The metadata of a dataset that says what a detector's class indices mean.
+_CATEGORY_KEYS = ("thing_classes", "thing_dataset_id_to_contiguous_id")
+
+
+def dataset_categories(name: str) -> Dict:
+    """{"dataset": name, "thing_classes": [...], "thing_dataset_id_to_contiguous_id": {id:
+    index}} of registered dataset `name`, from Detectron2's metadata (the dataset loaded first
+    when its json is on disk and not loaded yet); {} when it has none. A detector checkpoint
+    records this of its training dataset."""
+    meta = MetadataCatalog.get(name)
+    json_file = meta.get("json_file", None)
+    if meta.get(_CATEGORY_KEYS[1], None) is None and json_file and os.path.isfile(json_file):
+        load_dataset(name)  # load_coco_json sets both keys
+    record = {"dataset": name}
+    classes, ids = meta.get(_CATEGORY_KEYS[0], None), meta.get(_CATEGORY_KEYS[1], None)
+    if classes is not None:
+        record[_CATEGORY_KEYS[0]] = [str(c) for c in classes]
+    if ids is not None:
+        record[_CATEGORY_KEYS[1]] = {int(k): int(v) for k, v in ids.items()}
+    return record if len(record) > 1 else {}
+
+
+def _describe_categories(record: Dict) -> str:
+    """{category id: name} in class-index order, or the class names where ids are unknown."""
+    classes, ids = record.get(_CATEGORY_KEYS[0]), record.get(_CATEGORY_KEYS[1])
+    if ids is None:
+        return str(classes)
+    names = {i: classes[i] if classes and i < len(classes) else "?" for i in ids.values()}
+    return str({k: names[v] for k, v in sorted(ids.items(), key=lambda kv: kv[1])})
+
+
+def check_categories(record: Optional[Dict], dataset_names: Iterable[str], source: str) -> None:
+    """The categories a detector checkpoint records (`record`: `dataset_categories` of its
+    training dataset) are those of every dataset of `dataset_names`: else its class indices
+    would be written as another dataset's category ids and names. `source` names the weights.
+    A checkpoint without the record (older versions) loads, with a warning."""
+    dataset_names = [n for n in dataset_names if n in DatasetCatalog.list()]
+    if not dataset_names:
+        return
+    if not record:
+        logger.warning(
+            f"{source} records no categories (written by an older version, or trained without a "
+            f"dataset): whether the categories of {dataset_names} are those the model was "
+            "trained on cannot be checked"
+        )
+        return
+    for name in dataset_names:
+        theirs = dataset_categories(name)
+        keys = [k for k in _CATEGORY_KEYS if k in record and k in theirs]
+        if any(record[k] != theirs[k] for k in keys):
+            raise ValueError(
+                f"{source} was trained on the categories of dataset {record.get('dataset')!r} "
+                f"{_describe_categories(record)}, but dataset {name!r} has "
+                f"{_describe_categories(theirs)}: its category ids and names would label the "
+                "model's classes wrongly. Give the dataset the model was trained on (or one "
+                "with the same categories), or weights trained on this one"
+            )

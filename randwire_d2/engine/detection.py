@@ -28,7 +28,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from .. import data as _data  # noqa: F401  (registers the embedded demo datasets)
 from ..data.detection_loader import build_resumable_train_loader
-from .hooks import RunSeed
+from .hooks import RunSeed, TrainCategories
 from .trainer import RandWireTrainer
 
 __all__ = ["Trainer", "draw_detections", "draw_instances", "RESUMABLE_SAMPLERS"]
@@ -39,7 +39,15 @@ logger = logging.getLogger(__name__)
 
 
 class Trainer(RandWireTrainer):
-    """RandWireTrainer + COCOEvaluator + a training loader that `--resume` continues."""
+    """RandWireTrainer + COCOEvaluator + a training loader that `--resume` continues +
+    checkpoints that record the training dataset's categories."""
+
+    def prepare(self, cfg):
+        self.categories = TrainCategories.of(cfg)
+        return super().prepare(cfg)
+
+    def checkpointables(self) -> dict:
+        return {"categories": self.categories}
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):

@@ -8,20 +8,26 @@ from typing import Optional
 
 import numpy as np
 import torch
+from detectron2.data import DatasetCatalog
 from detectron2.engine import hooks
 from detectron2.utils import comm
-from detectron2.utils.events import EventWriter, get_event_storage
+from detectron2.utils.events import EventWriter, JSONWriter, get_event_storage
 
+from ..data.checks import check_categories, dataset_categories
 from ..modeling.randwire import RandWire
 from ..run_config import RunConfig
+from .output_dir import has_metric
 
 __all__ = [
     "ThroughputHook",
     "RunSeed",
+    "TrainCategories",
     "StepSeed",
     "ProgressPrinter",
     "BestCheckpoint",
     "best_checkpoint_hook",
+    "PendingEvaluation",
+    "pending_evaluation_hook",
 ]
 
 
@@ -52,6 +58,31 @@ class RunSeed:
 
     def load_state_dict(self, state):
         self.seed = int(state["seed"])
+
+
+class TrainCategories:
+    """The categories of a detector's training dataset (`dataset_categories` of DATASETS.TRAIN[0];
+    lazy: dataloader.train.dataset.names[0]), checkpointed as "categories": predict, export and
+    evaluation refuse a dataset of other categories, and so does `--resume`."""
+
+    def __init__(self, record=None):
+        self.record = dict(record or {})
+
+    @classmethod
+    def of(cls, cfg) -> "TrainCategories":
+        """Of the config's first training dataset; the main process (the one that saves, and
+        whose datasets prepare_datasets loaded) only."""
+        names = RunConfig(cfg).datasets("train_datasets")
+        if not names or names[0] not in DatasetCatalog.list() or not comm.is_main_process():
+            return cls()
+        return cls(dataset_categories(names[0]))
+
+    def state_dict(self):
+        return dict(self.record)
+
+    def load_state_dict(self, state):
+        if self.record and state:  # else nothing to compare
+            check_categories(state, [self.record["dataset"]], "--resume: the checkpoint")
 
 
 class StepSeed(hooks.HookBase):
@@ -182,5 +213,58 @@ def best_checkpoint_hook(cfg, checkpointer, auto_metric: str) -> Optional[BestCh
     return BestCheckpoint(
         checkpointer, run.get("eval_period"), auto_metric if metric == "auto" else metric,
         run.get("best_mode", "max"), run.key("best_metric"),
+    )
+    # fmt: on
+
+
+class PendingEvaluation(hooks.HookBase):
+    """The evaluation a stopped run owes: a run resumed from a checkpoint of an evaluation
+    iteration whose metrics.json lacks `metric` there (stopped after the checkpoint, before the
+    evaluation ended) evaluates that iteration before it trains on; BestCheckpoint sees the
+    result and metrics.json records it. Build it with `pending_evaluation_hook`."""
+
+    def __init__(self, output_dir: str, eval_period: int, metric: str, evaluate, best, writer):
+        self.output_dir, self.period, self.metric = output_dir, eval_period, metric
+        self.evaluate, self.best, self.writer = evaluate, best, writer
+
+    def before_train(self):
+        iteration = self.trainer.start_iter - 1  # the iteration of the checkpoint resumed
+        if iteration < 0 or self.period <= 0 or (iteration + 1) % self.period:
+            return
+        if iteration + 1 >= self.trainer.max_iter:
+            return  # the final evaluation runs after training, resumed or not
+        missing = comm.is_main_process() and not has_metric(self.output_dir, iteration, self.metric)
+        if not comm.all_gather(missing)[0]:  # every process evaluates, or none
+            return
+        logging.getLogger(__name__).warning(
+            f"--resume: metrics.json has no {self.metric} at iteration {iteration}, the "
+            "checkpoint's: the run stopped before that evaluation ended. Evaluating it now."
+        )
+        storage = self.trainer.storage
+        self.trainer.iter = storage.iter = iteration  # as if the evaluation ran in its turn
+        try:
+            self.evaluate._do_eval()
+            if self.best is not None:
+                self.best._check()
+            for w in getattr(self.writer, "_writers", ()):
+                if isinstance(w, JSONWriter):
+                    w.write()  # recorded now, not at the next write
+        finally:
+            self.trainer.iter = storage.iter = iteration + 1
+
+
+def pending_evaluation_hook(cfg, registered, auto_metric: str) -> Optional[PendingEvaluation]:
+    """PendingEvaluation for the EvalHook among hooks `registered` (None without one), judged by
+    the BestCheckpoint's metric among them, else the task's `auto_metric`."""
+    evaluate = next((h for h in registered if isinstance(h, hooks.EvalHook)), None)
+    if evaluate is None:
+        return None
+    best = next((h for h in registered if isinstance(h, BestCheckpoint)), None)
+    writer = next((h for h in registered if isinstance(h, hooks.PeriodicWriter)), None)
+    run = RunConfig(cfg)
+    # fmt: off
+    return PendingEvaluation(
+        run.get("output_dir"), run.get("eval_period") or 0, best.metric if best else auto_metric,
+        evaluate, best, writer,
     )
     # fmt: on

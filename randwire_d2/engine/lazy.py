@@ -19,7 +19,14 @@ from omegaconf import OmegaConf
 
 from ..checkpoint import build_checkpointer
 from ..data.detection_loader import build_resumable_train_loader
-from .hooks import RunSeed, StepSeed, ThroughputHook, best_checkpoint_hook
+from .hooks import (
+    RunSeed,
+    StepSeed,
+    ThroughputHook,
+    TrainCategories,
+    best_checkpoint_hook,
+    pending_evaluation_hook,
+)
 from .output_dir import release_output_dir
 from .resume import resume_or_load
 from .rules import amp_dtype, check_detection_run, setup_run
@@ -170,32 +177,37 @@ def do_train(cfg, args):
     on_cuda = next(model.parameters()).device.type == "cuda"
     trainer = step_trainer(model, train_loader, optimizer, amp_dtype(cfg, on_cuda))
     checkpointer = build_checkpointer(
-        model, cfg.train.output_dir, cfg=cfg, trainer=trainer, run_seed=run_seed
+        model,
+        cfg.train.output_dir,
+        cfg=cfg,
+        trainer=trainer,
+        run_seed=run_seed,
+        categories=TrainCategories.of(cfg),
     )
     batch = cfg.dataloader.train.get("total_batch_size", 0)
-    trainer.register_hooks(
-        [
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            ThroughputHook(batch),
-            StepSeed(run_seed),
-            (
-                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-                if comm.is_main_process()
-                else None
-            ),
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-            best_checkpoint_hook(cfg, checkpointer, "bbox/AP"),
-            (
-                hooks.PeriodicWriter(
-                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                    period=cfg.train.log_period,
-                )
-                if comm.is_main_process()
-                else None
-            ),
-        ]
-    )
+    registered = [
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        ThroughputHook(batch),
+        StepSeed(run_seed),
+        (
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None
+        ),
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+        best_checkpoint_hook(cfg, checkpointer, "bbox/AP"),
+        (
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if comm.is_main_process()
+            else None
+        ),
+    ]
+    registered.append(pending_evaluation_hook(cfg, registered, "bbox/AP"))
+    trainer.register_hooks(registered)
     start_iter, _ = resume_or_load(
         cfg,
         checkpointer,

@@ -14,7 +14,13 @@ from typing import Optional
 
 from detectron2.utils import comm
 
-__all__ = ["claim_output_dir", "release_output_dir", "truncate_metrics", "metrics_record"]
+__all__ = [
+    "claim_output_dir",
+    "release_output_dir",
+    "truncate_metrics",
+    "metrics_record",
+    "has_metric",
+]
 
 logger = logging.getLogger(__name__)
 _HELD_OUTPUT_DIRS = {}  # absolute path -> the open, locked lock file of this process
@@ -104,3 +110,16 @@ def metrics_record(line: str) -> Optional[dict]:
         return None
     ok = isinstance(record, dict) and isinstance(record.get("iteration"), int)
     return record if ok else None
+
+
+def has_metric(output_dir: str, iteration: int, metric: str) -> bool:
+    """Whether metrics.json of `output_dir` holds `metric` at `iteration`."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        for line in f:
+            record = metrics_record(line)
+            if record is not None and record["iteration"] == iteration and metric in record:
+                return True
+    return False

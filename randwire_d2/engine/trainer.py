@@ -19,7 +19,13 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import build_checkpointer
-from .hooks import RunSeed, StepSeed, ThroughputHook, best_checkpoint_hook
+from .hooks import (
+    RunSeed,
+    StepSeed,
+    ThroughputHook,
+    best_checkpoint_hook,
+    pending_evaluation_hook,
+)
 from .output_dir import claim_output_dir, release_output_dir
 from .resume import resume_or_load
 from .rules import amp_dtype
@@ -161,9 +167,11 @@ class RandWireTrainer(DefaultTrainer):
         extra = [ThroughputHook(self.cfg.SOLVER.IMS_PER_BATCH), StepSeed(self.run_seed)]
         ret = ret[:2] + extra + ret[2:]  # after IterationTimer and LRScheduler
         best = best_checkpoint_hook(self.cfg, self.checkpointer, self.main_metric(self.cfg))
+        at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
         if best is not None:
-            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
-            ret.insert(at + 1, best)
+            ret.insert(at, best)
+            at += 1
+        ret.insert(at, pending_evaluation_hook(self.cfg, ret, self.main_metric(self.cfg)))
         return ret
 
     @classmethod
