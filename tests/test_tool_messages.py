@@ -1,16 +1,22 @@
 """What a user sees when a command line is slightly wrong or the machine is offline: options given
-after the KEY VALUE overrides, weights at a URL that cannot be downloaded (issue 25, item 12)."""
+after the KEY VALUE overrides, weights at a URL that cannot be downloaded; and the names an
+exported file shows (issue 25, item 12)."""
+
+import subprocess
+import sys
 
 import pytest
 from common import (
     CLS_CONFIG,
     DET_CONFIG,
     LAZY_DET_CONFIG,
+    TINY_EXPORT_DET,
     TINY_LAZY,
     TINY_PREDICT_CLS,
     call_tool,
     load_tool,
     tiny_cls_cfg,
+    tiny_export_model,
     write_image,
 )
 from detectron2.config import instantiate
@@ -74,3 +80,28 @@ def test_weights_at_a_url_without_network_name_the_key_and_the_url(tmp_path):
         f"error: MODEL.WEIGHTS='{OFFLINE_URL}' cannot be downloaded ({reason}): without network "
         "access, download it elsewhere and set MODEL.WEIGHTS to the local file"
     )
+
+
+@pytest.mark.slow
+def test_exported_detector_files_have_the_documented_names_and_load_as_documented(
+    tmp_path, one_thread
+):
+    """docs/predict_and_export.md: the ONNX outputs are named pred_boxes, pred_classes, scores,
+    image_size; model.ts loads after `import torchvision`, and not without it."""
+    import onnx
+    import torch
+
+    from randwire_d2 import export
+
+    model = tiny_export_model(DET_CONFIG, TINY_EXPORT_DET)
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    formats = ("onnx", "torchscript")
+    export.export_detector(model, str(tmp_path), [{"image": image}], formats, check_sizes=[])
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["image"]
+    assert [o.name for o in graph.output] == ["pred_boxes", "pred_classes", "scores", "image_size"]
+    load = f"import torch; torch.jit.load({str(tmp_path / 'model.ts')!r})"
+    plain = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
+    assert plain.returncode != 0 and "Unknown builtin op: torchvision::nms" in plain.stderr
+    documented = subprocess.run([sys.executable, "-c", "import torchvision; " + load])
+    assert documented.returncode == 0

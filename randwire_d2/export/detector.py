@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.export import TracingAdapter, dump_torchscript_IR
+from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
 from detectron2.modeling import GeneralizedRCNN
 from torch import nn
 
@@ -37,6 +38,23 @@ def detector_adapter(model: nn.Module, sample: Dict) -> TracingAdapter:
     """Detectron2's TracingAdapter of a detector: CHW image tensor -> flattened Instances.
     In eval mode: torch.onnx.export restores the mode it finds, for the wrapped model too."""
     return TracingAdapter(model, [{"image": sample["image"]}], _detector_inference).eval()
+
+
+def flat_output_names(schema, name: str = "output") -> List[str]:
+    """Names of the flattened outputs of a TracingAdapter with outputs `schema`: the fields of
+    the Instances (sorted: pred_boxes, pred_classes, scores, ...), then "image_size", as
+    docs/predict_and_export.md lists them; a name repeated across images gets its index."""
+    if isinstance(schema, DictSchema):  # InstancesSchema too: its image size comes last
+        names = [
+            n for key, sub in zip(schema.keys, schema.schemas) for n in flat_output_names(sub, key)
+        ]
+        return names + ["image_size"] * isinstance(schema, InstancesSchema)
+    if isinstance(schema, ListSchema):
+        names = [n for sub in schema.schemas for n in flat_output_names(sub, name)]
+        if len(set(names)) < len(names):
+            names = [f"{n}_{i}" for i, n in enumerate(names)]
+        return names
+    return [name]
 
 
 def _other_sizes(height: int, width: int) -> List[Tuple[int, int]]:
@@ -94,6 +112,9 @@ def export_detector(
     from . import export_onnx, freeze_for_export
 
     adapter = detector_adapter(freeze_for_export(model), samples[0])
+    with torch.no_grad():  # sets adapter.outputs_schema, which names the ONNX outputs
+        adapter(image)
+    output_names = flat_output_names(adapter.outputs_schema)
     input_shape = _shape_spec(image.shape, DETECTOR_AXES)
 
     def write(fmt: str, path: str):
@@ -104,7 +125,7 @@ def export_detector(
             run = torch.jit.load(path)
             return run, torchscript_op_count(run)
         axes = {"image": DETECTOR_AXES}
-        export_onnx(adapter, (image,), path, ["image"], dynamic_axes=axes)
+        export_onnx(adapter, (image,), path, ["image"], output_names, dynamic_axes=axes)
         session = onnx_session(path)
         return (lambda x: run_onnx(session, x)), onnx_op_count(path)
 
