@@ -34,7 +34,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from pycocotools.coco import COCO
 
-from randwire_d2.checkpoint import RandWireCheckpointer
+from randwire_d2.checkpoint import RandWireCheckpointer, load_for_eval
 from randwire_d2.config import load_config
 from randwire_d2.data.checks import check_image_folder, prepare_datasets, register_user_datasets
 from randwire_d2.data.cls_demo import generate_classification_demo
@@ -417,6 +417,13 @@ def test_predict_refuses_a_dataset_of_other_categories_than_the_checkpoints(
     ):
         run(specs[2])
     assert run(specs[0]) is not None  # the training dataset's categories
+    register_user_datasets(specs[1:2])  # evaluation (and export: load_for_eval) refuse it too
+    cfg = tiny_cfg("DATASETS.TEST", ("cats_b",), "MODEL.ROI_HEADS.NUM_CLASSES", 2)
+    cfg.MODEL.WEIGHTS = weights
+    with pytest.raises(ValueError, match=r"'cats_a' \{7: 'c7', 9: 'c9'\}, but dataset 'cats_b'"):
+        load_for_eval(cfg, Trainer.build_model(cfg))
+    DatasetCatalog.remove("cats_b")
+    MetadataCatalog.remove("cats_b")
     old = save_random_model(DET_CONFIG, TINY + ["MODEL.ROI_HEADS.NUM_CLASSES", "2"], tmp_path)
     with caplog.at_level("WARNING"):
         assert run(specs[1], old) is not None
