@@ -59,6 +59,8 @@ __all__ = [
     "check_dataset_flags",
     "find_images",
     "check_output_folder",
+    "prepare_output_folder",
+    "MANIFEST_FILE",
     "read_image_file",
     "read_video",
     "build_predictor",
@@ -75,6 +77,9 @@ MIN_DRAWN_SIDE = 480
 MAX_DRAWN_SIDE = 1333
 RESULTS_FILE = "results.json"
 WITHOUT_IDS_FILE = "results_without_ids.json"
+# The files a prediction wrote into --output: a rerun replaces them, and only them.
+MANIFEST_FILE = "predict_manifest.json"
+MAX_MANIFEST_BYTES = 64 * 2**20
 WITHOUT_IDS_NOTE = (
     "Detections whose COCO image_id or category_id cannot be known: that id is null and "
     "'unknown_ids' says why; class_index is the model's class, label its name. "
@@ -152,13 +157,79 @@ def find_images(inputs: Sequence[str]) -> List[str]:
     return found
 
 
-def check_output_folder(output: Optional[str], flag: str = "--output") -> None:
-    """`output` must be a folder or not exist yet (it is created)."""
-    if output and os.path.exists(output) and not os.path.isdir(output):
+def check_output_folder(output: Optional[str], flag: str = "--output") -> List[str]:
+    """`output` must not exist yet (it is created), be empty, or hold an earlier prediction
+    (its MANIFEST_FILE): a folder holding files that predict did not write is refused, so that
+    no file of the user's is replaced and no earlier picture is left among the new ones.
+    Returns the files of the earlier prediction (that `prepare_output_folder` removes)."""
+    if not output or not os.path.exists(output):
+        return []
+    if not os.path.isdir(output):
         raise ValueError(
             f"{flag} {output!r} is an existing file: expected a folder (created if missing) for "
             "the drawn images and results.json"
         )
+    entries = sorted(os.listdir(output))
+    if MANIFEST_FILE in entries:
+        return _read_manifest(os.path.join(output, MANIFEST_FILE))
+    if entries:
+        shown = ", ".join(entries[:3]) + (
+            f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+        )
+        raise FileExistsError(
+            f"{flag} {output!r} holds files that tools/predict.py did not write ({shown}): give "
+            f"an empty or new folder (predict replaces only its own earlier outputs, which its "
+            f"{MANIFEST_FILE} lists)"
+        )
+    return []
+
+
+def _read_manifest(path: str) -> List[str]:
+    """The file names an earlier prediction wrote, from its MANIFEST_FILE (a regular file, read
+    with a bound): plain names in the folder; a path elsewhere, "..", a hidden name is an error
+    naming the manifest, so that no list can make predict remove another file."""
+    fix = "remove the folder's files, or give an empty or new --output folder"
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a regular file: not predict's list of files; {fix}")
+    with open(path, "rb") as f:
+        text = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path} is over {MAX_MANIFEST_BYTES:,} bytes: not predict's list; {fix}")
+    try:
+        files = json.loads(text)["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not predict's list of files ({e!r}); {fix}") from None
+    names = files if isinstance(files, list) else [files]
+    bad = [n for n in names if not _plain_name(n)] or ([] if isinstance(files, list) else [files])
+    if bad:
+        raise ValueError(f"{path} lists {bad[0]!r}, not a file name predict writes; {fix}")
+    return files
+
+
+def _plain_name(name) -> bool:
+    """A file name in the folder itself, not the manifest: no path, no "..", not hidden."""
+    return (
+        isinstance(name, str)
+        and name == os.path.basename(name)
+        and not name.startswith(".")
+        and name not in ("", MANIFEST_FILE)
+    )
+
+
+def prepare_output_folder(output: str, names: Sequence[str]) -> List[str]:
+    """Make `output` ready for a prediction that writes `names`: the files an earlier prediction
+    wrote there are removed (other files stay; see `check_output_folder`), then MANIFEST_FILE
+    lists `names`, before any of them is written. Returns the removed names."""
+    earlier = check_output_folder(output)
+    removed = [n for n in earlier if os.path.isfile(os.path.join(output, n))]
+    for n in removed:
+        os.remove(os.path.join(output, n))
+    if removed:
+        logger.info(f"removed the {len(removed)} files of the earlier prediction in {output}")
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, MANIFEST_FILE), "w") as f:
+        json.dump({"written_by": "tools/predict.py", "files": list(names)}, f, indent=0)
+    return removed
 
 
 def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
@@ -452,11 +523,17 @@ def predict(
     """Run `predictor` on image files or on the frames of a video; print one line per image or
     frame. With `output` (a folder): detectors write each image with its detections under its
     file name (a video: <name>.mp4 of the drawn frames), RESULTS_FILE and WITHOUT_IDS_FILE; the
-    classifier its top-k classes per image to RESULTS_FILE. Returns the records, in input order."""
+    classifier its top-k classes per image to RESULTS_FILE; MANIFEST_FILE lists them, and the
+    files an earlier prediction listed there are removed first (`prepare_output_folder`).
+    Returns the records, in input order."""
     detector = isinstance(predictor, DetectionPredictor)
-    check_output_folder(output)
+    taken = set()
+    drawn_names = [_unique_name(os.path.basename(p), taken) for p in images]
     if output:
-        os.makedirs(output, exist_ok=True)
+        written = [RESULTS_FILE] + ([WITHOUT_IDS_FILE] if detector else [])
+        if detector:
+            written += [_video_name(video)] if video else drawn_names
+        prepare_output_folder(output, written)
     if detector:
         print("\n".join(predictor.ids.describe(predictor.num_classes)))
     if video:
@@ -464,7 +541,7 @@ def predict(
         sources = ((f"{video}#{i}", i, frame) for i, frame in enumerate(frames))
     else:
         sources = ((path, None, read_image_file(path)) for path in images)
-    writer, taken, records = None, set(), []
+    writer, records = None, []
     try:
         for i, (name, frame, bgr) in enumerate(sources):
             start = time.perf_counter()
@@ -494,7 +571,7 @@ def predict(
                 writer = writer or _video_writer(video, output, fps, drawn.shape)
                 writer.write(drawn)
             elif output:
-                path = os.path.join(output, _unique_name(os.path.basename(name), taken))
+                path = os.path.join(output, drawn_names[i])
                 if not cv2.imwrite(path, drawn):
                     raise OSError(f"cannot write {path!r}: OpenCV's imwrite failed (disk full?)")
     finally:
@@ -536,8 +613,12 @@ def _write_detections(records: List[Dict], dataset: Optional[str], output: Optio
     )
 
 
+def _video_name(video: str) -> str:
+    return os.path.splitext(os.path.basename(video))[0] + ".mp4"
+
+
 def _video_writer(video: str, output: str, fps: float, shape) -> cv2.VideoWriter:
-    path = os.path.join(output, os.path.splitext(os.path.basename(video))[0] + ".mp4")
+    path = os.path.join(output, _video_name(video))
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (shape[1], shape[0]))
     if not writer.isOpened():
         raise ValueError(f"cannot write video {path!r}: this OpenCV build has no mp4v encoder")

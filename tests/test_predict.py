@@ -139,8 +139,8 @@ def test_mask_model_writes_rle_segmentations(demo_root, tmp_path):
     predictor = build_predictor(setup_cfg(MASK_CONFIG, opts + ["MODEL.WEIGHTS", weights], 0.1))
     records = predict(predictor, val_images(demo_root, 2), output=str(tmp_path / "out"))
     check_coco_results(records, demo_root, masks=True)
-    # 2 pictures, the results with ids and the (here empty) results without
-    assert len(os.listdir(tmp_path / "out")) == 4
+    # 2 pictures, the results with ids, the (here empty) results without, and their list
+    assert len(os.listdir(tmp_path / "out")) == 5
 
 
 def test_video_input(demo_root, detector_weights, tmp_path):

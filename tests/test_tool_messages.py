@@ -2,10 +2,14 @@
 after the KEY VALUE overrides, weights at a URL that cannot be downloaded; and the names an
 exported file shows (issue 25, item 12)."""
 
+import json
+import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 from common import (
     CLS_CONFIG,
     DET_CONFIG,
@@ -21,14 +25,24 @@ from common import (
 )
 from detectron2.config import instantiate
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
 
 from randwire_d2.checkpoint import build_checkpointer, load_for_eval
 from randwire_d2.config import load_lazy_config
 from randwire_d2.engine.resume import resume_or_load
+from randwire_d2.predict import (
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    WITHOUT_IDS_FILE,
+    DatasetIds,
+    DetectionPredictor,
+    predict,
+)
 
 # Nothing listens on port 9 (discard) of this machine: the connection is refused at once, as
 # any download is on a machine without network.
 OFFLINE_URL = "http://127.0.0.1:9/model_final.pth"
+RESULTS = [RESULTS_FILE, WITHOUT_IDS_FILE]
 HINT = "expected KEY VALUE pairs (options such as --resume go before the overrides)"
 
 
@@ -89,7 +103,6 @@ def test_exported_detector_files_have_the_documented_names_and_load_as_documente
     """docs/predict_and_export.md: the ONNX outputs are named pred_boxes, pred_classes, scores,
     image_size; model.ts loads after `import torchvision`, and not without it."""
     import onnx
-    import torch
 
     from randwire_d2 import export
 
@@ -105,3 +118,52 @@ def test_exported_detector_files_have_the_documented_names_and_load_as_documente
     assert plain.returncode != 0 and "Unknown builtin op: torchvision::nms" in plain.stderr
     documented = subprocess.run([sys.executable, "-c", "import torchvision; " + load])
     assert documented.returncode == 0
+
+
+class _NoDetections(DetectionPredictor):
+    """A detector that finds nothing, without a model: what predict writes is under test."""
+
+    def __init__(self):
+        self.ids, self.num_classes = DatasetIds(None, "no dataset"), (None, None)
+
+    def __call__(self, bgr):
+        empty = Instances(bgr.shape[:2], pred_boxes=Boxes(torch.zeros(0, 4)))
+        empty.scores, empty.pred_classes = torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        return {"instances": empty}
+
+
+def test_predict_into_the_same_output_replaces_its_earlier_pictures_and_keeps_the_users(tmp_path):
+    images = [write_image(tmp_path / "in" / n, seed=i) for i, n in enumerate(["a.jpg", "b.jpg"])]
+    out = tmp_path / "out"
+    predict(_NoDetections(), images, output=str(out))
+    assert sorted(os.listdir(out)) == sorted(["a.jpg", "b.jpg", MANIFEST_FILE, *RESULTS])
+    (out / "notes.txt").write_text("mine")
+    predict(_NoDetections(), images[:1], output=str(out))  # b.jpg's picture is the old run's
+    assert sorted(os.listdir(out)) == sorted(["a.jpg", "notes.txt", MANIFEST_FILE, *RESULTS])
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_predict_refuses_an_output_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model_final.pth").write_bytes(b"weights")
+    image = write_image(tmp_path / "a.jpg")
+    proc = call_tool("predict", "--config-file", DET_CONFIG, "--input", image, "--output", out)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: --output '{out}' holds files that tools/predict.py did not write "
+        "(model_final.pth): give an empty or new folder (predict replaces only its own earlier "
+        f"outputs, which its {MANIFEST_FILE} lists)"
+    )
+    assert os.listdir(out) == ["model_final.pth"]
+
+
+@pytest.mark.parametrize("listed", ["../victim.txt", ".", "", 7])
+def test_a_manifest_cannot_make_predict_remove_another_file(tmp_path, listed):
+    (tmp_path / "victim.txt").write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST_FILE).write_text(json.dumps({"files": [listed]}))
+    with pytest.raises(ValueError, match=rf"lists {re.escape(repr(listed))}, not a file name"):
+        predict(_NoDetections(), [write_image(tmp_path / "a.jpg")], output=str(out))
+    assert (tmp_path / "victim.txt").read_text() == "keep"

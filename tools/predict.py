@@ -22,9 +22,11 @@ before them is accepted too. --input takes image files, folders and glob pattern
 (a folder), detectors write each image with its detections, results.json (COCO results with the
 dataset's image_id and category_id, for COCO.loadRes) and results_without_ids.json (detections
 whose image or category id cannot be known: null, and why); the classifier writes its top-k
-classes per image to results.json. Images of more than MAX_IMAGE_PIXELS pixels are refused;
-drawn pictures are at most MAX_DRAWN_SIDE pixels long (randwire_d2/predict.py). An error in the
-inputs exits with status 1 and one line naming it.
+classes per image to results.json. --output is new, empty, or an earlier prediction's folder: a
+rerun replaces the files the earlier one wrote (listed in predict_manifest.json) and keeps all
+others; a folder holding files that predict did not write is refused. Images of more than
+MAX_IMAGE_PIXELS pixels are refused; drawn pictures are at most MAX_DRAWN_SIDE pixels long
+(randwire_d2/predict.py). An error in the inputs exits with status 1 and one line naming it.
 """
 
 import argparse
