@@ -6,6 +6,7 @@ fixtures shared by several modules are in conftest.py.
 The tiny configs differ on purpose (each is what its tests were written against): their shared
 parts are named once (TINY_TRUNK, TINY_FPN, ...) and each variant says what it adds."""
 
+import argparse
 import contextlib
 import importlib.util
 import io
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import traceback
@@ -318,6 +320,31 @@ def save_random_model(config, opts, folder, name="model", **checkpointables):
     model = build_model(cfg)
     RandWireCheckpointer(model, str(folder), cfg=cfg, **checkpointables).save(name)
     return os.path.join(str(folder), f"{name}.pth")
+
+
+def train_lazy(folder, resume, *overrides):
+    """Train the tiny lazy detector (TINY_LAZY, CPU) on det_test_train, evaluated on det_test_val
+    (the `tiny_data` fixture), in `folder` with `overrides` (key=value), as
+    tools/lazyconfig_train_net.py does; with `resume`, from the folder's last checkpoint."""
+    from randwire_d2.config import load_lazy_config
+    from randwire_d2.engine.lazy import do_train
+    from randwire_d2.engine.output_dir import release_output_dir
+
+    opts = ["dataloader.train.dataset.names=det_test_train", "train.device=cpu"]
+    opts += ["dataloader.test.dataset.names=det_test_val", f"train.output_dir={folder}"]
+    cfg = load_lazy_config(LAZY_DET_CONFIG, TINY_LAZY + opts + list(overrides))
+    os.makedirs(folder, exist_ok=True)
+    do_train(cfg, argparse.Namespace(resume=resume))
+    release_output_dir(str(folder))
+
+
+def stopped_after(full, folder, checkpoint="model_0000002.pth"):
+    """`folder` as a run killed right after writing `checkpoint` (a file of run folder `full`)
+    leaves it."""
+    os.makedirs(folder)
+    shutil.copy(os.path.join(full, checkpoint), folder)
+    with open(os.path.join(folder, "last_checkpoint"), "w") as f:
+        f.write(checkpoint)
 
 
 def write_image(path, seed=0, size=(24, 32)):

@@ -1,22 +1,17 @@
 """Keeping the best evaluation (TEST.BEST_CHECKPOINT_METRIC, train.best_checkpoint) and what the
 classifier's evaluation prints."""
 
-import argparse
-import os
-import shutil
 from collections import OrderedDict
 
 import pytest
 import torch
-from common import CLS_CONFIG, LAZY_DET_CONFIG, TINY_LAZY, make_cfg, read_metrics, tiny_opts
+from common import CLS_CONFIG, make_cfg, read_metrics, stopped_after, tiny_opts, train_lazy
 
-from randwire_d2.config import load_config, load_lazy_config
+from randwire_d2.config import load_config
 from randwire_d2.engine import ClassificationTrainer, Trainer
 from randwire_d2.engine.classification import describe_results
 from randwire_d2.engine.evaluation import ClassificationEvaluator
 from randwire_d2.engine.hooks import BestCheckpoint
-from randwire_d2.engine.lazy import do_train
-from randwire_d2.engine.output_dir import release_output_dir
 
 
 class _Storage:
@@ -123,12 +118,21 @@ def test_evaluation_reports_top_k_only_below_the_class_count_and_labels_extra_cr
     assert "top-5 is not reported: the data have 5 or fewer classes" in text
 
 
+def check_the_lost_evaluation_ran(full, resumed, metric, count, lost):
+    """`resumed`, resumed after a stop before the evaluation of iteration `lost` ended, holds the
+    `count` evaluations of the uninterrupted run `full`, and model_best.pth their best."""
+    evals = {it: r[metric] for it, r in read_metrics(resumed) if metric in r}
+    assert evals == {it: r[metric] for it, r in read_metrics(full) if metric in r}
+    assert len(evals) == count and lost in evals
+    best = max(evals, key=lambda it: (evals[it], -it))  # the first of equal bests
+    assert torch.load(resumed / "model_best.pth", weights_only=True)["iteration"] == best
+
+
 @pytest.mark.slow
 def test_resume_runs_the_evaluation_a_stopped_run_lost(cls_data_root, tmp_path, one_thread):
     """A run stopped after its checkpoint of iteration 0, before that iteration's evaluation
     ended (metrics.json has no record of it yet): --resume evaluates iteration 0 before it
-    trains on, so metrics.json holds every evaluation of the uninterrupted run and
-    model_best.pth the best of them."""
+    trains on (evaluations after iterations 0, 1 and the final one)."""
 
     def train(folder, resume):
         opts = tiny_opts(cls_data_root, folder, epochs=3, **{"PRETRAIN.EVAL_PERIOD_EPOCHS": 1.0})
@@ -136,44 +140,19 @@ def test_resume_runs_the_evaluation_a_stopped_run_lost(cls_data_root, tmp_path, 
         trainer.resume_or_load(resume=resume)
         trainer.train()
 
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    train(full, resume=False)
-    os.makedirs(resumed)
-    shutil.copy(full / "model_0000000.pth", resumed)
-    (resumed / "last_checkpoint").write_text("model_0000000.pth")
-    train(resumed, resume=True)
-    evals = {it: r["val_32/top1"] for it, r in read_metrics(resumed) if "val_32/top1" in r}
-    assert evals == {it: r["val_32/top1"] for it, r in read_metrics(full) if "val_32/top1" in r}
-    assert len(evals) == 3 and 0 in evals  # after iterations 0, 1 and the final one
-    best = max(evals, key=lambda it: (evals[it], -it))  # the first of equal bests
-    assert torch.load(resumed / "model_best.pth", weights_only=True)["iteration"] == best
+    train(tmp_path / "full", resume=False)
+    stopped_after(tmp_path / "full", tmp_path / "resumed", "model_0000000.pth")
+    train(tmp_path / "resumed", resume=True)
+    check_the_lost_evaluation_ran(tmp_path / "full", tmp_path / "resumed", "val_32/top1", 3, 0)
 
 
 @pytest.mark.slow
 def test_lazy_resume_runs_the_evaluation_a_stopped_run_lost(tiny_data, tmp_path, one_thread):
-    """As above, for the LazyConfig trainer (COCO evaluation every 2 iterations)."""
-
-    def train(folder, resume):
-        cfg = load_lazy_config(
-            LAZY_DET_CONFIG,
-            TINY_LAZY
-            + ["dataloader.train.dataset.names=det_test_train", "train.device=cpu"]
-            + ["dataloader.test.dataset.names=det_test_val", "train.max_iter=4"]
-            + ["train.checkpointer.period=2", "train.eval_period=2", "train.seed=3"]
-            + ["+train.best_checkpoint.metric=bbox/AP", f"train.output_dir={folder}"],
-        )
-        os.makedirs(folder, exist_ok=True)
-        do_train(cfg, argparse.Namespace(resume=resume))
-        release_output_dir(str(folder))
-
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    train(full, resume=False)
-    os.makedirs(resumed)
-    shutil.copy(full / "model_0000001.pth", resumed)
-    (resumed / "last_checkpoint").write_text("model_0000001.pth")
-    train(resumed, resume=True)
-    evals = {it: r["bbox/AP"] for it, r in read_metrics(resumed) if "bbox/AP" in r}
-    assert len(evals) == 2 and 1 in evals  # after iteration 1 and the final one
-    assert evals == {it: r["bbox/AP"] for it, r in read_metrics(full) if "bbox/AP" in r}
-    best = max(evals, key=lambda it: (evals[it], -it))
-    assert torch.load(resumed / "model_best.pth", weights_only=True)["iteration"] == best
+    """As above, for the LazyConfig trainer (COCO evaluations after iteration 1 and the final
+    one)."""
+    settings = ["train.max_iter=4", "train.checkpointer.period=2", "train.eval_period=2"]
+    settings += ["train.seed=3", "+train.best_checkpoint.metric=bbox/AP"]
+    train_lazy(tmp_path / "full", False, *settings)
+    stopped_after(tmp_path / "full", tmp_path / "resumed", "model_0000001.pth")
+    train_lazy(tmp_path / "resumed", True, *settings)
+    check_the_lost_evaluation_ran(tmp_path / "full", tmp_path / "resumed", "bbox/AP", 2, 1)

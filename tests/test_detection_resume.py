@@ -2,20 +2,15 @@
 final weights equal an uninterrupted run's, bit for bit (data order, augmentation, box sampling),
 for the yaml and the LazyConfig trainers and any worker count."""
 
-import argparse
 import logging
 import os
-import shutil
 
 import pytest
 import torch
-from common import LAZY_DET_CONFIG, TINY_LAZY, tiny_cfg
+from common import stopped_after, tiny_cfg, train_lazy
 
-from randwire_d2.config import load_lazy_config
 from randwire_d2.data.detection_loader import GroupedBatchSampler
 from randwire_d2.engine import RandWireTrainer, Trainer
-from randwire_d2.engine.lazy import do_train
-from randwire_d2.engine.output_dir import release_output_dir
 from randwire_d2.engine.resume import log_resume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,14 +18,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def final_weights(folder):
     return torch.load(os.path.join(folder, "model_final.pth"), weights_only=True)["model"]
-
-
-def stopped_after(full, folder, checkpoint="model_0000002.pth"):
-    """`folder` as a run killed right after writing `checkpoint` leaves it."""
-    os.makedirs(folder)
-    shutil.copy(os.path.join(full, checkpoint), folder)
-    with open(os.path.join(folder, "last_checkpoint"), "w") as f:
-        f.write(checkpoint)
 
 
 def assert_same_weights(a, b):
@@ -68,17 +55,8 @@ def test_lazy_resume_gives_the_uninterrupted_runs_weights_with_a_drawn_seed(
     tiny_data, tmp_path, caplog
 ):
     def train(folder, resume):
-        cfg = load_lazy_config(
-            LAZY_DET_CONFIG,
-            TINY_LAZY
-            + ["dataloader.train.dataset.names=det_test_train", "train.device=cpu"]
-            + ["dataloader.test.dataset.names=det_test_val", "train.max_iter=6"]
-            + ["train.checkpointer.period=3", "train.eval_period=0", "train.seed=-1"]
-            + [f"train.output_dir={folder}"],
-        )
-        os.makedirs(folder, exist_ok=True)
-        do_train(cfg, argparse.Namespace(resume=resume))
-        release_output_dir(str(folder))
+        settings = ["train.max_iter=6", "train.checkpointer.period=3", "train.eval_period=0"]
+        train_lazy(folder, resume, *settings, "train.seed=-1")
 
     train(tmp_path / "full", resume=False)
     stopped_after(tmp_path / "full", tmp_path / "resumed")
