@@ -11,6 +11,9 @@ __all__ = [
     "MAX_CHANNELS",
     "MAX_CLASSES",
     "MAX_IMS_PER_BATCH",
+    "MAX_POOLER_RESOLUTION",
+    "MAX_HEAD_LAYERS",
+    "MAX_WORKERS",
     "MAX_EXPORT_BATCH",
     "MAX_EXPORT_SAMPLES",
     "MAX_EXPORT_PIXELS",
@@ -27,6 +30,12 @@ MAX_CHANNELS = 4096
 MAX_CLASSES = 100_000
 # Images per training batch, all processes together (large-batch ImageNet training uses 8k-64k).
 MAX_IMS_PER_BATCH = 65_536
+# Side of the grid a region of interest is pooled to (Detectron2: 7 for boxes, 14 for masks).
+MAX_POOLER_RESOLUTION = 64
+# Head layers of one kind (fc or conv) in a detector's box or mask head.
+MAX_HEAD_LAYERS = 64
+# Data loader worker processes of one training process.
+MAX_WORKERS = 256
 # tools/export_model.py: --batch-size, --num-samples, and the pixels of all the random inputs
 # together (--num-samples x --batch-size x --input-size^2: 805 MB as float32).
 MAX_EXPORT_BATCH = 1024
@@ -49,6 +58,24 @@ CONFIG_SIZES = {
     "PRETRAIN.TRAIN_CROP": (1, MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE"),
     "PRETRAIN.TEST_CROPS": (1, MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE"),
     "SOLVER.IMS_PER_BATCH": (1, MAX_IMS_PER_BATCH, "MAX_IMS_PER_BATCH"),
+    "TEST.AUG.MIN_SIZES": (0, MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE"),
+    "TEST.AUG.MAX_SIZE": (0, MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE"),
+    "MODEL.ROI_BOX_HEAD.FC_DIM": (1, MAX_CHANNELS, "MAX_CHANNELS"),
+    "MODEL.ROI_BOX_HEAD.CONV_DIM": (1, MAX_CHANNELS, "MAX_CHANNELS"),
+    "MODEL.ROI_MASK_HEAD.CONV_DIM": (1, MAX_CHANNELS, "MAX_CHANNELS"),
+    "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS": (1, MAX_CHANNELS, "MAX_CHANNELS"),
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM": (1, MAX_CHANNELS, "MAX_CHANNELS"),
+    "MODEL.ROI_BOX_HEAD.NUM_FC": (0, MAX_HEAD_LAYERS, "MAX_HEAD_LAYERS"),
+    "MODEL.ROI_BOX_HEAD.NUM_CONV": (0, MAX_HEAD_LAYERS, "MAX_HEAD_LAYERS"),
+    "MODEL.ROI_MASK_HEAD.NUM_CONV": (0, MAX_HEAD_LAYERS, "MAX_HEAD_LAYERS"),
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": (1, MAX_POOLER_RESOLUTION, "MAX_POOLER_RESOLUTION"),
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": (1, MAX_POOLER_RESOLUTION, "MAX_POOLER_RESOLUTION"),
+    "MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION": (
+        1,
+        MAX_POOLER_RESOLUTION,
+        "MAX_POOLER_RESOLUTION",
+    ),
+    "DATALOADER.NUM_WORKERS": (0, MAX_WORKERS, "MAX_WORKERS"),
 }
 
 

@@ -28,6 +28,12 @@ SETTINGS = {
     "freeze_at": ("MODEL.BACKBONE.FREEZE_AT", "model.backbone.bottom_up.freeze_at"),
     "best_metric": ("TEST.BEST_CHECKPOINT_METRIC", "train.best_checkpoint.metric"),
     "best_mode": ("TEST.BEST_CHECKPOINT_MODE", "train.best_checkpoint.mode"),
+    "execution": ("MODEL.RANDWIRE.EXECUTION", "model.backbone.bottom_up.execution"),
+    "compile": ("MODEL.RANDWIRE.COMPILE", None),
+    "memory_efficient": (
+        "MODEL.RANDWIRE.MEMORY_EFFICIENT",
+        "model.backbone.bottom_up.memory_efficient",
+    ),
     "pixel_mean": ("MODEL.PIXEL_MEAN", "model.pixel_mean"),
     "pixel_std": ("MODEL.PIXEL_STD", "model.pixel_std"),
     "input_format": ("INPUT.FORMAT", "model.input_format"),

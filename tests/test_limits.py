@@ -72,6 +72,15 @@ def test_export_refuses_sample_images_beyond_the_pixel_limit_before_building(tmp
             "1000000000",
             "an integer in [1, 100000] (limits.MAX_CLASSES)",
         ),
+        ("TEST.AUG.MIN_SIZES", "(800, 60000)", "integers in [0, 8192] (limits.MAX_IMAGE_SIDE)"),
+        ("MODEL.ROI_BOX_HEAD.FC_DIM", "10000000", "an integer in [1, 4096] (limits.MAX_CHANNELS)"),
+        (
+            "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+            "100000",
+            "an integer in [1, 64] (limits.MAX_POOLER_RESOLUTION)",
+        ),
+        ("MODEL.ROI_BOX_HEAD.NUM_FC", "100000", "an integer in [0, 64] (limits.MAX_HEAD_LAYERS)"),
+        ("DATALOADER.NUM_WORKERS", "100000", "an integer in [0, 256] (limits.MAX_WORKERS)"),
     ],
 )
 def test_config_sizes_beyond_their_limit_are_refused_when_loaded(key, value, expected):

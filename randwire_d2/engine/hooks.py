@@ -4,7 +4,7 @@ import datetime
 import logging
 import math
 import random
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,21 @@ __all__ = [
     "best_checkpoint_hook",
     "PendingEvaluation",
     "pending_evaluation_hook",
+    "evaluation_metrics",
+    "check_best_checkpoint",
 ]
+
+# TEST.BEST_CHECKPOINT_MODE (train.best_checkpoint.mode): keep the highest or the lowest value.
+BEST_MODES = ("max", "min")
+# The metrics of each task of Detectron2's COCOEvaluator (its _derive_coco_results), which
+# also reports "<task>/AP-<category name>" per category.
+COCO_METRICS = {
+    "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    "keypoints": ("AP", "AP50", "AP75", "APm", "APl"),
+}
+# The meta-architectures whose evaluation is COCOEvaluator's instance tasks.
+COCO_ARCHITECTURES = ("GeneralizedRCNN", "RetinaNet", "PanopticFPN")
 
 
 class ThroughputHook(hooks.HookBase):
@@ -153,7 +167,7 @@ class BestCheckpoint(hooks.HookBase):
     """
 
     def __init__(self, checkpointer, eval_period: int, metric: str, mode: str = "max", key=""):
-        if mode not in ("max", "min"):
+        if mode not in BEST_MODES:
             raise ValueError(f"{key or 'mode'} mode={mode!r} is invalid: expected 'max' or 'min'")
         self.checkpointer, self.period = checkpointer, eval_period
         self.metric, self.mode, self.key = metric, mode, key or "the best-checkpoint metric"
@@ -268,3 +282,48 @@ def pending_evaluation_hook(cfg, registered, auto_metric: str) -> Optional[Pendi
         evaluate, best, writer,
     )
     # fmt: on
+
+
+def evaluation_metrics(cfg) -> Optional[Tuple[List[str], List[str]]]:
+    """(the names the evaluation of `cfg`'s task reports, as the EventStorage keys them; the
+    tasks that also report "<task>/AP-<category name>"), or None where the project does not know
+    them before the run (a meta-architecture it does not evaluate itself). The classifier:
+    val_<crop>/top1 (and top5 above 5 classes) for every PRETRAIN.TEST_CROPS size; detectors:
+    COCOEvaluator's bbox, segm with MODEL.MASK_ON (lazy: use_instance_mask), keypoints with
+    MODEL.KEYPOINT_ON, under "<dataset>/" when there are several test datasets."""
+    run = RunConfig(cfg)
+    if not run.lazy and cfg.MODEL.META_ARCHITECTURE == "RandWireClassifier":
+        tops = ["top1"] + ["top5"] * (cfg.MODEL.CLASSIFIER.NUM_CLASSES > 5)
+        return [f"val_{crop}/{top}" for crop in cfg.PRETRAIN.TEST_CROPS for top in tops], []
+    if not run.lazy and cfg.MODEL.META_ARCHITECTURE not in COCO_ARCHITECTURES:
+        return None
+    tasks = ["bbox"] + ["segm"] * bool(run.get("mask_on", False))
+    tasks += ["keypoints"] * bool(not run.lazy and cfg.MODEL.KEYPOINT_ON)
+    datasets = run.datasets("test_datasets")
+    prefixes = [f"{d}/" for d in datasets] if len(datasets) > 1 else [""]
+    tasks = [p + t for p in prefixes for t in tasks]
+    return [f"{t}/{m}" for t in tasks for m in COCO_METRICS[t.rsplit("/", 1)[-1]]], tasks
+
+
+def check_best_checkpoint(cfg) -> None:
+    """TEST.BEST_CHECKPOINT_MODE (lazy: train.best_checkpoint.mode) one of BEST_MODES, and
+    TEST.BEST_CHECKPOINT_METRIC "", "auto" or a metric the task's evaluation reports
+    (`evaluation_metrics`): checked at setup, not at the first evaluation hours later."""
+    run = RunConfig(cfg)
+    mode = run.get("best_mode", "max")
+    if mode not in BEST_MODES:
+        raise ValueError(
+            f"{run.key('best_mode')}={mode!r} is invalid: expected one of {list(BEST_MODES)}"
+        )
+    metric = run.get("best_metric", "") or ""
+    known = evaluation_metrics(cfg)
+    if metric in ("", "auto") or known is None:
+        return
+    names, per_category = known
+    if metric in names or any(str(metric).startswith(f"{t}/AP-") for t in per_category):
+        return
+    categories = f", or '<task>/AP-<category name>' for the tasks {per_category}"
+    raise ValueError(
+        f"{run.key('best_metric')}={metric!r} is not a metric this run's evaluation reports: "
+        f"expected '' (off), 'auto' or one of {names}{categories * bool(per_category)}"
+    )

@@ -12,7 +12,10 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import check_weights_on_disk
 from ..data.checks import check_datasets_fit_model, check_datasets_on_disk, prepare_datasets
+from ..modeling.execution import EXECUTIONS, check_triton
+from ..modeling.randwire import check_compile
 from ..run_config import RunConfig
+from .hooks import check_best_checkpoint
 from .output_dir import claim_output_dir
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "precision",
     "amp_dtype",
     "check_detection_run",
+    "check_run_keys",
     "setup_run",
 ]
 
@@ -96,9 +100,29 @@ def check_detection_run(cfg, eval_only: bool) -> None:
     check_datasets_fit_model(datasets, cfg)
 
 
+def check_run_keys(cfg) -> None:
+    """The keys a run would otherwise refuse only once it builds its model or evaluates, after
+    it wrote OUTPUT_DIR: MODEL.RANDWIRE.EXECUTION (lazy: the trunk's `execution`) one of
+    EXECUTIONS, and "triton" only where its kernels run (on CPU: TRITON_INTERPRET=1);
+    MODEL.RANDWIRE.COMPILE one of COMPILE_REGIONS and without EXECUTION triton or
+    MEMORY_EFFICIENT; the best checkpoint's metric and mode (`check_best_checkpoint`)."""
+    run = RunConfig(cfg)
+    execution = run.get("execution", "fast")
+    if execution not in EXECUTIONS:
+        raise ValueError(
+            f"{run.key('execution')}={execution!r} is unknown: expected one of {list(EXECUTIONS)}"
+        )
+    check_compile(run.get("compile", ""), execution, run.get("memory_efficient", False))
+    if execution == "triton":
+        check_triton(torch.device(run.get("device", "cpu")), run.key("execution"))
+    check_best_checkpoint(cfg)
+
+
 def setup_run(cfg, args) -> None:
-    """Hold the run's OUTPUT_DIR (train.output_dir), then Detectron2's default_setup (logs, the
-    config saved, seeds) and the project's log to the same folder."""
+    """Check the run's keys (`check_run_keys`), hold its OUTPUT_DIR (train.output_dir), then
+    Detectron2's default_setup (logs, the config saved, seeds) and the project's log to the
+    same folder."""
+    check_run_keys(cfg)
     output_dir = RunConfig(cfg).get("output_dir")
     claim_output_dir(output_dir, args.resume or args.eval_only, args.overwrite)
     default_setup(cfg, args)

@@ -52,6 +52,7 @@ __all__ = [
     "NodeSpec",
     "fast_stage_forward",
     "uses_kernels",
+    "check_triton",
     "removal_at",
     "affine_of_norm",
     "foldable",
@@ -437,6 +438,19 @@ class _LeanNode(torch.autograd.Function):
 _CHOICES = {}  # (execution, device string) -> whether the kernels run
 
 
+def check_triton(device: torch.device, key: str = "MODEL.RANDWIRE.EXECUTION") -> None:
+    """EXECUTION "triton" (at config `key`) where the Triton node kernels cannot run on `device`
+    is an error naming the reason (checked at setup and at the first forward)."""
+    from . import kernels
+
+    ok, why = kernels.runnable(device)
+    if not ok:
+        raise RuntimeError(
+            f"{key}='triton' cannot run on {device}: {why}. Use EXECUTION 'fast' (the Triton "
+            "kernels on CUDA where they work, the eager fast path elsewhere) or 'reference'."
+        )
+
+
 def uses_kernels(execution: str, device: torch.device) -> bool:
     """Whether wired stages with `execution` run the Triton node kernels on `device`; says once
     per (execution, device) in the log which execution runs and why. `"triton"` where the
@@ -450,19 +464,14 @@ def uses_kernels(execution: str, device: torch.device) -> bool:
         return _CHOICES.setdefault(key, execution == "triton")
     from . import kernels
 
-    ok, why = kernels.runnable(device)
     if execution == "triton":
-        if not ok:
-            raise RuntimeError(
-                f"MODEL.RANDWIRE.EXECUTION='triton' cannot run on {device}: {why}. "
-                "Use EXECUTION 'fast' (the Triton kernels on CUDA where they work, the eager "
-                "fast path elsewhere) or 'reference'."
-            )
+        check_triton(device)
         logger.info(
             f"EXECUTION triton on {device}: separable-conv nodes run the fused Triton kernels, "
             "other node ops the eager fast path"
         )
         return _CHOICES.setdefault(key, True)
+    ok, why = kernels.runnable(device)
     if device.type != "cuda":
         ok, why = False, f"the Triton node kernels run on CUDA only, not on {device.type}"
     elif ok:

@@ -360,21 +360,7 @@ class RandWire(Backbone):
         then run the per-node loop under the compiler instead of the fast execution; edge
         removal reaches the nodes as device masks (`use_edge_masks`). Other stages stay eager.
         """
-        if regions not in COMPILE_REGIONS:
-            from torch._inductor import list_mode_options
-
-            mode = regions in list_mode_options()
-            raise ValueError(
-                f"MODEL.RANDWIRE.COMPILE={regions!r} is unknown: expected one of "
-                f"{list(COMPILE_REGIONS)} ('' = eager, 'node' = each node a compiled region "
-                "shared by nodes of the same shape, 'stage' = each wired stage one graph)"
-                + (
-                    ". The key names what is compiled, not a torch.compile mode; CUDA graphs "
-                    "(mode 'reduce-overhead') are PRETRAIN.CUDA_GRAPHS"
-                    if mode
-                    else ""
-                )
-            )
+        check_compile(regions)
         if not regions:
             return self
         backend = backend or COMPILE_BACKEND
@@ -559,9 +545,25 @@ def build_randwire_backbone(cfg, input_shape: ShapeSpec):
     return trunk
 
 
-def check_compile(regions: str, execution: str, memory_efficient: bool) -> None:
-    """MODEL.RANDWIRE.COMPILE with keys it would silently override: compiled stages run the
-    per-node loop under the compiler, not the fast execution's Triton kernels or lean memory."""
+def check_compile(regions: str, execution: str = "fast", memory_efficient: bool = False) -> None:
+    """MODEL.RANDWIRE.COMPILE one of COMPILE_REGIONS, and without keys it would silently
+    override: compiled stages run the per-node loop under the compiler, not the fast
+    execution's Triton kernels or lean memory."""
+    if regions not in COMPILE_REGIONS:
+        from torch._inductor import list_mode_options
+
+        mode = regions in list_mode_options()
+        raise ValueError(
+            f"MODEL.RANDWIRE.COMPILE={regions!r} is unknown: expected one of "
+            f"{list(COMPILE_REGIONS)} ('' = eager, 'node' = each node a compiled region "
+            "shared by nodes of the same shape, 'stage' = each wired stage one graph)"
+            + (
+                ". The key names what is compiled, not a torch.compile mode; CUDA graphs "
+                "(mode 'reduce-overhead') are PRETRAIN.CUDA_GRAPHS"
+                if mode
+                else ""
+            )
+        )
     if regions and execution == "triton":
         raise ValueError(
             f"MODEL.RANDWIRE.COMPILE={regions!r} runs the wired stages through torch.compile, so "

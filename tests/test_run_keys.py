@@ -1,0 +1,188 @@
+"""Run keys that only a built model or an evaluation would use (execution, compile, the best
+checkpoint's metric and mode) are refused at setup by every training tool, before OUTPUT_DIR,
+config.yaml or log.txt is written (engine.rules.check_run_keys)."""
+
+import os
+
+import pytest
+from common import CLS_CONFIG, DET_CONFIG, LAZY_DET_CONFIG, TINY_LAZY, call_tool
+from common import tiny_cfg as tiny_detector_cfg
+from common import tiny_cls_cfg, tiny_opts
+
+from randwire_d2.engine import hooks
+from randwire_d2.modeling import kernels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EXECUTIONS = "['fast', 'reference', 'triton', 'eager']"
+# (KEY VALUE overrides, the message), the same for the classifier and the detector.
+YAML_REFUSALS = [
+    (
+        ["MODEL.RANDWIRE.EXECUTION", "fused"],
+        f"MODEL.RANDWIRE.EXECUTION='fused' is unknown: expected one of {EXECUTIONS}",
+    ),
+    (
+        ["MODEL.RANDWIRE.COMPILE", "fastest"],
+        "MODEL.RANDWIRE.COMPILE='fastest' is unknown: expected one of ['', 'node', 'stage']",
+    ),
+    (
+        ["MODEL.RANDWIRE.COMPILE", "node", "MODEL.RANDWIRE.MEMORY_EFFICIENT", "True"],
+        "MODEL.RANDWIRE.COMPILE='node' runs the wired stages through torch.compile, which "
+        "decides what to store for backward, so MEMORY_EFFICIENT=True would not apply",
+    ),
+    (
+        ["TEST.BEST_CHECKPOINT_MODE", "maximum"],
+        "TEST.BEST_CHECKPOINT_MODE='maximum' is invalid: expected one of ['max', 'min']",
+    ),
+    (
+        ["MODEL.RANDWIRE.EXECUTION", "triton"],
+        "MODEL.RANDWIRE.EXECUTION='triton' cannot run on cpu: on CPU the kernels run only "
+        "under Triton's interpreter: set TRITON_INTERPRET=1",
+    ),
+]
+
+
+def assert_refused_before_writing(proc, message, output_dir):
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-3000:]
+    written = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    assert not {"config.yaml", "log.txt"} & set(written), written
+
+
+@pytest.fixture
+def no_interpreter(monkeypatch):
+    """As a process started without TRITON_INTERPRET=1: the kernels cannot run on CPU."""
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+
+
+@pytest.mark.parametrize(
+    "opts,message", YAML_REFUSALS, ids=lambda x: "_".join(x) if isinstance(x, list) else None
+)
+def test_train_cls_refuses_run_keys_before_writing(
+    cls_data_root, tmp_path, no_interpreter, opts, message
+):
+    out = str(tmp_path / "run")
+    args = tiny_opts(cls_data_root, out) + opts
+    proc = call_tool("train_cls", "--config-file", CLS_CONFIG, *args)
+    assert_refused_before_writing(proc, message, out)
+
+
+def test_train_cls_refuses_a_metric_the_classifier_does_not_report(cls_data_root, tmp_path):
+    """Defect 10: bbox/AP on a classifier was refused only at the first evaluation."""
+    out = str(tmp_path / "run")
+    args = tiny_opts(cls_data_root, out, **{"PRETRAIN.TEST_CROPS": [28, 32]})
+    proc = call_tool(
+        "train_cls", "--config-file", CLS_CONFIG, *args, "TEST.BEST_CHECKPOINT_METRIC", "bbox/AP"
+    )
+    message = (
+        "TEST.BEST_CHECKPOINT_METRIC='bbox/AP' is not a metric this run's evaluation reports: "
+        "expected '' (off), 'auto' or one of ['val_28/top1', 'val_32/top1']"
+    )
+    assert_refused_before_writing(proc, message, out)
+
+
+def _det_args(tiny_data, out):
+    folder, paths = tiny_data
+    data = [
+        a
+        for s in ("train", "val")
+        for a in ("--dataset", f"det_test_{s}", paths[s], os.path.join(folder, s))
+    ]
+    return data + [
+        *("DATASETS.TRAIN", '("det_test_train",)', "DATASETS.TEST", '("det_test_val",)'),
+        *("DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", out),
+    ]
+
+
+@pytest.mark.parametrize(
+    "opts,message",
+    YAML_REFUSALS
+    + [
+        (
+            ["TEST.BEST_CHECKPOINT_METRIC", "segm/AP"],
+            "TEST.BEST_CHECKPOINT_METRIC='segm/AP' is not a metric this run's evaluation "
+            "reports: expected '' (off), 'auto' or one of ['bbox/AP', 'bbox/AP50',",
+        )
+    ],
+    ids=lambda x: "_".join(x) if isinstance(x, list) else None,
+)
+def test_train_net_refuses_run_keys_before_writing(
+    tiny_data, tmp_path, no_interpreter, opts, message
+):
+    out = str(tmp_path / "run")
+    args = _det_args(tiny_data, out) + opts
+    proc = call_tool("train_net", "--config-file", DET_CONFIG, *args)
+    assert_refused_before_writing(proc, message, out)
+
+
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        (
+            ["+model.backbone.bottom_up.execution=fused"],
+            "model.backbone.bottom_up.execution='fused' is unknown: expected one of " + EXECUTIONS,
+        ),
+        (
+            ["+model.backbone.bottom_up.execution=triton"],
+            "model.backbone.bottom_up.execution='triton' cannot run on cpu",
+        ),
+        (
+            ["train.best_checkpoint.mode=maximum"],
+            "train.best_checkpoint.mode='maximum' is invalid: expected one of ['max', 'min']",
+        ),
+        (
+            ["train.best_checkpoint.metric=segm/AP"],
+            "train.best_checkpoint.metric='segm/AP' is not a metric this run's evaluation "
+            "reports: expected '' (off), 'auto' or one of ['bbox/AP',",
+        ),
+    ],
+    ids=lambda x: "_".join(x) if isinstance(x, list) else None,
+)
+def test_lazyconfig_train_net_refuses_run_keys_before_writing(
+    tiny_data, tmp_path, no_interpreter, opts, message
+):
+    folder, paths = tiny_data
+    out = str(tmp_path / "run")
+    data = [
+        a
+        for s in ("train", "val")
+        for a in ("--dataset", f"det_test_{s}", paths[s], os.path.join(folder, s))
+    ]
+    args = (
+        data
+        + TINY_LAZY
+        + [
+            "dataloader.train.dataset.names=det_test_train",
+            "dataloader.test.dataset.names=det_test_val",
+            "train.device=cpu",
+            f"train.output_dir={out}",
+        ]
+    )
+    proc = call_tool("lazyconfig_train_net", "--config-file", LAZY_DET_CONFIG, *args, *opts)
+    assert_refused_before_writing(proc, message, out)
+
+
+def test_best_checkpoint_metrics_of_each_task():
+    cfg = tiny_cls_cfg()
+    cfg.PRETRAIN.TEST_CROPS = [56, 80]
+    assert hooks.evaluation_metrics(cfg) == (["val_56/top1", "val_80/top1"], [])
+    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 10
+    assert hooks.evaluation_metrics(cfg)[0] == [
+        "val_56/top1",
+        "val_56/top5",
+        "val_80/top1",
+        "val_80/top5",
+    ]
+    det = tiny_detector_cfg("MODEL.MASK_ON", True)
+    names, per_category = hooks.evaluation_metrics(det)
+    assert {"bbox/AP", "bbox/APl", "segm/AP", "segm/AP50"} <= set(names)
+    assert per_category == ["bbox", "segm"]
+    for metric in ("", "auto", "segm/AP75", "bbox/AP-tree"):
+        det.TEST.BEST_CHECKPOINT_METRIC = metric
+        hooks.check_best_checkpoint(det)
+    det.DATASETS.TEST = ("a", "b")
+    det.TEST.BEST_CHECKPOINT_METRIC = "b/segm/AP"
+    hooks.check_best_checkpoint(det)
+    det.TEST.BEST_CHECKPOINT_METRIC = "segm/AP"
+    with pytest.raises(ValueError, match=r"'segm/AP' is not a metric .*'a/bbox/AP'"):
+        hooks.check_best_checkpoint(det)
