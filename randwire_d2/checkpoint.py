@@ -22,7 +22,6 @@ import errno
 import glob
 import logging
 import os
-import pickle
 import shutil
 import signal
 import tempfile
@@ -39,6 +38,7 @@ from .data.checks import check_categories
 from .graphs import NetworkWiring
 from .modeling.randwire import RandWire
 from .run_config import RunConfig
+from .trust.weights import CheckpointError, read_checkpoint, read_pickled_weights
 
 __all__ = [
     "CheckpointError",
@@ -64,10 +64,6 @@ CLASSIFIER_ARCH = "RandWireClassifier"
 _CARRIED = ("wiring", "wiring_fingerprint", "pixel_mean", "pixel_std", "input_format", "cfg")
 _TRAINING_STATE = ("trainer", "optimizer", "scheduler", "iteration")
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be what the user meant: unreadable, of another model, non-finite."""
 
 
 def atomic_write(path: str, write, mode: str = "wb") -> None:
@@ -184,71 +180,6 @@ def weights_download_named(key: str, weights: str):
             f"{key}={weights!r} cannot be downloaded ({reason}): without network access, "
             f"download it elsewhere and set {key} to the local file"
         ) from e
-
-
-def read_checkpoint(path: str, what: str = "MODEL.WEIGHTS") -> dict:
-    """torch.load(path, weights_only=True), with an error naming `what`, the file and its size
-    when it is empty, truncated or not a torch file."""
-    try:
-        with PathManager.open(path, "rb") as f:
-            data = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:
-        size = os.path.getsize(path) if os.path.isfile(path) else "?"
-        raise CheckpointError(
-            f"{what}={path!r} is not a readable checkpoint ({size} bytes): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{what}={path!r} holds a {type(data).__name__}, not a state dict")
-    return data
-
-
-# What a Detectron2 / Caffe2 / torchvision-converted `.pkl` weights file may hold: dicts, lists,
-# strings, numbers (pickle opcodes, no lookup) and numpy arrays and scalars (these lookups).
-# Anything else would be a call into arbitrary code while unpickling.
-_PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),  # written by numpy >= 2
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),  # how protocol 2 spells bytes
-    ("collections", "OrderedDict"),
-}
-
-
-class _ForbiddenType(pickle.UnpicklingError):
-    pass
-
-
-class _WeightsUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _PICKLE_ALLOWED:
-            return super().find_class(module.replace("numpy._core", "numpy.core"), name)
-        raise _ForbiddenType(f"{module}.{name}")
-
-
-def read_pickled_weights(path: str, what: str = "MODEL.WEIGHTS") -> dict:
-    """A `.pkl` weights file (Detectron2's model zoo, Caffe2, tools/convert-torchvision-to-d2)
-    read without running code: only dicts/lists of numpy arrays, numbers and strings load; a
-    file that asks for any other type is refused, naming it, before anything of it runs."""
-    try:
-        with PathManager.open(path, "rb") as f:
-            data = _WeightsUnpickler(f, encoding="latin1").load()
-    except _ForbiddenType as e:
-        raise CheckpointError(
-            f"{what}={path!r} is a pickle that asks for {e}, which weights never need: refusing "
-            "to load it (unpickling it could run code). A .pkl weights file holds only dicts of "
-            "numpy arrays; give such a file or a .pth checkpoint"
-        ) from None
-    except Exception as e:
-        raise CheckpointError(
-            f"{what}={path!r} is not a readable .pkl weights file: {type(e).__name__}: {e}"
-        ) from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{what}={path!r} holds a {type(data).__name__}, not a dict")
-    return data
 
 
 def nonfinite_keys(state: Dict[str, torch.Tensor]) -> List[str]:

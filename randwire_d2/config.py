@@ -6,12 +6,14 @@ import difflib
 import os
 from typing import List, Sequence
 
-import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import LazyConfig, get_cfg
+from detectron2.config.compat import downgrade_config, upgrade_config
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .limits import check_config_sizes
+from .trust import read_bounded
+from .trust.yaml_safe import UnsafeConfigError, load_yaml_with_base
 
 __all__ = [
     "add_randwire_config",
@@ -157,8 +159,12 @@ def load_config(
     loaded = read_yaml(config_file, allow_unsafe)
     if loaded.get("VERSION", cfg.VERSION) == cfg.VERSION:
         cfg.merge_from_other_cfg(type(cfg)(_ints_as_floats(cfg, loaded)))
-    else:  # an older Detectron2 config: Detectron2 upgrades it
-        cfg.merge_from_file(config_file, allow_unsafe=allow_unsafe)
+    else:  # an older Detectron2 config: upgraded as CfgNode.merge_from_file does
+        old = downgrade_config(cfg, to_version=loaded["VERSION"])
+        old.merge_from_other_cfg(type(cfg)(loaded))
+        upgraded = upgrade_config(old)
+        cfg.clear()
+        cfg.update(upgraded)
     opts = list(opts)
     for i, item in enumerate(opts):
         if isinstance(item, str) and item.startswith("-" if i % 2 == 0 else "--"):
@@ -180,26 +186,21 @@ def load_config(
 
 
 def read_yaml(config_file: str, allow_unsafe: bool = False) -> dict:
-    """The yaml `config_file` merged with its `_BASE_` chain, as a dict, parsed with
-    `yaml.safe_load`; a tag that constructs python objects is an error naming the file unless
-    `allow_unsafe` (then Detectron2 loads it unsafely, with its warning)."""
+    """The yaml `config_file` merged with its `_BASE_` chain, as a dict, parsed as data by
+    `trust.load_yaml_with_base` (regular files with a byte bound, no aliases, no tags that
+    construct objects). With `allow_unsafe` (the tools' --allow-unsafe-config) a file with python
+    tags loads through Detectron2's unsafe loader, with its warning."""
     if not config_file:
         raise ValueError("no config given: pass --config-file FILE")
-    if not os.path.isfile(config_file):
+    if not os.path.exists(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
     try:
-        return CN.load_yaml_with_base(config_file, allow_unsafe=allow_unsafe)
-    except yaml.constructor.ConstructorError as e:
-        mark = f" ({e.problem_mark.name}, line {e.problem_mark.line + 1})" if e.problem_mark else ""
-        raise UnsafeConfigError(
-            f"config {config_file!r} holds a python tag{mark}: {e.problem}. Configs are parsed "
-            "safely because such a tag can run code; if you trust this file, pass "
-            "--allow-unsafe-config"
-        ) from None
-
-
-class UnsafeConfigError(ValueError):
-    """A yaml config whose tags construct python objects, refused without --allow-unsafe-config."""
+        return load_yaml_with_base(config_file, "config file")
+    except UnsafeConfigError:
+        if not allow_unsafe:
+            raise
+    read_bounded(config_file, "config file", "config")  # regular and bounded, unsafe or not
+    return CN.load_yaml_with_base(config_file, allow_unsafe=True)
 
 
 def load_lazy_config(config_file: str, overrides: Sequence[str] = ()):

@@ -20,12 +20,13 @@ starts from a star graph instead).
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import networkx as nx
 import numpy as np
+
+from .trust.files import read_bounded
 
 __all__ = [
     "GENERATORS",
@@ -86,7 +87,6 @@ def _check_int(name: str, value, low: int, high: int, high_inclusive: bool = Fal
 # and a file asking for 10^9 nodes must be refused before anything is allocated.
 MAX_NODES = 2048
 MAX_EDGES = 100_000
-MAX_WIRING_FILE_BYTES = 64 * 2**20
 
 
 def _parse_json(text: str, where: str) -> dict:
@@ -369,16 +369,10 @@ class NetworkWiring:
             f.write(self.to_json())
 
     @classmethod
-    def load(cls, path: str) -> "NetworkWiring":
-        size = os.path.getsize(path)
-        if size > MAX_WIRING_FILE_BYTES:
-            raise ValueError(
-                f"wiring file {path!r} is {size / 2**20:.0f} MiB: at most "
-                f"{MAX_WIRING_FILE_BYTES // 2**20} MiB (a wiring of {MAX_NODES} nodes per stage "
-                "is far smaller); is it a wiring file?"
-            )
-        with open(path) as f:
-            return cls.from_json(f.read(), f"wiring file {path!r}")
+    def load(cls, path: str, what: str = "wiring file") -> "NetworkWiring":
+        """A saved wiring: a regular file of at most trust.LIMITS["wiring"] bytes (a wiring of
+        MAX_NODES nodes per stage is far smaller)."""
+        return cls.from_json(read_bounded(path, what, "wiring", text=True), f"{what} {path!r}")
 
     def fingerprint(self) -> str:
         canon = json.dumps({k: w.fingerprint() for k, w in self.stages.items()}, sort_keys=True)

@@ -11,7 +11,8 @@ config (`KEY VALUE` overrides) or a LazyConfig, a `.py` file or the config.yaml 
 
 and weights, device and test datasets through run_config.RunConfig. Weights load strictly
 (checkpoint.load_for_eval). A lazy config names the python callables that build it (`_target_`):
-like a python file, load only one you trust.
+a `.py` file is code (load only one you trust); a saved yaml is data, whose targets are bound to
+the objects they resolve to and checked against trust.targets.ALLOWED_TARGETS.
 """
 
 import copy
@@ -31,7 +32,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checkpoint import CLASSIFIER_ARCH, check_weights_on_disk, load_for_eval
 from .config import (
-    UnsafeConfigError,
     check_lazy_overrides,
     load_config,
     load_lazy_config,
@@ -41,6 +41,7 @@ from .data.checks import prepare_datasets
 from .data.imagefolder import read_rgb_image
 from .limits import MAX_IMAGE_SIDE, check_int
 from .run_config import RunConfig, is_lazy
+from .trust.targets import bind_targets
 
 __all__ = [
     "LAZY_KEYS",
@@ -86,40 +87,11 @@ def load_any_config(
                 "is a LazyConfig's syntax"
             )
         return load_config(config_file, opts, freeze, allow_unsafe)
-    if not allow_unsafe:
-        _check_targets(config_file, loaded)
     _check_lazy_syntax(config_file, opts)
     cfg = OmegaConf.create(loaded, flags={"allow_objects": True})
-    return LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, opts))
-
-
-# What a lazy run's saved config.yaml may name as `_target_` (instantiating a target imports
-# and calls it): the model, data, solver and scheduler code of these packages.
-SAFE_TARGETS = (
-    "detectron2.",
-    "randwire_d2.",
-    "fvcore.common.param_scheduler.",
-    "torch.optim.",
-    "torch.nn.",
-)
-
-
-def _check_targets(config_file: str, node, where: str = "") -> None:
-    """Every `_target_` of a saved lazy config names a callable under SAFE_TARGETS: the yaml is
-    data, and an arbitrary target (`os.system`, `builtins.eval`) would run code when built."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None and not (isinstance(target, str) and target.startswith(SAFE_TARGETS)):
-            raise UnsafeConfigError(
-                f"config {config_file!r} names _target_ {target!r} at {where or 'its top'}: a "
-                f"saved LazyConfig may only build objects of {list(SAFE_TARGETS)}; if you trust "
-                "this file, pass --allow-unsafe-config"
-            )
-        for k, v in node.items():
-            _check_targets(config_file, v, f"{where}.{k}" if where else str(k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _check_targets(config_file, v, f"{where}.{i}")
+    cfg = LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, opts))
+    # what each _target_ resolves to is checked and bound before anything is built
+    return cfg if allow_unsafe else bind_targets(cfg, config_file)
 
 
 def _is_lazy_yaml(config_file: str, loaded: dict) -> bool:

@@ -52,7 +52,7 @@ def test_wiring_edges_files_and_sampled_graphs_are_bounded(tmp_path):
     big = tmp_path / "big.json"
     with open(big, "wb") as f:
         f.truncate(65 * 2**20)  # sparse: no disk used
-    with pytest.raises(ValueError, match=r"65 MiB: at most 64 MiB"):
+    with pytest.raises(ValueError, match=r"is 68157440 bytes, more than the 67108864 bytes"):
         NetworkWiring.load(str(big))
 
 

@@ -1,0 +1,131 @@
+"""Yaml configs parsed as data: no tags that construct objects, no aliases (a 1 KB file of
+nested anchors would expand to gigabytes), a byte bound per file and a bounded `_BASE_` chain.
+The result is what fvcore's `CfgNode.load_yaml_with_base` returns for a plain config."""
+
+import os
+from typing import Any, Dict, List
+
+import yaml
+
+from .files import read_bounded
+
+__all__ = ["UnsafeConfigError", "load_yaml", "load_yaml_with_base", "MAX_BASE_DEPTH"]
+
+# Longest `_BASE_` chain (Detectron2's model zoo: 2; a cycle would never end).
+MAX_BASE_DEPTH = 16
+# Explicit tags a config may carry: the plain scalar types (`!!float 1e-3`). Every other tag
+# (`!!python/...`, `!!binary`, `!!set`, ...) builds something a config never needs.
+_PLAIN_TAGS = {
+    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "seq", "map")
+}
+
+
+# Python objects LazyConfig.save writes as tags (Detectron2's model-zoo configs pass ShapeSpec
+# objects, not lazy calls) and that are plain numbers: each read back as the lazy call that builds
+# it, so the config stays data and the call is checked like every other target.
+_OBJECT_TAGS = {
+    "tag:yaml.org,2002:python/object:detectron2.layers.shape_spec.ShapeSpec": (
+        "detectron2.layers.ShapeSpec"
+    ),
+}
+
+
+class UnsafeConfigError(ValueError):
+    """A config that would make the process do more than read values: a python tag, an alias,
+    a LazyConfig target outside the allowed callables. Refused without --allow-unsafe-config."""
+
+
+class _DataLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and non-plain explicit tags while composing, before any
+    node is built."""
+
+    def __init__(self, stream, name: str):
+        super().__init__(stream)
+        self.config_name = name
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        where = f"{self.config_name}, line {event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent):
+            raise UnsafeConfigError(
+                f"config {where} uses the alias *{event.anchor}: configs are read without yaml "
+                "aliases (nested aliases expand a small file to gigabytes); write the values out"
+            )
+        tag = getattr(event, "tag", None)
+        if tag is not None and tag != "!" and tag not in _PLAIN_TAGS and tag not in _OBJECT_TAGS:
+            raise UnsafeConfigError(
+                f"config {where} holds the tag {tag}: configs are parsed as data, and a tag "
+                "that constructs python objects can run code; if you trust this file, pass "
+                "--allow-unsafe-config"
+            )
+        return super().compose_node(parent, index)
+
+
+def _construct_lazy_call(loader: _DataLoader, node):
+    fields = loader.construct_mapping(node, deep=True)
+    for k, v in fields.items():
+        if not isinstance(k, str) or not (v is None or type(v) is int):
+            raise UnsafeConfigError(
+                f"config {loader.config_name}, line {node.start_mark.line + 1}: {node.tag} with "
+                f"{k}={v!r}: expected whole numbers"
+            )
+    return {"_target_": _OBJECT_TAGS[node.tag], **fields}
+
+
+for _tag in _OBJECT_TAGS:
+    _DataLoader.add_constructor(_tag, _construct_lazy_call)
+
+
+def load_yaml(path: str, what: str = "config") -> Any:
+    """One yaml file as plain data (dicts, lists, strings, numbers), safely."""
+    text = read_bounded(path, what, "config", text=True)
+    loader = _DataLoader(text, path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        if isinstance(e, UnsafeConfigError):
+            raise
+        raise ValueError(f"{what}={path!r} is not valid yaml: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_with_base(path: str, what: str = "config", _chain: List[str] = None) -> Dict:
+    """`path` merged over its `_BASE_` chain (a path or a list of paths, relative to the file),
+    as fvcore's CfgNode.load_yaml_with_base merges it, parsed by `load_yaml`."""
+    chain = (_chain or []) + [os.path.abspath(path)]
+    if len(chain) > MAX_BASE_DEPTH or chain[-1] in chain[:-1]:
+        raise ValueError(
+            f"config {path!r}: its _BASE_ chain {' -> '.join(chain)} "
+            + ("is a cycle" if chain[-1] in chain[:-1] else f"is longer than {MAX_BASE_DEPTH}")
+        )
+    cfg = load_yaml(path, what if not _chain else f"_BASE_ of {_chain[-1]}")
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config {path!r} holds a {type(cfg).__name__}, not a mapping of keys")
+    bases = cfg.pop("_BASE_", None)
+    if bases is None:
+        return cfg
+    merged: Dict = {}
+    for base in bases if isinstance(bases, list) else [bases]:
+        if not isinstance(base, str):
+            raise ValueError(f"config {path!r}: _BASE_ {base!r} is not a file path")
+        base = os.path.expanduser(base)
+        if "://" in base:
+            raise ValueError(f"config {path!r}: _BASE_ {base!r} is a URL; give a local file")
+        if not os.path.isabs(base):
+            base = os.path.join(os.path.dirname(path), base)
+        _merge_into(load_yaml_with_base(base, what, chain), merged, path)
+    _merge_into(cfg, merged, path)
+    return merged
+
+
+def _merge_into(a: Dict, b: Dict, path: str) -> None:
+    for k, v in a.items():
+        if isinstance(v, dict) and k in b:
+            if not isinstance(b[k], dict):
+                raise ValueError(f"config {path!r}: key {k!r} is a mapping, its _BASE_'s is not")
+            _merge_into(v, b[k], path)
+        else:
+            b[k] = v

@@ -1,0 +1,316 @@
+"""randwire_d2.trust: what a file given to the tools may make the process do. Each test holds a
+file an attacker (or an unlucky user) could hand over: it is refused with an error naming the file
+and why, before anything of it runs or is allocated."""
+
+import contextlib
+import os
+import pickle
+import signal
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from common import (
+    DET_CONFIG,
+    LAZY,
+    LAZY_DET_CONFIG,
+    LAZY_MASK_CONFIG,
+    TINY_DET,
+    call_tool,
+    tiny_cfg,
+)
+from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling import build_model
+
+from randwire_d2.checkpoint import (
+    CheckpointError,
+    build_checkpointer,
+    read_checkpoint,
+    read_pickled_weights,
+)
+from randwire_d2.config import UnsafeConfigError, load_config
+from randwire_d2.graphs import NetworkWiring
+from randwire_d2.inference_config import load_any_config
+
+# A file that is not regular, or too large, is a ValueError (trust.FileTrustError) naming it.
+FileTrustError = ValueError
+
+
+@contextlib.contextmanager
+def deadline(seconds=10):
+    """Fail instead of hanging (a FIFO opened for reading blocks until a writer comes)."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# ---- LazyConfig targets: decided on what they resolve to ---------------------------------------
+
+# Each starts with an allowed package's name and walks into something else.
+WALKING_TARGETS = [
+    "detectron2.config.lazy.os.system",
+    "detectron2.utils.collect_env.subprocess.check_output",
+    "detectron2.config.LazyConfig.load",
+    "detectron2.utils.file_io.PathManager.rm",
+    "detectron2.utils.file_io.PathManager.open",
+    "torch.nn.modules.module.torch.save",
+    "randwire_d2.checkpoint.os.remove",
+    "a_module_never_imported.run",
+]
+
+
+def saved_lazy_config(tmp_path, extra):
+    """A lazy run's config.yaml (the demo detector's, as LazyConfig.save writes it) with `extra`
+    added under `model`, where predict and export would build it."""
+    path = tmp_path / "config.yaml"
+    LazyConfig.save(LazyConfig.load(LAZY_DET_CONFIG), str(path))
+    saved = yaml.load(path.read_text(), Loader=yaml.SafeLoader)
+    saved["model"]["extra"] = extra
+    path.write_text(yaml.safe_dump(saved))
+    return str(path)
+
+
+@pytest.mark.parametrize("target", WALKING_TARGETS)
+def test_a_saved_lazy_config_target_is_judged_by_what_it_resolves_to(tmp_path, target):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    config = saved_lazy_config(tmp_path, {"_target_": target, "path": str(victim)})
+    with pytest.raises(UnsafeConfigError, match=r"at model\.extra: it resolves to"):
+        load_any_config(config)
+    assert victim.read_text() == "keep me"
+
+
+def test_a_resolver_interpolation_cannot_build_a_target(tmp_path):
+    config = saved_lazy_config(tmp_path, "${oc.create:'{_target_: os.system, command: ls}'}")
+    with pytest.raises(UnsafeConfigError, match=r"model\.extra: an interpolation that calls a"):
+        load_any_config(config)
+
+
+def test_predict_and_export_refuse_the_file_before_building_anything(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    config = saved_lazy_config(
+        tmp_path, {"_target_": "detectron2.utils.file_io.PathManager.rm", "path": str(victim)}
+    )
+    for tool, extra in (("predict", ["--input", str(victim)]), ("export_model", [])):
+        out = call_tool(tool, "--config-file", config, *extra, "--output", str(tmp_path / tool))
+        assert out.returncode != 0 and "resolves to" in out.stderr, out.stderr[-2000:]
+        assert victim.read_text() == "keep me"
+
+
+def test_a_saved_shipped_lazy_config_loads_as_data_and_builds(tmp_path):
+    """LazyConfig.save writes Detectron2's ShapeSpec objects as python tags: they read back as
+    the lazy calls that build them; every target is bound to an allowed object."""
+    from detectron2.layers import ShapeSpec
+
+    path = str(tmp_path / "config.yaml")
+    lazy = LazyConfig.load(LAZY_MASK_CONFIG)
+    lazy.model.roi_heads.box_head.input_shape = ShapeSpec(channels=64, height=7, width=7)
+    LazyConfig.save(lazy, path)  # as the model zoo's common configs save
+    assert "!!python/object" in open(path).read()
+    cfg = load_any_config(path, ["model.backbone.bottom_up.channels=8"])
+    assert not isinstance(cfg.model._target_, str)  # bound to the object that was checked
+    assert type(instantiate(cfg.model)).__name__ == "GeneralizedRCNN"
+
+
+def test_allowed_targets_cover_every_shipped_lazy_config():
+    from randwire_d2.trust.targets import ALLOWED_TARGETS, resolve_imported
+
+    listed = {id(resolve_imported(n)) for n in ALLOWED_TARGETS}
+    for name in ("faster_rcnn_randwire_c109_fpn_1x.py", "retinanet_randwire_c109_fpn_1x.py"):
+        cfg = LazyConfig.load(os.path.join(LAZY, name))
+        stack = [cfg]
+        while stack:
+            node = stack.pop()
+            if hasattr(node, "items"):
+                target = node.get("_target_")
+                if target is not None:
+                    obj = resolve_imported(target) if isinstance(target, str) else target
+                    assert id(getattr(obj, "__func__", obj)) in listed, (name, target)
+                stack.extend(v for k, v in node.items() if k != "_target_")
+            elif isinstance(node, (list, tuple)) or type(node).__name__ == "ListConfig":
+                stack.extend(node)
+
+
+# ---- yaml: no aliases, no tags --------------------------------------------------------------
+
+
+def alias_bomb(depth):
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, depth):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yacs_yaml_with_aliases_is_refused(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text("MODEL:\n  PIXEL_MEAN: &m [1.0, 2.0, 3.0]\n  PIXEL_STD: *m\n")
+    with pytest.raises(UnsafeConfigError, match=r"bomb\.yaml, line 3 uses the alias \*m"):
+        load_config(str(path))
+    path.write_text("_BASE_: base.yaml\n")
+    (tmp_path / "base.yaml").write_text("PRETRAIN:\n" + "".join(f"  " + l + "\n" for l in alias_bomb(3).splitlines()))  # fmt: skip
+    with pytest.raises(UnsafeConfigError, match=r"base\.yaml, line \d+ uses the alias \*a"):
+        load_config(str(path))
+
+
+def test_a_lazy_config_yaml_with_aliases_is_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("model: {}\ntrain: {}\n" + alias_bomb(4))
+    with pytest.raises(UnsafeConfigError, match="uses the alias"):
+        load_any_config(str(path))
+
+
+def test_yaml_tags_other_than_plain_scalars_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("SOLVER:\n  BASE_LR: !!float 1e-3\n")
+    assert load_config(str(path)).SOLVER.BASE_LR == 1e-3
+    path.write_text("SOLVER:\n  BASE_LR: !!binary AAAA\n")
+    with pytest.raises(UnsafeConfigError, match=r"c\.yaml, line 2 holds the tag .*binary"):
+        load_config(str(path))
+
+
+def test_a_base_chain_cycle_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\n")
+    with pytest.raises(ValueError, match="_BASE_ chain .* is a cycle"):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+# ---- files: regular only, bounded ------------------------------------------------------------
+
+
+def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
+    fifo = str(tmp_path / "wiring.fifo")
+    os.mkfifo(fifo)
+    with deadline():
+        for path, kind in ((fifo, r"a FIFO \(named pipe\)"), ("/dev/zero", "a character device")):
+            with pytest.raises(FileTrustError, match=f"is {kind}, not a regular file"):
+                NetworkWiring.load(path)
+            with pytest.raises(FileTrustError, match=f"WIRING_FILE='{path}' is {kind}"):
+                build_model(tiny_cfg("MODEL.RANDWIRE.WIRING_FILE", path))
+            with pytest.raises(FileTrustError, match=f"MODEL.WEIGHTS='{path}' is {kind}"):
+                read_checkpoint(path)
+            with pytest.raises(FileTrustError, match=f"is {kind}"):
+                load_config(path)
+
+
+def test_a_file_larger_than_its_kind_is_refused(tmp_path, monkeypatch):
+    from randwire_d2.trust import files, read_bounded
+
+    path = tmp_path / "w.json"
+    path.write_text("x" * 100)
+    monkeypatch.setitem(files.LIMITS, "wiring", 99)
+    with pytest.raises(FileTrustError, match=r"w\.json' is 100 bytes, more than the 99 bytes"):
+        read_bounded(path, "WIRING_FILE", "wiring")
+
+
+# ---- .pkl: numeric arrays only, sizes from the file's bytes ----------------------------------
+
+
+class _Reduce:
+    def __init__(self, *reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+def write_pkl(tmp_path, value):
+    path = str(tmp_path / "w.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"w": value}, "__author__": "x"}, f, protocol=2)
+    return path
+
+
+PKL_BOMBS = {
+    # numpy.ndarray((2**27,), 'O') would allocate 1 GiB of object pointers
+    "object_array": (_Reduce(np.ndarray, ((2**27,), np.dtype("O"))), "dtype '|O'"),
+    # ndarray's constructor allocates what it is told
+    "float_array": (_Reduce(np.ndarray, ((2**40,), np.dtype("f8"))), "a call of numpy.ndarray"),
+    # a void scalar of 1 GiB
+    "void_scalar": (
+        _Reduce(np.core.multiarray.scalar, (np.dtype("V1073741824"), b"")),
+        "dtype '\\|V1073741824'",
+    ),
+    "string_array": (np.array(["a", "b"]), "dtype '<U1'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PKL_BOMBS))
+def test_pkl_declared_sizes_and_dtypes_are_checked_before_allocating(tmp_path, name):
+    value, message = PKL_BOMBS[name]
+    path = write_pkl(tmp_path, value)
+    assert os.path.getsize(path) < 400
+    with pytest.raises(CheckpointError, match=rf"MODEL.WEIGHTS='{path}' holds .*({message})"):
+        read_pickled_weights(path)
+
+
+def test_pkl_array_shape_must_match_its_bytes(tmp_path):
+    path = write_pkl(tmp_path, np.zeros(4, np.float32))
+    data = open(path, "rb").read()
+    # the shape tuple (4,) declared as (4000000,): the data still holds 16 bytes
+    patched = data.replace(b"K\x04\x85", b"J\x00\x09\x3d\x00\x85", 1)
+    assert patched != data
+    open(path, "wb").write(patched)
+    with pytest.raises(CheckpointError, match=r"shape \(4000000,\) float32 .* over 16 bytes"):
+        read_pickled_weights(path)
+
+
+def test_numeric_pkl_arrays_still_load(tmp_path):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.arange(3).astype(">i4")}
+    arrays["c"] = np.asfortranarray(arrays["a"])
+    path = str(tmp_path / "ok.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"model": arrays, "n": np.float64(2.5)}, f)
+    loaded = read_pickled_weights(path)
+    for k, v in arrays.items():
+        assert loaded["model"][k].dtype == v.dtype and np.array_equal(loaded["model"][k], v)
+    assert loaded["n"] == 2.5
+
+
+# ---- .pth: tensors within their storage, storages within the file ----------------------------
+
+
+def test_a_zero_stride_view_is_refused_before_any_computation(tmp_path):
+    path = str(tmp_path / "view.pth")
+    big = torch.zeros(1).expand(2**20, 2**20)  # 2^40 elements over 1
+    torch.save({"model": {"backbone.bottom_up.conv1.conv.weight": big}}, path)
+    assert os.path.getsize(path) < 4096
+    with pytest.raises(CheckpointError, match=r"declares shape \(1048576, 1048576\)"):
+        read_checkpoint(path)
+    model = build_model(tiny_cfg())
+    with pytest.raises(CheckpointError, match="over a storage of 1 elements"):
+        build_checkpointer(model, "").load(path, checkpointables=[])
+
+
+def test_a_legacy_checkpoint_declaring_more_than_its_bytes_is_refused(tmp_path):
+    path = str(tmp_path / "legacy.pyth")
+    torch.save({"w": torch.zeros(1000)}, path, _use_new_zipfile_serialization=False)
+    read_checkpoint(path)  # an honest legacy file loads
+    data = open(path, "rb").read()
+    patched = data.replace(b"M\xe8\x03", b"J\x00\x00\x00\x40", 1)  # 1000 -> 2**30 elements
+    assert patched != data
+    open(path, "wb").write(patched)
+    with pytest.raises(CheckpointError, match="declares 4294967296 bytes of storages"):
+        read_checkpoint(path)
+
+
+def test_a_compressed_zip_record_is_refused(tmp_path):
+    path = str(tmp_path / "z.pth")
+    torch.save({"w": torch.zeros(10)}, path)
+    out = str(tmp_path / "deflated.pth")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(CheckpointError, match="compressed or oversized record"):
+        read_checkpoint(out)
