@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from randwire_d2.data import checks, cls_demo
 from randwire_d2.data.imagefolder import ImageFolderDataset, ResizeCenterCrop
 from randwire_d2.data.shapes import CLASSES
+from randwire_d2.engine.hooks import TrainCategories
 
 # ImageFolder layout ---------------------------------------------------------------------------
 
@@ -203,3 +204,23 @@ def test_missing_images_an_empty_dataset_and_bad_boxes_are_named_at_setup(coco, 
     with caplog.at_level(logging.WARNING):
         checks.prepare_datasets([name])
     assert f"dataset {name!r}: 2 of 3 boxes lie entirely outside their images" in caplog.text
+
+
+def test_categories_are_compared_by_id_and_name(coco, caplog):
+    name, _ = coco(coco_dict(num_categories=2))
+    record = checks.dataset_categories(name)
+    assert record == {
+        "dataset": name,
+        "thing_classes": ["c0", "c1"],
+        "thing_dataset_id_to_contiguous_id": {1: 0, 2: 1},
+    }
+    checks.check_categories(record, [name, "not_registered"], "w.pth")
+    renamed = dict(record, thing_classes=["c0", "tree"])
+    with pytest.raises(ValueError, match=r"w.pth was trained on .*\{1: 'c0', 2: 'tree'\}, but "):
+        checks.check_categories(renamed, [name], "w.pth")
+    with pytest.raises(ValueError, match=r"--resume: the checkpoint was trained on"):
+        TrainCategories(record).load_state_dict(renamed)  # resuming with other categories
+    TrainCategories(record).load_state_dict({})  # a checkpoint that recorded none
+    with caplog.at_level(logging.WARNING):
+        checks.check_categories(None, [name], "w.pth")
+    assert "w.pth records no categories" in caplog.text
