@@ -253,7 +253,7 @@ def check_dataset_dicts(name: str, dicts: List[Dict], json_file: Optional[str] =
         box, file_name = bad[0]
         raise ValueError(
             f"dataset {name!r}: {len(bad)} annotations have a bbox that is not 4 numbers, e.g. "
-            f"bbox {str(box)[:80]!s} on {file_name}{source}; expected [x, y, width, height]"
+            f"bbox {repr(box)[:80]} on {file_name}{source}; expected [x, y, width, height]"
         )
     if outside:
         box, file_name, width, height = outside[0]
