@@ -186,7 +186,7 @@ def detections(boxes, classes, scores, size):
 
 
 def test_cli_exports_a_detector_checkpoint(
-    tmp_path, det_test_data, caplog, monkeypatch, one_thread
+    tmp_path, det_test_data, caplog, monkeypatch, capsys, one_thread
 ):
     """ONNX and TorchScript through TracingAdapter, traced on DATASETS.TEST and checked on its
     images and at two other sizes; the ONNX file takes any height and width. The run shows no
@@ -216,6 +216,7 @@ def test_cli_exports_a_detector_checkpoint(
         assert shapes == [[3, 64, 64], [3, 64, 64], [3, 48, 80], [3, 80, 48]]
         assert all(c["ok"] and c["matched"] > 0 for c in checks)
     assert (out / "model_ts_IR.txt").is_file()
+    assert f"{out / 'model.ts'} loads after `import torchvision`" in capsys.readouterr().out
     # The ONNX file on its own, at sizes other than the traced 64x64, detects as eager.
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)

@@ -198,6 +198,11 @@ def main(argv=None):
         sys.exit(f"error: {e}")
 
     print(report_table(report))
+    if not classifier and "torchscript" in formats:
+        print(
+            f"{report['torchscript']['file']} loads after `import torchvision`, which registers "
+            "the torchvision::nms and roi_align operators it calls (docs/predict_and_export.md)"
+        )
     if args.compare_executions:
         axes = CLASSIFIER_AXES if classifier else DETECTOR_AXES
         counts = op_counts(model, wrap, trace_args, formats, dynamic_axes={0: axes})
