@@ -190,6 +190,9 @@ def test_a_base_chain_cycle_is_an_error(tmp_path):
 
 
 def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
+    from randwire_d2.data.imagefolder import read_rgb_image
+    from randwire_d2.predict import read_video
+
     fifo = str(tmp_path / "wiring.fifo")
     os.mkfifo(fifo)
     with deadline():
@@ -202,6 +205,10 @@ def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
                 read_checkpoint(path)
             with pytest.raises(FileTrustError, match=f"is {kind}"):
                 load_config(path)
+            with pytest.raises(ValueError, match=f"is {kind}"):  # predict's images, training's
+                read_rgb_image(path)
+            with pytest.raises(FileTrustError, match=f"--video-input='{path}' is {kind}"):
+                read_video(path)
 
 
 def test_a_file_larger_than_its_kind_is_refused(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
+from ..trust import open_regular
 from . import imagefolder
 from .imagefolder import (
     ImageFolderDataset,
@@ -111,9 +112,9 @@ class ImageBytesDataset(ImageFolderDataset):
 
     def _open(self, path: str):
         try:
-            with open(path, "rb") as f:  # a JPEG holds less than its raw 8-bit RGB pixels
+            with open_regular(path, "image", "image") as f:  # a JPEG holds less than its pixels
                 data = f.read(MAX_JPEG_BYTES + 1)
-        except OSError:
+        except (OSError, ValueError):
             data = b""  # read_rgb_image names the error
         # A larger file is never held whole: the CPU path reads it lazily.
         size = _jpeg_size(data) if len(data) <= MAX_JPEG_BYTES else None

@@ -6,6 +6,7 @@ iteration i therefore sees exactly the images and crops the uninterrupted run wo
 and the global batch of an iteration is the same for any number of processes.
 """
 
+import io
 import logging
 import math
 import random
@@ -19,6 +20,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms.functional import pil_to_tensor
+
+from ..trust import read_bounded
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -50,7 +53,7 @@ def read_rgb_image(path: str) -> Image.Image:
     try:
         with warnings.catch_warnings():  # PIL warns above its limit; ours refuses there
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(read_bounded(path, "image", "image")))
     except Image.DecompressionBombError as e:  # over twice PIL's limit: refused by PIL itself
         raise ValueError(f"image {path!r} is refused by PIL: {e} Downscale it first") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken files
