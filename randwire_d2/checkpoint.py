@@ -36,12 +36,13 @@ from detectron2.utils.file_io import PathManager
 
 from .data.checks import check_categories
 from .graphs import NetworkWiring
-from .modeling.randwire import RandWire
-from .run_config import RunConfig
+from .modeling.randwire import RandWire, WiringMismatchError
+from .run_config import RunConfig, changed_keys
 from .trust.weights import CheckpointError, read_checkpoint, read_pickled_weights
 
 __all__ = [
     "CheckpointError",
+    "WeightsMismatchError",
     "RandWireCheckpointer",
     "SafeDetectionCheckpointer",
     "read_pickled_weights",
@@ -269,10 +270,19 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         data = read_pickled_weights(filename)
         if "model" in data and "__author__" in data:  # Detectron2's model zoo format
             self.logger.info(f"Reading a file from '{data['__author__']}'")
-            return data
-        # Caffe2 / Detectron1 model zoo
-        data = {k: v for k, v in data.get("blobs", data).items() if not k.endswith("_momentum")}
-        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        else:  # Caffe2 / Detectron1 model zoo
+            blobs = data.get("blobs", data)
+            blobs = {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")}
+            data = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+        if not isinstance(data["model"], dict):
+            raise CheckpointError(f"{filename}: its 'model' is a {type(data['model']).__name__}")
+        for k, v in data["model"].items():
+            if not isinstance(v, np.ndarray):
+                raise CheckpointError(
+                    f"{filename} holds {k!r} as a {type(v).__name__}: the weights of a .pkl "
+                    "file are numpy arrays"
+                )
+        return data
 
     def _torch_load(self, f):
         return read_checkpoint(f)
@@ -370,7 +380,7 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
                     f"{len(shapes)} have other shapes (e.g. {k}: {theirs} in the file, {ours} in "
                     "the model; other MODEL.RANDWIRE.CHANNELS, REGIME or NUM_CLASSES?)"
                 )
-            raise CheckpointError(
+            raise WeightsMismatchError(
                 f"the weights do not fit the model: {'; '.join(lines)}. The file holds {held}. "
                 "Give a checkpoint of this model (tools/train_cls.py / train_net.py)."
             )
@@ -397,6 +407,9 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
                 if not os.path.isfile(candidate):
                     raise CheckpointError(f"{candidate} does not exist")
                 loaded = self.load(candidate)
+            except (WeightsMismatchError, WiringMismatchError) as e:
+                # every checkpoint of OUTPUT_DIR is of the run's model: the config changed
+                raise WeightsMismatchError(self._resume_mismatch(candidate, e)) from e
             except (CheckpointError, FloatingPointError) as e:
                 self._parsed_url_during_load = None  # DetectionCheckpointer.load left it set
                 logger.warning(f"cannot resume from {candidate}: {e}")
@@ -406,6 +419,28 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
             loaded["__resumed_from__"] = candidate
             return loaded
         raise CheckpointError(f"no intact checkpoint to resume from in {self.save_dir}")
+
+    def _resume_mismatch(self, candidate: str, error: Exception) -> str:
+        """--resume into a model the checkpoint does not fit: the model keys the config changed
+        since the checkpoint was written, or the error itself."""
+        changed = []
+        if self.cfg is not None:
+            run = RunConfig(self.cfg)
+            old, new = run.saved_flat(read_checkpoint(candidate, "checkpoint")), run.flat()
+            changed = [
+                f"{k} {old[k]!r} -> {new[k]!r}"
+                for k in changed_keys(old, new)
+                if k.lower().startswith("model.")
+            ]
+        keys = f"the config changed {'; '.join(changed)} (checkpoint -> config)" if changed else str(error)  # fmt: skip
+        return (
+            f"--resume: {candidate} does not fit the model this config builds: {keys}. Resume "
+            "with the checkpoint's values, or start a new OUTPUT_DIR to train the changed model"
+        )
+
+
+class WeightsMismatchError(CheckpointError):
+    """Weights that are intact but of another model (other shapes, tensors or wiring)."""
 
 
 def convert_classifier_checkpoint(

@@ -49,6 +49,7 @@ from .inference_config import (
     test_augmentations,
 )
 from .run_config import RunConfig, is_lazy
+from .trust import open_regular
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -235,8 +236,7 @@ def prepare_output_folder(output: str, names: Sequence[str]) -> List[str]:
 def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
     """(the BGR frames of a video file, its frame rate); an error names a missing video, or one
     of which this OpenCV build cannot decode a frame."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--video-input {path!r} does not exist")
+    open_regular(path, "--video-input", "video").close()  # a FIFO would block OpenCV
     capture = cv2.VideoCapture(path)
     ok, first = capture.read() if capture.isOpened() else (False, None)
     if not ok:

@@ -10,8 +10,9 @@ from typing import List, Optional, Tuple
 from detectron2.config import CfgNode
 
 from .config import flatten, flatten_lazy
+from .trust.yaml_safe import loads_yaml
 
-__all__ = ["RunConfig", "SETTINGS", "RESTORED", "NUM_CLASSES_KEYS", "is_lazy"]
+__all__ = ["RunConfig", "SETTINGS", "RESTORED", "NUM_CLASSES_KEYS", "is_lazy", "changed_keys"]
 
 # setting -> (yaml key, LazyConfig key); None where that config system has no such setting.
 SETTINGS = {
@@ -117,7 +118,10 @@ class RunConfig:
         """The flat config a checkpoint of this config system was trained with ({} if none)."""
         if self.lazy:
             return checkpoint.get("lazy_cfg", {})
-        return flatten(CfgNode.load_cfg(checkpoint["cfg"])) if "cfg" in checkpoint else {}
+        if "cfg" not in checkpoint:
+            return {}
+        saved = loads_yaml(checkpoint["cfg"], "the checkpoint", "the config")
+        return flatten(saved) if isinstance(saved, dict) else {}
 
     def snapshot(self) -> dict:
         """What a checkpoint saves of the config: the yaml ("cfg") or the flat lazy values."""
@@ -143,3 +147,15 @@ class RunConfig:
             if isinstance(value, int):
                 return key, value
         return None, None
+
+
+def changed_keys(old: dict, new: dict) -> List[str]:
+    """The keys of flat config `new` whose values differ from flat config `old` (a checkpoint's
+    yaml holds lists where the running config holds tuples: the same setting)."""
+    return [k for k in new if k in old and _as_lists(old[k]) != _as_lists(new[k])]
+
+
+def _as_lists(value):
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value

@@ -305,3 +305,19 @@ def test_dry_run_scales_lr_with_the_global_batch(tmp_path):
         "peak lr: 0.4",
     ]:
         assert e in lines, f"{e!r} not printed:\n{out}"
+
+
+def test_resume_into_a_changed_model_names_the_changed_key(cls_data_root, tmp_path):
+    """Every checkpoint of OUTPUT_DIR is of the run's model: --resume after changing it names the
+    key, instead of trying each checkpoint and saying none is intact."""
+    from randwire_d2.checkpoint import WeightsMismatchError
+
+    trainer = train_in_process(tiny_opts(cls_data_root, tmp_path, epochs=1))
+    del trainer
+    changed = tiny_opts(cls_data_root, tmp_path, epochs=2, **{"MODEL.RANDWIRE.CHANNELS": 12})
+    with pytest.raises(
+        WeightsMismatchError,
+        match=r"--resume: .*model_final\.pth does not fit the model this config builds: the "
+        r"config changed MODEL\.RANDWIRE\.CHANNELS 8 -> 12",
+    ):
+        train_in_process(changed, resume=True)

@@ -152,21 +152,33 @@ def alias_bomb(depth):
     return "\n".join(lines) + "\n"
 
 
-def test_a_yacs_yaml_with_aliases_is_refused(tmp_path):
-    path = tmp_path / "bomb.yaml"
+def test_a_yacs_yaml_whose_aliases_expand_past_a_config_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
     path.write_text("MODEL:\n  PIXEL_MEAN: &m [1.0, 2.0, 3.0]\n  PIXEL_STD: *m\n")
-    with pytest.raises(UnsafeConfigError, match=r"bomb\.yaml, line 3 uses the alias \*m"):
-        load_config(str(path))
+    assert list(load_config(str(path)).MODEL.PIXEL_STD) == [1.0, 2.0, 3.0]  # yacs' own dumps
     path.write_text("_BASE_: base.yaml\n")
-    (tmp_path / "base.yaml").write_text("PRETRAIN:\n" + "".join(f"  " + l + "\n" for l in alias_bomb(3).splitlines()))  # fmt: skip
-    with pytest.raises(UnsafeConfigError, match=r"base\.yaml, line \d+ uses the alias \*a"):
+    bomb = "".join("  " + line + "\n" for line in alias_bomb(6).splitlines())
+    (tmp_path / "base.yaml").write_text("PRETRAIN:\n" + bomb)
+    assert os.path.getsize(tmp_path / "base.yaml") < 1024
+    with pytest.raises(UnsafeConfigError, match=r"base\.yaml, line 7: its aliases expand it to"):
         load_config(str(path))
 
 
-def test_a_lazy_config_yaml_with_aliases_is_refused(tmp_path):
+def test_a_checkpoint_config_is_read_as_data(tmp_path):
+    from randwire_d2.run_config import RunConfig
+
+    saved = {"cfg": "MODEL:\n" + "".join("  " + line + "\n" for line in alias_bomb(6).splitlines())}
+    with pytest.raises(UnsafeConfigError, match="the checkpoint, line 7: its aliases expand"):
+        RunConfig(tiny_cfg()).saved_flat(saved)
+    saved = {"cfg": "MODEL:\n  X: !!python/name:os.system ''\n"}
+    with pytest.raises(UnsafeConfigError, match="holds the tag tag:yaml.org,2002:python/name"):
+        RunConfig(tiny_cfg()).saved_flat(saved)
+
+
+def test_a_lazy_config_yaml_whose_aliases_expand_past_a_config_is_refused(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("model: {}\ntrain: {}\n" + alias_bomb(4))
-    with pytest.raises(UnsafeConfigError, match="uses the alias"):
+    path.write_text("model: {}\ntrain: {}\n" + alias_bomb(6))
+    with pytest.raises(UnsafeConfigError, match="its aliases expand it to more than 100000"):
         load_any_config(str(path))
 
 
@@ -321,3 +333,11 @@ def test_a_compressed_zip_record_is_refused(tmp_path):
             dst.writestr(info.filename, src.read(info))
     with pytest.raises(CheckpointError, match="compressed or oversized record"):
         read_checkpoint(out)
+
+
+@pytest.mark.parametrize("value", ["abc", 3, [1.0, 2.0]], ids=["str", "int", "list"])
+def test_a_pkl_weight_that_is_not_an_array_is_named_with_its_file(tmp_path, value):
+    path = write_pkl(tmp_path, value)
+    model = build_model(tiny_cfg())
+    with pytest.raises(CheckpointError, match=rf"w\.pkl holds 'w' as a {type(value).__name__}"):
+        build_checkpointer(model, "").load(path, checkpointables=[])

@@ -7,7 +7,7 @@ import logging
 from typing import Callable, Tuple
 
 from ..checkpoint import check_input_normalization, weights_download_named
-from ..run_config import RESTORED, RESUME_SECTIONS, RunConfig
+from ..run_config import RESTORED, RESUME_SECTIONS, RunConfig, changed_keys
 from .output_dir import truncate_metrics
 
 __all__ = ["resume_or_load", "check_resume", "log_resume", "check_frozen_stages_have_weights"]
@@ -74,7 +74,7 @@ def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
     if not old:
         return
     restored = {run.key(name) for name in RESTORED}
-    changed = [k for k in new if k in old and _as_lists(old[k]) != _as_lists(new[k])]
+    changed = changed_keys(old, new)
     refused = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k in restored]
     if refused:
         raise ValueError(
@@ -86,14 +86,6 @@ def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
     applied = [f"{k} {old[k]!r} -> {new[k]!r}" for k in changed if k.split(".")[0] in shown]
     if applied:
         logger.warning("--resume applies changed keys: " + "; ".join(applied))
-
-
-def _as_lists(value):
-    """A config value with tuples as lists: a checkpoint's yaml holds lists where the running
-    config holds tuples (SOLVER.STEPS), and they are the same setting."""
-    if isinstance(value, (list, tuple)):
-        return [_as_lists(v) for v in value]
-    return value
 
 
 def log_resume(start_iter: int, source, seed: int, data_order: bool = True) -> None:

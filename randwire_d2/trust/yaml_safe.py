@@ -1,5 +1,6 @@
-"""Yaml configs parsed as data: no tags that construct objects, no aliases (a 1 KB file of
-nested anchors would expand to gigabytes), a byte bound per file and a bounded `_BASE_` chain.
+"""Yaml configs parsed as data: no tags that construct objects, aliases only while the document
+they expand stays config-sized (a 1 KB file of nested anchors would expand to gigabytes), a byte
+bound per file and a bounded `_BASE_` chain.
 The result is what fvcore's `CfgNode.load_yaml_with_base` returns for a plain config."""
 
 import os
@@ -7,10 +8,20 @@ from typing import Any, Dict, List
 
 import yaml
 
-from .files import read_bounded
+from .files import LIMITS, read_bounded
 
-__all__ = ["UnsafeConfigError", "load_yaml", "load_yaml_with_base", "MAX_BASE_DEPTH"]
+__all__ = [
+    "UnsafeConfigError",
+    "load_yaml",
+    "loads_yaml",
+    "load_yaml_with_base",
+    "MAX_BASE_DEPTH",
+    "MAX_EXPANDED_NODES",
+]
 
+# Most values a config may expand to through its aliases (a Detectron2 config holds ~600; nested
+# aliases in a 1 KB file can expand to billions).
+MAX_EXPANDED_NODES = 100_000
 # Longest `_BASE_` chain (Detectron2's model zoo: 2; a cycle would never end).
 MAX_BASE_DEPTH = 16
 # Explicit tags a config may carry: the plain scalar types (`!!float 1e-3`). Every other tag
@@ -36,21 +47,19 @@ class UnsafeConfigError(ValueError):
 
 
 class _DataLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases and non-plain explicit tags while composing, before any
-    node is built."""
+    """SafeLoader that refuses non-plain explicit tags while composing, before any node is
+    built, and counts every node as its aliases expand it: a document that would expand past
+    MAX_EXPANDED_NODES values is refused. (Aliases themselves stay: yacs writes them for repeated
+    lists in every config.yaml it dumps.)"""
 
     def __init__(self, stream, name: str):
         super().__init__(stream)
         self.config_name = name
+        self.expanded = {}  # id(node) -> values it expands to
 
     def compose_node(self, parent, index):
         event = self.peek_event()
         where = f"{self.config_name}, line {event.start_mark.line + 1}"
-        if isinstance(event, yaml.AliasEvent):
-            raise UnsafeConfigError(
-                f"config {where} uses the alias *{event.anchor}: configs are read without yaml "
-                "aliases (nested aliases expand a small file to gigabytes); write the values out"
-            )
         tag = getattr(event, "tag", None)
         if tag is not None and tag != "!" and tag not in _PLAIN_TAGS and tag not in _OBJECT_TAGS:
             raise UnsafeConfigError(
@@ -58,7 +67,21 @@ class _DataLoader(yaml.SafeLoader):
                 "that constructs python objects can run code; if you trust this file, pass "
                 "--allow-unsafe-config"
             )
-        return super().compose_node(parent, index)
+        node = super().compose_node(parent, index)
+        if id(node) not in self.expanded:
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = node.value if isinstance(node, yaml.SequenceNode) else []
+            if any(id(c) not in self.expanded for c in children):
+                raise UnsafeConfigError(f"config {where} holds an alias inside its own anchor")
+            self.expanded[id(node)] = 1 + sum(self.expanded[id(c)] for c in children)
+        if self.expanded[id(node)] > MAX_EXPANDED_NODES:
+            raise UnsafeConfigError(
+                f"config {where}: its aliases expand it to more than {MAX_EXPANDED_NODES} values "
+                "(a config holds a few hundred): refusing to read it"
+            )
+        return node
 
 
 def _construct_lazy_call(loader: _DataLoader, node):
@@ -78,14 +101,24 @@ for _tag in _OBJECT_TAGS:
 
 def load_yaml(path: str, what: str = "config") -> Any:
     """One yaml file as plain data (dicts, lists, strings, numbers), safely."""
-    text = read_bounded(path, what, "config", text=True)
-    loader = _DataLoader(text, path)
+    return loads_yaml(read_bounded(path, what, "config", text=True), path, what)
+
+
+def loads_yaml(text: str, where: str, what: str = "config") -> Any:
+    """Yaml text (e.g. the config a checkpoint carries, `where`) as plain data, safely."""
+    if not isinstance(text, str) or len(text) > LIMITS["config"]:
+        size = len(text) if isinstance(text, str) else type(text).__name__
+        raise UnsafeConfigError(
+            f"{what} of {where} is not yaml text of at most "
+            f"{LIMITS['config']} characters ({size})"
+        )
+    loader = _DataLoader(text, where)
     try:
         return loader.get_single_data()
     except yaml.YAMLError as e:
         if isinstance(e, UnsafeConfigError):
             raise
-        raise ValueError(f"{what}={path!r} is not valid yaml: {e}") from None
+        raise ValueError(f"{what} {where!r} is not valid yaml: {e}") from None
     finally:
         loader.dispose()
 
