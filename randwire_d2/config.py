@@ -13,6 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .limits import check_config_sizes
 from .trust import read_bounded
+from .trust.targets import bind_targets
 from .trust.yaml_safe import UnsafeConfigError, load_yaml_with_base
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "read_yaml",
     "UnsafeConfigError",
     "load_lazy_config",
+    "LAZY_KEYS",
+    "is_lazy_yaml",
     "check_lazy_overrides",
     "flatten_lazy",
     "explicit_keys",
@@ -157,6 +160,12 @@ def load_config(
     unless `allow_unsafe` (the tools' `--allow-unsafe-config`)."""
     cfg = add_randwire_config(get_cfg())
     loaded = read_yaml(config_file, allow_unsafe)
+    if is_lazy_yaml(config_file, loaded):
+        raise ValueError(
+            f"config file {config_file!r} is a lazy run's saved LazyConfig (keys "
+            f"{[k for k in loaded if k in LAZY_KEYS]}), not a yaml config: give it to "
+            "tools/lazyconfig_train_net.py (or predict/export), with key=value overrides"
+        )
     if loaded.get("VERSION", cfg.VERSION) == cfg.VERSION:
         cfg.merge_from_other_cfg(type(cfg)(_ints_as_floats(cfg, loaded)))
     else:  # an older Detectron2 config: upgraded as CfgNode.merge_from_file does
@@ -203,22 +212,50 @@ def read_yaml(config_file: str, allow_unsafe: bool = False) -> dict:
     return CN.load_yaml_with_base(config_file, allow_unsafe=True)
 
 
-def load_lazy_config(config_file: str, overrides: Sequence[str] = ()):
-    """A LazyConfig python file, then `KEY=VALUE` overrides (Hydra's syntax, as Detectron2's
-    `LazyConfig.apply_overrides`), where a KEY the config does not have is an error naming its
-    closest keys: Detectron2 would add it silently, so `train.max_iters=10` would train the
-    config's max_iter. `+KEY=VALUE` adds a new key on purpose."""
+# Top-level keys of a LazyConfig (Detectron2's convention). A yaml holding them and no
+# upper-case (yacs) key is a lazy run's saved config.
+LAZY_KEYS = ("model", "dataloader", "train", "optimizer", "lr_multiplier")
+
+
+def is_lazy_yaml(config_file: str, loaded: dict) -> bool:
+    """Whether the yaml `loaded` from `config_file` is a lazy run's saved config."""
+    keys = [str(k) for k in loaded]
+    lazy = [k for k in keys if k in LAZY_KEYS]
+    yacs = [k for k in keys if k.upper() == k]
+    if lazy and yacs:
+        raise ValueError(
+            f"config {config_file!r} mixes yaml config keys {yacs} and LazyConfig keys {lazy}: "
+            "a yaml config has upper-case keys (MODEL, DATASETS, ...), a lazy run's saved "
+            f"config.yaml lower-case ones {list(LAZY_KEYS)}"
+        )
+    return bool(lazy)
+
+
+def load_lazy_config(config_file: str, overrides: Sequence[str] = (), allow_unsafe: bool = False):
+    """A LazyConfig: a python file (code: load only one you trust), or the config.yaml a lazy
+    run saves (data: each `_target_` is bound to the object it resolves to, which must be one
+    trust.targets allows, unless `allow_unsafe`); then `KEY=VALUE` overrides (Hydra's syntax, as
+    Detectron2's `LazyConfig.apply_overrides`), where a KEY the config does not have is an error
+    naming its closest keys: Detectron2 would add it silently, so `train.max_iters=10` would
+    train the config's max_iter. `+KEY=VALUE` adds a new key on purpose."""
     if not config_file:
         raise ValueError("no config given: pass --config-file FILE.py")
-    if not os.path.isfile(config_file):
+    if not os.path.exists(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
-    if not config_file.endswith(".py"):
+    if config_file.endswith(".py"):
+        cfg = LazyConfig.load(config_file)
+        return LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, overrides))
+    loaded = read_yaml(config_file, allow_unsafe)
+    if not is_lazy_yaml(config_file, loaded):
         raise ValueError(
-            f"config file {config_file!r} is not a LazyConfig (.py) file: yaml configs go to "
-            "tools/train_net.py or tools/train_cls.py"
+            f"config file {config_file!r} is a yaml config, not a LazyConfig (a .py file or the "
+            "config.yaml a lazy run saves): yaml configs go to tools/train_net.py or "
+            "tools/train_cls.py"
         )
-    cfg = LazyConfig.load(config_file)
-    return LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, overrides))
+    cfg = OmegaConf.create(loaded, flags={"allow_objects": True})
+    cfg = LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, overrides))
+    # what each _target_ resolves to is checked and bound before anything is built
+    return cfg if allow_unsafe else bind_targets(cfg, config_file)
 
 
 def check_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> List[str]:

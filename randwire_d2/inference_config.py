@@ -23,16 +23,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.registry import locate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from .checkpoint import CLASSIFIER_ARCH, check_weights_on_disk, load_for_eval
 from .config import (
-    check_lazy_overrides,
+    LAZY_KEYS,
+    is_lazy_yaml,
     load_config,
     load_lazy_config,
     read_yaml,
@@ -41,7 +42,6 @@ from .data.checks import prepare_datasets
 from .data.imagefolder import read_rgb_image
 from .limits import MAX_IMAGE_SIDE, check_int
 from .run_config import RunConfig, is_lazy
-from .trust.targets import bind_targets
 
 __all__ = [
     "LAZY_KEYS",
@@ -58,9 +58,6 @@ __all__ = [
     "detector_samples",
 ]
 
-# Top-level keys of a LazyConfig (Detectron2's convention). A yaml holding them and no
-# upper-case (yacs) key is a lazy run's saved config.
-LAZY_KEYS = ("model", "dataloader", "train", "optimizer", "lr_multiplier")
 # Constructor arguments that hold a detector's minimum test score (R-CNN box predictors,
 # RetinaNet/FCOS, PanopticFPN's instance combination).
 SCORE_THRESHOLD_ARGS = ("test_score_thresh", "combine_instances_score_thresh")
@@ -69,42 +66,24 @@ SCORE_THRESHOLD_ARGS = ("test_score_thresh", "combine_instances_score_thresh")
 def load_any_config(
     config_file: str, opts: Sequence[str] = (), freeze: bool = True, allow_unsafe: bool = False
 ):
-    """The config in `config_file`: a `.py` file is a LazyConfig; a yaml whose top-level keys are
-    LAZY_KEYS is a lazy run's saved config (`key=value` overrides checked as `load_lazy_config`
-    checks them); any other yaml is `load_config`'s (`KEY VALUE` overrides; frozen with
-    `freeze`). Overrides in the other system's syntax are an error naming the right one."""
+    """The config in `config_file`: a `.py` file or a lazy run's saved config.yaml (top-level
+    keys LAZY_KEYS) is a LazyConfig (`load_lazy_config`, key=value overrides); any other yaml is
+    `load_config`'s (`KEY VALUE` overrides; frozen with `freeze`). Overrides in the other
+    system's syntax are an error naming the right one."""
     opts = list(opts)
-    if config_file.endswith(".py"):
+    if config_file.endswith(".py") or is_lazy_yaml(
+        config_file, read_yaml(config_file, allow_unsafe)
+    ):
         _check_lazy_syntax(config_file, opts)
-        return load_lazy_config(config_file, opts)
-    loaded = read_yaml(config_file, allow_unsafe)
-    if not _is_lazy_yaml(config_file, loaded):
-        lazy_style = [k for k in opts[::2] if isinstance(k, str) and "=" in k]
-        if lazy_style:
-            raise ValueError(
-                f"override {lazy_style[0]!r} is invalid: {config_file} is a yaml config, whose "
-                "overrides are KEY VALUE pairs (e.g. MODEL.WEIGHTS model_final.pth); key=value "
-                "is a LazyConfig's syntax"
-            )
-        return load_config(config_file, opts, freeze, allow_unsafe)
-    _check_lazy_syntax(config_file, opts)
-    cfg = OmegaConf.create(loaded, flags={"allow_objects": True})
-    cfg = LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, opts))
-    # what each _target_ resolves to is checked and bound before anything is built
-    return cfg if allow_unsafe else bind_targets(cfg, config_file)
-
-
-def _is_lazy_yaml(config_file: str, loaded: dict) -> bool:
-    keys = [str(k) for k in loaded]
-    lazy = [k for k in keys if k in LAZY_KEYS]
-    yacs = [k for k in keys if k.upper() == k]
-    if lazy and yacs:
+        return load_lazy_config(config_file, opts, allow_unsafe)
+    lazy_style = [k for k in opts[::2] if isinstance(k, str) and "=" in k]
+    if lazy_style:
         raise ValueError(
-            f"config {config_file!r} mixes yaml config keys {yacs} and LazyConfig keys {lazy}: "
-            "a yaml config has upper-case keys (MODEL, DATASETS, ...), a lazy run's saved "
-            f"config.yaml lower-case ones {list(LAZY_KEYS)}"
+            f"override {lazy_style[0]!r} is invalid: {config_file} is a yaml config, whose "
+            "overrides are KEY VALUE pairs (e.g. MODEL.WEIGHTS model_final.pth); key=value "
+            "is a LazyConfig's syntax"
         )
-    return bool(lazy)
+    return load_config(config_file, opts, freeze, allow_unsafe)
 
 
 def _check_lazy_syntax(config_file: str, overrides: Sequence[str]) -> None:

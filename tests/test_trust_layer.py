@@ -341,3 +341,20 @@ def test_a_pkl_weight_that_is_not_an_array_is_named_with_its_file(tmp_path, valu
     model = build_model(tiny_cfg())
     with pytest.raises(CheckpointError, match=rf"w\.pkl holds 'w' as a {type(value).__name__}"):
         build_checkpointer(model, "").load(path, checkpointables=[])
+
+
+def test_a_lazy_runs_saved_config_is_evaluated_by_the_lazy_tool_and_named_by_the_yaml_one(
+    tmp_path,
+):
+    from randwire_d2.config import load_lazy_config
+
+    path = str(tmp_path / "config.yaml")
+    LazyConfig.save(LazyConfig.load(LAZY_DET_CONFIG), path)
+    cfg = load_lazy_config(path, ["train.device=cpu"])  # what lazyconfig_train_net reads
+    assert cfg.train.device == "cpu" and not isinstance(cfg.model._target_, str)
+    with pytest.raises(ValueError, match=r"is a lazy run's saved LazyConfig .*lazyconfig_train_net"):
+        load_config(path)  # train_net / train_cls
+    out = call_tool("train_net", "--config-file", path, "--eval-only")
+    assert out.returncode != 0 and "tools/lazyconfig_train_net.py" in out.stderr
+    with pytest.raises(ValueError, match=r"is a yaml config, not a LazyConfig"):
+        load_lazy_config(DET_CONFIG)

@@ -25,7 +25,7 @@ from randwire_d2.engine.lazy import build_model, do_test, do_train, setup_lazy
 
 def main(args):
     register_user_datasets(args.dataset)
-    cfg = load_lazy_config(args.config_file, args.opts)
+    cfg = load_lazy_config(args.config_file, args.opts, args.allow_unsafe_config)
     setup_lazy(cfg, args)
     if args.eval_only:
         model = build_model(cfg)
