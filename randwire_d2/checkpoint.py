@@ -38,6 +38,7 @@ from .data.checks import check_categories
 from .graphs import NetworkWiring
 from .modeling.randwire import RandWire, WiringMismatchError
 from .run_config import RunConfig, changed_keys
+from .trust import read_bounded
 from .trust.weights import CheckpointError, read_checkpoint, read_pickled_weights
 
 __all__ = [
@@ -254,6 +255,20 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             return super().save(name, **kwargs)
         finally:
             del self.tag_last_checkpoint
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint OUTPUT_DIR/last_checkpoint names: a file name in OUTPUT_DIR, read from
+        a regular file with a bound ("" when there is none)."""
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        if not os.path.lexists(path):
+            return ""
+        name = read_bounded(path, "last_checkpoint", "marker", text=True).strip()
+        if not name or name != os.path.basename(name) or name in (".", ".."):
+            raise CheckpointError(
+                f"{path} names {name[:80]!r}: expected the file name of a checkpoint in "
+                f"{self.save_dir}"
+            )
+        return os.path.join(self.save_dir, name)
 
     def _load_file(self, filename):
         if filename.endswith(".pyth"):

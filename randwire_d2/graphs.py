@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import networkx as nx
 import numpy as np
 
-from .trust.files import read_bounded
+from .trust.files import LIMITS, read_bounded
 
 __all__ = [
     "GENERATORS",
@@ -90,6 +90,8 @@ MAX_EDGES = 100_000
 
 
 def _parse_json(text: str, where: str) -> dict:
+    if len(text) > LIMITS["wiring"]:  # e.g. the wiring a checkpoint carries
+        raise ValueError(f"{where}: {len(text)} characters, more than a wiring file may hold")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -32,7 +32,7 @@ from PIL import Image
 from . import data as _data  # noqa: F401  (registers the embedded demo datasets)
 from .config import add_randwire_config
 from .data.checks import check_datasets_fit_model
-from .data.imagefolder import ResizeCenterCrop
+from .data.imagefolder import MAX_IMAGE_PIXELS, ResizeCenterCrop
 from .engine import resolve_device
 from .engine.detection import draw_instances
 from .inference_config import (
@@ -238,6 +238,15 @@ def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
     of which this OpenCV build cannot decode a frame."""
     open_regular(path, "--video-input", "video").close()  # a FIFO would block OpenCV
     capture = cv2.VideoCapture(path)
+    width, height = (
+        int(capture.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT)
+    )
+    if width * height > MAX_IMAGE_PIXELS:  # the container declares it; decoding allocates it
+        capture.release()
+        raise ValueError(
+            f"--video-input {path!r} declares {width}x{height} frames, more than "
+            f"MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS:,} pixels: downscale it first"
+        )
     ok, first = capture.read() if capture.isOpened() else (False, None)
     if not ok:
         capture.release()

@@ -224,3 +224,18 @@ def test_categories_are_compared_by_id_and_name(coco, caplog):
     with caplog.at_level(logging.WARNING):
         checks.check_categories(None, [name], "w.pth")
     assert "w.pth records no categories" in caplog.text
+
+
+def test_declared_image_and_mask_sizes_are_bounded_at_setup(coco):
+    """Evaluation and mask decoding allocate the sizes a dataset json declares: a 60000 x 60000
+    image or an RLE of another size is refused before anything is allocated."""
+    huge = coco_dict()
+    huge["images"][0].update(height=60000, width=60000)
+    name, _ = coco(huge)
+    with pytest.raises(ValueError, match=rf"{name}.*declares height 60000 x width 60000"):
+        checks.prepare_datasets([name])
+    rle = coco_dict()
+    rle["annotations"][0]["segmentation"] = {"size": [60000, 60000], "counts": "0"}
+    name, _ = coco(rle)
+    with pytest.raises(ValueError, match=rf"{name}.*RLE mask .* declares size \[60000, 60000\]"):
+        checks.prepare_datasets([name])

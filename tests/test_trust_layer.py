@@ -358,3 +358,46 @@ def test_a_lazy_runs_saved_config_is_evaluated_by_the_lazy_tool_and_named_by_the
     assert out.returncode != 0 and "tools/lazyconfig_train_net.py" in out.stderr
     with pytest.raises(ValueError, match=r"is a yaml config, not a LazyConfig"):
         load_lazy_config(DET_CONFIG)
+
+
+def test_a_video_declaring_frames_beyond_the_pixel_limit_is_refused_before_decoding(
+    tmp_path, monkeypatch
+):
+    import cv2
+
+    from randwire_d2 import predict
+
+    video = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for _ in range(2):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    frames, _ = predict.read_video(video)
+    assert next(frames).shape == (48, 64, 3)
+    monkeypatch.setattr(predict, "MAX_IMAGE_PIXELS", 64 * 48 - 1)
+    with pytest.raises(ValueError, match=r"declares 64x48 frames, more than MAX_IMAGE_PIXELS"):
+        predict.read_video(video)
+
+
+def test_a_wiring_text_beyond_the_wiring_bound_is_refused(monkeypatch):
+    from randwire_d2.trust import files
+
+    monkeypatch.setitem(files.LIMITS, "wiring", 10)
+    with pytest.raises(ValueError, match="checkpoint: 11 characters, more than a wiring file"):
+        NetworkWiring.from_json('{"a": "bc"}', "checkpoint")
+
+
+@pytest.mark.parametrize("content", ["../../elsewhere.pth", "/etc/passwd", ""])
+def test_last_checkpoint_names_a_file_in_output_dir(tmp_path, content):
+    (tmp_path / "last_checkpoint").write_text(content)
+    checkpointer = build_checkpointer(build_model(tiny_cfg()), str(tmp_path))
+    with pytest.raises(CheckpointError, match="last_checkpoint names .*expected the file name"):
+        checkpointer.get_checkpoint_file()
+
+
+def test_last_checkpoint_that_is_a_fifo_does_not_block(tmp_path):
+    os.mkfifo(tmp_path / "last_checkpoint")
+    checkpointer = build_checkpointer(build_model(tiny_cfg()), str(tmp_path))
+    with deadline():
+        with pytest.raises(FileTrustError, match=r"last_checkpoint=.* is a FIFO"):
+            checkpointer.get_checkpoint_file()

@@ -16,7 +16,7 @@ from detectron2.utils import comm
 
 from ..run_config import RunConfig
 from ..trust import read_bounded
-from .imagefolder import scan_image_folder
+from .imagefolder import MAX_IMAGE_PIXELS, scan_image_folder
 
 __all__ = [
     "scan_split",
@@ -215,6 +215,31 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def check_declared_sizes(name: str, dicts: List[Dict], source: str = "") -> None:
+    """The image sizes a dataset declares (evaluation and mask decoding allocate them): each
+    height x width at most MAX_IMAGE_PIXELS, each RLE mask's `size` its image's."""
+    for d in dicts:
+        height, width = d.get("height"), d.get("width")
+        if height is None and width is None:
+            continue
+        if not (type(height) is int and type(width) is int and height > 0 and width > 0) or (
+            height * width > MAX_IMAGE_PIXELS
+        ):
+            raise ValueError(
+                f"dataset {name!r}: image {d.get('file_name')} declares height {height!r} x width "
+                f"{width!r}{source}: expected positive integers of at most MAX_IMAGE_PIXELS="
+                f"{MAX_IMAGE_PIXELS:,} pixels in all"
+            )
+        for a in d.get("annotations", ()):
+            rle = a.get("segmentation")
+            if isinstance(rle, dict) and list(rle.get("size", ())) != [height, width]:
+                raise ValueError(
+                    f"dataset {name!r}: an RLE mask on {d.get('file_name')} declares size "
+                    f"{repr(rle.get('size'))[:40]}, its image {[height, width]}{source}: an RLE "
+                    "mask is [height, width] of its image"
+                )
+
+
 def check_dataset_dicts(name: str, dicts: List[Dict], json_file: Optional[str] = None) -> None:
     """At setup, what a run would otherwise find mid-way in dataset `name` (its Detectron2 dicts,
     from `json_file`): no images; image files that do not exist (one os.path.isfile each); a
@@ -232,6 +257,7 @@ def check_dataset_dicts(name: str, dicts: List[Dict], json_file: Optional[str] =
             f"dataset {name!r}: {len(missing)} of {len(dicts)} image files do not exist, e.g. "
             f"{_some(missing)}{source}: is the image folder right?"
         )
+    check_declared_sizes(name, dicts, source)
     bad, outside, boxes = [], [], 0
     for d in dicts:
         for a in d.get("annotations", ()):

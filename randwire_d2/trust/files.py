@@ -20,6 +20,7 @@ LIMITS = {
     "weights": 16384 * MiB,  # .pth / .pkl / .pyth checkpoints (C=154 + optimizer: ~0.5 GiB)
     "image": 256 * MiB,  # one image file (MAX_IMAGE_PIXELS pixels compress to far less)
     "video": 65536 * MiB,  # one video file, streamed by OpenCV
+    "marker": 64 * 1024,  # a small state file of a run (last_checkpoint, a manifest)
 }
 
 
