@@ -371,6 +371,14 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
                 f"{filename} holds NaN/inf in {len(bad)} tensors ({_describe(bad)}): written by "
                 "a diverged run; its numbers would be meaningless"
             )
+        trainer = loaded.get("trainer") if isinstance(loaded.get("trainer"), dict) else {}
+        iterations = {"iteration": loaded.get("iteration", -1)}
+        iterations["trainer.iteration"] = trainer.get("iteration", -1)
+        for where, it in iterations.items():
+            if type(it) is not int or it < -1:
+                raise CheckpointError(
+                    f"{filename} holds {where}={it!r}: expected an iteration >= -1"
+                )
         return loaded
 
     def _load_model(self, checkpoint):

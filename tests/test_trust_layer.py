@@ -401,3 +401,14 @@ def test_last_checkpoint_that_is_a_fifo_does_not_block(tmp_path):
     with deadline():
         with pytest.raises(FileTrustError, match=r"last_checkpoint=.* is a FIFO"):
             checkpointer.get_checkpoint_file()
+
+
+def test_a_checkpoint_iteration_that_is_not_a_count_is_refused(tmp_path):
+    model = build_model(tiny_cfg())
+    path = str(tmp_path / "model_0000009.pth")
+    build_checkpointer(model, str(tmp_path)).save("model_0000009")
+    data = torch.load(path, weights_only=True)
+    data["trainer"] = {"iteration": "9; rm -rf"}
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match=r"holds trainer\.iteration='9; rm -rf': expected an"):
+        build_checkpointer(model, "").load(path, checkpointables=[])
