@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from common import CLS_CONFIG
 from common import image_batch as batch
 from common import make_cfg
 from common import tiny_cls_cfg as tiny_cfg
@@ -312,6 +313,38 @@ def test_compile_refuses_what_it_would_override():
     with pytest.raises(ValueError, match=r"MEMORY_EFFICIENT=True would not apply"):
         check_compile("stage", "fast", True)
     check_compile("node", "fast", False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("regions", ["", "node", "stage"])
+def test_compiled_classifier_trains_and_evaluates(monkeypatch, one_thread, regions):
+    """MODEL.RANDWIRE.COMPILE on the demo classifier (its wiring, narrower): it trains, then
+    evaluates as the trainer does at two test crops, each in full batches, a partial one and a
+    single image, then trains on. Dynamo's recompile limit is the same for every backend: the
+    "eager" backend keeps the test short (Inductor: test_compiled_nodes_share_graphs...)."""
+    from torch._dynamo import config as dynamo_config
+
+    from randwire_d2.config import load_config
+    from randwire_d2.modeling import randwire
+
+    monkeypatch.setattr(randwire, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.RANDWIRE.CHANNELS", 8]
+    opts += ["MODEL.CLASSIFIER.HEAD_CHANNELS", 16, "MODEL.RANDWIRE.MEMORY_EFFICIENT", False]
+    limits = ("recompile_limit", "accumulated_recompile_limit")  # restored after the test
+    with dynamo_config.patch({k: getattr(dynamo_config, k) for k in limits}):
+        cfg = load_config(CLS_CONFIG, opts + ["MODEL.RANDWIRE.COMPILE", regions])
+        model = build_model(cfg)
+        model.train()
+        model(batch(4, 56))["loss_cls"].backward()
+        model.eval()
+        with torch.no_grad():
+            for crop in (56, 80):
+                for n in (4, 3, 1):
+                    assert len(model(batch(n, crop, labels=False))) == n
+        model.train()
+        model(batch(4, 56))["loss_cls"].backward()
+    torch._dynamo.reset()
 
 
 def test_classification_trainer_trains_on_device_decoded_batches(tmp_path, monkeypatch):
