@@ -568,3 +568,19 @@ def write_user_dataset(folder) -> dict:
     os.makedirs(os.path.dirname(other))
     cv2.imwrite(other, rng.integers(0, 255, (64, 64, 3), np.uint8))
     return {"json": json_file, "images": os.path.join(folder, "images"), "other": other}
+
+
+def close_to_float64(got, ref32, ref64, what, factor=8.0, ulps=64):
+    """`got` (float32) is as close to the float64 ground truth `ref64` as the float32 reference
+    `ref32` is, within `factor`, or within `ulps` float32 roundings of the scale. Unlike a bound
+    on got - ref32 it holds whatever order a CPU sums in: both round, each in its own order,
+    and where a result cancels (a gradient through BatchNorm) both err far above its scale."""
+    ref64 = ref64.double()
+    err = (got.double() - ref64).abs().max().item()
+    ref_err = (ref32.double() - ref64).abs().max().item()
+    scale = ref64.abs().max().item()
+    bound = factor * ref_err + ulps * torch.finfo(torch.float32).eps * scale
+    assert err <= bound, (
+        f"{what}: max error {err:.3g} against float64 > {factor} x the float32 reference's "
+        f"{ref_err:.3g} + {ulps} ulps of {scale:.3g}"
+    )

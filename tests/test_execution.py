@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from common import close_to_float64
 from common import image_batch as batch
 from common import tiny_cls_cfg as tiny_cfg
 from common import tiny_trunk
@@ -114,7 +115,18 @@ def test_classifier_loss_and_gradients_match(one_thread):
     ref = build_model(cfg)
     fast = copy.deepcopy(ref)
     fast.backbone.set_execution("fast", memory_efficient=True)
-    assert_same_training_step(ref, fast, rtol=1e-4, atol=1e-6)
+    # Both float32 executions held to the float64 reference loop, not to each other: they sum
+    # in different orders, and how far apart that puts them differs between CPUs.
+    ref64 = copy.deepcopy(ref).double()
+    data = batch()
+    steps = []
+    for m in (ref, ref64, fast):
+        m.train()
+        loss = m(data)["loss_cls"]
+        loss.backward()
+        steps.append({"loss": loss.detach()} | {n: p.grad for n, p in m.named_parameters()})
+    for k in steps[0]:
+        close_to_float64(steps[2][k], steps[0][k], steps[1][k], k)
 
 
 def assert_same_training_step(ref, other, rtol, atol):
@@ -195,10 +207,16 @@ def test_checkpoint_written_before_fast_execution_loads_and_computes_the_same():
         model = build_model(cfg).eval()
         assert {s.execution for s in model.backbone.wired_stages().values()} == {"fast"}
         RandWireCheckpointer(model).load(os.path.join(here, "randwire_tiny_feb114f.pth"))
+        model64 = copy.deepcopy(model).double()
         with torch.no_grad():
             images = model.preprocess_image([{"image": im} for im in expected["images"]])
-            torch.testing.assert_close(model.backbone(images)["conv5"], expected["conv5"])
-            torch.testing.assert_close(model.logits(images), expected["logits"])
+            # The values feb114f computed (in float32, on its machine) are as close to this
+            # version's function in float64 as this machine's float32 is.
+            got = {"conv5": model.backbone(images)["conv5"], "logits": model.logits(images)}
+            x64 = images.double()
+            want = {"conv5": model64.backbone(x64)["conv5"], "logits": model64.logits(x64)}
+            for k in got:
+                close_to_float64(expected[k], got[k], want[k], k)
 
 
 def test_forward_hooks_on_a_node_run_in_the_fast_execution(one_thread):
@@ -243,6 +261,11 @@ def test_eval_constants_follow_the_weights(one_thread, execution):
     model = copy.deepcopy(ref).set_execution(execution).eval()
     ref.eval()
     x = torch.randn(2, 3, 32, 32)
+
+    def assert_follows():  # against the reference loop in float64 (close_to_float64)
+        want64 = copy.deepcopy(ref).double()(x.double())["conv5"]
+        close_to_float64(model(x)["conv5"], ref(x)["conv5"], want64, f"{execution} conv5")
+
     with torch.no_grad():
         model(x)
         ref.load_state_dict(tiny_trunk("small", "sep_conv3x3", "BN", seed=1).state_dict())
@@ -250,13 +273,13 @@ def test_eval_constants_follow_the_weights(one_thread, execution):
             for t in list(ref.parameters()) + [b for b in ref.buffers() if b.is_floating_point()]:
                 t.mul_(1.1)
         model.load_state_dict(ref.state_dict())  # in place: versions change
-        torch.testing.assert_close(model(x)["conv5"], ref(x)["conv5"])
+        assert_follows()
         node = model.conv4.nodes[-1]
         node.transform[-1].running_var.data = node.transform[-1].running_var * 2  # replaced
         ref.conv4.nodes[-1].transform[-1].running_var.mul_(2)
-        torch.testing.assert_close(model(x)["conv5"], ref(x)["conv5"])
+        assert_follows()
     for m in (model, ref):  # a training step moves the statistics
         m.train()(x)
         m.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(x)["conv5"], ref(x)["conv5"])
+        assert_follows()
