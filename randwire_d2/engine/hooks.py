@@ -162,8 +162,9 @@ class BestCheckpoint(hooks.HookBase):
 
     Register it after the EvalHook. The best value and its iteration travel with the run's
     checkpoints, so a resumed run keeps an earlier, better model_best; `last_checkpoint` keeps
-    naming the newest periodic checkpoint, which `--resume` continues. A metric the evaluation
-    does not report is an error at the first evaluation, naming those it reports.
+    naming the newest periodic checkpoint, which `--resume` continues. The tools refuse a
+    metric the task's evaluation does not report at setup (`check_best_checkpoint`); one that
+    is still missing at an evaluation is an error naming those it reported.
     """
 
     def __init__(self, checkpointer, eval_period: int, metric: str, mode: str = "max", key=""):
