@@ -41,6 +41,7 @@ from .config import (
 from .data.checks import prepare_datasets
 from .data.imagefolder import read_rgb_image
 from .limits import MAX_IMAGE_SIDE, check_int
+from .modeling.classifier import RandWireClassifier
 from .run_config import RunConfig, is_lazy
 
 __all__ = [
@@ -143,8 +144,9 @@ def is_classifier(cfg) -> bool:
     """MODEL.META_ARCHITECTURE RandWireClassifier (lazy: model._target_)."""
     run = RunConfig(cfg)
     arch = run.select("model._target_" if run.lazy else "MODEL.META_ARCHITECTURE")
-    name = arch if isinstance(arch, str) else getattr(arch, "__qualname__", "")
-    return name.split(".")[-1] == CLASSIFIER_ARCH
+    if run.lazy:  # what the target is, not its name
+        return (locate(arch) if isinstance(arch, str) else arch) is RandWireClassifier
+    return arch == CLASSIFIER_ARCH  # the name it is registered under
 
 
 def set_score_threshold(cfg, threshold: float) -> None:

@@ -412,3 +412,24 @@ def test_a_checkpoint_iteration_that_is_not_a_count_is_refused(tmp_path):
     torch.save(data, path)
     with pytest.raises(CheckpointError, match=r"holds trainer\.iteration='9; rm -rf': expected an"):
         build_checkpointer(model, "").load(path, checkpointables=[])
+
+
+def test_what_a_lazy_target_is_decides_not_its_name():
+    from detectron2.config import LazyCall as L
+    from omegaconf import OmegaConf
+
+    from randwire_d2.engine.lazy import _resumable
+    from randwire_d2.inference_config import is_classifier
+    from randwire_d2.modeling.classifier import RandWireClassifier as Ours
+
+    class RandWireClassifier:  # another class of the same name
+        pass
+
+    def build_detection_train_loader(**kwargs):  # another function of the same name
+        pass
+
+    def lazy(target):
+        return OmegaConf.create({"model": L(target)(), "train": {}}, flags={"allow_objects": True})
+
+    assert is_classifier(lazy(Ours)) and not is_classifier(lazy(RandWireClassifier))
+    assert not _resumable(L(build_detection_train_loader)(dataset=None))

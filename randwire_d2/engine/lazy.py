@@ -15,6 +15,7 @@ from detectron2.config import instantiate
 from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
 from ..checkpoint import build_checkpointer
@@ -86,9 +87,9 @@ def _resumable(loader_cfg) -> bool:
     from detectron2.data import build_detection_train_loader
 
     target = loader_cfg.get("_target_")
-    name = target if isinstance(target, str) else getattr(target, "__qualname__", "")
+    target = locate(target) if isinstance(target, str) else target  # what it is, not its name
     return (
-        (target is build_detection_train_loader or name.endswith("build_detection_train_loader"))
+        target is build_detection_train_loader
         and set(loader_cfg.keys()) <= _RESUMABLE_LOADER_KEYS
         and loader_cfg.get("sampler") is None
     )
