@@ -21,15 +21,17 @@ W = StageWiring(5, ((0, 2), (1, 2), (2, 3), (1, 4)))
 
 
 def trunk():
+    """In float64: the stage (fast execution, norms folded) and the node-by-node expectation
+    sum in different orders, which in float32 differ by a CPU's rounding."""
     torch.manual_seed(0)
     net = NetworkWiring({"conv3": W, "conv4": W, "conv5": W})
-    return RandWire(wiring=net, channels=8, out_features=["conv3", "conv5"]).eval()
+    return RandWire(wiring=net, channels=8, out_features=["conv3", "conv5"]).eval().double()
 
 
 def test_remove_edge_feeds_zeros_and_is_undone():
     t = trunk()
     st = t.conv3
-    x = torch.randn(1, 8, 16, 16)
+    x = torch.randn(1, 8, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         before = st(x)
         with remove_edge(t, "conv3", (0, 2)):
@@ -52,7 +54,7 @@ def test_remove_edge_feeds_zeros_and_is_undone():
 def test_remove_node_zeroes_its_output():
     t = trunk()
     st = t.conv3
-    x = torch.randn(1, 8, 16, 16)
+    x = torch.randn(1, 8, 16, 16, dtype=torch.float64)
     with torch.no_grad(), remove_node(t, "conv3", 4):
         n1 = st.nodes[1]([x])
         n2 = st.nodes[2]([st.nodes[0]([x]), n1])
@@ -65,7 +67,7 @@ def test_remove_node_zeroes_its_output():
 
 def test_graph_damage_covers_every_node_and_edge():
     t = trunk()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     ref = t(x)["conv5"]
     evaluate = lambda: -float((t(x)["conv5"] - ref).abs().mean())  # noqa: E731
     with torch.no_grad():
