@@ -92,14 +92,16 @@ def test_separable_conv_is_depthwise_then_pointwise():
 def test_stage_wiring_stride_and_unweighted_output_mean():
     # 0 -> 2, 1 -> 2, 2 -> 3, and 1 -> 4: inputs {0, 1}, outputs {3, 4}.
     wiring = StageWiring(5, ((0, 2), (1, 2), (2, 3), (1, 4)))
-    stage = WiredStage(wiring, 3, 8, "sep_conv3x3", "BN").eval()
+    # float64: the stage (fast execution, norms folded) and the nodes one by one sum in
+    # different orders, which in float32 differ by a CPU's rounding
+    stage = WiredStage(wiring, 3, 8, "sep_conv3x3", "BN").eval().double()
     for v, node in enumerate(stage.nodes):
         conv = node.transform[1][0]
         fed_by_input = v in (0, 1)
         assert conv.stride == ((2, 2) if fed_by_input else (1, 1))
         assert conv.in_channels == (3 if fed_by_input else 8)
         assert (node.weight is not None) == (v == 2)
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     y = stage(x)
     n0, n1 = stage.nodes[0]([x]), stage.nodes[1]([x])
     n2 = stage.nodes[2]([n0, n1])
