@@ -520,7 +520,7 @@ def wiring_from_cfg(cfg) -> NetworkWiring:
     """MODEL.RANDWIRE.WIRING_FILE if set, else g(theta, s) from the generator keys."""
     rw = cfg.MODEL.RANDWIRE
     if rw.WIRING_FILE:
-        return NetworkWiring.load(rw.WIRING_FILE)
+        return NetworkWiring.load(rw.WIRING_FILE, "MODEL.RANDWIRE.WIRING_FILE")
     return network_wiring(rw.GENERATOR, rw.NUM_NODES, rw.SEED, rw.REGIME, **generator_params(cfg))
 
 
