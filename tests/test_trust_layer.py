@@ -352,7 +352,9 @@ def test_a_lazy_runs_saved_config_is_evaluated_by_the_lazy_tool_and_named_by_the
     LazyConfig.save(LazyConfig.load(LAZY_DET_CONFIG), path)
     cfg = load_lazy_config(path, ["train.device=cpu"])  # what lazyconfig_train_net reads
     assert cfg.train.device == "cpu" and not isinstance(cfg.model._target_, str)
-    with pytest.raises(ValueError, match=r"is a lazy run's saved LazyConfig .*lazyconfig_train_net"):
+    with pytest.raises(
+        ValueError, match=r"is a lazy run's saved LazyConfig .*lazyconfig_train_net"
+    ):
         load_config(path)  # train_net / train_cls
     out = call_tool("train_net", "--config-file", path, "--eval-only")
     assert out.returncode != 0 and "tools/lazyconfig_train_net.py" in out.stderr
@@ -433,3 +435,28 @@ def test_what_a_lazy_target_is_decides_not_its_name():
 
     assert is_classifier(lazy(Ours)) and not is_classifier(lazy(RandWireClassifier))
     assert not _resumable(L(build_detection_train_loader)(dataset=None))
+
+
+def shared_reference_bomb(depth=8):
+    """A list that expands to 10**depth values through shared references: a few hundred bytes
+    pickled, but any walk of it (a config diff, a copy) would take 10**depth steps."""
+    node = [0] * 10
+    for _ in range(depth - 1):
+        node = [node] * 10
+    return node
+
+
+def test_shared_references_that_expand_past_a_checkpoint_are_refused(tmp_path):
+    path = str(tmp_path / "bomb.pth")
+    torch.save({"model": {}, "lazy_cfg": {"train.max_iter": shared_reference_bomb()}}, path)
+    assert os.path.getsize(path) < 4096
+    with pytest.raises(CheckpointError, match="expands to more than 10000000 values"):
+        read_checkpoint(path)
+    cycle = []
+    cycle.append(cycle)
+    torch.save({"model": {}, "x": cycle}, path)
+    with pytest.raises(CheckpointError, match="holds a container that contains itself"):
+        read_checkpoint(path)
+    pkl = write_pkl(tmp_path, shared_reference_bomb())
+    with pytest.raises(CheckpointError, match="expands to more than 10000000 values"):
+        read_pickled_weights(pkl)

@@ -19,7 +19,13 @@ import torch
 
 from .files import open_regular
 
-__all__ = ["CheckpointError", "read_checkpoint", "read_pickled_weights", "check_tensors"]
+__all__ = [
+    "CheckpointError",
+    "read_checkpoint",
+    "read_pickled_weights",
+    "check_structure",
+    "check_tensors",
+]
 
 # numpy kinds a weights array may have: bool, signed and unsigned ints, floats, complex.
 NUMERIC_KINDS = "biufc"
@@ -133,9 +139,49 @@ def _check_legacy(f, size: int) -> None:
         )
 
 
+# Most values a weights file may hold once its shared references are expanded (a checkpoint with
+# optimizer state holds ~10^4; pickle's memo lets 100 bytes reference a list 10^15 times).
+MAX_EXPANDED_VALUES = 10_000_000
+
+
+def check_structure(data: Any) -> None:
+    """`data` holds no cycle and at most MAX_EXPANDED_VALUES values counted as code walking it
+    would meet them (shared containers once per reference), so no later walk explodes."""
+    sizes, state, stack = {}, {}, [data]
+    while stack:
+        x = stack[-1]
+        children = _children(x)
+        if state.get(id(x)) is None:
+            state[id(x)] = "open"
+            pending = [c for c in children if state.get(id(c)) != "done"]
+            if any(state.get(id(c)) == "open" for c in pending):
+                raise CheckpointError("holds a container that contains itself")
+            stack.extend(pending)
+            continue
+        stack.pop()
+        if state[id(x)] == "done":
+            continue
+        sizes[id(x)] = 1 + sum(sizes[id(c)] for c in children)
+        state[id(x)] = "done"
+        if sizes[id(x)] > MAX_EXPANDED_VALUES:
+            raise CheckpointError(
+                f"expands to more than {MAX_EXPANDED_VALUES} values through shared references: "
+                "not a checkpoint"
+            )
+
+
+def _children(x) -> list:
+    if isinstance(x, dict):
+        return [v for kv in x.items() for v in kv]
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return []
+
+
 def check_tensors(data: Any) -> None:
-    """Every tensor in `data` (nested dicts/lists) is a dense CPU tensor with no more elements
-    than its storage holds."""
+    """`data` passes `check_structure`, and every tensor in it is a dense CPU tensor with no more
+    elements than its storage holds."""
+    check_structure(data)
     for key, t in _tensors(data, ""):
         if t.layout != torch.strided or t.device.type != "cpu":
             raise CheckpointError(
@@ -339,4 +385,8 @@ def read_pickled_weights(path: str, what: str = "MODEL.WEIGHTS") -> Dict:
             ) from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{what}={path!r} holds a {type(data).__name__}, not a dict")
+    try:
+        check_structure(data)
+    except CheckpointError as e:
+        raise CheckpointError(f"{what}={path!r} {e}") from None
     return data
