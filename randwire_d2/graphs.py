@@ -295,7 +295,11 @@ def sample(generator: str, num_nodes: int, seed: int, stage: int = 0, **params) 
     return StageWiring(n, edges, generator, dict(params), s, st)  # acyclic: edges are u < v
 
 
-def parse_seeds(text: str, max_count: int = 10_000, flag: str = "--seeds") -> List[int]:
+# Most generator seeds one command takes (the paper averages 5).
+MAX_SEEDS = 10_000
+
+
+def parse_seeds(text: str, max_count: int = MAX_SEEDS, flag: str = "--seeds") -> List[int]:
     """Generator seeds from the command line: "1-5" -> [1, 2, 3, 4, 5], "1,3" -> [1, 3]. At most
     `max_count` distinct seeds, each in [0, 2**31) (a run's data-order SEED too), counted before
     any list is built: "1-1000000000" is refused, not expanded."""

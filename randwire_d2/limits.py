@@ -14,6 +14,7 @@ __all__ = [
     "MAX_POOLER_RESOLUTION",
     "MAX_HEAD_LAYERS",
     "MAX_WORKERS",
+    "MAX_JOBS",
     "MAX_EXPORT_BATCH",
     "MAX_EXPORT_SAMPLES",
     "MAX_EXPORT_PIXELS",
@@ -36,6 +37,8 @@ MAX_POOLER_RESOLUTION = 64
 MAX_HEAD_LAYERS = 64
 # Data loader worker processes of one training process.
 MAX_WORKERS = 256
+# Runs of a sweep trained at once on one machine (tools/sweep.py --jobs).
+MAX_JOBS = 256
 # tools/export_model.py: --batch-size, --num-samples, and the pixels of all the random inputs
 # together (--num-samples x --batch-size x --input-size^2: 805 MB as float32).
 MAX_EXPORT_BATCH = 1024

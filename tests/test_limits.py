@@ -128,3 +128,27 @@ def test_analyze_model_input_size_is_bounded():
     assert proc.returncode == 2
     expected = "argument --input-size: 100000 is invalid: expected 1..8192 (limits.MAX_IMAGE_SIDE)"
     assert expected in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "tool, args, expected",
+    [
+        ("predict", ["--input", "x.jpg", "--topk", "1000000000"], "1..100000 (limits.MAX_CLASSES)"),
+        ("compare_generators", ["--seeds", "1000000000"], "1..10000 (MAX_SEEDS)"),
+        ("compare_generators", ["--num-nodes", "1000000000"], "2..2048 (MAX_NODES)"),
+        ("sweep", ["--jobs", "1000000"], "1..256 (MAX_JOBS)"),
+    ],
+)
+def test_tool_count_flags_out_of_range_are_argparse_errors(tool, args, expected):
+    proc = call_tool(tool, "--config-file", CLS_CONFIG, *args, check=False)
+    assert proc.returncode == 2 and f"{args[-1]} is invalid: expected {expected}" in proc.stderr
+
+
+def test_num_gpus_beyond_this_machine_is_refused_before_any_process_starts():
+    from randwire_d2.engine.launch import check_process_count
+
+    check_process_count(1)
+    with pytest.raises(SystemExit, match=r"--num-gpus 100000 is invalid: this machine has "):
+        check_process_count(100000)
+    with pytest.raises(SystemExit, match=r"--num-gpus 0 is invalid"):
+        check_process_count(0)

@@ -12,8 +12,9 @@ import os
 from randwire_d2.analysis import FIG3_GENERATORS, compare_generators, label
 from randwire_d2.complexity import seed_statistics
 from randwire_d2.config import load_config, set_generator
-from randwire_d2.graphs import sample
+from randwire_d2.graphs import MAX_NODES, MAX_SEEDS, sample
 from randwire_d2.sweep import parse_generators
+from randwire_d2.utils.args import bounded_int
 from randwire_d2.utils.tables import markdown_table
 from randwire_d2.utils.warnings import quiet_third_party_warnings
 from randwire_d2.visualize import draw_generator_grid
@@ -30,8 +31,10 @@ def main():
         default=[],
         help="settings like ws:K=4,P=0.75 (default: Fig. 3's)",
     )
-    parser.add_argument("--num-nodes", type=int, default=32)
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 1..S")
+    parser.add_argument("--num-nodes", type=bounded_int(2, MAX_NODES, "MAX_NODES"), default=32)
+    parser.add_argument(
+        "--seeds", type=bounded_int(1, MAX_SEEDS, "MAX_SEEDS"), default=5, help="seeds 1..S"
+    )
     parser.add_argument(
         "--output", default="", help="PNG with one ring picture per generator (Fig. 4)"
     )

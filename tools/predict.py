@@ -34,6 +34,7 @@ import sys
 
 from randwire_d2.data.checks import register_user_datasets
 from randwire_d2.engine.launch import add_dataset_argument, add_unsafe_config_argument
+from randwire_d2.limits import MAX_CLASSES
 from randwire_d2.predict import (
     build_predictor,
     check_dataset_flags,
@@ -43,6 +44,7 @@ from randwire_d2.predict import (
     setup_cfg,
     split_overrides,
 )
+from randwire_d2.utils.args import bounded_int
 from randwire_d2.utils.warnings import quiet_third_party_warnings
 
 
@@ -65,7 +67,12 @@ def build_parser():
         default=0.5,
         help="minimum score of a detection drawn and written (default: 0.5)",
     )
-    parser.add_argument("--topk", type=int, default=5, help="classes per image (classifier)")
+    parser.add_argument(
+        "--topk",
+        type=bounded_int(1, MAX_CLASSES, "limits.MAX_CLASSES"),
+        default=5,
+        help="classes per image (classifier)",
+    )
     add_unsafe_config_argument(parser)
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="overrides (as the trailing ones)"

@@ -25,6 +25,7 @@ import os
 import sys
 
 from randwire_d2.graphs import parse_seeds
+from randwire_d2.limits import MAX_JOBS
 from randwire_d2.sweep import (
     NODE_OPS,
     PRESETS,
@@ -38,6 +39,7 @@ from randwire_d2.sweep import (
     submit_sweep,
 )
 from randwire_d2.sweep.report import report
+from randwire_d2.utils.args import bounded_int
 from randwire_d2.utils.tables import markdown_table
 from randwire_d2.utils.warnings import quiet_third_party_warnings
 
@@ -59,7 +61,9 @@ def build_parser():
     parser.add_argument("--data-root", default="", help="PRETRAIN.DATA_ROOT of every run")
     parser.add_argument("--output", default="", help="sweep folder (default output/sweeps/NAME)")
     parser.add_argument("--num-gpus", type=int, default=1, help="per run (and per node)")
-    parser.add_argument("--jobs", type=int, default=1, help="local runs at once")
+    parser.add_argument(
+        "--jobs", type=bounded_int(1, MAX_JOBS, "MAX_JOBS"), default=1, help="local runs at once"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument("--collect", metavar="SWEEP_DIR", help="only aggregate SWEEP_DIR")
     slurm = parser.add_argument_group("Slurm (through submitit)")

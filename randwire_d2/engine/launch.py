@@ -12,6 +12,7 @@ from detectron2.utils import comm
 from ..utils.warnings import quiet_third_party_warnings
 
 __all__ = [
+    "check_process_count",
     "argument_parser",
     "add_dataset_argument",
     "add_unsafe_config_argument",
@@ -106,6 +107,7 @@ def launch(main_func, args) -> None:
     processes on this machine with Detectron2's `launch` (gloo on CPU), machine args.machine_rank
     of args.num_machines, meeting at args.dist_url."""
     quiet_third_party_warnings()
+    check_process_count(args.num_gpus)
     main_func = CloseProcessGroupAfter(main_func)
     if _init_from_torchrun_env():
         main_func(args)
@@ -118,3 +120,15 @@ def launch(main_func, args) -> None:
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+def check_process_count(num_gpus: int) -> None:
+    """--num-gpus N starts N processes on this machine: one per GPU, or (without CUDA) one gloo
+    process per CPU core at most; another count is an error naming the flag and the limit."""
+    cuda = torch.cuda.is_available()
+    limit = torch.cuda.device_count() if cuda else (os.cpu_count() or 1)
+    if not 1 <= num_gpus <= limit:
+        what = f"{limit} GPUs" if cuda else f"no CUDA and {limit} CPU cores (one process each)"
+        raise SystemExit(
+            f"--num-gpus {num_gpus} is invalid: this machine has {what}: expected 1..{limit}"
+        )
