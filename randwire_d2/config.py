@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .limits import check_config_sizes
 from .trust import read_bounded
-from .trust.targets import bind_targets
+from .trust.targets import bind_targets, check_model_size
 from .trust.yaml_safe import UnsafeConfigError, load_yaml_with_base
 
 __all__ = [
@@ -254,8 +254,14 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = (), allow_unsa
         )
     cfg = OmegaConf.create(loaded, flags={"allow_objects": True})
     cfg = LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, overrides))
-    # what each _target_ resolves to is checked and bound before anything is built
-    return cfg if allow_unsafe else bind_targets(cfg, config_file)
+    if allow_unsafe:
+        return cfg
+    # what each _target_ resolves to is checked and bound, and the model sized, before anything
+    # is built
+    bind_targets(cfg, config_file)
+    if "model" in cfg:
+        check_model_size(cfg, config_file)
+    return cfg
 
 
 def check_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> List[str]:

@@ -460,3 +460,10 @@ def test_shared_references_that_expand_past_a_checkpoint_are_refused(tmp_path):
     pkl = write_pkl(tmp_path, shared_reference_bomb())
     with pytest.raises(CheckpointError, match="expands to more than 10000000 values"):
         read_pickled_weights(pkl)
+
+
+def test_a_saved_lazy_config_declaring_a_huge_model_is_refused_before_allocating(tmp_path):
+    path = str(tmp_path / "config.yaml")
+    LazyConfig.save(LazyConfig.load(LAZY_DET_CONFIG), path)
+    with pytest.raises(UnsafeConfigError, match=r"its model declares [\d,]+ parameter and buffer"):
+        load_any_config(path, ["model.roi_heads.box_head.fc_dims=[100000,100000]"])

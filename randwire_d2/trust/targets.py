@@ -18,7 +18,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .yaml_safe import UnsafeConfigError
 
-__all__ = ["ALLOWED_TARGETS", "allow_target", "resolve_imported", "bind_targets"]
+__all__ = [
+    "ALLOWED_TARGETS",
+    "allow_target",
+    "resolve_imported",
+    "bind_targets",
+    "check_model_size",
+]
 
 # The callables a saved LazyConfig may build: those the shipped LazyConfigs and Detectron2's
 # model-zoo LazyConfigs name (tests/test_trust_layer.py keeps this list complete for ours), as
@@ -195,3 +201,33 @@ def _refusal(config_file: str, where: str, target, obj) -> str:
         "randwire_d2.trust.targets.ALLOWED_TARGETS (and those added with "
         "randwire_d2.trust.allow_target); if you trust this file, pass --allow-unsafe-config"
     )
+
+
+# Most parameters and buffer elements a saved config's model may declare (8 GiB as float32; the
+# paper's largest detector, C=154 RetinaNet, has 71M).
+MAX_MODEL_ELEMENTS = 2**31
+
+
+def check_model_size(cfg, config_file: str) -> None:
+    """Build `cfg.model` of a saved LazyConfig on the meta device (no memory) and refuse it when
+    its parameters and buffers exceed MAX_MODEL_ELEMENTS: every size its arguments declare
+    (channels, fc dims, ...) is bounded before anything is allocated."""
+    import torch
+    from detectron2.config import instantiate
+
+    try:
+        with torch.device("meta"):
+            model = instantiate(cfg.model)
+    except Exception as e:
+        raise UnsafeConfigError(
+            f"config {config_file!r}: its model cannot be sized before it is built "
+            f"({type(e).__name__}: {str(e)[:200]}); if you trust this file, pass "
+            "--allow-unsafe-config"
+        ) from e
+    tensors = list(model.parameters()) + list(model.buffers())
+    count = sum(t.numel() for t in tensors)
+    if count > MAX_MODEL_ELEMENTS:
+        raise UnsafeConfigError(
+            f"config {config_file!r}: its model declares {count:,} parameter and buffer elements, "
+            f"more than MAX_MODEL_ELEMENTS={MAX_MODEL_ELEMENTS:,}: refusing to build it"
+        )
