@@ -42,6 +42,13 @@ YAML_REFUSALS = [
 ]
 
 
+def refused(tool, config, args, message, output_dir):
+    """tools/<tool>.py --config-file config ARGS fails with `message`, having written nothing."""
+    assert_refused_before_writing(
+        call_tool(tool, "--config-file", config, *args), message, output_dir
+    )
+
+
 def assert_refused_before_writing(proc, message, output_dir):
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-3000:]
@@ -62,9 +69,7 @@ def test_train_cls_refuses_run_keys_before_writing(
     cls_data_root, tmp_path, no_interpreter, opts, message
 ):
     out = str(tmp_path / "run")
-    args = tiny_opts(cls_data_root, out) + opts
-    proc = call_tool("train_cls", "--config-file", CLS_CONFIG, *args)
-    assert_refused_before_writing(proc, message, out)
+    refused("train_cls", CLS_CONFIG, tiny_opts(cls_data_root, out) + opts, message, out)
 
 
 def test_train_cls_refuses_a_metric_the_classifier_does_not_report(cls_data_root, tmp_path):
@@ -110,9 +115,7 @@ def test_train_net_refuses_run_keys_before_writing(
     tiny_data, tmp_path, no_interpreter, opts, message
 ):
     out = str(tmp_path / "run")
-    args = _det_args(tiny_data, out) + opts
-    proc = call_tool("train_net", "--config-file", DET_CONFIG, *args)
-    assert_refused_before_writing(proc, message, out)
+    refused("train_net", DET_CONFIG, _det_args(tiny_data, out) + opts, message, out)
 
 
 @pytest.mark.parametrize(

@@ -64,13 +64,7 @@ def read_checkpoint(path: str, what: str = "MODEL.WEIGHTS") -> dict:
                 f"{what}={path!r} is not a readable checkpoint ({size} bytes): "
                 f"{type(e).__name__}: {text}"
             ) from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{what}={path!r} holds a {type(data).__name__}, not a state dict")
-    try:
-        check_tensors(data)
-    except CheckpointError as e:
-        raise CheckpointError(f"{what}={path!r}: {e}") from None
-    return data
+    return _checked_dict(data, f"{what}={path!r}", check_tensors)
 
 
 def _check_zip(f, size: int) -> None:
@@ -383,10 +377,15 @@ def read_pickled_weights(path: str, what: str = "MODEL.WEIGHTS") -> Dict:
             raise CheckpointError(
                 f"{what}={path!r} is not a readable .pkl weights file: {type(e).__name__}: {e}"
             ) from e
+    return _checked_dict(data, f"{what}={path!r}", check_structure)
+
+
+def _checked_dict(data, name: str, check) -> Dict:
+    """`data` when it is a dict that passes `check`; else CheckpointError naming the file."""
     if not isinstance(data, dict):
-        raise CheckpointError(f"{what}={path!r} holds a {type(data).__name__}, not a dict")
+        raise CheckpointError(f"{name} holds a {type(data).__name__}, not a dict")
     try:
-        check_structure(data)
+        check(data)
     except CheckpointError as e:
-        raise CheckpointError(f"{what}={path!r} {e}") from None
+        raise CheckpointError(f"{name} {e}") from None
     return data
