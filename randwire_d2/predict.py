@@ -49,7 +49,7 @@ from .inference_config import (
     test_augmentations,
 )
 from .run_config import RunConfig, is_lazy
-from .trust import open_regular
+from .trust import open_regular, read_bounded
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -80,7 +80,6 @@ RESULTS_FILE = "results.json"
 WITHOUT_IDS_FILE = "results_without_ids.json"
 # The files a prediction wrote into --output: a rerun replaces them, and only them.
 MANIFEST_FILE = "predict_manifest.json"
-MAX_MANIFEST_BYTES = 64 * 2**20
 WITHOUT_IDS_NOTE = (
     "Detections whose COCO image_id or category_id cannot be known: that id is null and "
     "'unknown_ids' says why; class_index is the model's class, label its name. "
@@ -190,12 +189,10 @@ def _read_manifest(path: str) -> List[str]:
     with a bound): plain names in the folder; a path elsewhere, "..", a hidden name is an error
     naming the manifest, so that no list can make predict remove another file."""
     fix = "remove the folder's files, or give an empty or new --output folder"
-    if not os.path.isfile(path):
-        raise ValueError(f"{path} is not a regular file: not predict's list of files; {fix}")
-    with open(path, "rb") as f:
-        text = f.read(MAX_MANIFEST_BYTES + 1)
-    if len(text) > MAX_MANIFEST_BYTES:
-        raise ValueError(f"{path} is over {MAX_MANIFEST_BYTES:,} bytes: not predict's list; {fix}")
+    try:
+        text = read_bounded(path, "--output's manifest", "results")
+    except ValueError as e:
+        raise ValueError(f"{e}: not predict's list of files; {fix}") from None
     try:
         files = json.loads(text)["files"]
     except (ValueError, KeyError, TypeError) as e:
