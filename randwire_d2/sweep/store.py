@@ -18,14 +18,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..analysis import label
 from ..checkpoint import atomic_write
 from ..engine.output_dir import metrics_record
+from ..trust import read_bounded
 from .plan import Run, _short
 
 __all__ = ["run_state", "read_results", "check_results", "final_results", "held_by"]
 __all__ += ["save_plan", "load_records"]
-
-# A run's results.json holds a few numbers per test crop; a larger file is not one.
-MAX_RESULTS_BYTES = 2**20
-MAX_PLAN_BYTES = 64 * 2**20
 
 
 def _warn(message: str) -> None:
@@ -56,12 +53,9 @@ def read_results(folder: str) -> Tuple[Optional[Dict], Optional[str]]:
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):
         return None, None
-    if os.path.getsize(path) > MAX_RESULTS_BYTES:
-        return None, f"{path} is larger than {MAX_RESULTS_BYTES} bytes: not a run's results"
     try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        results = json.loads(read_bounded(path, "results.json", "results", text=True))
+    except (OSError, ValueError) as e:  # too large, JSONDecodeError and UnicodeDecodeError
         return None, f"{path} is unreadable JSON ({e})"
     problem = check_results(results)
     return (None, f"{path}: {problem}") if problem else (results, None)
@@ -152,11 +146,8 @@ def save_plan(runs: Sequence[Run], sweep_dir: str, complexity: Dict[str, Tuple[i
 
 def _read_plan(path: str) -> List[Dict]:
     """The runs of a sweep.json, or a ValueError naming the file."""
-    if os.path.getsize(path) > MAX_PLAN_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_PLAN_BYTES} bytes: not a sweep plan")
     try:
-        with open(path, encoding="utf-8") as f:
-            plan = json.load(f)
+        plan = json.loads(read_bounded(path, "sweep plan", "results", text=True))
     except ValueError as e:
         raise ValueError(
             f"{path} is unreadable JSON ({e}): not a plan tools/sweep.py wrote"
