@@ -212,15 +212,12 @@ def make_bench(name: str, mode: str, args) -> "Bench":
 
 
 def fast_runs_kernels(device: str) -> bool:
-    """Whether EXECUTION fast runs the Triton node kernels on `device` in this version (on CUDA
-    where they pass their self-check); False where the version has no such choice."""
+    """Whether EXECUTION fast runs the Triton node kernels on `device` in this version;
+    False where the version has no such choice."""
     try:
-        from randwire_d2.modeling.execution import uses_kernels
+        from randwire_d2.modeling.execution import choose_execution
 
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:  # as the model's tensors name it
-            dev = torch.device("cuda", torch.cuda.current_device())
-        return bool(uses_kernels("fast", dev))
+        return bool(choose_execution("fast", device).kernels)
     except Exception:  # an older version, or no kernels: the eager fast path
         return False
 
@@ -233,8 +230,8 @@ def traffic_per_image(name: str, mode: str, args, train: bool) -> float:
         module = RESNETS[name]() if name in RESNETS else randwire(RANDWIRE[name], mode, "meta")
     if name in RANDWIRE and MODES[mode][0] == "fast" and fast_runs_kernels(args.device):
         for m in module.modules():
-            if hasattr(m, "execution") and hasattr(m, "plan"):  # a wired stage
-                m.execution = "triton"
+            if hasattr(m, "set_execution") and hasattr(m, "plan"):  # a wired stage
+                m.set_execution("triton")
     counted = traffic(module, args.batch, args.size, args.dtype, train, "eager", args.channels_last)
     return counted["bytes_per_image"]
 

@@ -171,7 +171,7 @@ def test_a_node_of_any_in_degree_runs_the_kernels(one_thread):
             if node.weight is not None:
                 node.weight.normal_()
     tri = copy.deepcopy(ref)
-    tri.execution = "triton"
+    tri.set_execution("triton")
     ref64 = copy.deepcopy(ref).double()
     x = torch.randn(2, 4, 8, 8)
     outs = []
@@ -220,54 +220,68 @@ def test_triton_classifier_equals_reference_and_shares_keys(one_thread, threads)
     assert_as_close(*grads, "training")
 
 
-def test_float64_runs_the_eager_fast_path_and_says_so(one_thread, caplog):
+def test_float64_runs_the_eager_fast_path_and_says_so(one_thread, caplog, monkeypatch):
+    monkeypatch.setattr(execution, "_LOGGED", set())
     trunk = tiny_trunk("small", "sep_conv3x3", "BN").set_execution("triton")
-    execution._CHOICES.pop(("dtype", torch.float64), None)
     with caplog.at_level(logging.INFO, logger="randwire_d2.modeling.execution"):
         trunk.eval()(torch.randn(1, 3, 32, 32, dtype=torch.float64))
     assert "torch.float64 runs the eager fast path" in caplog.text
 
 
 @pytest.fixture
-def fresh_choices(monkeypatch):
-    monkeypatch.setattr(execution, "_CHOICES", {})
+def mocked_cuda(monkeypatch):
+    """A CUDA device of compute capability 9.0 (an H100) where the kernels would run."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(kernels, "runnable", lambda device: (True, ""))
+    monkeypatch.setattr(execution, "_LOGGED", set())
+    return torch.device("cuda", 0)
 
 
-def test_triton_where_the_kernels_cannot_run_is_an_error(fresh_choices, monkeypatch):
+def test_triton_where_the_kernels_cannot_run_is_an_error_when_the_model_is_built(monkeypatch):
     monkeypatch.setattr(kernels, "INTERPRET", False)
     with pytest.raises(
         RuntimeError, match="EXECUTION='triton' cannot run on cpu: .*TRITON_INTERPRET=1"
     ):
-        execution.uses_kernels("triton", torch.device("cpu"))
+        tiny_trunk("small", "sep_conv3x3", "BN").set_execution("triton", device="cpu")
 
 
-def test_fast_chooses_once_and_says_why(fresh_choices, monkeypatch, caplog):
-    cuda = torch.device("cuda", 0)
+def test_fast_on_cuda_runs_the_eager_path_and_says_why(mocked_cuda, caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="randwire_d2.modeling.execution"):
-        assert not execution.uses_kernels("fast", torch.device("cpu"))
-        assert "eager fast path, because the Triton node kernels run on CUDA only" in caplog.text
-        assert not execution.uses_kernels("reference", cuda)
-        assert not execution.uses_kernels("eager", cuda)
-        # a CUDA device whose Triton fails its check: eager, with the reason, once
-        monkeypatch.setattr(kernels, "runnable", lambda device: (True, ""))
-        monkeypatch.setattr(kernels, "self_check", lambda device: "the forward kernel differs")
-        caplog.clear()
-        assert not execution.uses_kernels("fast", cuda)
-        assert not execution.uses_kernels("fast", cuda)
-        assert caplog.text.count("the eager fast path, because the forward kernel differs") == 1
-        # and one whose kernels pass it
-        monkeypatch.setattr(kernels, "self_check", lambda device: "")
-        caplog.clear()
-        assert execution.uses_kernels("fast", torch.device("cuda", 1))
-        assert "separable-conv nodes run the fused Triton kernels" in caplog.text
+        trunk = tiny_trunk("small", "sep_conv3x3", "BN").set_execution("fast", device=mocked_cuda)
+        assert all(not s.path.kernels for s in trunk.wired_stages().values())
+        said = (
+            "EXECUTION fast on cuda:0: the eager fast path: no run of benchmarks/gpu_kernels.py "
+            "has measured the Triton node kernels faster on compute capability 9.0"
+        )
+        assert caplog.text.count(said) == 1  # decided for every stage, said once
+        assert execution.choose_execution("triton", mocked_cuda).kernels  # the opt-in
+        assert not execution.choose_execution("eager", mocked_cuda).kernels
+        assert not execution.choose_execution("reference", mocked_cuda).kernels
+        assert not execution.choose_execution("fast", "cpu").kernels
+    # decided once, when the model is built: a forward decides nothing
+    monkeypatch.setattr(execution, "choose_execution", None)
+    out = trunk.float().eval()(torch.randn(1, 3, 32, 32))["conv5"]
+    assert out.shape == (1, 32, 1, 1) and torch.isfinite(out).all()
 
 
-def test_the_self_check_passes_here_and_catches_a_wrong_kernel(monkeypatch):
-    assert kernels.self_check(torch.device("cpu")) == ""
-    monkeypatch.setattr(kernels, "_agg_relu_dw_impl", lambda xs, c, w, s: torch.zeros(1))
-    assert "failed" in kernels.self_check(torch.device("cpu")) or "differs" in kernels.self_check(
-        torch.device("cpu")
-    )
+def test_fast_runs_the_kernels_where_a_gpu_run_measured_them_faster(mocked_cuda, monkeypatch):
+    monkeypatch.setattr(execution, "KERNELS_MEASURED_FASTER", (9,))
+    path = execution.choose_execution("fast", mocked_cuda)
+    assert path.kernels and "measured faster than the eager fast path on" in path.reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert not execution.choose_execution("fast", mocked_cuda).kernels
+
+
+def test_the_builder_decides_for_model_device(mocked_cuda):
+    cfg = tiny_cfg("small")
+    cfg.MODEL.DEVICE = "cuda"
+    cfg.MODEL.RANDWIRE.EXECUTION = "triton"
+    from detectron2.layers import ShapeSpec
+
+    from randwire_d2.modeling.randwire import build_randwire_backbone
+
+    trunk = build_randwire_backbone(cfg, ShapeSpec(channels=3))
+    assert all(s.path.kernels for s in trunk.wired_stages().values())
 
 
 def test_the_kernel_ops_run_on_meta_for_counting():

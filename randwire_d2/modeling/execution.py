@@ -27,11 +27,12 @@ This module executes the same parameters, keys and function from a plan made onc
   `recompute_convs=True` the depthwise conv is recomputed too (one activation per node); the
   last convolution is never recomputed.
 
-- Fused kernels (`execution="triton"`, and `"fast"` on CUDA where Triton works; `"eager"` is the
-  fast execution without them): a node whose
-  op is the separable conv runs its aggregation, ReLU and depthwise conv as one Triton kernel
-  (`kernels.py`), in inference the 1x1 conv and folded norm too; other nodes run as above.
-  Which one runs is logged once per process and device.
+- Fused kernels (`execution="triton"`; `"fast"` only on GPU generations where a GPU run measured
+  them faster, `KERNELS_MEASURED_FASTER`, none yet; `"eager"` is the fast execution without
+  them): a node whose op is the separable conv runs its aggregation, ReLU and depthwise conv as
+  one Triton kernel (`kernels.py`), in inference the 1x1 conv and folded norm too; other nodes
+  run as above. `choose_execution` decides once per stage, when the model is built (for the
+  device it runs on) or its execution is set, and says which path runs and why in the log.
 
 `execution="reference"` keeps the plain loop (`WiredStage.forward_reference`), used by the FLOP
 counter and as the ground truth of the tests. The eval path without gradients uses plain tensor
@@ -51,8 +52,10 @@ __all__ = [
     "StagePlan",
     "NodeSpec",
     "fast_stage_forward",
-    "uses_kernels",
+    "ExecutionPath",
+    "choose_execution",
     "check_triton",
+    "KERNELS_MEASURED_FASTER",
     "removal_at",
     "affine_of_norm",
     "foldable",
@@ -433,70 +436,101 @@ class _LeanNode(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernel selection
+# Kernel selection: decided once per stage, when the model is built or its execution is set
 
-_CHOICES = {}  # (execution, device string) -> whether the kernels run
+# GPU generations (compute capability major) on which `benchmarks/gpu_kernels.py` measured the
+# Triton node kernels faster than the eager fast path; EXECUTION "fast" runs them there only.
+# No GPU run has measured them yet: "fast" is the eager fast path everywhere, "triton" opts in.
+KERNELS_MEASURED_FASTER: Tuple[int, ...] = ()
+
+# The kernels' dtypes; another (float64) runs the eager fast path.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_LOGGED = set()  # (execution, device, reason) already said in the log
+
+
+class ExecutionPath:
+    """How a wired stage runs, decided once for the device its model runs on: `requested`
+    (MODEL.RANDWIRE.EXECUTION), `kernels` (whether separable-conv nodes run the Triton node
+    kernels; the other nodes, and every node of a float64 model, run the eager fast path) and
+    `reason` (why, as the log says it)."""
+
+    def __init__(self, requested: str, kernels: bool, reason: str):
+        self.requested, self.kernels, self.reason = requested, kernels, reason
+
+    def __repr__(self):
+        return f"ExecutionPath({self.requested!r}, kernels={self.kernels}: {self.reason})"
 
 
 def check_triton(device: torch.device, key: str = "MODEL.RANDWIRE.EXECUTION") -> None:
     """EXECUTION "triton" (at config `key`) where the Triton node kernels cannot run on `device`
-    is an error naming the reason (checked at setup and at the first forward)."""
+    is an error naming the reason (checked at setup and when the model is built)."""
     from . import kernels
 
     ok, why = kernels.runnable(device)
     if not ok:
         raise RuntimeError(
-            f"{key}='triton' cannot run on {device}: {why}. Use EXECUTION 'fast' (the Triton "
-            "kernels on CUDA where they work, the eager fast path elsewhere) or 'reference'."
+            f"{key}='triton' cannot run on {device}: {why}. Use EXECUTION 'fast' (the eager fast "
+            "path) or 'reference'."
         )
 
 
-def uses_kernels(execution: str, device: torch.device) -> bool:
-    """Whether wired stages with `execution` run the Triton node kernels on `device`; says once
-    per (execution, device) in the log which execution runs and why. `"triton"` where the
-    kernels cannot run is an error naming the reason."""
-    if execution in ("reference", "eager"):
-        return False
-    key = (execution, str(device))
-    if key in _CHOICES:
-        return _CHOICES[key]
-    if device.type == "meta":  # shapes only (traffic counting): the kernels' fake ops
-        return _CHOICES.setdefault(key, execution == "triton")
-    from . import kernels
-
-    if execution == "triton":
-        check_triton(device)
-        logger.info(
-            f"EXECUTION triton on {device}: separable-conv nodes run the fused Triton kernels, "
-            "other node ops the eager fast path"
+def choose_execution(requested: str, device) -> ExecutionPath:
+    """The path of EXECUTION `requested` for a model running on `device`, said in the log (once
+    per execution, device and reason). "triton" where the kernels cannot run is an error."""
+    device = torch.device(device)
+    if requested not in EXECUTIONS:
+        raise ValueError(f"EXECUTION={requested!r} is unknown: expected one of {list(EXECUTIONS)}")
+    if requested == "reference":
+        path = ExecutionPath(requested, False, "the per-node loop of Fig. 2 as written")
+    elif requested == "eager":
+        path = ExecutionPath(requested, False, "the eager fast path, as requested")
+    elif requested == "triton" or device.type == "meta":  # meta: shapes only, the fake ops
+        if requested == "triton":
+            check_triton(device)
+        path = ExecutionPath(
+            requested, requested == "triton", "the fused Triton node kernels, as requested"
         )
-        return _CHOICES.setdefault(key, True)
-    ok, why = kernels.runnable(device)
-    if device.type != "cuda":
-        ok, why = False, f"the Triton node kernels run on CUDA only, not on {device.type}"
-    elif ok:
-        why = kernels.self_check(device)
-        ok = not why
-    if ok:
-        logger.info(
-            f"EXECUTION fast on {device}: separable-conv nodes run the fused Triton kernels "
-            "(checked against the eager ops), other node ops the eager fast path"
+    elif device.type != "cuda":
+        path = ExecutionPath(
+            requested,
+            False,
+            f"the eager fast path: the node kernels run on CUDA only, not {device}",
         )
     else:
-        log = logger.warning if device.type == "cuda" else logger.info
-        log(f"EXECUTION fast on {device}: the eager fast path, because {why}")
-    return _CHOICES.setdefault(key, ok)
+        major, minor = torch.cuda.get_device_capability(device)
+        if major in KERNELS_MEASURED_FASTER:
+            check_triton(device)
+            path = ExecutionPath(
+                requested,
+                True,
+                f"the fused Triton node kernels, measured faster than the eager fast path on "
+                f"compute capability {major}.x (execution.KERNELS_MEASURED_FASTER)",
+            )
+        else:
+            path = ExecutionPath(
+                requested,
+                False,
+                f"the eager fast path: no run of benchmarks/gpu_kernels.py has measured the Triton "
+                f"node kernels faster on compute capability {major}.{minor} "
+                f"(execution.KERNELS_MEASURED_FASTER = {KERNELS_MEASURED_FASTER}); "
+                "EXECUTION 'triton' runs them",
+            )
+    said = (requested, str(device), path.reason)
+    if said not in _LOGGED:
+        _LOGGED.add(said)
+        logger.info(f"EXECUTION {requested} on {device}: {path.reason}")
+    return path
 
 
-# The kernels' dtypes; another (float64) runs the eager fast path, said once.
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _kernel_dtype(dtype: torch.dtype) -> bool:
+def _runs_kernels(path: ExecutionPath, dtype: torch.dtype) -> bool:
+    if not path.kernels:
+        return False
     if dtype in KERNEL_DTYPES:
         return True
-    if ("dtype", dtype) not in _CHOICES:
-        _CHOICES[("dtype", dtype)] = False
+    said = ("dtype", str(dtype), "")
+    if said not in _LOGGED:
+        _LOGGED.add(said)
         logger.info(
             f"the Triton node kernels take {KERNEL_DTYPES}: {dtype} runs the eager fast path"
         )
@@ -512,7 +546,7 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
     plan: StagePlan = stage.plan
     grad = torch.is_grad_enabled()
     lean = grad and stage.memory_efficient
-    fused = uses_kernels(stage.execution, x.device) and _kernel_dtype(x.dtype)
+    fused = _runs_kernels(stage.path, x.dtype)
     y: List[Optional[torch.Tensor]] = [None] * len(plan.sources)
     # Per node, in lean mode: (z, a, b) when its output is y = a * z + b (BatchNorm of z).
     recon: List[Optional[tuple]] = [None] * len(plan.sources)

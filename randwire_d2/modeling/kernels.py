@@ -60,34 +60,48 @@ except Exception as e:  # pragma: no cover - triton ships with the CUDA build of
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _jit(fn):
-    return triton.jit(fn) if triton is not None else fn
+def _jit(fn=None, **kwargs):
+    if fn is None:  # @_jit(do_not_specialize=...)
+        return lambda f: _jit(f, **kwargs)
+    return triton.jit(fn, **kwargs) if triton is not None else fn
 
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
+#
+# Sized to fit the GPU, checked ahead of time by `benchmarks/gpu_fit.py` (sm_80 and sm_90): the
+# 9 taps are a runtime loop (unrolled, their 9 x K independent loads were hoisted and spilled),
+# offsets inside an image are int32 (one int64 image base per program), the channel count and
+# the layout are compile-time constants (vector loads along channels in channels_last where C
+# allows them), the image size is not specialized on (one compile per node shape, not per
+# image size), the depthwise weight is stored tap-major [9, C] and the 1x1 weight [CI, CO]
+# (contiguous loads), and no loop is software-pipelined (`num_stages=1`: pipelining buffered
+# every tap load of the inference kernel in shared memory, up to 1.2 MB).
+
+_NOT_SPECIALIZED = ["H", "Wd", "OH", "OW"]
 
 
 @_jit
 def _aggregate(
-    X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, off, m, K: tl.constexpr
-):
-    """sum_i c_i * x_i at offsets `off` (masked), in float32."""
-    s = tl.load(X0 + off, mask=m, other=0.0).to(tl.float32) * c0
+    X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, base, off, m,
+    K: tl.constexpr,
+):  # fmt: skip
+    """sum_i c_i * x_i at offsets `off` (masked) of the image at `base`, in float32."""
+    s = tl.load(X0 + base + off, mask=m, other=0.0).to(tl.float32) * c0
     if K > 1:
-        s += tl.load(X1 + off, mask=m, other=0.0).to(tl.float32) * c1
+        s += tl.load(X1 + base + off, mask=m, other=0.0).to(tl.float32) * c1
     if K > 2:
-        s += tl.load(X2 + off, mask=m, other=0.0).to(tl.float32) * c2
+        s += tl.load(X2 + base + off, mask=m, other=0.0).to(tl.float32) * c2
     if K > 3:
-        s += tl.load(X3 + off, mask=m, other=0.0).to(tl.float32) * c3
+        s += tl.load(X3 + base + off, mask=m, other=0.0).to(tl.float32) * c3
     if K > 4:
-        s += tl.load(X4 + off, mask=m, other=0.0).to(tl.float32) * c4
+        s += tl.load(X4 + base + off, mask=m, other=0.0).to(tl.float32) * c4
     if K > 5:
-        s += tl.load(X5 + off, mask=m, other=0.0).to(tl.float32) * c5
+        s += tl.load(X5 + base + off, mask=m, other=0.0).to(tl.float32) * c5
     if K > 6:
-        s += tl.load(X6 + off, mask=m, other=0.0).to(tl.float32) * c6
+        s += tl.load(X6 + base + off, mask=m, other=0.0).to(tl.float32) * c6
     if K > 7:
-        s += tl.load(X7 + off, mask=m, other=0.0).to(tl.float32) * c7
+        s += tl.load(X7 + base + off, mask=m, other=0.0).to(tl.float32) * c7
     return s
 
 
@@ -114,163 +128,164 @@ def _coefs(COEF, K: tl.constexpr):
 
 
 @_jit
-def _positions(H, W, BLOCK_P: tl.constexpr):
-    """This program's image n and its tile of positions (row, col) of an H x W map, with the
-    mask of those inside it (axis 0 of the grid: images x position tiles)."""
-    pid0 = tl.program_id(0)
-    tiles = tl.cdiv(H * W, BLOCK_P)
-    p = (pid0 % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
-    return pid0 // tiles, p // W, p % W, p < H * W
+def _offsets(h, w, ch, C: tl.constexpr, H, Wd, CL: tl.constexpr):
+    """int32 offsets of positions (h, w) x channels ch inside one C x H x Wd image, [P, C]."""
+    if CL:
+        return ((h * Wd + w) * C)[:, None] + ch[None, :]
+    return (h * Wd + w)[:, None] + (ch * (H * Wd))[None, :]
+
+
+@_jit
+def _positions(pid, H, Wd, BLOCK_P: tl.constexpr):
+    """Image n of program `pid` (images x position tiles), its positions (row, col) of an H x Wd
+    map and the mask of those inside it."""
+    tiles = tl.cdiv(H * Wd, BLOCK_P)
+    p = (pid % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+    return pid // tiles, p // Wd, p % Wd, p < H * Wd
 
 
 @_jit
 def _depthwise_tile(
-    X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, W,
-    n, ch, cm, oh, ow, pm, H, Wd, sxn, sxc, sxh, sxw,
-    K: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, WT,
+    n, ch, cm, oh, ow, pm, C: tl.constexpr, H, Wd,
+    K: tl.constexpr, STRIDE: tl.constexpr, CL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """dw3x3(ReLU(sum_i c_i x_i)) at output positions (oh, ow) x channels ch, float32 [P, C]."""
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    base = n.to(tl.int64) * sxn + ch[None, :].to(tl.int64) * sxc
-    for kh in tl.static_range(3):
-        ih = oh * STRIDE - 1 + kh
-        for kw in tl.static_range(3):
-            iw = ow * STRIDE - 1 + kw
-            ok = pm & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < Wd)
-            m = ok[:, None] & cm[None, :]
-            off = base + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[:, None]
-            s = _aggregate(
-                X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, off, m, K
-            )
-            # ReLU, rounded to the inputs' dtype as the eager ops store it
-            r = tl.maximum(s, 0.0).to(X0.dtype.element_ty).to(tl.float32)
-            wv = tl.load(W + ch * 9 + (kh * 3 + kw), mask=cm, other=0.0).to(tl.float32)
-            acc += r * wv[None, :]
+    base = n.to(tl.int64) * (C * H * Wd)
+    for t in tl.range(0, 9, loop_unroll_factor=1):
+        ih = oh * STRIDE - 1 + t // 3
+        iw = ow * STRIDE - 1 + t % 3
+        ok = pm & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < Wd)
+        m = ok[:, None] & cm[None, :]
+        off = _offsets(ih, iw, ch, C, H, Wd, CL)
+        s = _aggregate(
+            X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, base, off, m, K
+        )
+        # ReLU, rounded to the inputs' dtype as the eager ops store it
+        r = tl.maximum(s, 0.0).to(X0.dtype.element_ty).to(tl.float32)
+        wv = tl.load(WT + t * C + ch, mask=cm, other=0.0).to(tl.float32)
+        acc += r * wv[None, :]
     return acc
 
 
-@_jit
+@_jit(do_not_specialize=_NOT_SPECIALIZED)
 def _agg_relu_dw_fwd_kernel(
-    X0, X1, X2, X3, X4, X5, X6, X7, COEF, W, D,
-    C, H, Wd, OH, OW,
-    sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
-    K: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    X0, X1, X2, X3, X4, X5, X6, X7, COEF, WT, D,
+    H, Wd, OH, OW,
+    C: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, CL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    n, oh, ow, pm = _positions(OH, OW, BLOCK_P)
+    n, oh, ow, pm = _positions(tl.program_id(0), OH, OW, BLOCK_P)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = ch < C
     c0, c1, c2, c3, c4, c5, c6, c7 = _coefs(COEF, K)
     acc = _depthwise_tile(
-        X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, W,
-        n, ch, cm, oh, ow, pm, H, Wd, sxn, sxc, sxh, sxw, K, STRIDE, BLOCK_P, BLOCK_C,
+        X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, WT,
+        n, ch, cm, oh, ow, pm, C, H, Wd, K, STRIDE, CL, BLOCK_P, BLOCK_C,
     )  # fmt: skip
-    doff = (
-        n.to(tl.int64) * sdn
-        + ch[None, :].to(tl.int64) * sdc
-        + (oh.to(tl.int64) * sdh + ow.to(tl.int64) * sdw)[:, None]
-    )
-    tl.store(D + doff, acc.to(D.dtype.element_ty), mask=pm[:, None] & cm[None, :])
+    doff = _offsets(oh, ow, ch, C, OH, OW, CL)
+    dbase = n.to(tl.int64) * (C * OH * OW)
+    tl.store(D + dbase + doff, acc.to(D.dtype.element_ty), mask=pm[:, None] & cm[None, :])
 
 
 @_jit
-def _grad_slot(G, ci, g_s, goff, m, i: tl.constexpr, K: tl.constexpr):
+def _grad_slot(G, ci, g_s, base, off, m, i: tl.constexpr, K: tl.constexpr):
     if i < K:
-        tl.store(G + goff, (g_s * ci).to(G.dtype.element_ty), mask=m)
+        tl.store(G + base + off, (g_s * ci).to(G.dtype.element_ty), mask=m)
 
 
 @_jit
-def _dot_slot(X, off, m, g_s, PART_C, slot, i: tl.constexpr, K: tl.constexpr):
+def _dot_slot(X, base, off, m, g_s, PART_C, slot, i: tl.constexpr, K: tl.constexpr):
     if i < K:
-        x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(X + base + off, mask=m, other=0.0).to(tl.float32)
         tl.store(PART_C + slot * K + i, tl.sum(tl.sum(g_s * x, axis=1), axis=0))
 
 
-@_jit
+@_jit(do_not_specialize=_NOT_SPECIALIZED)
 def _agg_relu_dw_bwd_kernel(
-    X0, X1, X2, X3, X4, X5, X6, X7, COEF, W, GD,
+    X0, X1, X2, X3, X4, X5, X6, X7, COEF, WT, GD,
     G0, G1, G2, G3, G4, G5, G6, G7, PART_W, PART_C,
-    C, H, Wd, OH, OW,
-    sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw,
-    K: tl.constexpr, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    H, Wd, OH, OW,
+    C: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, CL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Tiles of input positions: recompute s = sum_i c_i x_i, gather the gradient of r = ReLU(s)
     from the depthwise output's gradient (the transposed conv), write c_i * dL/ds for every
-    input, and per-tile partial sums of the edge dots and of the depthwise-weight gradient."""
+    input, and per-tile partial sums of the edge dots and of the depthwise-weight gradient
+    (PART_W: [tiles, 9, C])."""
     pid0 = tl.program_id(0)
     pid1 = tl.program_id(1)
-    n, ih, iw, pm = _positions(H, Wd, BLOCK_P)
+    n, ih, iw, pm = _positions(pid0, H, Wd, BLOCK_P)
     ch = pid1 * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = ch < C
     m = pm[:, None] & cm[None, :]
-    off = (
-        n.to(tl.int64) * sxn
-        + ch[None, :].to(tl.int64) * sxc
-        + (ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)[:, None]
-    )
+    base = n.to(tl.int64) * (C * H * Wd)
+    off = _offsets(ih, iw, ch, C, H, Wd, CL)
     c0, c1, c2, c3, c4, c5, c6, c7 = _coefs(COEF, K)
-    s = _aggregate(X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, off, m, K)
+    s = _aggregate(X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, base, off, m, K)
     r = tl.maximum(s, 0.0).to(X0.dtype.element_ty).to(tl.float32)
     g_r = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    gbase = n.to(tl.int64) * sgn + ch[None, :].to(tl.int64) * sgc
-    for kh in tl.static_range(3):
-        th = ih + 1 - kh
-        for kw in tl.static_range(3):
-            tw = iw + 1 - kw
-            ok = pm & (th >= 0) & (tw >= 0) & (th % STRIDE == 0) & (tw % STRIDE == 0)
-            oh = th // STRIDE
-            ow = tw // STRIDE
-            ok = ok & (oh < OH) & (ow < OW)
-            gm = ok[:, None] & cm[None, :]
-            goff = gbase + (oh.to(tl.int64) * sgh + ow.to(tl.int64) * sgw)[:, None]
-            g = tl.load(GD + goff, mask=gm, other=0.0).to(tl.float32)
-            wv = tl.load(W + ch * 9 + (kh * 3 + kw), mask=cm, other=0.0).to(tl.float32)
-            g_r += g * wv[None, :]
-            tl.store(PART_W + pid0 * C * 9 + ch * 9 + (kh * 3 + kw), tl.sum(r * g, axis=0), mask=cm)
+    gbase = n.to(tl.int64) * (C * OH * OW)
+    for t in tl.range(0, 9, loop_unroll_factor=1):
+        th = ih + 1 - t // 3
+        tw = iw + 1 - t % 3
+        ok = pm & (th >= 0) & (tw >= 0) & (th % STRIDE == 0) & (tw % STRIDE == 0)
+        oh = th // STRIDE
+        ow = tw // STRIDE
+        ok = ok & (oh < OH) & (ow < OW)
+        goff = _offsets(oh, ow, ch, C, OH, OW, CL)
+        g = tl.load(GD + gbase + goff, mask=ok[:, None] & cm[None, :], other=0.0).to(tl.float32)
+        wv = tl.load(WT + t * C + ch, mask=cm, other=0.0).to(tl.float32)
+        g_r += g * wv[None, :]
+        tl.store(PART_W + (pid0 * 9 + t) * C + ch, tl.sum(r * g, axis=0), mask=cm)
     g_s = tl.where(s > 0.0, g_r, 0.0)
-    _grad_slot(G0, c0, g_s, off, m, 0, K)
-    _grad_slot(G1, c1, g_s, off, m, 1, K)
-    _grad_slot(G2, c2, g_s, off, m, 2, K)
-    _grad_slot(G3, c3, g_s, off, m, 3, K)
-    _grad_slot(G4, c4, g_s, off, m, 4, K)
-    _grad_slot(G5, c5, g_s, off, m, 5, K)
-    _grad_slot(G6, c6, g_s, off, m, 6, K)
-    _grad_slot(G7, c7, g_s, off, m, 7, K)
+    _grad_slot(G0, c0, g_s, base, off, m, 0, K)
+    _grad_slot(G1, c1, g_s, base, off, m, 1, K)
+    _grad_slot(G2, c2, g_s, base, off, m, 2, K)
+    _grad_slot(G3, c3, g_s, base, off, m, 3, K)
+    _grad_slot(G4, c4, g_s, base, off, m, 4, K)
+    _grad_slot(G5, c5, g_s, base, off, m, 5, K)
+    _grad_slot(G6, c6, g_s, base, off, m, 6, K)
+    _grad_slot(G7, c7, g_s, base, off, m, 7, K)
     slot = pid0 * tl.num_programs(1) + pid1
-    _dot_slot(X0, off, m, g_s, PART_C, slot, 0, K)
-    _dot_slot(X1, off, m, g_s, PART_C, slot, 1, K)
-    _dot_slot(X2, off, m, g_s, PART_C, slot, 2, K)
-    _dot_slot(X3, off, m, g_s, PART_C, slot, 3, K)
-    _dot_slot(X4, off, m, g_s, PART_C, slot, 4, K)
-    _dot_slot(X5, off, m, g_s, PART_C, slot, 5, K)
-    _dot_slot(X6, off, m, g_s, PART_C, slot, 6, K)
-    _dot_slot(X7, off, m, g_s, PART_C, slot, 7, K)
+    _dot_slot(X0, base, off, m, g_s, PART_C, slot, 0, K)
+    _dot_slot(X1, base, off, m, g_s, PART_C, slot, 1, K)
+    _dot_slot(X2, base, off, m, g_s, PART_C, slot, 2, K)
+    _dot_slot(X3, base, off, m, g_s, PART_C, slot, 3, K)
+    _dot_slot(X4, base, off, m, g_s, PART_C, slot, 4, K)
+    _dot_slot(X5, base, off, m, g_s, PART_C, slot, 5, K)
+    _dot_slot(X6, base, off, m, g_s, PART_C, slot, 6, K)
+    _dot_slot(X7, base, off, m, g_s, PART_C, slot, 7, K)
 
 
-@_jit
+@_jit(do_not_specialize=_NOT_SPECIALIZED + ["CO"])
 def _agg_relu_dw_pw_kernel(
-    X0, X1, X2, X3, X4, X5, X6, X7, COEF, W, PW, BIAS, Z,
-    CI, CO, H, Wd, OH, OW,
-    sxn, sxc, sxh, sxw, szn, szc, szh, szw,
-    K: tl.constexpr, STRIDE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    LOW_PRECISION_DOT: tl.constexpr,
+    X0, X1, X2, X3, X4, X5, X6, X7, COEF, WT, PWT, BIAS, Z,
+    CO, H, Wd, OH, OW,
+    C: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, CL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
 ):  # fmt: skip
     """z = W' dw3x3(ReLU(sum_i c_i x_i)) + b for a tile of output positions x output channels;
-    the depthwise tile of each input-channel block lives only in registers."""
-    n, oh, ow, pm = _positions(OH, OW, BLOCK_P)
-    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    the depthwise tile of each input-channel block lives only in registers. Axis 0 of the grid
+    is the output-channel block, so the programs that recompute one depthwise tile run side by
+    side and read their inputs from L2."""
+    n, oh, ow, pm = _positions(tl.program_id(1), OH, OW, BLOCK_P)
+    co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     com = co < CO
     c0, c1, c2, c3, c4, c5, c6, c7 = _coefs(COEF, K)
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
-    for ci0 in range(0, CI, BLOCK_CI):
+    for ci0 in tl.range(0, C, BLOCK_CI, num_stages=1, loop_unroll_factor=1):
         ch = ci0 + tl.arange(0, BLOCK_CI)
-        cm = ch < CI
+        cm = ch < C
         d = _depthwise_tile(
-            X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, W,
-            n, ch, cm, oh, ow, pm, H, Wd, sxn, sxc, sxh, sxw, K, STRIDE, BLOCK_P, BLOCK_CI,
+            X0, X1, X2, X3, X4, X5, X6, X7, c0, c1, c2, c3, c4, c5, c6, c7, WT,
+            n, ch, cm, oh, ow, pm, C, H, Wd, K, STRIDE, CL, BLOCK_P, BLOCK_CI,
         )  # fmt: skip
         wt = tl.load(
-            PW + co[None, :] * CI + ch[:, None], mask=cm[:, None] & com[None, :], other=0.0
+            PWT + ch[:, None] * CO + co[None, :], mask=cm[:, None] & com[None, :], other=0.0
         )
         if LOW_PRECISION_DOT:
             acc += tl.dot(d.to(X0.dtype.element_ty), wt.to(X0.dtype.element_ty))
@@ -280,12 +295,12 @@ def _agg_relu_dw_pw_kernel(
             acc += tl.dot(d, wt.to(tl.float32), input_precision="ieee")
     if HAS_BIAS:
         acc += tl.load(BIAS + co, mask=com, other=0.0).to(tl.float32)[None, :]
-    zoff = (
-        n.to(tl.int64) * szn
-        + co[None, :].to(tl.int64) * szc
-        + (oh.to(tl.int64) * szh + ow.to(tl.int64) * szw)[:, None]
-    )
-    tl.store(Z + zoff, acc.to(Z.dtype.element_ty), mask=pm[:, None] & com[None, :])
+    if CL:
+        zoff = ((oh * OW + ow) * CO)[:, None] + co[None, :]
+    else:
+        zoff = (oh * OW + ow)[:, None] + (co * (OH * OW))[None, :]
+    zbase = n.to(tl.int64) * CO * OH * OW
+    tl.store(Z + zbase + zoff, acc.to(Z.dtype.element_ty), mask=pm[:, None] & com[None, :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,41 +355,59 @@ def _slots(xs: List[Tensor]) -> List[Optional[Tensor]]:
     return list(xs) + [None] * (MAX_SLOTS - len(xs))
 
 
-def _check(xs: List[Tensor], weight: Tensor, stride: int):
+def _check(xs: List[Tensor], weight: Tensor, stride: int) -> bool:
+    """Checks a kernel call; whether its inputs are channels_last (else contiguous)."""
     x = xs[0]
     ok, why = runnable(x.device)
     if not ok:
         raise RuntimeError(f"the RandWire Triton kernels cannot run here: {why}")
     if stride not in (1, 2):
         raise ValueError(f"depthwise stride {stride} is not supported: expected 1 or 2")
-    layout = [st for st, size in zip(x.stride(), x.shape) if size > 1]
-    for t in xs[1:]:  # (a size-1 dimension's stride is never used)
-        same = [st for st, size in zip(t.stride(), t.shape) if size > 1] == layout
-        if t.shape != x.shape or not same or t.dtype != x.dtype:
-            raise ValueError("the inputs of a node kernel must share shape, strides and dtype")
-    if weight.shape != (x.shape[1], 1, 3, 3) or not weight.is_contiguous():
+    cl = is_channels_last(x)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    for t in xs:
+        if t.shape != x.shape or t.dtype != x.dtype or not t.is_contiguous(memory_format=fmt):
+            raise ValueError(
+                "the inputs of a node kernel must share shape and dtype, all contiguous or all "
+                "channels_last"
+            )
+    if x[0].numel() >= 2**31:
+        raise ValueError(
+            f"a node kernel's image of {x[0].numel()} elements ({tuple(x.shape[1:])}) exceeds its "
+            "int32 offsets (2^31)"
+        )
+    if weight.shape != (x.shape[1], 1, 3, 3):
         raise ValueError(f"depthwise weight of shape {tuple(weight.shape)} is not a 3x3 kernel")
+    return cl
 
 
-def _tiles(x: Tensor) -> Tuple[int, int]:
-    """(BLOCK_P, BLOCK_C): the contiguous dimension gets the longer side of a tile."""
-    if x.stride(1) == 1:  # channels_last: channels are contiguous
-        return 64, 32
-    return 128, 16
+def _taps(weight: Tensor) -> Tensor:
+    """The depthwise weight [C, 1, 3, 3] tap-major, [9, C]: a tap's channels are contiguous."""
+    return weight.reshape(weight.shape[0], 9).t().contiguous()
+
+
+# Launch configuration, per kernel: (BLOCK_P, BLOCK_C) by layout (the contiguous dimension gets
+# the longer side), warps, and no software pipelining. Checked by benchmarks/gpu_fit.py.
+FORWARD_TILES = {True: (32, 32), False: (64, 8)}  # channels_last: True
+BACKWARD_TILES = {True: (16, 32), False: (64, 8)}
+FORWARD_LAUNCH = dict(num_warps=4, num_stages=1)
+BACKWARD_LAUNCH = dict(num_warps=8, num_stages=1)
+INFERENCE_TILES = dict(BLOCK_P=64, BLOCK_CI=16, BLOCK_CO=64)
+INFERENCE_LAUNCH = dict(num_warps=4, num_stages=1)
 
 
 def _agg_relu_dw_impl(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> Tensor:
-    _check(xs, weight, stride)
+    cl = _check(xs, weight, stride)
     x = xs[0]
     n, c, h, w = x.shape
     oh, ow = _out_size(h, stride), _out_size(w, stride)
     d = _like(x, (n, c, oh, ow))
-    bp, bc = _tiles(x)
+    bp, bc = FORWARD_TILES[cl]
     grid = (n * triton.cdiv(oh * ow, bp), triton.cdiv(c, bc))
     # fmt: off
     _agg_relu_dw_fwd_kernel[grid](
-        *_slots(xs), coef.contiguous(), weight, d, c, h, w, oh, ow, *x.stride(), *d.stride(),
-        K=len(xs), STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc,
+        *_slots(xs), coef.contiguous(), _taps(weight), d, h, w, oh, ow,
+        C=c, K=len(xs), STRIDE=stride, CL=cl, BLOCK_P=bp, BLOCK_C=bc, **FORWARD_LAUNCH,
     )
     # fmt: on
     return d
@@ -383,27 +416,28 @@ def _agg_relu_dw_impl(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: in
 def _agg_relu_dw_backward_impl(
     grad: Tensor, xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int
 ) -> Tuple[List[Tensor], Tensor, Tensor]:
-    _check(xs, weight, stride)
+    cl = _check(xs, weight, stride)
     x = xs[0]
     n, c, h, w = x.shape
     oh, ow = _out_size(h, stride), _out_size(w, stride)
     if grad.shape != (n, c, oh, ow):
         raise ValueError(f"gradient of shape {tuple(grad.shape)}, expected {(n, c, oh, ow)}")
-    grad = grad.to(x.dtype)
-    bp, bc = _tiles(x)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    grad = grad.to(x.dtype).contiguous(memory_format=fmt)
+    bp, bc = BACKWARD_TILES[cl]
     grid = (n * triton.cdiv(h * w, bp), triton.cdiv(c, bc))
     gxs = [torch.empty_like(x) for _ in xs]
-    part_w = torch.empty((grid[0], c, 9), dtype=torch.float32, device=x.device)
+    part_w = torch.empty((grid[0], 9, c), dtype=torch.float32, device=x.device)
     part_c = torch.empty((grid[0] * grid[1], len(xs)), dtype=torch.float32, device=x.device)
     # fmt: off
     _agg_relu_dw_bwd_kernel[grid](
-        *_slots(xs), coef.contiguous(), weight, grad, *_slots(gxs), part_w, part_c,
-        c, h, w, oh, ow, *x.stride(), *grad.stride(),
-        K=len(xs), STRIDE=stride, BLOCK_P=bp, BLOCK_C=bc,
+        *_slots(xs), coef.contiguous(), _taps(weight), grad, *_slots(gxs), part_w, part_c,
+        h, w, oh, ow,
+        C=c, K=len(xs), STRIDE=stride, CL=cl, BLOCK_P=bp, BLOCK_C=bc, **BACKWARD_LAUNCH,
     )
     # fmt: on
     g_coef = part_c.sum(0).to(coef.dtype)
-    g_weight = part_w.sum(0).view(c, 1, 3, 3).to(weight.dtype)
+    g_weight = part_w.sum(0).t().reshape(c, 1, 3, 3).to(weight.dtype)
     return gxs, g_coef, g_weight
 
 
@@ -415,7 +449,7 @@ def _agg_relu_dw_pw_impl(
     bias: Optional[Tensor],
     stride: int,
 ) -> Tensor:
-    _check(xs, dw_weight, stride)
+    cl = _check(xs, dw_weight, stride)
     x = xs[0]
     n, ci, h, w = x.shape
     co = pw_weight.shape[0]
@@ -423,21 +457,21 @@ def _agg_relu_dw_pw_impl(
         raise ValueError(f"pointwise weight of shape {tuple(pw_weight.shape)} is not {co}x{ci}x1x1")
     oh, ow = _out_size(h, stride), _out_size(w, stride)
     z = _like(x, (n, co, oh, ow))
-    block_p = 64
-    block_ci = 32 if ci > 16 else 16
-    block_co = max(16, min(128, triton.next_power_of_2(co)))
-    grid = (n * triton.cdiv(oh * ow, block_p), triton.cdiv(co, block_co))
+    if z[0].numel() >= 2**31:
+        raise ValueError(f"a node kernel's output image of {z[0].numel()} elements exceeds 2^31")
+    tiles = INFERENCE_TILES
+    grid = (triton.cdiv(co, tiles["BLOCK_CO"]), n * triton.cdiv(oh * ow, tiles["BLOCK_P"]))
     low = x.dtype in (torch.float16, torch.bfloat16) and not (
         INTERPRET and x.dtype == torch.bfloat16
     )
-    pw = pw_weight.reshape(co, ci).to(x.dtype).contiguous()
+    pwt = pw_weight.reshape(co, ci).t().to(x.dtype).contiguous()  # [CI, CO]
     b = bias.to(torch.float32).contiguous() if bias is not None else None
     # fmt: off
     _agg_relu_dw_pw_kernel[grid](
-        *_slots(xs), coef.contiguous(), dw_weight, pw, b, z,
-        ci, co, h, w, oh, ow, *x.stride(), *z.stride(),
-        K=len(xs), STRIDE=stride, HAS_BIAS=bias is not None, LOW_PRECISION_DOT=low,
-        BLOCK_P=block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co,
+        *_slots(xs), coef.contiguous(), _taps(dw_weight), pwt, b, z,
+        co, h, w, oh, ow,
+        C=ci, K=len(xs), STRIDE=stride, CL=cl, HAS_BIAS=bias is not None,
+        LOW_PRECISION_DOT=low, **tiles, **INFERENCE_LAUNCH,
     )
     # fmt: on
     return z
@@ -507,7 +541,7 @@ def _(xs, coef, dw_weight, pw_weight, bias, stride):
 
 
 # ---------------------------------------------------------------------------------------------
-# A working Triton
+# The function the kernels compute
 
 
 def reference_agg_relu_dw(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> Tensor:
@@ -516,35 +550,3 @@ def reference_agg_relu_dw(xs: List[Tensor], coef: Tensor, weight: Tensor, stride
     for i in range(1, len(xs)):
         s = s + xs[i] * coef[i].to(s.dtype)
     return torch.nn.functional.conv2d(s.relu(), weight.to(s.dtype), None, stride, 1, 1, s.shape[1])
-
-
-def self_check(device: torch.device) -> str:
-    """ "" when the three kernels compile and agree with the eager ops on `device` (a small random
-    node, both strides, forward and backward), else the reason."""
-    try:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        for stride, k in ((1, 3), (2, 1)):
-            xs = [
-                torch.randn(2, 5, 9, 7, generator=g).to(device).requires_grad_() for _ in range(k)
-            ]
-            coef = torch.rand(k, generator=g).to(device).requires_grad_()
-            w = torch.randn(5, 1, 3, 3, generator=g).to(device).requires_grad_()
-            pw = torch.randn(6, 5, 1, 1, generator=g).to(device)
-            d = agg_relu_dw(xs, coef, w, stride)
-            grads = torch.autograd.grad(d.square().sum(), xs + [coef, w])
-            d_ref = reference_agg_relu_dw(xs, coef, w, stride)
-            grads_ref = torch.autograd.grad(d_ref.square().sum(), xs + [coef, w])
-            with torch.no_grad():
-                z = agg_relu_dw_pw(
-                    [x.detach() for x in xs], coef.detach(), w.detach(), pw, None, stride
-                )
-                z_ref = torch.nn.functional.conv2d(d_ref.detach(), pw)
-            for name, got, want in [("forward", d, d_ref), ("inference", z, z_ref)] + [
-                ("backward", a, b) for a, b in zip(grads, grads_ref)
-            ]:
-                if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
-                    err = (got - want).abs().max().item()
-                    return f"the {name} kernel differs from the eager ops by {err:.3g} (stride {stride})"
-        return ""
-    except Exception as e:  # a Triton that cannot compile or launch here
-        return f"the kernels failed on {device} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

@@ -24,7 +24,14 @@ from torch import nn
 from ..config import generator_params
 from ..graphs import NetworkWiring, StageWiring, sample_stages
 from ..limits import MAX_CHANNELS, check_int
-from .execution import EXECUTIONS, NodeSpec, StagePlan, fast_stage_forward, removal_at
+from .execution import (
+    EXECUTIONS,
+    NodeSpec,
+    StagePlan,
+    choose_execution,
+    fast_stage_forward,
+    removal_at,
+)
 from .ops import build_node_op, norm_layer
 
 __all__ = [
@@ -54,6 +61,11 @@ COMPILE_REGIONS = ("", "node", "stage")
 # The torch.compile backend of those regions (tests trace with "aot_eager": no code generation).
 COMPILE_BACKEND = "inductor"
 logger = logging.getLogger(__name__)
+
+
+def _default_device() -> torch.device:
+    """Where a model built without a device will run: Detectron2's default, CUDA if present."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_execution(execution: str) -> str:
@@ -131,10 +143,11 @@ class WiredStage(nn.Module):
         execution: str = "fast",
         memory_efficient: bool = False,
         recompute_convs: bool = False,
+        device=None,
     ):
         super().__init__()
         self.wiring = wiring
-        self.execution = check_execution(execution)
+        self.set_execution(execution, device)
         self.memory_efficient = bool(memory_efficient)
         self.recompute_convs = bool(recompute_convs)
         # Fold affine norms (FrozenBN; BN in eval) into the last conv of each node.
@@ -158,6 +171,15 @@ class WiredStage(nn.Module):
         # Set by RandWire.compile_regions: the stage runs the per-node loop (compiled nodes, or
         # compiled as a whole) instead of the fast execution.
         self.compiled = ""
+
+    def set_execution(self, execution: str, device=None):
+        """Run as `execution` on `device` (default: where the stage's parameters are, or CUDA
+        where there is one for a stage still being built): decided here, once (`self.path`)."""
+        if device is None:
+            params = list(self.parameters())
+            device = params[0].device if params else _default_device()
+        self.path = choose_execution(check_execution(execution), device)
+        self.execution = execution
 
     @property
     def specs(self) -> List[NodeSpec]:
@@ -210,6 +232,7 @@ class RandWire(Backbone):
         execution: str = "fast",
         memory_efficient: bool = False,
         recompute_convs: bool = False,
+        device=None,
     ):
         """
         Args:
@@ -226,14 +249,16 @@ class RandWire(Backbone):
             freeze_at: freeze stages conv1..conv{freeze_at} (0 = nothing), as ResNet's FREEZE_AT.
             in_channels: channels of the input image.
             execution: how wired stages run: "fast" (the same function from a plan with fused
-                aggregation, see `execution.py`; on CUDA with a working Triton, the fused node
-                kernels of `kernels.py`), "triton" (those kernels, an error where they cannot
-                run), "eager" ("fast" without the kernels) or "reference" (the plain per-node
-                loop).
+                aggregation, see `execution.py`; the fused node kernels of `kernels.py` only on
+                GPU generations where they were measured faster), "triton" (those kernels, an
+                error where they cannot run), "eager" ("fast" without the kernels) or
+                "reference" (the plain per-node loop).
             memory_efficient: in training, store two activations per node instead of four and
                 recompute the aggregation and ReLU in backward (fast execution only).
             recompute_convs: with memory_efficient, recompute the depthwise conv as well (one
                 activation per node).
+            device: where the model will run (MODEL.DEVICE), for which the execution's path is
+                decided once, here (default: CUDA if present, else CPU).
         """
         super().__init__()
         specs = stage_specs(regime, 4, channels)  # validates regime and channels; N is the wiring's
@@ -276,7 +301,15 @@ class RandWire(Backbone):
             prev = channels
         for name, _, c in [s for s in specs if s[0] in built]:
             stage = WiredStage(
-                wiring[name], prev, c, node_op, norm, execution, memory_efficient, recompute_convs
+                wiring[name],
+                prev,
+                c,
+                node_op,
+                norm,
+                execution,
+                memory_efficient,
+                recompute_convs,
+                device,
             )
             self._add_stage(name, stage, c)
             prev = c
@@ -304,15 +337,17 @@ class RandWire(Backbone):
         memory_efficient: Optional[bool] = None,
         recompute_convs: Optional[bool] = None,
         fold_norms: Optional[bool] = None,
+        device=None,
     ):
-        """Switch how every wired stage runs (weights and function unchanged)."""
+        """Switch how every wired stage runs (weights and function unchanged); the execution's
+        path is decided again for `device` (default: where the trunk's parameters are)."""
         for stage in self.wired_stages().values():
             if fold_norms is not None:
                 stage.fold_norms = bool(fold_norms)
             if recompute_convs is not None:
                 stage.recompute_convs = bool(recompute_convs)
-            if execution is not None:
-                stage.execution = check_execution(execution)
+            if execution is not None or device is not None:
+                stage.set_execution(execution or stage.execution, device)
             if memory_efficient is not None:
                 stage.memory_efficient = bool(memory_efficient)
         return self
@@ -327,7 +362,7 @@ class RandWire(Backbone):
             yield self
         finally:
             for name, stage in self.wired_stages().items():
-                stage.execution = before[name]
+                stage.set_execution(before[name])
 
     def seed_edge_removal(self, key: Sequence[int]) -> None:
         """Draw the next edge removal from `key` (e.g. (SEED, iteration, rank)) instead of the
@@ -542,6 +577,7 @@ def build_randwire_backbone(cfg, input_shape: ShapeSpec):
         execution        = rw.EXECUTION,
         memory_efficient = rw.MEMORY_EFFICIENT,
         recompute_convs  = rw.RECOMPUTE_CONVS,
+        device           = cfg.MODEL.DEVICE,
     )
     # fmt: on
     if rw.COMPILE:
