@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PURELIB = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
-.PHONY: install test test-fast demo sweep-demo clean-venv
+.PHONY: install test test-fast demo sweep-demo gpu-fit clean-venv
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+# Whether every Triton node-kernel variant the shipped networks launch fits sm_80 and sm_90,
+# compiled without a GPU (about 25 minutes on 2 cores), then the kernels' static cost table.
+gpu-fit: $(STAMP)
+	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_fit.py --json output/gpu_fit.json
+	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_fit.py --costs --networks c109 --dtypes bf16 fp32
 
 # Reduced Fig. 3 and Fig. 6 on the embedded data (each under 20 minutes on 2 CPU cores).
 SWEEP_DEMO := $(PY) tools/sweep.py --config-file configs/demo/randwire_sweep_demo.yaml

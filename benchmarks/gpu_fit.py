@@ -5,6 +5,7 @@ shipped networks launch, compiled ahead of time down to a cubin for sm_80 (A100)
 
     python benchmarks/gpu_fit.py                       # every shipped network, both targets
     python benchmarks/gpu_fit.py --networks c109 --targets 90 --dtypes bf16 --json fit.json
+    python benchmarks/gpu_fit.py --costs --networks c109 --dtypes bf16   # the cost table
 
 1. The launches: each network (C78 small, C109 and C154 regular at 224 px; the C109 and C154
    detection trunks at 800x1216) is built on the `meta` device with EXECUTION "triton" and run
@@ -22,6 +23,11 @@ SM, 65,536 registers per SM allocated per warp in units of 256, shared memory pe
 
 Limits checked (the exit status is 1 if one fails): shared memory per block <= 100 KB (two
 blocks fit an SM), 0 spill stores, >= 16 warps per SM for the training kernels, compile <= 20 s.
+
+`--costs`: the static cost table per kernel of a classifier (one training step and one
+inference at 224 px): MB per image by the traffic model's fused count and by the kernel's own
+reads and writes (`kernel_bytes`), and the time that implies at the H100's and H200's HBM
+bandwidth. An estimate: no speed is measured without a GPU.
 """
 
 import argparse
@@ -35,9 +41,6 @@ import sys
 import tempfile
 import time
 from typing import Dict, List
-
-if os.environ.get("TRITON_INTERPRET", "0") == "1":  # kernels defined now would be interpreted
-    sys.exit("gpu_fit compiles for GPUs: unset TRITON_INTERPRET")
 
 # First: importing randwire_d2 quiets the deprecation notes that Detectron2's imports print.
 import randwire_d2  # noqa: F401  # isort: split
@@ -70,6 +73,9 @@ LIMIT_SMEM = 100 * KB
 LIMIT_COMPILE_S = 20.0
 LIMIT_TRAINING_WARPS = 16
 TRAINING_KERNELS = ("forward", "backward")
+BATCH = 8  # images per recorded step (the cost table is per image)
+# HBM bandwidth from the vendors' spec sheets (bytes/s): the cost table's time estimates.
+BANDWIDTH = {"H100 SXM": 3.35e12, "H200": 4.8e12}
 OPS = {
     "randwire.agg_relu_dw.default": "forward",
     "randwire.agg_relu_dw_backward.default": "backward",
@@ -87,6 +93,7 @@ class LaunchRecorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.calls = set()
+        self.shapes = []  # per call: (kernel, K, stride, dtype, layout, C, CO, N, H, W)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kind = OPS.get(str(func))
@@ -98,6 +105,9 @@ class LaunchRecorder(TorchDispatchMode):
             layout = "channels_last" if kernels.is_channels_last(x) else "nchw"
             dtype = [k for k, v in DTYPES.items() if v == x.dtype][0]
             self.calls.add((kind, len(xs), stride, dtype, layout, x.shape[1], co))
+            self.shapes.append(
+                (kind, len(xs), stride, dtype, layout, x.shape[1], co, *x.shape[:1], *x.shape[2:])
+            )
         return func(*args, **(kwargs or {}))
 
 
@@ -112,9 +122,9 @@ def trunk(name: str) -> RandWire:
     return model
 
 
-def launches(names: List[str], dtypes: List[str], layouts=LAYOUTS) -> List[tuple]:
+def launches(names: List[str], dtypes: List[str], layouts=LAYOUTS, recorder=None) -> List[tuple]:
     """Every distinct node-kernel call of the networks `names` (training step and inference)."""
-    recorder = LaunchRecorder()
+    recorder = recorder or LaunchRecorder()
     for name in names:
         h, w = NETWORKS[name][1]
         model = trunk(name)
@@ -122,7 +132,9 @@ def launches(names: List[str], dtypes: List[str], layouts=LAYOUTS) -> List[tuple
             for layout in layouts:
                 fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
                 model = model.to(dtype=DTYPES[dtype], memory_format=fmt)
-                x = torch.empty(2, 3, h, w, device="meta", dtype=DTYPES[dtype], memory_format=fmt)
+                x = torch.empty(
+                    BATCH, 3, h, w, device="meta", dtype=DTYPES[dtype], memory_format=fmt
+                )
                 with recorder, torch.random.fork_rng(devices=[]):
                     model.train()
                     x.requires_grad_(True)
@@ -146,6 +158,8 @@ def bound_launches(call) -> List[tuple]:
     from triton.compiler import make_backend
     from triton.runtime.jit import JITFunction, create_function_from_signature
 
+    if kernels.INTERPRET:  # the kernels were defined for the interpreter, not compiled
+        raise RuntimeError("gpu_fit compiles for GPUs: run it without TRITON_INTERPRET=1")
     kind, k, stride, dtype, layout, c, co = call
     backend = make_backend(GPUTarget("cuda", 90, 32))
     bound = []
@@ -261,7 +275,76 @@ def failures(r: Dict) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. The tables
+# 3. What each kernel moves: a static estimate, no GPU
+
+
+def kernel_bytes(kind, k, stride, dtype, layout, c, co, n, h, w) -> Dict[str, int]:
+    """Bytes one call moves: `dram`, each tensor read or written once (plus the backward's second
+    read of its inputs for the edge dots and its float32 partial sums), and `loads`, what its
+    programs request from L1/L2 (every tap loads its tile; the inference kernel recomputes the
+    depthwise tile once per block of output channels)."""
+    e = DTYPES[dtype].itemsize
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    x, d = n * c * h * w * e, n * c * oh * ow * e
+    cl = layout == "channels_last"
+    if kind == "forward":
+        return {"dram": k * x + d, "loads": 9 * k * n * c * oh * ow * e}
+    if kind == "backward":
+        bp, bc = kernels.BACKWARD_TILES[cl]
+        tiles = n * -(-h * w // bp)
+        parts = tiles * 9 * c * 4 + tiles * -(-c // bc) * k * 4
+        return {"dram": 2 * k * x + d + k * x + parts, "loads": 2 * k * x + 9 * n * c * h * w * e}
+    t = kernels.INFERENCE_TILES
+    co_blocks = -(-co // t["BLOCK_CO"])
+    z = n * co * oh * ow * e
+    return {"dram": k * x + z + c * co * e, "loads": co_blocks * 9 * k * n * c * oh * ow * e}
+
+
+def costs(name: str, dtype: str, layout: str) -> List[list]:
+    """Per kernel of the classifier `name`, one training step and one inference at BATCH: calls
+    per step, MB per image by the traffic model's fused count (benchmarks/traffic.py: each op's
+    tensor inputs and outputs once) and by `kernel_bytes`, and the time that implies at each
+    HBM bandwidth (kernel DRAM bytes / bandwidth: a lower bound, not a measurement)."""
+    if __package__:  # python -m benchmarks.gpu_fit, or imported by the tests
+        from . import traffic
+    else:  # python benchmarks/gpu_fit.py: its folder is sys.path[0]
+        import traffic
+
+    config, (h, _), detection = NETWORKS[name]
+    if detection:
+        raise ValueError(f"the cost table is for the classifiers, not {name!r}")
+    recorder = LaunchRecorder()
+    launches([name], [dtype], [layout], recorder)
+    counted = {}
+    for train in (True, False):
+        model = traffic.randwire_model(config, "triton")
+        step = traffic.traffic(
+            model, BATCH, h, dtype, train, "fused", layout == "channels_last", details=True
+        )
+        counted.update(step["by_op"])
+    rows = []
+    for kind, op in [(v, k) for k, v in OPS.items()]:
+        calls = [c for c in recorder.shapes if c[0] == kind]
+        moved = [kernel_bytes(*c) for c in calls]
+        dram = sum(m["dram"] for m in moved) / BATCH
+        loads = sum(m["loads"] for m in moved) / BATCH
+        model_mb = counted.get(op, [0, 0])[1] / BATCH / 1e6
+        row = [name, dtype, layout, kind, len(calls), f"{model_mb:.1f}", f"{dram / 1e6:.1f}"]
+        row += [f"{loads / 1e6:.0f}"]
+        row += [f"{dram / bw * 1e6:.1f}" for bw in BANDWIDTH.values()]
+        rows.append(row)
+    return rows
+
+
+def cost_table(rows: List[list]) -> str:
+    head = ["network", "dtype", "layout", "kernel", "calls/step", "traffic model MB/img"]
+    head += ["kernel DRAM MB/img", "kernel L1/L2 loads MB/img"]
+    head += [f"us/img at {gpu} ({bw / 1e12:.2f} TB/s)" for gpu, bw in BANDWIDTH.items()]
+    return markdown_table(head, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The tables
 
 
 def summary(rows: List[Dict]) -> str:
@@ -313,7 +396,24 @@ def main(argv=None) -> int:
         "--jobs", type=int, default=min(2, os.cpu_count() or 1), choices=range(1, 65)
     )
     parser.add_argument("--json", help="write every variant's numbers to this file")
+    parser.add_argument(
+        "--costs",
+        action="store_true",
+        help="only the cost table (bytes per image, time at HBM bandwidth) of the classifiers",
+    )
     args = parser.parse_args(argv)
+    if args.costs:
+        rows = [
+            row
+            for name in args.networks
+            if not NETWORKS[name][2]
+            for dtype in args.dtypes
+            for layout in args.layouts
+            for row in costs(name, dtype, layout)
+        ]
+        print("Estimate from the spec-sheet HBM bandwidth, not a measurement (no GPU):")
+        print(cost_table(rows))
+        return 0
 
     calls = [c for c in launches(args.networks, args.dtypes, args.layouts) if c[0] in args.kernels]
     variants = {}  # the same specialization from different calls compiles once

@@ -73,11 +73,11 @@ def add_randwire_config(cfg):
     # edge whose target node has input degree > 1 (0.1 in the regular regime). Never in eval.
     _C.MODEL.RANDWIRE.DROP_EDGE_PROB = 0.0
     # How wired stages run: "fast" (one plan per stage, fused aggregation + ReLU, norms folded
-    # where exact; on CUDA where Triton passes a self-check, separable-conv nodes run the fused
-    # Triton kernels), "triton" (those kernels, an error where they cannot run; on CPU only
-    # under TRITON_INTERPRET=1, for tests), "eager" ("fast" without the Triton kernels) or
-    # "reference" (the plain per-node loop). Same weights, keys and function; the log says
-    # once which execution runs and why.
+    # where exact; the fused Triton node kernels only on GPU generations where a GPU run measured
+    # them faster, none yet), "triton" (those kernels, an error where they cannot run; on CPU
+    # only under TRITON_INTERPRET=1, for tests), "eager" ("fast" without the Triton kernels) or
+    # "reference" (the plain per-node loop). Same weights, keys and function; decided once when
+    # the model is built, for MODEL.DEVICE, and the log says which path runs and why.
     _C.MODEL.RANDWIRE.EXECUTION = "fast"
     # Training memory: store two activations per node instead of four and recompute the
     # aggregation and ReLU in backward (Pleiss et al. 2017, per node). For the eager fast
