@@ -92,6 +92,8 @@ class LaunchRecorder(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
+        self.layout = "nchw"  # the pass's: on meta a conv's output is contiguous whatever its
+        # input (CUDA keeps channels_last), so the recorded layout is the one the pass runs in
         self.calls = set()
         self.shapes = []  # per call: (kernel, K, stride, dtype, layout, C, CO, N, H, W)
 
@@ -102,7 +104,7 @@ class LaunchRecorder(TorchDispatchMode):
             x = xs[0]
             stride = args[-1]
             co = args[3].shape[0] if kind == "inference" else 0
-            layout = "channels_last" if kernels.is_channels_last(x) else "nchw"
+            layout = self.layout
             dtype = [k for k, v in DTYPES.items() if v == x.dtype][0]
             self.calls.add((kind, len(xs), stride, dtype, layout, x.shape[1], co))
             self.shapes.append(
@@ -135,6 +137,7 @@ def launches(names: List[str], dtypes: List[str], layouts=LAYOUTS, recorder=None
                 x = torch.empty(
                     BATCH, 3, h, w, device="meta", dtype=DTYPES[dtype], memory_format=fmt
                 )
+                recorder.layout = layout
                 with recorder, torch.random.fork_rng(devices=[]):
                     model.train()
                     x.requires_grad_(True)

@@ -163,6 +163,7 @@ def test_a_real_cpu_profile_is_categorized_by_weight_shape(one_thread):
     assert not any(c.startswith("other conv") for c in rows), rows
 
 
+@pytest.mark.slow
 def test_layouts_runs_on_cpu(tmp_path, capsys, one_thread):
     from benchmarks import layouts
 
@@ -181,6 +182,7 @@ def test_layouts_runs_on_cpu(tmp_path, capsys, one_thread):
     assert saved["fastest"][0].startswith("fastest rw-c78 training")
 
 
+@pytest.mark.slow
 def test_train_step_runs_on_cpu(tmp_path, capsys, one_thread):
     from benchmarks import train_step
 

@@ -37,6 +37,7 @@ def test_a_wiring_file_with_too_many_nodes_is_refused_at_once(tmp_path, num_node
     assert time.perf_counter() - start < 5
 
 
+@pytest.mark.slow
 def test_wiring_edges_files_and_sampled_graphs_are_bounded(tmp_path):
     edges = [[u, v] for u in range(MAX_NODES) for v in range(u + 1, MAX_NODES)][: MAX_EDGES + 1]
     path = tmp_path / "dense.json"
@@ -98,6 +99,7 @@ def test_an_image_with_too_many_annotations_fails_setup_in_both_tools(dense_coco
 
 
 @pytest.mark.parametrize("value", [-5, 0, "abc"])
+@pytest.mark.slow
 def test_iteration_counts_are_checked_for_both_config_systems(value, tmp_path):
     lazy = load_lazy_config(LAZY_DET_CONFIG, [f"train.max_iter={value}"])
     with pytest.raises(ValueError, match=rf"train.max_iter={value!r} is invalid: .*integer >= 1"):

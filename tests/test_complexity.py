@@ -123,6 +123,7 @@ EDGE_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(EDGE_CASES))
+@pytest.mark.slow
 def test_closed_form_equals_fvcore_on_edge_cases(case, one_thread):
     cfg = load_config(C78, SMALL + EDGE_CASES[case])
     size = 64 if "GN" in case else 37  # GroupNorm needs > 1 value per group at conv5
@@ -152,6 +153,7 @@ class Said(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@pytest.mark.slow
 def test_a_node_op_the_closed_form_does_not_know_is_traced(monkeypatch, one_thread):
     monkeypatch.setattr(complexity, "_SAID", set())
     said = Said()

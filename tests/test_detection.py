@@ -252,6 +252,7 @@ def test_demo_data_is_deterministic_and_varied(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_registered_demo_datasets_are_generated_on_demand(tmp_path):
     register_detection_demo(str(tmp_path))
     try:
@@ -319,6 +320,7 @@ def test_short_training_lowers_loss_and_evaluates(tiny_data, tmp_path, one_threa
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(tiny_data, tmp_path, one_thread):
     cfg = tiny_cfg(
         "DATASETS.TRAIN",

@@ -27,6 +27,7 @@ def assert_same_weights(a, b):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.slow
 def test_yaml_resume_gives_the_uninterrupted_runs_weights(tiny_data, tmp_path, workers, caplog):
     def train(folder, resume):
         cfg = tiny_cfg(
@@ -51,6 +52,7 @@ def test_yaml_resume_gives_the_uninterrupted_runs_weights(tiny_data, tmp_path, w
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "resumed"))
 
 
+@pytest.mark.slow
 def test_lazy_resume_gives_the_uninterrupted_runs_weights_with_a_drawn_seed(
     tiny_data, tmp_path, caplog
 ):

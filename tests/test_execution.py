@@ -86,6 +86,7 @@ def test_fast_unfolded_equals_reference_in_training(one_thread, norm):
 
 @pytest.mark.parametrize("lean", sorted(LEAN))
 @pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+@pytest.mark.slow
 def test_fast_equals_reference_with_edge_removal(one_thread, norm, lean):
     # p=1: an edge is removed at every step; the same key removes the same edge in both.
     for it in range(3):

@@ -65,6 +65,7 @@ def test_frozen_model_computes_the_eager_function(extra, one_thread):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_classifier_export_takes_any_batch_at_the_traced_size(tmp_path, one_thread):
     """pt2 and ONNX traced at batch 1 run other batches (a dynamic batch axis): checked by the
     export at batches 2 and 3, and here, loaded on their own. Another image size is an error
@@ -121,6 +122,7 @@ def test_checked_shapes_are_bounded(kwargs, message, tmp_path):
     assert not (tmp_path / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_exported_graph_is_smaller_than_the_reference_one(one_thread):
     model = tiny_model()
     x = export.classifier_samples(32, count=1)[0]
@@ -185,6 +187,7 @@ def detections(boxes, classes, scores, size):
     return result
 
 
+@pytest.mark.slow
 def test_cli_exports_a_detector_checkpoint(
     tmp_path, det_test_data, caplog, monkeypatch, capsys, one_thread
 ):
@@ -230,6 +233,7 @@ def test_cli_exports_a_detector_checkpoint(
         assert result["ok"] and result["matched"] > 0, result
 
 
+@pytest.mark.slow
 def test_retinanet_exports_and_takes_other_image_sizes(tmp_path, one_thread):
     """A detector without R-CNN's `inference` (RetinaNet) is exported as it is called."""
     model = tiny_model(RETINA_CONFIG, TINY_DET)
@@ -283,6 +287,7 @@ def test_random_weights_flag_exports_without_weights(tmp_path):
     assert not model.training
 
 
+@pytest.mark.slow
 def test_op_counts_of_the_fast_execution_trace_torch_export(one_thread):
     """torch.export traces the fast execution's eval path: its cached constants (coefficients,
     folded norms) are computed in the graph, not read from a cache keyed on real storage."""

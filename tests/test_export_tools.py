@@ -22,6 +22,7 @@ def exported(out) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_export_traces_on_the_dataset_given_with_dataset(user_data, tmp_path):
     """The run's config names its own dataset: without --dataset (and --sample-image) the error
     names the dataset and the flag; with --dataset the detector is traced on its images."""

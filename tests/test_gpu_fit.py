@@ -73,6 +73,7 @@ def test_the_occupancy_rules():
     assert gpu_fit.failures(r | {"compile_s": 110.0})[0].startswith("cannot launch")
 
 
+@pytest.mark.slow
 def test_the_launches_are_recorded_from_the_networks():
     """The checked variants are what the network launches: per wired stage, one forward,
     backward and inference call per separable-conv node, at the node's in-degree and stride."""

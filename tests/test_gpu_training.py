@@ -104,6 +104,7 @@ def event_storage(monkeypatch):
 
 
 @pytest.mark.parametrize("drop_edge_prob", [0.0, 0.7])
+@pytest.mark.slow
 def test_graphed_step_trains_as_the_eager_step(one_thread, event_storage, drop_edge_prob):
     """Eager SimpleTrainer vs GraphedStepTrainer (2 eager steps, then a capture replayed): the
     same losses, lrs and final weights over 7 steps with a changing lr and edge removal, though
@@ -289,6 +290,7 @@ def test_compiled_nodes_share_graphs_and_equal_eager(one_thread):
     assert 0 < counters["stats"]["unique_graphs"] - graphs < nodes
 
 
+@pytest.mark.slow
 def test_compiled_stages_trace_whole(one_thread):
     """COMPILE 'stage': each wired stage traces as one graph (fullgraph: a graph break is an
     error), with the same function; checked with the aot_eager backend (no code generation)."""
@@ -347,6 +349,7 @@ def test_compiled_classifier_trains_and_evaluates(monkeypatch, one_thread, regio
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_classification_trainer_trains_on_device_decoded_batches(tmp_path, monkeypatch):
     """PRETRAIN.DECODE 'cuda' end to end, with the device decode run on the CPU (the key's
     CUDA check bypassed: that is the only part that needs a GPU): the trainer gets stacked

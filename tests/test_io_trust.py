@@ -252,6 +252,7 @@ atomic_write(sys.argv[1], slow)
 """
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "model_final.pth"
     target.write_bytes(b"previous")

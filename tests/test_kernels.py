@@ -160,6 +160,7 @@ def test_triton_stage_equals_reference(one_thread, train, layout):
     assert_as_close(b1, b64, b2, "BatchNorm buffer")
 
 
+@pytest.mark.slow
 def test_a_node_of_any_in_degree_runs_the_kernels(one_thread):
     """A node with more inputs than kernel slots: the extra inputs ride in one slot."""
     n = kernels.MAX_SLOTS + 4

@@ -77,6 +77,7 @@ def test_every_lazy_config_is_listed_and_instantiates():
         ("retinanet_randwire_c109_fpn_1x", 109),
     ],
 )
+@pytest.mark.slow
 def test_yaml_and_lazy_configs_build_the_same_detector(name, channels):
     """Same (generator, theta, seed) -> same wiring fingerprint, and the same keys, shapes and
     parameter count for the whole detector; same schedule and solver."""
@@ -140,6 +141,7 @@ def test_yaml_and_lazy_demo_detectors_are_twins(name):
     ],
     ids=["faster_rcnn", "mask_rcnn", "retinanet"],
 )
+@pytest.mark.slow
 def test_a_train_step_for_each_meta_architecture(config, overrides, one_thread):
     from detectron2.layers import ShapeSpec
 
@@ -253,6 +255,7 @@ def test_cli_mask_rcnn_from_a_classifier_trains_evaluates_segm_and_guards_resume
     assert "copypaste: Task: segm" in ev.stdout + ev.stderr
 
 
+@pytest.mark.slow
 def test_cli_refuses_weights_of_another_wiring_and_frozen_stages_without_weights(
     lazy_classifier, tmp_path
 ):

@@ -93,6 +93,7 @@ def trunk_grads_are_finite(model, stages=("conv3", "conv4", "conv5")):
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
+@pytest.mark.slow
 def test_paper_configs_build(name):
     """Full size, no forward, no download: the architecture the config names, on the trunk of
     its Faster R-CNN twin, with detectron2's heads and 1x schedule."""
@@ -231,6 +232,7 @@ def test_retinanet_with_too_few_classes_fails_before_training(mask_data, tmp_pat
     assert not (tmp_path / "out").exists()  # failed before claiming OUTPUT_DIR
 
 
+@pytest.mark.slow
 def test_mask_rcnn_trains_and_reports_segm_ap(mask_data, tmp_path, one_thread):
     # fmt: off
     cfg = tiny_mask_cfg(
@@ -288,6 +290,7 @@ def assert_trunk_copied(classifier, detector):
 
 
 @pytest.mark.parametrize("arch", ["mask_rcnn", "retinanet"])
+@pytest.mark.slow
 def test_classifier_transfer(arch, classifier_checkpoint, tmp_path):
     classifier, path = classifier_checkpoint
     make = tiny_mask_cfg if arch == "mask_rcnn" else tiny_retina_cfg

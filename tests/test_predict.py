@@ -121,6 +121,7 @@ def test_tool_draws_and_writes_coco_results_for_a_glob(demo_root, detector_weigh
     assert not any(w in proc.stderr for w in ("Warning", "is_fx_tracing")), proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_detection_predictor_equals_default_predictor(demo_root, detector_weights):
     """DetectionPredictor is Detectron2's DefaultPredictor with the strict checkpointer."""
     cfg = setup_cfg(DET_CONFIG, TINY + ["MODEL.WEIGHTS", detector_weights], 0.1)
@@ -133,6 +134,7 @@ def test_detection_predictor_equals_default_predictor(demo_root, detector_weight
     assert torch.equal(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
 
 
+@pytest.mark.slow
 def test_mask_model_writes_rle_segmentations(demo_root, tmp_path):
     opts = TINY + ["MODEL.ROI_MASK_HEAD.CONV_DIM", "8"]
     weights = save_random_model(MASK_CONFIG, opts, tmp_path)
@@ -143,6 +145,7 @@ def test_mask_model_writes_rle_segmentations(demo_root, tmp_path):
     assert len(os.listdir(tmp_path / "out")) == 5
 
 
+@pytest.mark.slow
 def test_video_input(demo_root, detector_weights, tmp_path):
     video = str(tmp_path / "clip.mp4")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (160, 160))
@@ -318,6 +321,7 @@ def test_override_syntax_is_checked_per_config_system():
         load_any_config(lazy, ["MODEL.WEIGHTS", "w"])
 
 
+@pytest.mark.slow
 def test_lazy_config_and_its_saved_yaml_predict_with_the_datasets_ids(
     lazy_run, user_data, tmp_path, forget_datasets
 ):

@@ -79,6 +79,7 @@ def test_host_side_ops_of_a_meta_run_are_not_counted():
     assert c.kernels == 0
 
 
+@pytest.mark.slow
 def test_tiny_randwire_conv_granularity_below_eager_and_training_above_inference():
     got = {
         (train, g): tr.traffic(tiny_randwire(), batch=2, size=32, train=train, granularity=g)
@@ -97,6 +98,7 @@ def test_tiny_randwire_conv_granularity_below_eager_and_training_above_inference
     assert again == got[True, "eager"]
 
 
+@pytest.mark.slow
 def test_fused_execution_counts_its_custom_ops_and_moves_less():
     for train in (False, True):
         fused = tr.traffic(
@@ -112,6 +114,7 @@ def test_fused_execution_counts_its_custom_ops_and_moves_less():
         assert fused["bytes_per_image"] < eager["bytes_per_image"]
 
 
+@pytest.mark.slow
 def test_resnet50_reproduces_the_issue_table():
     """bf16, per image at batch 2, MB = 1e6, kernels per step: 188 MB / 174 kernels (inference),
     69 MB (conv granularity), 470 MB / 407 kernels (training step without the optimizer)."""
@@ -126,6 +129,7 @@ def test_resnet50_reproduces_the_issue_table():
     assert train["bytes_per_image"] / 1e6 == pytest.approx(470, rel=0.02)
 
 
+@pytest.mark.slow
 def test_randwire_c109_reference_reproduces_the_issue_table():
     """The issue's C109 eager numbers (553 MB / 937 kernels inference, 1468 MB / 2666 kernels
     training) are those of the reference execution at batch 2."""
@@ -137,6 +141,7 @@ def test_randwire_c109_reference_reproduces_the_issue_table():
     assert conv["bytes_per_image"] / 1e6 == pytest.approx(154, rel=0.02)
 
 
+@pytest.mark.slow
 def test_main_prints_the_table_and_writes_json(tmp_path, capsys):
     cfg = tiny_cfg("small")
     config = tmp_path / "tiny.yaml"

@@ -125,6 +125,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(
     assert evals[1][0]["val_32/top1"] == pytest.approx(evals[0][0]["val_32/top1"])
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_saved_iteration_with_the_same_lr_and_data(cls_data_root, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     # With edge removal on: the removed edges must also be those of the uninterrupted run.

@@ -67,6 +67,7 @@ def copy_run(src, dst):
 # 1. OUTPUT_DIR: one run at a time; a fresh run never overwrites another's checkpoints ---------
 
 
+@pytest.mark.slow
 def test_a_held_output_dir_is_refused_naming_the_holder(tmp_path):
     code = (
         "import sys, time; from randwire_d2.engine import claim_output_dir; "
@@ -86,6 +87,7 @@ def test_a_held_output_dir_is_refused_naming_the_holder(tmp_path):
     release_output_dir(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_fresh_run_over_checkpoints_is_refused_unless_overwrite(trained, tmp_path, cls_data_root):
     out = copy_run(trained, tmp_path / "run")
     opts = tiny_opts(cls_data_root, out, epochs=3)

@@ -390,7 +390,7 @@ def _taps(weight: Tensor) -> Tensor:
 # the longer side), warps, and no software pipelining. Checked by benchmarks/gpu_fit.py.
 FORWARD_TILES = {True: (32, 32), False: (64, 8)}  # channels_last: True
 BACKWARD_TILES = {True: (16, 32), False: (64, 8)}
-FORWARD_LAUNCH = dict(num_warps=4, num_stages=1)
+FORWARD_LAUNCH = {True: dict(num_warps=4, num_stages=1), False: dict(num_warps=8, num_stages=1)}
 BACKWARD_LAUNCH = dict(num_warps=8, num_stages=1)
 INFERENCE_TILES = dict(BLOCK_P=64, BLOCK_CI=16, BLOCK_CO=64)
 INFERENCE_LAUNCH = dict(num_warps=4, num_stages=1)
@@ -407,7 +407,7 @@ def _agg_relu_dw_impl(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: in
     # fmt: off
     _agg_relu_dw_fwd_kernel[grid](
         *_slots(xs), coef.contiguous(), _taps(weight), d, h, w, oh, ow,
-        C=c, K=len(xs), STRIDE=stride, CL=cl, BLOCK_P=bp, BLOCK_C=bc, **FORWARD_LAUNCH,
+        C=c, K=len(xs), STRIDE=stride, CL=cl, BLOCK_P=bp, BLOCK_C=bc, **FORWARD_LAUNCH[cl],
     )
     # fmt: on
     return d
