@@ -40,7 +40,7 @@ from randwire_d2.export import (
     op_counts,
 )
 from randwire_d2.modeling import RandWireClassifier
-from randwire_d2.utils.warnings import quiet_export_warnings
+from randwire_d2.utils.quiet_warnings import quiet_export_warnings
 
 if __package__:  # python -m benchmarks.export_latency
     from .bench_common import machine

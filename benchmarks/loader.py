@@ -41,7 +41,8 @@ import torch
 import torchvision
 
 from randwire_d2.data.cls_demo import generate_jpeg_folder
-from randwire_d2.data.imagefolder import build_cls_train_loader, scan_image_folder
+from randwire_d2.data.cls_loaders import build_cls_train_loader
+from randwire_d2.data.imagefolder import scan_image_folder
 from randwire_d2.utils.args import bounded_int  # noqa: E402
 from randwire_d2.utils.tables import markdown_table
 

@@ -215,7 +215,7 @@ def fast_runs_kernels(device: str) -> bool:
     """Whether EXECUTION fast runs the Triton node kernels on `device` in this version;
     False where the version has no such choice."""
     try:
-        from randwire_d2.modeling.execution import choose_execution
+        from randwire_d2.modeling.execution_path import choose_execution
 
         return bool(choose_execution("fast", device).kernels)
     except Exception:  # an older version, or no kernels: the eager fast path

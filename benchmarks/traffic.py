@@ -62,7 +62,7 @@ from torch.utils._pytree import tree_flatten
 
 from randwire_d2.config import load_config
 from randwire_d2.modeling.classifier import ClassifierLogits
-from randwire_d2.modeling.execution import EXECUTIONS
+from randwire_d2.modeling.execution_path import EXECUTIONS
 from randwire_d2.utils.tables import markdown_table
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")

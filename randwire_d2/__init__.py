@@ -6,9 +6,9 @@ meta-architecture and the embedded demo datasets with Detectron2.
 
 import warnings as _warnings
 
-from .utils.warnings import quiet_third_party_warnings
+from .utils.quiet_warnings import quiet_third_party_warnings
 
-# Detectron2's imports print deprecation notes of torch's (see utils/warnings.py): quiet them
+# Detectron2's imports print deprecation notes of torch's (see utils/quiet_warnings.py): quiet them
 # while importing it, without changing the filters of the program that imports us.
 with _warnings.catch_warnings():
     quiet_third_party_warnings(logs=False)

@@ -38,7 +38,7 @@ from .config import (
     load_lazy_config,
     read_yaml,
 )
-from .data.checks import prepare_datasets
+from .data.dataset_checks import prepare_datasets
 from .data.imagefolder import read_rgb_image
 from .limits import MAX_IMAGE_SIDE, check_int
 from .modeling.classifier import RandWireClassifier

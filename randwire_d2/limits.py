@@ -2,7 +2,8 @@
 anything is allocated (docs/pretraining.md, "Sizes"). Each is far beyond real use and far below
 what would exhaust a machine: `MODEL.RANDWIRE.CHANNELS 1e7` would ask for petabytes. Limits on
 what a file declares live beside its reader: graphs.MAX_NODES / MAX_EDGES (wiring),
-data.checks.MAX_INSTANCES_PER_IMAGE, data.imagefolder.MAX_IMAGE_PIXELS, sweep.plan.MAX_RUNS."""
+data.dataset_checks.MAX_INSTANCES_PER_IMAGE, data.imagefolder.MAX_IMAGE_PIXELS, sweep.plan.MAX_RUNS.
+"""
 
 import numbers
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from . import data as _data  # noqa: F401  (registers the embedded demo datasets)
 from .config import add_randwire_config
-from .data.checks import check_datasets_fit_model
+from .data.dataset_checks import check_datasets_fit_model
 from .data.imagefolder import MAX_IMAGE_PIXELS, ResizeCenterCrop
 from .engine import resolve_device
 from .engine.detection import draw_instances

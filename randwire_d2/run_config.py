@@ -1,6 +1,6 @@
 """A run's settings read from either config system, by name (SETTINGS: e.g. "weights" is
 MODEL.WEIGHTS in a yaml config, train.init_checkpoint in a LazyConfig), so that each rule of a
-run (engine/rules.py, engine/resume.py, checkpoint.py, the inference tools) is written once. A
+run (engine/run_setup.py, engine/resume.py, checkpoint.py, the inference tools) is written once. A
 yaml key always exists (add_randwire_config adds them all); a LazyConfig may lack one, which then
 reads as the default given.
 """

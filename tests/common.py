@@ -194,7 +194,7 @@ def tiny_opts(data_root, output_dir, epochs=2, **extra):
 
 def make_cfg(opts, world_size=1):
     """The config tools/train_cls.py trains with: CLS_CONFIG, overrides, schedule resolved."""
-    from randwire_d2.data.checks import check_image_folder
+    from randwire_d2.data.dataset_checks import check_image_folder
     from randwire_d2.engine import resolve_schedule
 
     cfg = load_config(CLS_CONFIG, opts)

@@ -11,8 +11,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from randwire_d2.checkpoint import RandWireCheckpointer  # noqa: E402
 from randwire_d2.config import load_lazy_config  # noqa: E402
-from randwire_d2.data.checks import register_user_datasets  # noqa: E402
 from randwire_d2.data.cls_demo import generate_classification_demo  # noqa: E402
+from randwire_d2.data.dataset_checks import register_user_datasets  # noqa: E402
 from randwire_d2.data.detection_demo import generate_detection_demo  # noqa: E402
 
 

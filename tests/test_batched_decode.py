@@ -20,10 +20,10 @@ from randwire_d2.data.batched_decode import (
     resize_uint8,
 )
 from randwire_d2.data.cls_demo import generate_jpeg_folder
+from randwire_d2.data.cls_loaders import build_cls_train_loader
 from randwire_d2.data.imagefolder import (
     ImageFolderDataset,
     RandomResizedCropFlip,
-    build_cls_train_loader,
     read_rgb_image,
     scan_image_folder,
 )

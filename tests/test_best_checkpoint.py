@@ -50,7 +50,7 @@ def test_best_checkpoint_keeps_the_best_across_a_resume():
     hook.trainer = _Trainer(max_iter=100)
     for it, value in [(9, 50.0), (19, 70.0), (29, 60.0), (39, float("nan"))]:
         _evaluate(hook, it, value)
-    assert ckpt.saved == [9, 19] and (hook.best, hook.best_iter) == (70.0, 19)
+    assert ckpt.saved == [9, 19] and (hook.best_metric, hook.best_iter) == (70.0, 19)
 
     resumed = BestCheckpoint(ckpt, eval_period=10, metric="val_32/top1")
     resumed.load_state_dict(hook.state_dict())
@@ -63,7 +63,7 @@ def test_best_checkpoint_keeps_the_best_across_a_resume():
     low.trainer = _Trainer(max_iter=100)
     for it, value in [(9, 3.0), (19, 1.0), (29, 2.0)]:
         _evaluate(low, it, value, "error")
-    assert low.checkpointer.saved == [9, 19]
+    assert low._checkpointer.saved == [9, 19]
 
 
 def test_best_checkpoint_names_the_metrics_the_evaluation_reports():

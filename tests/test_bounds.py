@@ -19,7 +19,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from randwire_d2.config import load_lazy_config
-from randwire_d2.data import checks
+from randwire_d2.data import dataset_checks
 from randwire_d2.engine import check_iterations
 from randwire_d2.engine.launch import argument_parser
 from randwire_d2.engine.lazy import setup_lazy
@@ -65,7 +65,7 @@ def dense_coco(tmp_path):
         write_image(images / f"{i}.jpg", seed=i)
     content = coco_dict(num_categories=1)
     ann = content["annotations"][0]
-    count = checks.MAX_INSTANCES_PER_IMAGE + 1
+    count = dataset_checks.MAX_INSTANCES_PER_IMAGE + 1
     content["annotations"] = [dict(ann, id=k + 1, image_id=1) for k in range(count)]
     path = tmp_path / "dense.json"
     path.write_text(json.dumps(content))
@@ -84,7 +84,7 @@ def test_an_image_with_too_many_annotations_fails_setup_in_both_tools(dense_coco
         + ["DATASETS.TRAIN", f"('{name}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "1"]
         + ["OUTPUT_DIR", str(tmp_path / "yaml"), "MODEL.DEVICE", "cpu"]
     )
-    limit = checks.MAX_INSTANCES_PER_IMAGE
+    limit = dataset_checks.MAX_INSTANCES_PER_IMAGE
     message = rf"{name}.*0\.jpg \(image_id 1\) with {count}; at most {limit} per image"
     with pytest.raises(ValueError, match=message):
         train_net.setup(args)

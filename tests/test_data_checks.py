@@ -10,7 +10,7 @@ import pytest
 from common import coco_dict, write_image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from randwire_d2.data import checks, cls_demo
+from randwire_d2.data import cls_demo, dataset_checks
 from randwire_d2.data.imagefolder import ImageFolderDataset, ResizeCenterCrop
 from randwire_d2.data.shapes import CLASSES
 from randwire_d2.engine.hooks import TrainCategories
@@ -23,14 +23,14 @@ def test_image_folder_layout_is_checked_for_every_split(tmp_path):
     for c in ("cat", "dog"):
         write_image(os.path.join(root, "train", c, "0.jpg"))
     with pytest.raises(FileNotFoundError, match=r"PRETRAIN.DATA_ROOT.*val.*<split>/<class>/\*.jpg"):
-        checks.check_image_folder(root)
+        dataset_checks.check_image_folder(root)
     for c in ("cat", "emu"):
         write_image(os.path.join(root, "val", c, "0.jpg"))
     with pytest.raises(ValueError, match=r"only in train: \['dog'\].*only in val: \['emu'\]"):
-        checks.check_image_folder(root)
+        dataset_checks.check_image_folder(root)
     os.rename(os.path.join(root, "val", "emu"), os.path.join(root, "val", "dog"))
-    checks.scan_split.cache_clear()  # a run scans each split once; this test changed one
-    found = checks.check_image_folder(str(tmp_path / "data"))
+    dataset_checks.scan_split.cache_clear()  # a run scans each split once; this test changed one
+    found = dataset_checks.check_image_folder(str(tmp_path / "data"))
     assert sorted(found) == ["train", "val"]
     classes, samples = found["val"]
     assert classes == ["cat", "dog"] and [label for _, label in samples] == [0, 1]
@@ -104,7 +104,7 @@ def test_demo_data_root_is_generated_on_demand(tmp_path, monkeypatch):
     assert not cls_demo.ensure_classification_demo("elsewhere/randwire_demo_cls")
     assert not os.path.exists("elsewhere")
     assert cls_demo.ensure_classification_demo("./datasets/randwire_demo_cls/")
-    found = checks.check_image_folder("datasets/randwire_demo_cls")
+    found = dataset_checks.check_image_folder("datasets/randwire_demo_cls")
     assert len(found["train"][1]) == 2 * len(CLASSES) and len(found["val"][1]) == len(CLASSES)
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
     assert cls_demo.ensure_classification_demo(str(tmp_path / "d2" / "randwire_demo_cls"))
@@ -126,7 +126,7 @@ def coco(tmp_path):
         path = tmp_path / f"{uuid.uuid4().hex}.json"
         path.write_text(content if isinstance(content, str) else json.dumps(content))
         name = f"test_checks_{uuid.uuid4().hex}"
-        names.extend(checks.register_user_datasets([(name, str(path), str(images))]))
+        names.extend(dataset_checks.register_user_datasets([(name, str(path), str(images))]))
         return name, str(path)
 
     yield write
@@ -148,13 +148,13 @@ def test_invalid_coco_json_names_the_dataset_and_the_file(coco, drop):
 
 def test_more_categories_than_classes_names_the_key(coco):
     name, _ = coco(coco_dict(num_categories=3))
-    checks.prepare_datasets([name])
-    checks.check_num_classes([name], 3)
+    dataset_checks.prepare_datasets([name])
+    dataset_checks.check_num_classes([name], 3)
     with pytest.raises(ValueError, match=rf"MODEL.ROI_HEADS.NUM_CLASSES=2.*{name}.*3 categories"):
-        checks.check_num_classes([name], 2)
+        dataset_checks.check_num_classes([name], 2)
     other, _ = coco(coco_dict(num_categories=3))  # not loaded yet: the check loads it
     with pytest.raises(ValueError, match=rf"MODEL.RETINANET.NUM_CLASSES=1.*{other}"):
-        checks.check_num_classes([other], 1, key="MODEL.RETINANET.NUM_CLASSES")
+        dataset_checks.check_num_classes([other], 1, key="MODEL.RETINANET.NUM_CLASSES")
 
 
 @pytest.mark.parametrize(
@@ -172,7 +172,7 @@ def test_a_json_that_is_not_coco_is_refused_before_registering(tmp_path, content
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     name = f"test_checks_{uuid.uuid4().hex}"
     with pytest.raises(ValueError, match=rf"--dataset {name}.*{path}.*is not a COCO") as error:
-        checks.register_user_datasets([(name, str(path), str(tmp_path))])
+        dataset_checks.register_user_datasets([(name, str(path), str(tmp_path))])
     assert field in str(error.value)
     assert name not in DatasetCatalog.list()
 
@@ -182,47 +182,48 @@ def test_missing_images_an_empty_dataset_and_bad_boxes_are_named_at_setup(coco, 
     missing["images"][1]["file_name"] = "gone.jpg"
     name, path = coco(missing)
     with pytest.raises(
-        checks.DatasetNotFoundError, match=rf"{name}.*1 of 2 image files do not exist.*gone\.jpg"
+        dataset_checks.DatasetNotFoundError,
+        match=rf"{name}.*1 of 2 image files do not exist.*gone\.jpg",
     ):
-        checks.prepare_datasets([name])
+        dataset_checks.prepare_datasets([name])
     name, _ = coco(dict(coco_dict(), images=[], annotations=[]))
     with pytest.raises(ValueError, match=rf"dataset {name!r} holds no images"):
-        checks.prepare_datasets([name])
+        dataset_checks.prepare_datasets([name])
     text_box = coco_dict()
     text_box["annotations"][2]["bbox"] = "2 2 10 10"
     name, _ = coco(text_box)
     with pytest.raises(ValueError, match=rf"{name}.*1 annotations have a bbox that is not 4 num"):
-        checks.prepare_datasets([name])
+        dataset_checks.prepare_datasets([name])
     outside = coco_dict()
     for a in outside["annotations"]:
         a["bbox"] = [40, 2, 10, 10]  # the images are 32 pixels wide
     name, _ = coco(outside)
     with pytest.raises(ValueError, match=rf"{name}.*all 3 boxes lie entirely outside"):
-        checks.prepare_datasets([name])
+        dataset_checks.prepare_datasets([name])
     outside["annotations"][0]["bbox"] = [2, 2, 10, 10]
     name, _ = coco(outside)
     with caplog.at_level(logging.WARNING):
-        checks.prepare_datasets([name])
+        dataset_checks.prepare_datasets([name])
     assert f"dataset {name!r}: 2 of 3 boxes lie entirely outside their images" in caplog.text
 
 
 def test_categories_are_compared_by_id_and_name(coco, caplog):
     name, _ = coco(coco_dict(num_categories=2))
-    record = checks.dataset_categories(name)
+    record = dataset_checks.dataset_categories(name)
     assert record == {
         "dataset": name,
         "thing_classes": ["c0", "c1"],
         "thing_dataset_id_to_contiguous_id": {1: 0, 2: 1},
     }
-    checks.check_categories(record, [name, "not_registered"], "w.pth")
+    dataset_checks.check_categories(record, [name, "not_registered"], "w.pth")
     renamed = dict(record, thing_classes=["c0", "tree"])
     with pytest.raises(ValueError, match=r"w.pth was trained on .*\{1: 'c0', 2: 'tree'\}, but "):
-        checks.check_categories(renamed, [name], "w.pth")
+        dataset_checks.check_categories(renamed, [name], "w.pth")
     with pytest.raises(ValueError, match=r"--resume: the checkpoint was trained on"):
         TrainCategories(record).load_state_dict(renamed)  # resuming with other categories
     TrainCategories(record).load_state_dict({})  # a checkpoint that recorded none
     with caplog.at_level(logging.WARNING):
-        checks.check_categories(None, [name], "w.pth")
+        dataset_checks.check_categories(None, [name], "w.pth")
     assert "w.pth records no categories" in caplog.text
 
 
@@ -233,9 +234,9 @@ def test_declared_image_and_mask_sizes_are_bounded_at_setup(coco):
     huge["images"][0].update(height=60000, width=60000)
     name, _ = coco(huge)
     with pytest.raises(ValueError, match=rf"{name}.*declares height 60000 x width 60000"):
-        checks.prepare_datasets([name])
+        dataset_checks.prepare_datasets([name])
     rle = coco_dict()
     rle["annotations"][0]["segmentation"] = {"size": [60000, 60000], "counts": "0"}
     name, _ = coco(rle)
     with pytest.raises(ValueError, match=rf"{name}.*RLE mask .* declares size \[60000, 60000\]"):
-        checks.prepare_datasets([name])
+        dataset_checks.prepare_datasets([name])

@@ -36,7 +36,7 @@ from randwire_d2.checkpoint import (
     convert_classifier_checkpoint,
 )
 from randwire_d2.config import load_config
-from randwire_d2.data.checks import (
+from randwire_d2.data.dataset_checks import (
     DatasetNotFoundError,
     check_datasets_on_disk,
     register_user_datasets,

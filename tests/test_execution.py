@@ -240,9 +240,9 @@ def test_compiled_trunk_keeps_keys_and_function(one_thread, monkeypatch):
     outputs and gradients as the eager trunk. Traced with the aot_eager backend (Inductor's
     code generation for three stages takes half a minute here; Inductor runs in
     test_gpu_training.py's node test)."""
-    from randwire_d2.modeling import randwire
+    from randwire_d2.modeling import regional_compile
 
-    monkeypatch.setattr(randwire, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(regional_compile, "COMPILE_BACKEND", "aot_eager")
     cfg = tiny_cfg("small")
     torch.manual_seed(0)
     eager = build_model(cfg)

@@ -23,7 +23,7 @@ from torch.fx._symbolic_trace import is_fx_tracing_warning
 import randwire_d2.export as export
 from randwire_d2.config import load_config
 from randwire_d2.data import generate_detection_demo
-from randwire_d2.data.checks import register_user_datasets
+from randwire_d2.data.dataset_checks import register_user_datasets
 from randwire_d2.export import op_counts
 from randwire_d2.inference_config import load_model
 
@@ -142,7 +142,7 @@ def test_a_mismatching_export_fails_loudly(tmp_path, monkeypatch, one_thread):
             frozen.head.fc.bias.add_(0.5)
         return frozen
 
-    monkeypatch.setattr(export, "freeze_for_export", broken_freeze)
+    monkeypatch.setattr(export.classifier, "freeze_for_export", broken_freeze)
     samples = export.classifier_samples(32, count=1)
     with pytest.raises(export.ExportMismatchError, match=r"onnx\[sample 0\].*max_abs_diff.*0\.5"):
         export.export_classifier(model, str(tmp_path), samples, ("onnx",))

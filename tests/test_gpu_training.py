@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten
 from randwire_d2.engine import check_gpu_keys
 from randwire_d2.engine.cuda_graphs import GraphedStepTrainer, check_cuda_graphs
 from randwire_d2.modeling import RandWire, network_wiring
-from randwire_d2.modeling.randwire import check_compile
+from randwire_d2.modeling.regional_compile import check_compile
 
 
 class _Recorder(TorchDispatchMode):
@@ -327,9 +327,9 @@ def test_compiled_classifier_trains_and_evaluates(monkeypatch, one_thread, regio
     from torch._dynamo import config as dynamo_config
 
     from randwire_d2.config import load_config
-    from randwire_d2.modeling import randwire
+    from randwire_d2.modeling import regional_compile
 
-    monkeypatch.setattr(randwire, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(regional_compile, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     opts = ["MODEL.DEVICE", "cpu", "MODEL.RANDWIRE.CHANNELS", 8]
     opts += ["MODEL.CLASSIFIER.HEAD_CHANNELS", 16, "MODEL.RANDWIRE.MEMORY_EFFICIENT", False]

@@ -32,9 +32,9 @@ from PIL import Image
 
 import randwire_d2.data.imagefolder as imagefolder
 import randwire_d2.predict as predict_lib
-from randwire_d2.checkpoint import atomic_torch_save, atomic_write
 from randwire_d2.data.imagefolder import ImageFolderDataset
 from randwire_d2.predict import read_image_file
+from randwire_d2.utils.atomic import atomic_torch_save, atomic_write
 
 export_model = load_tool("export_model")
 predict_tool = load_tool("predict")
@@ -239,7 +239,7 @@ def test_other_write_errors_pass_through_unchanged(tmp_path):
 
 SLOW_WRITER = """
 import sys, time
-from randwire_d2.checkpoint import atomic_write
+from randwire_d2.utils.atomic import atomic_write
 
 def slow(f):
     f.write(b"partial")

@@ -15,7 +15,7 @@ from common import tiny_trunk
 from detectron2.modeling import build_model
 
 from randwire_d2.graphs import StageWiring
-from randwire_d2.modeling import execution, kernels
+from randwire_d2.modeling import execution_path, kernels, wired_stage
 from randwire_d2.modeling.randwire import WiredStage
 
 # Triton chose compiled kernels at their definition: they cannot run on CPU tensors here.
@@ -222,9 +222,9 @@ def test_triton_classifier_equals_reference_and_shares_keys(one_thread, threads)
 
 
 def test_float64_runs_the_eager_fast_path_and_says_so(one_thread, caplog, monkeypatch):
-    monkeypatch.setattr(execution, "_LOGGED", set())
+    monkeypatch.setattr(execution_path, "_LOGGED", set())
     trunk = tiny_trunk("small", "sep_conv3x3", "BN").set_execution("triton")
-    with caplog.at_level(logging.INFO, logger="randwire_d2.modeling.execution"):
+    with caplog.at_level(logging.INFO, logger="randwire_d2.modeling.execution_path"):
         trunk.eval()(torch.randn(1, 3, 32, 32, dtype=torch.float64))
     assert "torch.float64 runs the eager fast path" in caplog.text
 
@@ -234,7 +234,7 @@ def mocked_cuda(monkeypatch):
     """A CUDA device of compute capability 9.0 (an H100) where the kernels would run."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(kernels, "runnable", lambda device: (True, ""))
-    monkeypatch.setattr(execution, "_LOGGED", set())
+    monkeypatch.setattr(execution_path, "_LOGGED", set())
     return torch.device("cuda", 0)
 
 
@@ -247,7 +247,7 @@ def test_triton_where_the_kernels_cannot_run_is_an_error_when_the_model_is_built
 
 
 def test_fast_on_cuda_runs_the_eager_path_and_says_why(mocked_cuda, caplog, monkeypatch):
-    with caplog.at_level(logging.INFO, logger="randwire_d2.modeling.execution"):
+    with caplog.at_level(logging.INFO, logger="randwire_d2.modeling.execution_path"):
         trunk = tiny_trunk("small", "sep_conv3x3", "BN").set_execution("fast", device=mocked_cuda)
         assert all(not s.path.kernels for s in trunk.wired_stages().values())
         said = (
@@ -255,22 +255,23 @@ def test_fast_on_cuda_runs_the_eager_path_and_says_why(mocked_cuda, caplog, monk
             "has measured the Triton node kernels faster on compute capability 9.0"
         )
         assert caplog.text.count(said) == 1  # decided for every stage, said once
-        assert execution.choose_execution("triton", mocked_cuda).kernels  # the opt-in
-        assert not execution.choose_execution("eager", mocked_cuda).kernels
-        assert not execution.choose_execution("reference", mocked_cuda).kernels
-        assert not execution.choose_execution("fast", "cpu").kernels
+        assert execution_path.choose_execution("triton", mocked_cuda).kernels  # the opt-in
+        assert not execution_path.choose_execution("eager", mocked_cuda).kernels
+        assert not execution_path.choose_execution("reference", mocked_cuda).kernels
+        assert not execution_path.choose_execution("fast", "cpu").kernels
     # decided once, when the model is built: a forward decides nothing
-    monkeypatch.setattr(execution, "choose_execution", None)
+    monkeypatch.setattr(execution_path, "choose_execution", None)
+    monkeypatch.setattr(wired_stage, "choose_execution", None)
     out = trunk.float().eval()(torch.randn(1, 3, 32, 32))["conv5"]
     assert out.shape == (1, 32, 1, 1) and torch.isfinite(out).all()
 
 
 def test_fast_runs_the_kernels_where_a_gpu_run_measured_them_faster(mocked_cuda, monkeypatch):
-    monkeypatch.setattr(execution, "KERNELS_MEASURED_FASTER", (9,))
-    path = execution.choose_execution("fast", mocked_cuda)
+    monkeypatch.setattr(execution_path, "KERNELS_MEASURED_FASTER", (9,))
+    path = execution_path.choose_execution("fast", mocked_cuda)
     assert path.kernels and "measured faster than the eager fast path on" in path.reason
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert not execution.choose_execution("fast", mocked_cuda).kernels
+    assert not execution_path.choose_execution("fast", mocked_cuda).kernels
 
 
 def test_the_builder_decides_for_model_device(mocked_cuda):

@@ -29,7 +29,7 @@ from detectron2.utils.events import EventStorage
 
 from randwire_d2.checkpoint import RandWireCheckpointer, convert_classifier_checkpoint
 from randwire_d2.config import load_config
-from randwire_d2.data.checks import (
+from randwire_d2.data.dataset_checks import (
     check_datasets_fit_model,
     check_mask_format,
     load_dataset,

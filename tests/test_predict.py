@@ -36,8 +36,12 @@ from pycocotools.coco import COCO
 
 from randwire_d2.checkpoint import RandWireCheckpointer, load_for_eval
 from randwire_d2.config import load_config
-from randwire_d2.data.checks import check_image_folder, prepare_datasets, register_user_datasets
 from randwire_d2.data.cls_demo import generate_classification_demo
+from randwire_d2.data.dataset_checks import (
+    check_image_folder,
+    prepare_datasets,
+    register_user_datasets,
+)
 from randwire_d2.data.detection_demo import ensure_detection_demo, register_detection_demo
 from randwire_d2.engine import ClassificationTrainer, Trainer
 from randwire_d2.engine.classification import ClassList

@@ -1,6 +1,6 @@
 """Run keys that only a built model or an evaluation would use (execution, compile, the best
 checkpoint's metric and mode) are refused at setup by every training tool, before OUTPUT_DIR,
-config.yaml or log.txt is written (engine.rules.check_run_keys)."""
+config.yaml or log.txt is written (engine.run_setup.check_run_keys)."""
 
 import os
 

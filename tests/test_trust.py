@@ -31,7 +31,7 @@ from randwire_d2.config import load_config
 from randwire_d2.data.detection_demo import generate_detection_demo
 from randwire_d2.engine import ClassificationTrainer, claim_output_dir, evaluate_checkpoint
 from randwire_d2.engine.output_dir import release_output_dir, truncate_metrics
-from randwire_d2.engine.rules import resolve_device
+from randwire_d2.engine.run_setup import resolve_device
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import randwire_d2
-from randwire_d2.utils.warnings import (
+from randwire_d2.utils.quiet_warnings import (
     SHOW_ALL_WARNINGS_ENV,
     quiet_export_warnings,
     quiet_third_party_warnings,

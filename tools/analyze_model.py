@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from randwire_d2.utils.warnings import quiet_third_party_warnings  # isort: split
+from randwire_d2.utils.quiet_warnings import quiet_third_party_warnings  # isort: split
 from detectron2.modeling import build_model
 
 from randwire_d2.complexity import (

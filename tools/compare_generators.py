@@ -15,8 +15,8 @@ from randwire_d2.config import load_config, set_generator
 from randwire_d2.graphs import MAX_NODES, MAX_SEEDS, sample
 from randwire_d2.sweep import parse_generators
 from randwire_d2.utils.args import bounded_int
+from randwire_d2.utils.quiet_warnings import quiet_third_party_warnings
 from randwire_d2.utils.tables import markdown_table
-from randwire_d2.utils.warnings import quiet_third_party_warnings
 from randwire_d2.visualize import draw_generator_grid
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from randwire_d2.utils.warnings import quiet_third_party_warnings
+from randwire_d2.utils.quiet_warnings import quiet_third_party_warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_MODELS = [

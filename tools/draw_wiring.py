@@ -12,7 +12,7 @@ import os
 from randwire_d2.checkpoint import wiring_of_checkpoint
 from randwire_d2.config import load_config
 from randwire_d2.modeling import wiring_from_cfg
-from randwire_d2.utils.warnings import quiet_third_party_warnings
+from randwire_d2.utils.quiet_warnings import quiet_third_party_warnings
 from randwire_d2.visualize import draw_network
 
 

@@ -36,7 +36,7 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from randwire_d2.data.checks import register_user_datasets
+from randwire_d2.data.dataset_checks import register_user_datasets
 from randwire_d2.engine import resolve_device
 from randwire_d2.engine.launch import add_dataset_argument, add_unsafe_config_argument
 from randwire_d2.export import (

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 
-from randwire_d2.utils.warnings import quiet_third_party_warnings  # isort: split
+from randwire_d2.utils.quiet_warnings import quiet_third_party_warnings  # isort: split
 import torch
 from detectron2.evaluation import inference_on_dataset
 

@@ -18,7 +18,7 @@ Without CUDA, `--num-gpus N` runs N CPU processes (gloo).
 import randwire_d2  # noqa: F401  # isort: split
 from randwire_d2.checkpoint import load_for_eval
 from randwire_d2.config import load_lazy_config
-from randwire_d2.data.checks import register_user_datasets
+from randwire_d2.data.dataset_checks import register_user_datasets
 from randwire_d2.engine import argument_parser, launch
 from randwire_d2.engine.lazy import build_model, do_test, do_train, setup_lazy
 

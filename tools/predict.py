@@ -32,7 +32,7 @@ MAX_IMAGE_PIXELS pixels are refused; drawn pictures are at most MAX_DRAWN_SIDE p
 import argparse
 import sys
 
-from randwire_d2.data.checks import register_user_datasets
+from randwire_d2.data.dataset_checks import register_user_datasets
 from randwire_d2.engine.launch import add_dataset_argument, add_unsafe_config_argument
 from randwire_d2.limits import MAX_CLASSES
 from randwire_d2.predict import (
@@ -45,7 +45,7 @@ from randwire_d2.predict import (
     split_overrides,
 )
 from randwire_d2.utils.args import bounded_int
-from randwire_d2.utils.warnings import quiet_third_party_warnings
+from randwire_d2.utils.quiet_warnings import quiet_third_party_warnings
 
 
 def build_parser():

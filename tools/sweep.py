@@ -40,8 +40,8 @@ from randwire_d2.sweep import (
 )
 from randwire_d2.sweep.report import report
 from randwire_d2.utils.args import bounded_int
+from randwire_d2.utils.quiet_warnings import quiet_third_party_warnings
 from randwire_d2.utils.tables import markdown_table
-from randwire_d2.utils.warnings import quiet_third_party_warnings
 
 
 def build_parser():

@@ -19,8 +19,8 @@ import randwire_d2  # noqa: F401  # isort: split
 from detectron2.utils import comm
 
 from randwire_d2.config import explicit_keys, load_config
-from randwire_d2.data.checks import check_image_folder
 from randwire_d2.data.cls_demo import ensure_classification_demo
+from randwire_d2.data.dataset_checks import check_image_folder
 from randwire_d2.engine import (
     ClassificationTrainer,
     argument_parser,
@@ -31,7 +31,7 @@ from randwire_d2.engine import (
     resolve_device,
     resolve_schedule,
 )
-from randwire_d2.engine.rules import precision, setup_run
+from randwire_d2.engine.run_setup import precision, setup_run
 from randwire_d2.engine.schedule import IMAGENET_TRAIN_IMAGES
 
 

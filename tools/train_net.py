@@ -19,9 +19,9 @@ from detectron2.utils import comm
 
 from randwire_d2.checkpoint import load_for_eval
 from randwire_d2.config import load_config
-from randwire_d2.data.checks import register_user_datasets
+from randwire_d2.data.dataset_checks import register_user_datasets
 from randwire_d2.engine import Trainer, argument_parser, launch
-from randwire_d2.engine.rules import check_detection_run, setup_run
+from randwire_d2.engine.run_setup import check_detection_run, setup_run
 
 
 def build_parser():

@@ -2,7 +2,7 @@
 main process decodes a whole batch at once (nvjpeg through torchvision's `decode_jpeg`) and crops,
 resizes and flips it there.
 
-The augmentation is that of the CPU path (`imagefolder.build_cls_train_loader`): the same
+The augmentation is that of the CPU path (`cls_loaders.build_cls_train_loader`): the same
 `EpochBatchSampler` order, and each image's crop box and flip from `RandomResizedCropFlip.draw`
 for its draw seed, so a run resumed at iteration i sees the images and crops of the uninterrupted
 run. Pixels differ from the CPU path only by the decoder's and the resampler's rounding (PIL's
@@ -250,7 +250,7 @@ def decode_loader(
 ) -> DecodeLoader:
     """The batches of `sampler` (an EpochBatchSampler over `samples`) read by `num_workers`
     workers and decoded on `device`: {"images": uint8 [B, 3, crop, crop], "labels": int64 [B]},
-    both on `device` (see imagefolder.build_cls_train_loader's `decode_device`)."""
+    both on `device` (see cls_loaders.build_cls_train_loader's `decode_device`)."""
     decoder = BatchDecoder(crop, image_format, device)
     dataset = ImageBytesDataset(samples, RandomResizedCropFlip(crop, crop_scale))
     pin_memory = decoder.device.type == "cuda"

@@ -16,14 +16,13 @@ from typing import Sequence
 import torch
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
-from detectron2.utils.events import JSONWriter, TensorboardXWriter
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
 from ..checkpoint import load_for_eval
-from ..data.checks import check_image_folder
-from ..data.imagefolder import build_cls_test_loader, build_cls_train_loader
+from ..data.cls_loaders import build_cls_test_loader, build_cls_train_loader
+from ..data.dataset_checks import check_image_folder
 from .cuda_graphs import GraphedStepTrainer, check_cuda_graphs
 from .evaluation import ClassificationEvaluator
-from .hooks import ProgressPrinter
 from .trainer import RandWireTrainer, broadcast_buffers
 
 __all__ = ["ClassList", "ClassificationTrainer", "evaluate_checkpoint", "check_gpu_keys"]
@@ -185,7 +184,7 @@ class ClassificationTrainer(RandWireTrainer):
     def build_writers(self):
         os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
         return [
-            ProgressPrinter(self.max_iter, self.iters_per_epoch),
+            CommonMetricPrinter(self.max_iter, window_size=20),
             # Unsmoothed: each line holds its iteration's values, so the lines a resumed run
             # writes equal the uninterrupted run's.
             JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), window_size=1),

@@ -1,6 +1,5 @@
 """Training hooks and the progress printer of RandWire training."""
 
-import datetime
 import logging
 import math
 import random
@@ -11,9 +10,9 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.engine import hooks
 from detectron2.utils import comm
-from detectron2.utils.events import EventWriter, JSONWriter, get_event_storage
+from detectron2.utils.events import JSONWriter
 
-from ..data.checks import check_categories, dataset_categories
+from ..data.dataset_checks import check_categories, dataset_categories
 from ..modeling.randwire import RandWire
 from ..run_config import RunConfig
 from .output_dir import has_metric
@@ -23,7 +22,6 @@ __all__ = [
     "RunSeed",
     "TrainCategories",
     "StepSeed",
-    "ProgressPrinter",
     "BestCheckpoint",
     "best_checkpoint_hook",
     "PendingEvaluation",
@@ -123,98 +121,61 @@ class StepSeed(hooks.HookBase):
             trunk.seed_edge_removal(key)
 
 
-class ProgressPrinter(EventWriter):
-    """One line per write: epoch, iteration, losses, lr, images/s, data time and ETA."""
+class BestCheckpoint(hooks.BestCheckpointer):
+    """Detectron2's BestCheckpointer (`model_best.pth`: the checkpoint of the evaluation with the
+    best `metric` so far, TEST.BEST_CHECKPOINT_METRIC or a LazyConfig's
+    train.best_checkpoint.metric, checked after every evaluation, the final one included), with
+    what a resumable run needs:
 
-    def __init__(self, max_iter: int, iters_per_epoch: int, window_size: int = 20):
-        self.logger = logging.getLogger("detectron2.utils.events")
-        self.max_iter, self.iters_per_epoch, self.window = max_iter, iters_per_epoch, window_size
+    - the best value and its iteration travel with the run's checkpoints (`state_dict`), so a
+      resumed run keeps an earlier, better model_best;
+    - model_best is saved without re-tagging `last_checkpoint`, which keeps naming the newest
+      periodic checkpoint that `--resume` continues;
+    - a metric the evaluation did not report is an error naming those it did (the tools refuse
+      one the task's evaluation never reports at setup: `check_best_checkpoint`), not a warning.
 
-    def write(self):
-        storage = get_event_storage()
-        it, h = storage.iter, storage.histories()
-        if it >= self.max_iter:
-            return
-
-        def med(name):
-            return h[name].median(storage.count_samples(name, self.window))
-
-        fields = [
-            f"epoch: {(it + 1) / self.iters_per_epoch:.2f}",
-            f"iter: {it + 1}/{self.max_iter}",
-        ]
-        fields += [f"{k}: {med(k):.4g}" for k in h if "loss" in k]
-        if "lr" in h:
-            fields.append(f"lr: {h['lr'].latest():.5g}")
-        if "time" in h:
-            fields.append(f"images/s: {med('images_per_sec'):.1f}")
-            eta = h["time"].median(1000) * (self.max_iter - it - 1)
-            fields.append(f"eta: {datetime.timedelta(seconds=int(eta))}")
-        if "data_time" in h:
-            fields.append(f"data_time: {med('data_time'):.4f}")
-        self.logger.info("  ".join(fields))
-
-
-class BestCheckpoint(hooks.HookBase):
-    """Keep `model_best.pth` in the output folder: the checkpoint of the evaluation with the
-    best `metric` so far (TEST.BEST_CHECKPOINT_METRIC, a LazyConfig's
-    train.best_checkpoint.metric), after every evaluation, the final one included.
-
-    Register it after the EvalHook. The best value and its iteration travel with the run's
-    checkpoints, so a resumed run keeps an earlier, better model_best; `last_checkpoint` keeps
-    naming the newest periodic checkpoint, which `--resume` continues. The tools refuse a
-    metric the task's evaluation does not report at setup (`check_best_checkpoint`); one that
-    is still missing at an evaluation is an error naming those it reported.
+    Register it after the EvalHook.
     """
 
     def __init__(self, checkpointer, eval_period: int, metric: str, mode: str = "max", key=""):
         if mode not in BEST_MODES:
             raise ValueError(f"{key or 'mode'} mode={mode!r} is invalid: expected 'max' or 'min'")
-        self.checkpointer, self.period = checkpointer, eval_period
-        self.metric, self.mode, self.key = metric, mode, key or "the best-checkpoint metric"
-        self.best: Optional[float] = None
-        self.best_iter: Optional[int] = None
+        super().__init__(eval_period, checkpointer, metric, mode)
+        self.key = key or "the best-checkpoint metric"
+
+    @property
+    def metric(self) -> str:
+        return self._val_metric
 
     def state_dict(self):
-        return {"metric": self.metric, "best": self.best, "best_iter": self.best_iter}
+        return {"metric": self._val_metric, "best": self.best_metric, "best_iter": self.best_iter}
 
     def load_state_dict(self, state):
-        if state.get("metric") == self.metric:
-            self.best, self.best_iter = state["best"], state["best_iter"]
+        if state.get("metric") == self._val_metric:
+            self.best_metric, self.best_iter = state["best"], state["best_iter"]
 
-    def after_step(self):  # when the EvalHook evaluates during training
-        next_iter = self.trainer.iter + 1
-        if self.period > 0 and next_iter % self.period == 0 and next_iter != self.trainer.max_iter:
-            self._check()
-
-    def after_train(self):  # the EvalHook's final evaluation
-        if self.trainer.iter + 1 >= self.trainer.max_iter:
-            self._check()
-
-    def _check(self):
+    def _best_checking(self):
         latest = self.trainer.storage.latest()
-        if self.metric not in latest:
+        metric = self._val_metric
+        if metric not in latest:
             reported = sorted(k for k in latest if "/" in k and "loss" not in k)
             raise ValueError(
-                f"{self.key}={self.metric!r} is not among the metrics the evaluation reported: "
+                f"{self.key}={metric!r} is not among the metrics the evaluation reported: "
                 f"expected one of {reported}"
             )
-        value, iteration = latest[self.metric]
-        if not math.isfinite(value):
-            return
-        if self.best is not None and (
-            value <= self.best if self.mode == "max" else value >= self.best
-        ):
-            logging.getLogger(__name__).info(
-                f"{self.metric} = {value:.4g} at iteration {iteration}: model_best.pth stays at "
-                f"{self.best:.4g} (iteration {self.best_iter})"
+        value, iteration = latest[metric]
+        best, best_iter = self.best_metric, self.best_iter
+        if best is not None and math.isfinite(value) and not self._compare(value, best):
+            self._logger.info(
+                f"{metric} = {value:.4g} at iteration {iteration}: model_best.pth stays at "
+                f"{best:.4g} (iteration {best_iter})"
             )
             return
-        self.best, self.best_iter = float(value), int(iteration)
-        self.checkpointer.save("model_best", tag_last=False, iteration=iteration)
-        logging.getLogger(__name__).info(
-            f"{self.metric} = {value:.4g} at iteration {iteration}: saved as model_best.pth"
-        )
+        if self._update_best(float(value), int(iteration)):  # not NaN or infinite
+            self._checkpointer.save(self._file_prefix, tag_last=False, iteration=iteration)
+            self._logger.info(
+                f"{metric} = {value:.4g} at iteration {iteration}: saved as model_best.pth"
+            )
 
 
 def best_checkpoint_hook(cfg, checkpointer, auto_metric: str) -> Optional[BestCheckpoint]:
@@ -260,7 +221,7 @@ class PendingEvaluation(hooks.HookBase):
         try:
             self.evaluate._do_eval()
             if self.best is not None:
-                self.best._check()
+                self.best._best_checking()
             for w in getattr(self.writer, "_writers", ()):
                 if isinstance(w, JSONWriter):
                     w.write()  # recorded now, not at the next write

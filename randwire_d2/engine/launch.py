@@ -9,7 +9,7 @@ from detectron2.engine import default_argument_parser
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-from ..utils.warnings import quiet_third_party_warnings
+from ..utils.quiet_warnings import quiet_third_party_warnings
 
 __all__ = [
     "check_process_count",
@@ -54,7 +54,7 @@ def add_unsafe_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_dataset_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """`--dataset NAME JSON IMAGE_DIR` (repeatable), registered by
-    data.checks.register_user_datasets; `what` says what the tool does with it."""
+    data.dataset_checks.register_user_datasets; `what` says what the tool does with it."""
     parser.add_argument(
         "--dataset",
         action="append",

@@ -30,7 +30,7 @@ from .hooks import (
 )
 from .output_dir import release_output_dir
 from .resume import resume_or_load
-from .rules import amp_dtype, check_detection_run, setup_run
+from .run_setup import amp_dtype, check_detection_run, setup_run
 from .trainer import broadcast_buffers, create_ddp_model, step_trainer
 
 __all__ = [
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 
 def setup_lazy(cfg, args) -> None:
-    """Check what can be checked before anything is built (engine/rules.py), then hold
+    """Check what can be checked before anything is built (engine/run_setup.py), then hold
     train.output_dir and set up the logs."""
     check_detection_run(cfg, args.eval_only)
     setup_run(cfg, args)

@@ -28,7 +28,7 @@ from .hooks import (
 )
 from .output_dir import claim_output_dir, release_output_dir
 from .resume import resume_or_load
-from .rules import amp_dtype
+from .run_setup import amp_dtype
 
 __all__ = ["RandWireTrainer", "step_trainer", "create_ddp_model", "broadcast_buffers"]
 

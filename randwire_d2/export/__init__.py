@@ -23,13 +23,10 @@ batch sizes of a classifier, two other image sizes of a detector), and compared 
 (detections matched by class, score and box, since outputs tied in score may come in another
 order). ONNX files are run in onnxruntime. A difference beyond tolerance raises
 `ExportMismatchError`, naming numbers. The notes torch prints while tracing Detectron2's code are
-ignored during an export (`utils/warnings.py: quiet_export_warnings`); these checks are what they
+ignored during an export (`utils/quiet_warnings.py: quiet_export_warnings`); these checks are what they
 ask for. Graph sizes per execution: `op_counts` (compare.py; export_model.py
 --compare-executions); latency: benchmarks/export_latency.py.
 """
-
-import torch
-from torch import nn
 
 from ..inference_config import detector_samples
 from ..modeling.frozen import FrozenStage, fold_conv_norms, freeze_for_export
@@ -60,25 +57,7 @@ from .formats import (
     run_onnx,
     torchscript_op_count,
 )
-
-
-def export_onnx(
-    module: nn.Module, args: tuple, path: str, input_names, output_names=None, dynamic_axes=None
-):
-    """Write `module` traced on `args` to the ONNX file `path` (TorchScript-based, ONNX_OPSET).
-    Here, not in formats.py: torch attributes its note on this exporter to the caller's module,
-    which utils/warnings.py's EXPORT_WARNINGS names as randwire_d2.export."""
-    torch.onnx.export(
-        module,
-        args,
-        path,
-        dynamo=False,
-        opset_version=ONNX_OPSET,
-        input_names=list(input_names),
-        output_names=output_names,
-        dynamic_axes=dynamic_axes,
-    )
-
+from .onnx import export_onnx
 
 # Every public name above, as detectron2.modeling lists its own.
-__all__ = [k for k in globals() if not k.startswith("_") and k not in ("torch", "nn")]
+__all__ = [k for k in globals() if not k.startswith("_")]

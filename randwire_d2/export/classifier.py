@@ -8,7 +8,8 @@ import torch
 
 from ..modeling.classifier import ClassifierLogits as ClassifierExport  # images -> logits
 from ..modeling.classifier import RandWireClassifier
-from ..utils.warnings import quiet_export_warnings
+from ..modeling.frozen import freeze_for_export
+from ..utils.quiet_warnings import quiet_export_warnings
 from .compare import MAX_CHECK_BATCH, _check_counts, compare_logits, write_and_check
 from .formats import (
     CLASSIFIER_AXES,
@@ -20,6 +21,7 @@ from .formats import (
     run_onnx,
     torchscript_op_count,
 )
+from .onnx import export_onnx
 
 
 def classifier_samples(
@@ -62,9 +64,6 @@ def export_classifier(
         inputs[f"batch {n}"] = (torch.rand(n, *x0.shape[1:], generator=g) * 255).to(x0.device)
     with torch.no_grad():
         eager = {k: ClassifierExport(model)(x) for k, x in inputs.items()}
-    # From the package, when called: tests replace freeze_for_export; export_onnx: see there.
-    from . import export_onnx, freeze_for_export
-
     net = ClassifierExport(freeze_for_export(model)).eval()
     input_shape = _shape_spec(x0.shape, CLASSIFIER_AXES)
 

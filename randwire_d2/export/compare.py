@@ -15,8 +15,8 @@ from torch import nn
 
 from ..checkpoint import find_trunk
 from ..modeling.frozen import freeze_for_export
+from ..utils.quiet_warnings import quiet_export_warnings
 from ..utils.tables import markdown_table
-from ..utils.warnings import quiet_export_warnings
 from .formats import (
     FORMATS,
     _shape_text,
@@ -24,6 +24,7 @@ from .formats import (
     onnx_op_count,
     torchscript_op_count,
 )
+from .onnx import export_onnx
 
 # Bounds of the extra inputs an export is checked on (export_classifier's check_batches,
 # export_detector's check_sizes): each is run by the eager model and by every written file.
@@ -180,8 +181,6 @@ def op_counts(
     trace, "onnx" non-Constant ONNX nodes). `dynamic_axes` ({input index: {axis: name}}, e.g.
     {0: DETECTOR_AXES}) exports the ONNX graphs with those axes dynamic, as the written file:
     shape arithmetic that a static export folds into constants stays in the graph."""
-    from . import export_onnx  # defined in the package itself (see export_onnx)
-
     counts = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for execution in executions:

@@ -12,7 +12,8 @@ from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
 from detectron2.modeling import GeneralizedRCNN
 from torch import nn
 
-from ..utils.warnings import quiet_export_warnings
+from ..modeling.frozen import freeze_for_export
+from ..utils.quiet_warnings import quiet_export_warnings
 from .compare import MAX_CHECK_SIDE, _check_counts, compare_instances, write_and_check
 from .formats import (
     DETECTOR_AXES,
@@ -22,6 +23,7 @@ from .formats import (
     run_onnx,
     torchscript_op_count,
 )
+from .onnx import export_onnx
 
 logger = logging.getLogger(__package__)
 
@@ -108,9 +110,6 @@ def export_detector(
         eager = {
             k: _detector_inference(model, [{"image": x}])[0]["instances"] for k, x in inputs.items()
         }
-    # From the package, when called: tests replace freeze_for_export; export_onnx: see there.
-    from . import export_onnx, freeze_for_export
-
     adapter = detector_adapter(freeze_for_export(model), samples[0])
     with torch.no_grad():  # sets adapter.outputs_schema, which names the ONNX outputs
         adapter(image)

@@ -1,7 +1,5 @@
 """RandWireClassifier: the ImageNet network of Table 1 as a Detectron2 meta-architecture."""
 
-from typing import Dict, List
-
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable

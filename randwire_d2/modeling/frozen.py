@@ -5,7 +5,7 @@ aggregation weights through sigmoid/select ops, so traced as it is, its graph is
 reference loop's. Frozen, every wired stage runs its `StagePlan` with the norms folded into the
 conv weights and the coefficients sigmoid(w_i) as constants, and the other conv -> BN pairs
 (conv1, the small regime's conv2, the classifier head) are folded as well. Which norms fold:
-`execution.foldable`, as in the fast execution.
+`norm_folding.foldable`, as in the fast execution.
 """
 
 import copy
@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .classifier import ClassifierHead
-from .execution import STAGE_INPUT, affine_of_norm, foldable
+from .execution import STAGE_INPUT
+from .norm_folding import affine_of_norm, foldable
 from .randwire import RandWire, WiredStage
 
 __all__ = ["FrozenStage", "fold_conv_norms", "freeze_for_export"]

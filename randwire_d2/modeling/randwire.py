@@ -22,17 +22,11 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from ..config import generator_params
-from ..graphs import NetworkWiring, StageWiring, sample_stages
+from ..graphs import NetworkWiring, sample_stages
 from ..limits import MAX_CHANNELS, check_int
-from .execution import (
-    EXECUTIONS,
-    NodeSpec,
-    StagePlan,
-    choose_execution,
-    fast_stage_forward,
-    removal_at,
-)
-from .ops import build_node_op, norm_layer
+from .ops import norm_layer
+from .regional_compile import COMPILE_REGIONS, check_compile, compile_regions
+from .wired_stage import Node, WiredStage
 
 __all__ = [
     "Node",
@@ -55,23 +49,7 @@ REGIMES = {
     "regular": [("conv2", 0.5, 1), ("conv3", 1.0, 2), ("conv4", 1.0, 4), ("conv5", 1.0, 8)],
 }
 STAGE_STRIDES = {"conv1": 2, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
-# What MODEL.RANDWIRE.COMPILE compiles: nothing, each node (regional: nodes of the same shape
-# share one compiled graph), or each wired stage as one graph.
-COMPILE_REGIONS = ("", "node", "stage")
-# The torch.compile backend of those regions (tests trace with "aot_eager": no code generation).
-COMPILE_BACKEND = "inductor"
 logger = logging.getLogger(__name__)
-
-
-def _default_device() -> torch.device:
-    """Where a model built without a device will run: Detectron2's default, CUDA if present."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def check_execution(execution: str) -> str:
-    if execution not in EXECUTIONS:
-        raise ValueError(f"EXECUTION={execution!r} is unknown: expected one of {list(EXECUTIONS)}")
-    return execution
 
 
 class WiringMismatchError(ValueError):
@@ -98,120 +76,6 @@ def network_wiring(
     """g(theta, s): the wiring of every random stage of a network of the given regime."""
     stages = {name: n for name, n, _ in stage_specs(regime, num_nodes, 2)}
     return sample_stages(generator, stages, seed, **params)
-
-
-class Node(nn.Module):
-    """Node (Fig. 2): y = conv(sum_i sigmoid(w_i) * x_i), conv = ReLU -> op -> norm."""
-
-    def __init__(self, num_inputs: int, in_channels: int, out_channels: int, stride: int, op, norm):
-        super().__init__()
-        # A node with a single input passes it on: no aggregation weight.
-        self.weight = nn.Parameter(torch.zeros(num_inputs)) if num_inputs > 1 else None
-        self.transform = build_node_op(op, in_channels, out_channels, stride, norm)
-
-    def forward(self, inputs: Sequence[torch.Tensor], removed=None):
-        """`removed`: None, the input position of the removed edge, or a keep mask (1 per input,
-        0 on the removed edge; see RandWire.use_edge_masks)."""
-        if self.weight is None:
-            x = inputs[0]
-        else:
-            w = torch.sigmoid(self.weight)
-            if isinstance(removed, torch.Tensor):
-                w = w * removed.to(w.dtype)
-            elif removed is not None:
-                keep = torch.ones_like(w)
-                keep[removed] = 0.0
-                w = w * keep
-            x = sum(w[i] * inp for i, inp in enumerate(inputs))
-        return self.transform(x)
-
-
-class WiredStage(nn.Module):
-    """One random graph: input node -> N nodes wired by `wiring` -> output node (mean).
-
-    Nodes fed by the stage input take `in_channels` and stride 2; every other node maps
-    `out_channels` to `out_channels` at stride 1.
-    """
-
-    def __init__(
-        self,
-        wiring: StageWiring,
-        in_channels: int,
-        out_channels: int,
-        op,
-        norm,
-        execution: str = "fast",
-        memory_efficient: bool = False,
-        recompute_convs: bool = False,
-        device=None,
-    ):
-        super().__init__()
-        self.wiring = wiring
-        self.set_execution(execution, device)
-        self.memory_efficient = bool(memory_efficient)
-        self.recompute_convs = bool(recompute_convs)
-        # Fold affine norms (FrozenBN; BN in eval) into the last conv of each node.
-        self.fold_norms = True
-        inputs = set(wiring.input_nodes)
-        self.preds = [wiring.predecessors(v) for v in range(wiring.num_nodes)]
-        self.outputs = wiring.output_nodes
-        self.nodes = nn.ModuleList(
-            Node(
-                max(1, len(self.preds[v])),
-                in_channels if v in inputs else out_channels,
-                out_channels,
-                2 if v in inputs else 1,
-                op,
-                norm,
-            )
-            for v in range(wiring.num_nodes)
-        )
-        self.plan = StagePlan(self.preds, self.outputs)
-        self._specs = None
-        # Set by RandWire.compile_regions: the stage runs the per-node loop (compiled nodes, or
-        # compiled as a whole) instead of the fast execution.
-        self.compiled = ""
-
-    def set_execution(self, execution: str, device=None):
-        """Run as `execution` on `device` (default: where the stage's parameters are, or CUDA
-        where there is one for a stage still being built): decided here, once (`self.path`)."""
-        if device is None:
-            params = list(self.parameters())
-            device = params[0].device if params else _default_device()
-        self.path = choose_execution(check_execution(execution), device)
-        self.execution = execution
-
-    @property
-    def specs(self) -> List[NodeSpec]:
-        """How each node's transform decomposes; rebuilt when a node's norm was replaced
-        (FrozenBN / SyncBN conversion)."""
-        key = tuple(
-            id(n.transform[-1] if isinstance(n.transform, nn.Sequential) else n.transform)
-            for n in self.nodes
-        )
-        if self._specs is None or self._specs[0] != key:
-            self._specs = (key, [NodeSpec(node) for node in self.nodes])
-        return self._specs[1]
-
-    def removable_edges(self) -> List[Tuple[int, int]]:
-        """Edges whose target node has input degree > 1, as (target node, input position)."""
-        return [(v, i) for v, p in enumerate(self.preds) if len(p) > 1 for i in range(len(p))]
-
-    def forward(self, x, removed_edge=None):
-        """`removed_edge`: None, the removed edge as (node, input position), or {node: keep
-        mask} (see RandWire.use_edge_masks)."""
-        if self.execution != "reference" and not self.compiled:
-            return fast_stage_forward(self, x, removed_edge)
-        return self.forward_reference(x, removed_edge)
-
-    def forward_reference(self, x, removed_edge=None):
-        """The per-node loop of Fig. 2 as written: the ground truth of the fast execution."""
-        out: Dict[int, torch.Tensor] = {}
-        # Labels are a topological order: every edge goes from a smaller to a larger label.
-        for v, node in enumerate(self.nodes):
-            preds = self.preds[v]
-            out[v] = node([out[u] for u in preds] if preds else [x], removal_at(removed_edge, v))
-        return sum(out[v] for v in self.outputs) / len(self.outputs)
 
 
 class RandWire(Backbone):
@@ -386,46 +250,9 @@ class RandWire(Backbone):
         return candidates[min(int(pick * len(candidates)), len(candidates) - 1)]
 
     def compile_regions(self, regions: str, backend: Optional[str] = None) -> "RandWire":
-        """Regional `torch.compile` (MODEL.RANDWIRE.COMPILE), in place: state-dict keys unchanged.
-
-        "node": every node (aggregation, ReLU, op, norm) is compiled as its own region, and nodes
-        of the same shapes (in-degree, channels, stride, input size) share one compiled graph,
-        so warm-up compiles a few dozen small graphs rather than the whole trunk. "stage": every
-        wired stage is one graph (more fusion across nodes, a longer warm-up). The wired stages
-        then run the per-node loop under the compiler instead of the fast execution; edge
-        removal reaches the nodes as device masks (`use_edge_masks`). Other stages stay eager.
-        """
-        check_compile(regions)
-        if not regions:
-            return self
-        backend = backend or COMPILE_BACKEND
-        shapes = set()
-        for name, stage in self.wired_stages().items():
-            stage.compiled = regions
-            inputs = set(stage.wiring.input_nodes)
-            for v, node in enumerate(stage.nodes):
-                shapes.add((name, 1 if node.weight is None else len(node.weight), v in inputs))
-                if regions == "node":
-                    node.compile(fullgraph=True, backend=backend)
-            if regions == "stage":
-                stage.compile(fullgraph=True, backend=backend)
-        # Each shape compiles once for training and once for eval, static; Dynamo's automatic
-        # dynamic shapes (dynamic=None) then recompile once with symbolic sizes when another
-        # input size comes (a last, partial batch; a second test crop; a detector's image
-        # sizes), plus a graph for batch size 1 (Dynamo specializes sizes 0 and 1). Static
-        # shapes throughout (dynamic=False) compiled again for every size: test crops times
-        # batch sizes exceeded the limit at the first evaluation, and fullgraph makes that an
-        # error. Dynamo counts graphs per code object, which all nodes (all stages) share:
-        # the limit is raised to what the shapes need (8 per shape), not removed, so that a
-        # real recompile loop still stops.
-        _raise_recompile_limit(8 * len(shapes) + 8)
-        self.use_edge_masks()
-        logger.info(
-            f"MODEL.RANDWIRE.COMPILE={regions!r}: {sum(len(s.nodes) for s in self.wired_stages().values())} "
-            f"nodes in {len(shapes)} shape groups; the first training and evaluation steps "
-            "compile them (warm-up)"
-        )
-        return self
+        """Regional `torch.compile` (MODEL.RANDWIRE.COMPILE), in place: see
+        `regional_compile.compile_regions`."""
+        return compile_regions(self, regions, backend)
 
     # -----------------------------------------------------------------------------------------
     # Edge removal as device masks (compiled nodes, CUDA graphs)
@@ -584,50 +411,3 @@ def build_randwire_backbone(cfg, input_shape: ShapeSpec):
         check_compile(rw.COMPILE, rw.EXECUTION, rw.MEMORY_EFFICIENT)
         trunk.compile_regions(rw.COMPILE)
     return trunk
-
-
-def check_compile(regions: str, execution: str = "fast", memory_efficient: bool = False) -> None:
-    """MODEL.RANDWIRE.COMPILE one of COMPILE_REGIONS, and without keys it would silently
-    override: compiled stages run the per-node loop under the compiler, not the fast
-    execution's Triton kernels or lean memory."""
-    if regions not in COMPILE_REGIONS:
-        from torch._inductor import list_mode_options
-
-        mode = regions in list_mode_options()
-        raise ValueError(
-            f"MODEL.RANDWIRE.COMPILE={regions!r} is unknown: expected one of "
-            f"{list(COMPILE_REGIONS)} ('' = eager, 'node' = each node a compiled region "
-            "shared by nodes of the same shape, 'stage' = each wired stage one graph)"
-            + (
-                ". The key names what is compiled, not a torch.compile mode; CUDA graphs "
-                "(mode 'reduce-overhead') are PRETRAIN.CUDA_GRAPHS"
-                if mode
-                else ""
-            )
-        )
-    if regions and execution == "triton":
-        raise ValueError(
-            f"MODEL.RANDWIRE.COMPILE={regions!r} runs the wired stages through torch.compile, so "
-            "EXECUTION='triton' (the hand-written kernels) would not run: set COMPILE '' to use "
-            "the kernels, or EXECUTION 'fast'"
-        )
-    if regions and memory_efficient:
-        raise ValueError(
-            f"MODEL.RANDWIRE.COMPILE={regions!r} runs the wired stages through torch.compile, "
-            "which decides what to store for backward, so MEMORY_EFFICIENT=True would not "
-            "apply: set COMPILE '' or MEMORY_EFFICIENT False"
-        )
-
-
-def _raise_recompile_limit(limit: int) -> None:
-    """Raise Dynamo's per-code-object recompile limit (named cache_size_limit before torch
-    2.6) to at least `limit`."""
-    from torch._dynamo import config
-
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    if getattr(config, name) < limit:
-        setattr(config, name, limit)
-    for total in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(config, total) and getattr(config, total) < 4 * limit:
-            setattr(config, total, 4 * limit)
-            break

@@ -10,7 +10,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence
 
-from ..checkpoint import atomic_write
+from ..utils.atomic import atomic_write
 from .plan import Run
 from .store import _holder, _warn, check_results, final_results, held_by, read_results, run_state
 

@@ -16,9 +16,9 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..analysis import label
-from ..checkpoint import atomic_write
 from ..engine.output_dir import metrics_record
 from ..trust import read_bounded
+from ..utils.atomic import atomic_write
 from .plan import Run, _short
 
 __all__ = ["run_state", "read_results", "check_results", "final_results", "held_by"]

@@ -11,9 +11,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import check_weights_on_disk
-from ..data.checks import check_datasets_fit_model, check_datasets_on_disk, prepare_datasets
-from ..modeling.execution import EXECUTIONS, check_triton
-from ..modeling.randwire import check_compile
+from ..data.dataset_checks import check_datasets_fit_model, check_datasets_on_disk, prepare_datasets
+from ..modeling.execution_path import EXECUTIONS, check_triton
+from ..modeling.regional_compile import check_compile
 from ..run_config import RunConfig
 from .hooks import check_best_checkpoint
 from .output_dir import claim_output_dir

@@ -57,12 +57,12 @@ EXPORT_WARNINGS = (
     (FutureWarning, r"`torch\.jit\.(trace|trace_method|save|load)` is deprecated", r"torch\.jit\."),
     # The ONNX exporter on Detectron2's `boxes[keep]` after NMS (indices never negative).
     (UserWarning, r"Exporting aten::index operator of advanced indexing", r"torch\.onnx\."),
-    # The TorchScript-based ONNX exporter is chosen on purpose (dynamo=False, see export.py);
+    # The TorchScript-based ONNX exporter is chosen on purpose (dynamo=False, see export/onnx.py);
     # torch attributes the first note to its caller.
     (
         DeprecationWarning,
         r"You are using the legacy TorchScript-based ONNX",
-        r"randwire_d2\.export$",
+        r"randwire_d2\.export\.onnx$",
     ),
     (DeprecationWarning, r"The feature will be removed", r"torch\.onnx\._internal\.torchscript_"),
 )

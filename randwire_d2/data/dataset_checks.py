@@ -306,7 +306,7 @@ def check_instance_counts(name: str, dicts: List[Dict], limit: Optional[int] = N
         raise ValueError(
             f"dataset {name!r}: {len(over)} images hold more than {limit} annotations, e.g. "
             f"{d.get('file_name')} (image_id {d.get('image_id')}) with {counts[worst]}; at most "
-            f"{limit} per image (randwire_d2.data.checks.MAX_INSTANCES_PER_IMAGE): matching "
+            f"{limit} per image (randwire_d2.data.dataset_checks.MAX_INSTANCES_PER_IMAGE): matching "
             "every anchor with every box would exhaust memory. Is the annotation file right?"
         )
 
