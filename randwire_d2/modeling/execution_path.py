@@ -88,7 +88,7 @@ def choose_execution(requested: str, device) -> ExecutionPath:
                 requested,
                 True,
                 f"the fused Triton node kernels, measured faster than the eager fast path on "
-                f"compute capability {major}.x (execution.KERNELS_MEASURED_FASTER)",
+                f"compute capability {major}.x (execution_path.KERNELS_MEASURED_FASTER)",
             )
         else:
             path = ExecutionPath(
@@ -96,7 +96,7 @@ def choose_execution(requested: str, device) -> ExecutionPath:
                 False,
                 f"the eager fast path: no run of benchmarks/gpu_kernels.py has measured the Triton "
                 f"node kernels faster on compute capability {major}.{minor} "
-                f"(execution.KERNELS_MEASURED_FASTER = {KERNELS_MEASURED_FASTER}); "
+                f"(execution_path.KERNELS_MEASURED_FASTER = {KERNELS_MEASURED_FASTER}); "
                 "EXECUTION 'triton' runs them",
             )
     said = (requested, str(device), path.reason)
