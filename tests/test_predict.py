@@ -1,11 +1,11 @@
-"""tools/predict.py and randwire_d2.predict: detections drawn and written as COCO results, a
-classifier's top-k equal to evaluation's, video input, and errors that name the bad input.
+"""tools/predict.py and randwire_d2.predict: detections drawn and written per image, COCO results
+with a dataset's own ids, a classifier's top-k equal to evaluation's, video input, and errors
+that name the bad input.
 
 The models are tiny and untrained (random weights): a randomly initialised box head scores every
 class about 1/6, so a low confidence threshold gives detections to draw and write.
 """
 
-import copy
 import glob
 import json
 import os
@@ -46,6 +46,7 @@ from randwire_d2.data.detection_demo import ensure_detection_demo, register_dete
 from randwire_d2.engine import ClassificationTrainer, Trainer
 from randwire_d2.engine.classification import ClassList
 from randwire_d2.predict import (
+    RESULTS_FILE,
     ClassificationPredictor,
     DetectionPredictor,
     build_predictor,
@@ -83,22 +84,23 @@ def val_images(root, count=3):
     return sorted(glob.glob(os.path.join(root, "randwire_demo_det", "val", "*.jpg")))[:count]
 
 
-def check_coco_results(records, root, masks=False):
-    """Records load with pycocotools against the demo val annotations, and hold its ids."""
-    assert records, "no detections to check"
-    for r in records:
-        assert len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and 0 <= r["score"] <= 1
-        assert ("segmentation" in r) == masks
-        assert not masks or isinstance(r["segmentation"]["counts"], str)  # RLE, json-ready
-    gt = COCO(os.path.join(root, "randwire_demo_det", "annotations", "val.json"))
-    dt = gt.loadRes(copy.deepcopy(records))  # loadRes adds fields to the records
-    assert set(dt.getImgIds()) <= set(gt.getImgIds())
-    assert {r["category_id"] for r in records} <= set(gt.getCatIds())
-    return gt
+def check_detections(results, masks=False, num_classes=6):
+    """Per-image results hold detections (XYWH boxes, scores, class indices, RLE masks) and no
+    COCO id: without a dataset none can be known."""
+    found = [d for r in results for d in r["detections"]]
+    assert found, "no detections to check"
+    for r in results:
+        assert "image_id" not in r
+    for d in found:
+        assert len(d["bbox"]) == 4 and d["bbox"][2] >= 0 and 0 <= d["score"] <= 1
+        assert 0 <= d["class_index"] < num_classes and "category_id" not in d
+        assert "image_id" not in d and ("segmentation" in d) == masks
+        assert not masks or isinstance(d["segmentation"]["counts"], str)  # RLE, json-ready
+    return found
 
 
 @pytest.mark.slow
-def test_tool_draws_and_writes_coco_results_for_a_glob(demo_root, detector_weights, tmp_path):
+def test_tool_draws_and_writes_a_json_per_image_for_a_glob(demo_root, detector_weights, tmp_path):
     pattern = os.path.join(demo_root, "randwire_demo_det", "val", "00000[0-2].jpg")
     out = tmp_path / "out"
     proc = run_tool(  # the smoke test of its command line, in a fresh process
@@ -114,13 +116,10 @@ def test_tool_draws_and_writes_coco_results_for_a_glob(demo_root, detector_weigh
         drawn = cv2.imread(str(out / os.path.basename(path)))
         assert drawn is not None and drawn.shape[0] >= 480  # enlarged to be legible
         assert f"{path}: " in proc.stdout
-    with open(out / "results.json") as f:
-        records = json.load(f)
-    gt = check_coco_results(records, demo_root)
-    # Image ids are the dataset's own: each record's file is the file of its image id.
-    for r in records:
-        assert gt.imgs[r["image_id"]]["file_name"] == os.path.basename(r["file_name"])
-    assert {r["file_name"] for r in records} <= set(images)
+    results = [json.loads((out / (os.path.basename(p)[:-4] + ".json")).read_text()) for p in images]
+    assert [r["file_name"] for r in results] == images
+    check_detections(results)
+    assert not (out / RESULTS_FILE).exists()  # no dataset: no COCO ids, no COCO results
     # Quiet: no third-party notes (meshgrid, is_fx_tracing at the first detector forward).
     assert not any(w in proc.stderr for w in ("Warning", "is_fx_tracing")), proc.stderr[-3000:]
 
@@ -143,9 +142,9 @@ def test_mask_model_writes_rle_segmentations(demo_root, tmp_path):
     opts = TINY + ["MODEL.ROI_MASK_HEAD.CONV_DIM", "8"]
     weights = save_random_model(MASK_CONFIG, opts, tmp_path)
     predictor = build_predictor(setup_cfg(MASK_CONFIG, opts + ["MODEL.WEIGHTS", weights], 0.1))
-    records = predict(predictor, val_images(demo_root, 2), output=str(tmp_path / "out"))
-    check_coco_results(records, demo_root, masks=True)
-    # 2 pictures, the results with ids, the (here empty) results without, and their list
+    results = predict(predictor, val_images(demo_root, 2), output=str(tmp_path / "out"))
+    check_detections(results, masks=True)
+    # 2 pictures, their 2 results, and their list
     assert len(os.listdir(tmp_path / "out")) == 5
 
 
@@ -158,14 +157,14 @@ def test_video_input(demo_root, detector_weights, tmp_path):
         writer.write(cv2.imread(path))
     writer.release()
     cfg = setup_cfg(DET_CONFIG, TINY + ["MODEL.WEIGHTS", detector_weights], 0.1)
-    records = predict(build_predictor(cfg), video=video, output=str(tmp_path / "out"))
-    # A frame has no COCO image id: null, with why, and its index; categories are the dataset's.
-    assert {r["frame"] for r in records} == {0, 1, 2} and {r["image_id"] for r in records} == {None}
-    assert {r["file_name"] for r in records} == {video}
-    assert all("video frame" in r["unknown_ids"] and r["category_id"] >= 1 for r in records)
-    assert json.loads((tmp_path / "out" / "results.json").read_text()) == []
-    without = json.loads((tmp_path / "out" / "results_without_ids.json").read_text())
-    assert without["results"] == records and without["dataset"] == "randwire_demo_det_val"
+    results = predict(build_predictor(cfg), video=video, output=str(tmp_path / "out"))
+    # One result per frame, with its index; a frame has no COCO image id.
+    assert [r["frame"] for r in results] == [0, 1, 2] and {r["file_name"] for r in results} == {
+        video
+    }
+    check_detections(results)
+    written = json.loads((tmp_path / "out" / "clip.json").read_text())
+    assert written == {"file_name": video, "frames": results}
     frames, _ = read_video(str(tmp_path / "out" / "clip.mp4"))
     drawn = list(frames)
     assert len(drawn) == 3 and drawn[0].shape[:2] == (480, 480)
@@ -203,8 +202,9 @@ def test_classifier_topk_equals_evaluation(classifier, tmp_path, capsys):
         assert [t["label"] for t in record["topk"]] == [classes[i] for i in top.indices]
         assert [t["score"] for t in record["topk"]] == pytest.approx(top.values.tolist(), 1e-5)
         assert f"{path}: {record['topk'][0]['label']} " in printed
-    with open(tmp_path / "results.json") as f:
-        assert json.load(f) == records
+    written = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]  # one per image
+    written = [r for r in written if "topk" in r]
+    assert sorted(written, key=str) == sorted(records, key=str)
 
 
 def _opts(cfg, weights):
@@ -250,60 +250,50 @@ def one_class_weights(tmp_path_factory):
 def test_user_dataset_ids_are_the_datasets_own(
     user_data, one_class_weights, tmp_path, capsys, forget_datasets
 ):
-    """--dataset: results.json holds the dataset's image ids (17, 40, 3) and category id 1, and
-    loads with COCO.loadRes; an image not in the dataset gets image_id null and why, in
-    results_without_ids.json. Overrides trail --input (plain KEY VALUE)."""
-    copy_dir = tmp_path / "copies" / "sub"  # b.jpg elsewhere: matched by file name and size
-    copy_dir.mkdir(parents=True)
-    b_copy = str(copy_dir / "b.jpg")
-    cv2.imwrite(b_copy, cv2.imread(os.path.join(user_data["images"], "sub", "b.jpg")))
+    """--dataset NAME JSON IMAGE_DIR: predictions on the dataset's own records, each with its
+    image id (17, 40, 3) and category id 1: coco_instances_results.json loads with COCO.loadRes.
+    Overrides trail --dataset (plain KEY VALUE); the config's test dataset becomes it."""
     out = tmp_path / "out"
     predict_tool.main(
-        ["--config-file", DET_CONFIG, "--dataset", "trees_val", user_data["json"]]
-        + [user_data["images"], "--output", str(out), "--confidence-threshold", "0.1", "--input"]
-        + [os.path.join(user_data["images"], "sub"), user_data["other"], b_copy]
+        ["--config-file", DET_CONFIG, "--output", str(out), "--confidence-threshold", "0.1"]
+        + ["--dataset", "trees_val", user_data["json"], user_data["images"]]
         + TINY_1CLASS
-        + ["DATASETS.TEST", "('trees_val',)", "MODEL.WEIGHTS", one_class_weights]
+        + ["DATASETS.TEST", "('elsewhere',)", "MODEL.WEIGHTS", one_class_weights]
     )
     printed = capsys.readouterr().out
-    records = json.loads((out / "results.json").read_text())
     expected = {os.path.join(user_data["images"], k): v for k, v in USER_IMAGES.items()}
-    expected[b_copy] = 40
-    assert {r["file_name"] for r in records} == set(expected)  # every image has detections
-    assert all(r["image_id"] == expected[r["file_name"]] for r in records)
-    assert {r["category_id"] for r in records} == {1}
-    gt = COCO(user_data["json"])
-    dt = gt.loadRes(str(out / "results.json"))
+    for path, image_id in expected.items():
+        result = json.loads((out / (os.path.basename(path)[:-4] + ".json")).read_text())
+        assert result["file_name"] == path and result["image_id"] == image_id
+        assert result["detections"], "every image has detections at threshold 0.1"
+        assert {d["image_id"] for d in result["detections"]} == {image_id}
+        assert {(d["category_id"], d["class_index"], d["label"]) for d in result["detections"]} == {
+            (1, 0, "tree")
+        }
+        assert f"{path}: " in printed
+    records = json.loads((out / RESULTS_FILE).read_text())
+    assert {r["image_id"] for r in records} == {17, 40, 3}
+    dt = COCO(user_data["json"]).loadRes(str(out / RESULTS_FILE))
     assert set(dt.getImgIds()) == {17, 40, 3}
-    without = json.loads((out / "results_without_ids.json").read_text())
-    assert without["dataset"] == "trees_val" and without["results"]
-    for r in without["results"]:
-        assert r["file_name"] == user_data["other"] and r["image_id"] is None
-        assert r["category_id"] == 1 and r["class_index"] == 0 and r["label"] == "tree"
-        assert "not an image of dataset 'trees_val'" in r["unknown_ids"]
-    assert f"{user_data['other']}: " in printed and "image_id unknown: " in printed
-    assert "image_id 40 by file name" in printed
-    assert "have unknown ids" in printed and "results_without_ids.json" in printed
+    assert f"detections on 3 images of dataset 'trees_val' -> {out / RESULTS_FILE}" in printed
 
 
-def test_without_a_registered_dataset_no_id_is_made_up(
+def test_without_a_dataset_no_id_is_written(
     user_data, one_class_weights, tmp_path, capsys, forget_datasets
 ):
-    """The run's config names a dataset that is not registered: an error naming it and
-    --dataset; DATASETS.TEST () predicts with class indices and null ids (said, and written)."""
-    argv = ["--config-file", DET_CONFIG, "--input", user_data["other"], "--output"]
-    argv += [str(tmp_path), "--confidence-threshold", "0.1"] + TINY_1CLASS
-    argv += ["MODEL.WEIGHTS", one_class_weights]
+    """Images predict without any dataset, even where the config names one that is not
+    registered: no image or category id, no COCO results. --dataset NAME of a dataset that is
+    not registered is an error naming the flag that registers it."""
+    argv = ["--config-file", DET_CONFIG, "--output", str(tmp_path), "--confidence-threshold"]
+    argv += ["0.1"] + TINY_1CLASS + ["MODEL.WEIGHTS", one_class_weights]
     with pytest.raises(SystemExit, match=r"'trees_val', which is not registered: pass --dataset"):
-        predict_tool.main(argv + ["DATASETS.TEST", "('trees_val',)"])
-    # --dataset for another dataset than the config's is refused, naming the fix.
-    with pytest.raises(SystemExit, match=r"DATASETS\.TEST \"\('mine',\)\""):
-        predict_tool.main(argv[:2] + ["--dataset", "mine", user_data["json"], "."] + argv[2:])
-    records = predict_tool.main(argv + ["DATASETS.TEST", "()"])
-    assert records and all(r["image_id"] is None and r["category_id"] is None for r in records)
-    assert all("DATASETS.TEST is empty" in r["unknown_ids"] for r in records)
-    assert json.loads((tmp_path / "results.json").read_text()) == []
-    assert "ids: none (DATASETS.TEST is empty" in capsys.readouterr().out
+        predict_tool.main(argv[:2] + ["--dataset", "trees_val"] + argv[2:])
+    results = predict_tool.main(
+        argv[:2] + ["--input", user_data["other"]] + argv[2:] + ["DATASETS.TEST", "('trees_val',)"]
+    )
+    assert [r["file_name"] for r in results] == [user_data["other"]]
+    check_detections(results, num_classes=1)
+    assert sorted(os.listdir(tmp_path)) == ["predict_manifest.json", "x.jpg", "x.json"]
 
 
 def test_override_syntax_is_checked_per_config_system():
@@ -336,23 +326,20 @@ def test_lazy_config_and_its_saved_yaml_predict_with_the_datasets_ids(
     for config, overrides in [(LAZY_DEMO, ["--opts"] + opts), (saved, [])]:
         out = tmp_path / os.path.basename(config)
         predict_tool.main(
-            ["--config-file", config, "--dataset", "trees_val", user_data["json"]]
-            + [user_data["images"], "--output", str(out), "--confidence-threshold", "0.1"]
-            + ["--input", os.path.join(user_data["images"], "sub")]
+            ["--config-file", config, "--output", str(out), "--confidence-threshold", "0.1"]
+            + ["--dataset", "trees_val", user_data["json"], user_data["images"]]
             + overrides
             + [f"train.init_checkpoint={weights}"]
         )
         DatasetCatalog.remove("trees_val")
         MetadataCatalog.remove("trees_val")
-        runs[config] = json.loads((out / "results.json").read_text())
-        without = json.loads((out / "results_without_ids.json").read_text())
-        assert without["results"] == []
+        runs[config] = json.loads((out / RESULTS_FILE).read_text())
     records = runs[saved]
     assert records and records == runs[LAZY_DEMO]
     assert {r["image_id"] for r in records} <= {17, 40, 3} and {
         r["category_id"] for r in records
     } == {1}
-    COCO(user_data["json"]).loadRes(str(tmp_path / "config.yaml" / "results.json"))
+    COCO(user_data["json"]).loadRes(str(tmp_path / "config.yaml" / RESULTS_FILE))
 
 
 def _categories_json(folder, name, category_ids):
@@ -405,10 +392,10 @@ def test_predict_refuses_a_dataset_of_other_categories_than_the_checkpoints(
     MetadataCatalog.remove("cats_a")
 
     def run(spec, weights=weights):
-        argv = ["--config-file", DET_CONFIG, "--dataset", *spec, "--input", user_data["other"]]
+        argv = ["--config-file", DET_CONFIG, "--dataset", *spec]
         argv += TINY + ["MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.WEIGHTS", weights]
         try:
-            return predict_tool.main(argv + ["DATASETS.TEST", f"('{spec[0]}',)"])
+            return predict_tool.main(argv)
         finally:
             DatasetCatalog.remove(spec[0])
             MetadataCatalog.remove(spec[0])

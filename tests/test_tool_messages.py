@@ -24,25 +24,18 @@ from common import (
     write_image,
 )
 from detectron2.config import instantiate
+from detectron2.data import Metadata
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from randwire_d2.checkpoint import build_checkpointer, load_for_eval
 from randwire_d2.config import load_lazy_config
 from randwire_d2.engine.resume import resume_or_load
-from randwire_d2.predict import (
-    MANIFEST_FILE,
-    RESULTS_FILE,
-    WITHOUT_IDS_FILE,
-    DatasetIds,
-    DetectionPredictor,
-    predict,
-)
+from randwire_d2.predict import MANIFEST_FILE, DetectionPredictor, predict
 
 # Nothing listens on port 9 (discard) of this machine: the connection is refused at once, as
 # any download is on a machine without network.
 OFFLINE_URL = "http://127.0.0.1:9/model_final.pth"
-RESULTS = [RESULTS_FILE, WITHOUT_IDS_FILE]
 HINT = "expected KEY VALUE pairs (options such as --resume go before the overrides)"
 
 
@@ -124,7 +117,7 @@ class _NoDetections(DetectionPredictor):
     """A detector that finds nothing, without a model: what predict writes is under test."""
 
     def __init__(self):
-        self.ids, self.num_classes = DatasetIds(None, "no dataset"), (None, None)
+        self.dataset, self.category_ids, self.metadata = None, None, Metadata(thing_classes=[])
 
     def __call__(self, bgr):
         empty = Instances(bgr.shape[:2], pred_boxes=Boxes(torch.zeros(0, 4)))
@@ -136,10 +129,10 @@ def test_predict_into_the_same_output_replaces_its_earlier_pictures_and_keeps_th
     images = [write_image(tmp_path / "in" / n, seed=i) for i, n in enumerate(["a.jpg", "b.jpg"])]
     out = tmp_path / "out"
     predict(_NoDetections(), images, output=str(out))
-    assert sorted(os.listdir(out)) == sorted(["a.jpg", "b.jpg", MANIFEST_FILE, *RESULTS])
+    assert sorted(os.listdir(out)) == sorted(["a.jpg", "a.json", "b.jpg", "b.json", MANIFEST_FILE])
     (out / "notes.txt").write_text("mine")
     predict(_NoDetections(), images[:1], output=str(out))  # b.jpg's picture is the old run's
-    assert sorted(os.listdir(out)) == sorted(["a.jpg", "notes.txt", MANIFEST_FILE, *RESULTS])
+    assert sorted(os.listdir(out)) == sorted(["a.jpg", "a.json", "notes.txt", MANIFEST_FILE])
     assert (out / "notes.txt").read_text() == "mine"
 
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Predict with a trained model (as Detectron2's demo/demo.py): detections drawn and written as
-COCO-format results, or a classifier's top-k classes.
+"""Predict with a trained model (as Detectron2's demo/demo.py): pictures and one JSON per image
+out, for images, a video or a registered dataset's own images.
 
     python tools/predict.py --config-file configs/demo/faster_rcnn_randwire_demo.yaml \\
         --input 'datasets/randwire_demo_det/val/*.jpg' --output output/predictions \\
         MODEL.WEIGHTS output/demo_detection/model_final.pth
-    # your own COCO dataset: its image and category ids, its class names
+    # a dataset's own images, with their COCO ids: coco_instances_results.json for COCO.loadRes
     python tools/predict.py --config-file output/trees/config.yaml \\
-        --dataset trees_val trees/val.json trees/images --input trees/images --output out/ \\
+        --dataset trees_val trees/val.json trees/images --output out/ \\
         MODEL.WEIGHTS output/trees/model_final.pth
     # a LazyConfig (.py, or a lazy run's saved config.yaml): key=value overrides
     python tools/predict.py --config-file output/trees_lazy/config.yaml --input ... \\
@@ -18,26 +18,24 @@ COCO-format results, or a classifier's top-k classes.
         MODEL.WEIGHTS output/demo/classification/model_final.pth
 
 Overrides go last, in the config's syntax (yaml: KEY VALUE; LazyConfig: key=value); `--opts`
-before them is accepted too. --input takes image files, folders and glob patterns. With --output
-(a folder), detectors write each image with its detections, results.json (COCO results with the
-dataset's image_id and category_id, for COCO.loadRes) and results_without_ids.json (detections
-whose image or category id cannot be known: null, and why); the classifier writes its top-k
-classes per image to results.json. --output is new, empty, or an earlier prediction's folder: a
-rerun replaces the files the earlier one wrote (listed in predict_manifest.json) and keeps all
-others; a folder holding files that predict did not write is refused. Images of more than
-MAX_IMAGE_PIXELS pixels are refused; drawn pictures are at most MAX_DRAWN_SIDE pixels long
-(randwire_d2/predict.py). An error in the inputs exits with status 1 and one line naming it.
+before them is accepted too. --input takes image files, folders and glob patterns; --dataset
+NAME is a registered dataset (the demo's), NAME JSON IMAGE_DIR registers a COCO one. With
+--output (a folder), each image is drawn with its detections and its result written as
+<name>.json (detections with class_index and label; the classifier's top-k); on a dataset,
+detections also carry image_id and category_id and coco_instances_results.json holds them all.
+--output is new, empty, or an earlier prediction's folder: a rerun replaces the files the earlier
+one wrote (listed in predict_manifest.json) and keeps all others. An error in the inputs exits
+with status 1 and one line naming it.
 """
 
 import argparse
 import sys
 
 from randwire_d2.data.dataset_checks import register_user_datasets
-from randwire_d2.engine.launch import add_dataset_argument, add_unsafe_config_argument
+from randwire_d2.engine.launch import add_unsafe_config_argument
 from randwire_d2.limits import MAX_CLASSES
 from randwire_d2.predict import (
     build_predictor,
-    check_dataset_flags,
     check_output_folder,
     find_images,
     predict,
@@ -56,11 +54,14 @@ def build_parser():
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
     source.add_argument("--video-input", help="a video file")
-    parser.add_argument("--output", help="folder for the drawn images and results.json")
-    add_dataset_argument(
-        parser,
-        "predictions take the ids and class names of the config's test dataset",
+    source.add_argument(
+        "--dataset",
+        nargs="+",
+        metavar="NAME",
+        help="NAME [JSON IMAGE_DIR]: a registered dataset's own images, with their ids (JSON "
+        "IMAGE_DIR: register a COCO-format dataset, as train_net.py does)",
     )
+    parser.add_argument("--output", help="folder for the drawn images and their results")
     parser.add_argument(
         "--confidence-threshold",
         type=float,
@@ -87,7 +88,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_third_party_warnings()
     try:
-        inputs, trailing = split_overrides(args.input) if args.input else ([], [])
+        inputs, trailing = split_overrides(args.input or args.dataset or [])
         overrides = [o for o in trailing + args.overrides + args.opts if o != "--opts"]
         flags = [o for o in overrides if o.startswith("--")]
         if flags:
@@ -96,13 +97,25 @@ def main(argv=None):
             raise ValueError(f"--topk={args.topk} is invalid: expected a positive integer")
         check_output_folder(args.output)
         images = find_images(inputs) if args.input else ()
-        registered = register_user_datasets(args.dataset)
+        dataset = None
+        if args.dataset:
+            if len(inputs) not in (1, 3):
+                raise ValueError(
+                    f"--dataset {' '.join(inputs)} is invalid: expected NAME, or NAME JSON "
+                    "IMAGE_DIR to register a COCO-format dataset"
+                )
+            dataset = inputs[0]
+            register_user_datasets([inputs] if len(inputs) == 3 else [])
         cfg = setup_cfg(
-            args.config_file, overrides, args.confidence_threshold, args.allow_unsafe_config
+            args.config_file,
+            overrides,
+            args.confidence_threshold,
+            args.allow_unsafe_config,
+            dataset,
         )
-        check_dataset_flags(cfg, registered)
-        predictor = build_predictor(cfg)
-        return predict(predictor, images, args.video_input, args.output, args.topk)
+        return predict(
+            build_predictor(cfg, dataset), images, args.video_input, args.output, args.topk
+        )
     except KeyError as e:  # an override of a key the config lacks
         sys.exit(f"error: {e.args[0] if e.args else e}")
     except (ValueError, OSError) as e:  # bad inputs, named by the message
