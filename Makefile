@@ -38,8 +38,8 @@ demo: $(STAMP)
 # Whether every Triton node-kernel variant the shipped networks launch fits sm_80 and sm_90,
 # compiled without a GPU (about 25 minutes on 2 cores), then the kernels' static cost table.
 gpu-fit: $(STAMP)
-	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_fit.py --json output/gpu_fit.json
-	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_fit.py --costs --networks c109 --dtypes bf16 fp32
+	env -u TRITON_INTERPRET $(PY) benchmarks/kernels.py fit --json output/gpu_fit.json
+	env -u TRITON_INTERPRET $(PY) benchmarks/kernels.py costs --networks c109 --dtypes bf16 fp32
 
 # Reduced Fig. 3 and Fig. 6 on the embedded data (each under 20 minutes on 2 CPU cores).
 SWEEP_DEMO := $(PY) tools/sweep.py --config-file configs/demo/randwire_sweep_demo.yaml

@@ -134,7 +134,7 @@ def add_randwire_config(cfg):
     # Mixed precision dtype on GPU when SOLVER.AMP.ENABLED: "bfloat16" or "float16".
     _C.PRETRAIN.AMP_DTYPE = "bfloat16"
     # Train and evaluate in the channels_last memory format. Off by default: no GPU measurement
-    # of this code has yet chosen a layout (benchmarks/layouts.py measures NCHW against
+    # of this code has yet chosen a layout (`benchmarks/speed.py layouts` measures NCHW against
     # channels_last per dtype; channels_last sends depthwise convs to cuDNN, NCHW bf16 to
     # PyTorch's own kernels, and which wins depends on the GPU).
     _C.PRETRAIN.CHANNELS_LAST = False

@@ -4,6 +4,8 @@ import os
 # when a kernel is defined: set before anything imports randwire_d2.modeling.kernels.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import dataclasses  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from common import LAZY_DET_CONFIG, TINY_LAZY, write_user_dataset  # noqa: E402
@@ -14,6 +16,15 @@ from randwire_d2.config import load_lazy_config  # noqa: E402
 from randwire_d2.data.cls_demo import generate_classification_demo  # noqa: E402
 from randwire_d2.data.dataset_checks import register_user_datasets  # noqa: E402
 from randwire_d2.data.detection_demo import generate_detection_demo  # noqa: E402
+
+if os.environ["TRITON_INTERPRET"] == "1":
+    # Triton's interpreter checks every 32-bit integer add, sub and mul for overflow (in int64)
+    # and then drops the result: its device_assert acts only with `debug`, which it never sets.
+    # That is half of an interpreted kernel's time; the tests' offsets are far from 2**31.
+    import triton.runtime.interpreter as _interpreter
+
+    _builder = _interpreter.interpreter_builder
+    _builder.options = dataclasses.replace(_builder.options, sanitize_overflow=False)
 
 
 @pytest.fixture

@@ -1,21 +1,18 @@
-"""The GPU check's parts, on CPU: profile categories, layouts.py, train_step.py, the check's
-stamps (benchmarks/gpu_check.sh skips a step that passed when nothing it depends on changed)."""
+"""The GPU check's parts (benchmarks/speed.py), on CPU: profile categories, layouts, train-step."""
 
 import json
 import os
-import subprocess
 
 import pytest
 import torch
 from torch import nn
 
-from benchmarks import profile_step
-from benchmarks.profile_step import IDLE, busy_time, categorize, summarize
+from benchmarks import speed
+from benchmarks.speed import IDLE, busy_time, categorize, summarize
 from randwire_d2.data.cls_demo import generate_classification_demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-GPU_CHECK = os.path.join(REPO, "benchmarks", "gpu_check.sh")
 DW = [[8, 64, 56, 56], [64, 1, 3, 3], [], [], [], [], []]  # aten::conv2d's input shapes
 PW = [[8, 64, 56, 56], [128, 64, 1, 1], [], [], [], [], []]
 
@@ -148,7 +145,7 @@ def test_a_real_cpu_profile_is_categorized_by_weight_shape(one_thread):
     step()
     with torch.profiler.profile(record_shapes=True) as prof:
         step()
-    items, busy = profile_step.profiled_items(prof, cuda=False)
+    items, busy = speed.profiled_items(prof, cuda=False)
     rows = summarize(items, wall=1e9)
     for category in (
         "depthwise conv forward",
@@ -165,11 +162,9 @@ def test_a_real_cpu_profile_is_categorized_by_weight_shape(one_thread):
 
 @pytest.mark.slow
 def test_layouts_runs_on_cpu(tmp_path, capsys, one_thread):
-    from benchmarks import layouts
-
     out = tmp_path / "layouts.json"
-    argv = "--device cpu --dtypes fp32 --batch 2 --rounds 1 --models rw-c78 r50 --size 32"
-    rows = layouts.main(argv.split() + ["--json", str(out)])
+    argv = "layouts --device cpu --dtypes fp32 --batch 2 --rounds 1 --models rw-c78 r50 --size 32"
+    rows = speed.main(argv.split() + ["--json", str(out)])
     printed = capsys.readouterr().out
     assert "| model | layout | dtype | inference img/s | ÷ ResNet-50 |" in printed
     assert "fastest rw-c78 training: " in printed
@@ -184,8 +179,6 @@ def test_layouts_runs_on_cpu(tmp_path, capsys, one_thread):
 
 @pytest.mark.slow
 def test_train_step_runs_on_cpu(tmp_path, capsys, one_thread):
-    from benchmarks import train_step
-
     data = generate_classification_demo(str(tmp_path / "data"), {"train": 4, "val": 2}, 32)
     out = tmp_path / "train_step.json"
     # fmt: off
@@ -196,8 +189,12 @@ def test_train_step_runs_on_cpu(tmp_path, capsys, one_thread):
         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "out"),
     ]
     # fmt: on
-    status = train_step.main(
-        ["--config-file", os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml")]
+    status = speed.main(
+        [
+            "train-step",
+            "--config-file",
+            os.path.join(REPO, "configs", "demo", "randwire_cls_demo.yaml"),
+        ]
         + ["--iters", "2", "--warmup", "1", "--json", str(out)]
         + ["--compare", "MODEL.RANDWIRE.EXECUTION", "reference", "fast", "--loss-tol", "1e-4"]
         + opts
@@ -221,82 +218,6 @@ def test_train_step_runs_on_cpu(tmp_path, capsys, one_thread):
         assert cmp["iterations"] == 3 and cmp["within_tol"]
     # OUTPUT_DIR given: kept, one metrics file per run
     assert sorted(os.listdir(tmp_path / "out"))[-2:] == ["metrics_e2e.json", "metrics_model.json"]
-
-
-def test_gpu_check_parses():
-    subprocess.run(["bash", "-n", GPU_CHECK], check=True)
-
-
-def bash(script: str, cwd) -> str:
-    """`script` run by bash after sourcing gpu_check.sh (its functions only)."""
-    done = subprocess.run(
-        ["bash", "-c", f"set -u; source {GPU_CHECK}; {script}"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout
-
-
-def test_a_step_that_passed_is_skipped_until_a_dependency_changes(tmp_path):
-    (tmp_path / "dep.txt").write_text("a")
-    (tmp_path / "dir").mkdir()
-    (tmp_path / "dir" / "f.py").write_text("x = 1")
-    count = tmp_path / "count"
-    run = (
-        "init_check out; step demo 30 'dep.txt dir' bash -c 'echo ran >> count'; "
-        "step failing 30 'dep.txt' false; step nostamp 30 '' true; cut -f1,2 out/status.tsv"
-    )
-    first = bash(run, tmp_path)
-    assert "demo\tpassed\n" in first and "failing\tFAILED (exit 1)" in first
-    assert count.read_text() == "ran\n"
-    assert (tmp_path / "out" / "demo.stamp").exists()
-    assert not (tmp_path / "out" / "failing.stamp").exists()
-
-    second = bash(run, tmp_path)
-    assert "demo\tpassed before, unchanged: skipped" in second
-    assert "failing\tFAILED" in second  # a failed step runs again
-    assert "nostamp\tpassed\n" in second  # no dependencies: always runs
-    assert count.read_text() == "ran\n"
-
-    (tmp_path / "dir" / "f.py").write_text("x = 2")  # a dependency changed: the step reruns
-    assert "demo\tpassed\n" in bash(run, tmp_path)
-    assert count.read_text() == "ran\nran\n"
-    (tmp_path / "dir" / "__pycache__").mkdir()  # caches are not dependencies
-    (tmp_path / "dir" / "__pycache__" / "f.cpython-311.pyc").write_bytes(b"\0")
-    assert "demo\tpassed before" in bash(run, tmp_path)
-    forced = bash("GPU_CHECK_FORCE=1; " + run, tmp_path)  # GPU_CHECK_FORCE=1 reruns
-    assert "demo\tpassed\n" in forced and count.read_text() == "ran\nran\nran\n"
-    skipped = bash("GPU_CHECK_SKIP='demo'; " + run, tmp_path)
-    assert "demo\tskipped (GPU_CHECK_SKIP)" in skipped
-    # a changed command is another step
-    other = run.replace("echo ran", "echo RAN")
-    assert "demo\tpassed\n" in bash(other, tmp_path)
-
-
-def test_dependencies_in_a_git_tree_are_its_files(tmp_path):
-    def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    git("init", "-q")
-    (tmp_path / ".gitignore").write_text("ignored/\n")
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "tracked.py").write_text("a")
-    git("add", "pkg/tracked.py")
-    (tmp_path / "pkg" / "new.py").write_text("b")  # untracked, not ignored: a dependency
-    (tmp_path / "pkg" / "ignored").mkdir()
-    (tmp_path / "pkg" / "ignored" / "x").write_text("c")
-
-    def state():
-        return bash("files_of pkg; deps_hash pkg", tmp_path).split("\n")
-
-    first = state()
-    assert first[:2] == ["pkg/new.py", "pkg/tracked.py"]
-    (tmp_path / "pkg" / "ignored" / "x").write_text("changed")
-    assert state() == first
-    (tmp_path / "pkg" / "tracked.py").write_text("changed, not committed")
-    assert state()[2] != first[2]
 
 
 def test_cuda_kernels_are_charged_to_their_launching_ops():
@@ -325,7 +246,7 @@ def test_cuda_kernels_are_charged_to_their_launching_ops():
             event(4, "_agg_relu_dw_fwd_kernel", cuda, 15, 30, linked=0),
         ]
     )
-    items, busy = profile_step.profiled_items(prof, cuda=True)
+    items, busy = speed.profiled_items(prof, cuda=True)
     assert busy == 20
     rows = summarize(items, wall=40.0, busy=busy)
     assert rows["depthwise conv forward"]["time"] == 10

@@ -1,4 +1,4 @@
-"""The node kernels fit sm_80 and sm_90, checked here without a GPU (benchmarks/gpu_fit.py: an
+"""The node kernels fit sm_80 and sm_90, checked here without a GPU (benchmarks/kernels.py fit: an
 ahead-of-time compile to a cubin with the ptxas Triton bundles), over launches recorded from the
 networks themselves."""
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks import gpu_fit
+from benchmarks import kernels
 from randwire_d2.modeling.execution import NodeSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,12 +30,12 @@ HEAVIEST = [
 
 
 def compile_for_gpus(calls, archs=(80, 90)):
-    """gpu_fit.compile_one of each call for each target, in a process without Triton's
+    """kernels.compile_one of each call for each target, in a process without Triton's
     interpreter (the tests' own process defined the kernels for it)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
-        "import json, sys; sys.path.insert(0, 'benchmarks'); import gpu_fit; "
-        f"print(json.dumps([gpu_fit.compile_one((c, 0, a)) for c in {calls!r} for a in {archs!r}]))"
+        "import json; from benchmarks import kernels; "
+        f"print(json.dumps([kernels.compile_one((c, 0, a)) for c in {calls!r} for a in {archs!r}]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
@@ -51,10 +51,10 @@ def test_the_heaviest_kernel_variants_fit_sm80_and_sm90():
     for r in rows:
         what = f"sm_{r['arch']} {r['call']}"
         assert r["registers"] > 0 and r["spill_stores"] == 0, f"{what} spills: {r}"
-        assert r["shared"] <= gpu_fit.LIMIT_SMEM, f"{what} shared memory: {r}"
-        assert r["compile_s"] <= gpu_fit.LIMIT_COMPILE_S, f"{what} compile time: {r}"
-        if r["kernel"] in gpu_fit.TRAINING_KERNELS:
-            assert r["warps_per_sm"] >= gpu_fit.LIMIT_TRAINING_WARPS, f"{what} occupancy: {r}"
+        assert r["shared"] <= kernels.LIMIT_SMEM, f"{what} shared memory: {r}"
+        assert r["compile_s"] <= kernels.LIMIT_COMPILE_S, f"{what} compile time: {r}"
+        if r["kernel"] in kernels.TRAINING_KERNELS:
+            assert r["warps_per_sm"] >= kernels.LIMIT_TRAINING_WARPS, f"{what} occupancy: {r}"
         assert r["failures"] == []
     # channels_last at a C divisible by 4 loads 16-byte vectors
     wide = [r for r in rows if r["call"][4] == "channels_last" and r["call"][5] % 4 == 0]
@@ -63,22 +63,22 @@ def test_the_heaviest_kernel_variants_fit_sm80_and_sm90():
 
 def test_the_occupancy_rules():
     # 255 registers, 4 warps: two blocks (the old kernels' 8 warps per SM)
-    assert gpu_fit.warps_per_sm(90, 255, 0, 4) == 8
-    assert gpu_fit.warps_per_sm(90, 128, 0, 4) == 16
-    assert gpu_fit.warps_per_sm(90, 64, 0, 4) == 32
+    assert kernels.warps_per_sm(90, 255, 0, 4) == 8
+    assert kernels.warps_per_sm(90, 128, 0, 4) == 16
+    assert kernels.warps_per_sm(90, 64, 0, 4) == 32
     # shared memory bounds the blocks: 100 KB fits two blocks on sm_90, one on sm_80
-    assert gpu_fit.warps_per_sm(90, 32, 100 * 1024, 4) == 8
-    assert gpu_fit.warps_per_sm(80, 32, 100 * 1024, 4) == 4
+    assert kernels.warps_per_sm(90, 32, 100 * 1024, 4) == 8
+    assert kernels.warps_per_sm(80, 32, 100 * 1024, 4) == 4
     r = dict(kernel="inference", arch=90, shared=485632, spill_stores=0, warps_per_sm=0)
-    assert gpu_fit.failures(r | {"compile_s": 110.0})[0].startswith("cannot launch")
+    assert kernels.failures(r | {"compile_s": 110.0})[0].startswith("cannot launch")
 
 
 @pytest.mark.slow
 def test_the_launches_are_recorded_from_the_networks():
     """The checked variants are what the network launches: per wired stage, one forward,
     backward and inference call per separable-conv node, at the node's in-degree and stride."""
-    calls = gpu_fit.launches(["c78"], ["fp32"], ["nchw"])
-    trunk = gpu_fit.trunk("c78")
+    calls = kernels.launches(["c78"], ["fp32"], ["nchw"])
+    trunk = kernels.trunk("c78")
     expected = set()
     for stage in trunk.wired_stages().values():
         for v, preds in enumerate(stage.preds):

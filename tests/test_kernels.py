@@ -251,7 +251,7 @@ def test_fast_on_cuda_runs_the_eager_path_and_says_why(mocked_cuda, caplog, monk
         trunk = tiny_trunk("small", "sep_conv3x3", "BN").set_execution("fast", device=mocked_cuda)
         assert all(not s.path.kernels for s in trunk.wired_stages().values())
         said = (
-            "EXECUTION fast on cuda:0: the eager fast path: no run of benchmarks/gpu_kernels.py "
+            "EXECUTION fast on cuda:0: the eager fast path: no run of benchmarks/kernels.py "
             "has measured the Triton node kernels faster on compute capability 9.0"
         )
         assert caplog.text.count(said) == 1  # decided for every stage, said once

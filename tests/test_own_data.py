@@ -137,7 +137,9 @@ def test_readme_classification_commands_on_an_image_folder(tmp_path):
     assert best["classes"] == sorted(os.listdir(digits / "train"))
     run_tool(evaluate, tmp_path)
     run_tool(predict, tmp_path)
-    predicted = [p for p in (out / "predictions").glob("*.json") if p.name != "predict_manifest.json"]
+    predicted = [
+        p for p in (out / "predictions").glob("*.json") if p.name != "predict_manifest.json"
+    ]
     assert len(predicted) == 3 * 4  # one json per image
     run_tool(export, tmp_path)
     report = json.load(open(out / "export" / "export_report.json"))

@@ -147,3 +147,28 @@ def test_report_skips_charts_without_finished_runs(tmp_path):
     text = report([record("BA(5)", "conv3x3", 1, None)], str(tmp_path))
     assert "no finished runs for val_224/top1: charts skipped" in text
     assert not os.path.exists(tmp_path / "fig3.png")
+
+
+def cells(line):
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_tables_are_tabulate_s_pipe_tables_with_unpadded_cells(tmp_path):
+    from tabulate import tabulate
+
+    from randwire_d2.utils.tables import markdown_table
+
+    head, rows = ["generator", "C", "top-1"], [["WS(4, 0.75)", 78, 72.5], ["ER(0.2)", 109, None]]
+    plain = dict(stralign=None, numalign=None, disable_numparse=True, missingval="None")
+    assert markdown_table(head, rows) == tabulate(rows, head, "pipe", **plain)
+    table = markdown_table(head, rows, align="lr").splitlines()
+    pipe = tabulate(rows, head, "pipe", colalign=[None, "right", None], **plain).splitlines()
+    assert table[1] == pipe[1] == "|-------------|----:|---------|"  # its rule, colon and all
+    assert table[0] == "| generator | C | top-1 |"  # the right-aligned column is not padded
+    assert table[2:] == ["| WS(4, 0.75) | 78 | 72.5 |", "| ER(0.2) | 109 | None |"]
+    assert [cells(x) for x in table] == [cells(x) for x in pipe]
+    # The report's table: one row per line, as many cells as the header.
+    recs = [record("WS(4, 0.75)", "sep_conv3x3", s, t) for s, t in [(1, 70), (2, 72)]]
+    md, _ = write_tables(aggregate(recs), str(tmp_path))
+    lines = open(md).read().splitlines()
+    assert len(lines) == 3 and {len(cells(x)) for x in lines} == {len(cells(lines[0]))}

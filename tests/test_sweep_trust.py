@@ -13,9 +13,11 @@ import tracemalloc
 
 import pytest
 from common import CLS_CONFIG as DEMO
-from common import load_tool
+from common import REPO, TOOL_ENV, load_tool, tiny_opts
 
 import randwire_d2.sweep.runner as sweep_runner
+from randwire_d2.engine import OutputDirInUse
+from randwire_d2.engine.pretrain import EXIT_OUTPUT_DIR_IN_USE
 from randwire_d2.graphs import parse_seeds
 from randwire_d2.sweep import expand, parse_generators, save_plan, submit_sweep
 
@@ -48,27 +50,22 @@ def write(path, text):
         f.write(text)
 
 
-# A stand-in for tools/train_cls.py: claims OUTPUT_DIR as claim_output_dir does (refusing, with
-# train_cls's words, a directory another process holds), then writes a final evaluation. FAKE_REFUSE
-# names a run it refuses as if another sweep took it first; when it trains FAKE_FINISH_WHEN, it
-# also writes results.json into the FAKE_FINISH folders, as another sweep finishing them would.
-FAKE_TRAIN_CLS = textwrap.dedent("""
+# A stand-in for the pretraining entry point (run as `python -m`): claims OUTPUT_DIR as
+# claim_output_dir does, refusing a directory another process holds with its own words and the
+# entry point's exit status EXIT_OUTPUT_DIR_IN_USE, then writes a final evaluation. When it trains
+# FAKE_FINISH_WHEN, it also writes results.json into the FAKE_FINISH folders, as another sweep
+# finishing them would.
+FAKE_PRETRAIN = textwrap.dedent("""
     import fcntl, json, os, sys
     out = sys.argv[sys.argv.index("OUTPUT_DIR") + 1]
     name = os.path.basename(out)
     os.makedirs(out, exist_ok=True)
     f = open(os.path.join(out, ".lock"), "a+")
     try:
-        if os.environ.get("FAKE_REFUSE") == name:
-            raise OSError
         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "pid 4242 on otherhost since today: tools/train_cls.py"
-        sys.exit(
-            f"RuntimeError: OUTPUT_DIR={out!r} is in use by {holder}. Two runs in one OUTPUT_DIR "
-            "overwrite each other's checkpoints and metrics: choose another OUTPUT_DIR."
-        )
+        print(f"fake pretraining: {out} is taken, not training", file=sys.stderr)
+        sys.exit(EXIT_OUTPUT_DIR_IN_USE)
     if os.environ.get("FAKE_FINISH_WHEN") == name:
         for folder in os.environ["FAKE_FINISH"].split(os.pathsep):
             os.makedirs(folder, exist_ok=True)
@@ -77,44 +74,52 @@ FAKE_TRAIN_CLS = textwrap.dedent("""
     with open(os.path.join(out, "metrics.json"), "a") as m:
         m.write(json.dumps({"iteration": 0, "total_loss": 1.0}) + "\\n")
         m.write(json.dumps({"iteration": 0, "val_32/top1": 50.0, "val_32/top5": 100.0}) + "\\n")
-    """)
+    """).replace("EXIT_OUTPUT_DIR_IN_USE", str(EXIT_OUTPUT_DIR_IN_USE))
+
+
+def fake_module(tmp_path, monkeypatch, name, text):
+    """Each run's process runs module `name` (tmp_path/name.py, holding `text`) instead of the
+    pretraining entry point."""
+    (tmp_path / f"{name}.py").write_text(text)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.setattr(sweep_runner, "PRETRAIN", name)
 
 
 @pytest.fixture
 def fake_train(tmp_path, monkeypatch):
-    script = tmp_path / "fake_train_cls.py"
-    script.write_text(FAKE_TRAIN_CLS)
-    monkeypatch.setattr(sweep_runner, "TRAIN_CLS", str(script))
-    return script
+    fake_module(tmp_path, monkeypatch, "fake_pretrain", FAKE_PRETRAIN)
 
 
 @pytest.fixture
 def hold():
-    """hold(folder): another process (a second sweep's train_cls) holds `folder`'s lock, as
-    claim_output_dir does; returns the holder text it wrote into `.lock`."""
+    """hold(folder): another process (a second sweep's run) holds `folder`'s lock, as
+    claim_output_dir does; returns the holder text it wrote into `.lock` ("pid <its pid, or
+    `pid`> on otherhost")."""
     procs = []
 
-    def start(folder):
+    def start(folder, pid=None):
         code = textwrap.dedent("""
             import fcntl, os, sys
             os.makedirs(sys.argv[1], exist_ok=True)
             f = open(os.path.join(sys.argv[1], ".lock"), "a+")
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             f.truncate(0)
-            f.write(f"pid {os.getpid()} on otherhost since today: tools/train_cls.py\\n")
+            pid = sys.argv[2] or os.getpid()
+            f.write(f"pid {pid} on otherhost since today: tools/train_cls.py\\n")
             f.flush()
             print("held", flush=True)
             sys.stdin.read()
             """)
         proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(folder)],
+            [sys.executable, "-c", code, str(folder), str(pid or "")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         procs.append(proc)
         assert proc.stdout.readline().strip() == "held"
-        return f"pid {proc.pid} on otherhost"
+        return f"pid {pid or proc.pid} on otherhost"
 
     yield start
     for proc in procs:
@@ -294,10 +299,18 @@ def test_a_refused_run_and_runs_finished_elsewhere_meanwhile(
     s1, s2, s3, s4 = (str(folder / RUN.format(s)) for s in (1, 2, 3, 4))
     holder = hold(s1)
     # While this sweep trains s2, the other sweep finishes s1 (it held it) and s3; then it takes
-    # s4 between this sweep's look at its lock and train_cls's claim.
+    # s4 between this sweep's look at its lock and the run's claim.
     monkeypatch.setenv("FAKE_FINISH_WHEN", RUN.format(2))
     monkeypatch.setenv("FAKE_FINISH", os.pathsep.join([s1, s3]))
-    monkeypatch.setenv("FAKE_REFUSE", RUN.format(4))
+    look = sweep_runner.held_by
+
+    def look_then_taken(path):
+        found = look(path)
+        if path == s4 and not os.path.exists(os.path.join(s4, ".lock")):
+            hold(s4, pid=4242)  # the other sweep, just after this look
+        return found
+
+    monkeypatch.setattr(sweep_runner, "held_by", look_then_taken)
     code, out, err = sweep(capsys, *ER_02, "--seeds", "1-4", "--output", str(folder))
     assert code == 0 and "FAILED" not in err, err
     assert "0 of 4 runs finished; training 4" in out
@@ -308,6 +321,9 @@ def test_a_refused_run_and_runs_finished_elsewhere_meanwhile(
     assert f"[in progress elsewhere] {RUN.format(4)}: held by pid 4242 on otherhost" in out
     assert f"[finished elsewhere] {RUN.format(1)}: another sweep finished it meanwhile" in out
     assert "| ER(0.2) | sep_conv3x3 | 16 | 3/4 |" in out
+    # The refused run's process said so in its own words: the exit status told it apart.
+    log = open(os.path.join(s4, "sweep_log.txt")).read()
+    assert "fake pretraining:" in log and "in use by" not in log
 
 
 def test_train_cls_refusal_and_the_lock_probe_name_the_holder(tmp_path, hold):
@@ -317,6 +333,98 @@ def test_train_cls_refusal_and_the_lock_probe_name_the_holder(tmp_path, hold):
     holder = hold(folder)
     with pytest.raises(RuntimeError) as refusal:
         claim_output_dir(folder)
-    assert sweep_runner.refused_by(str(refusal.value)).startswith(holder)
+    assert isinstance(refusal.value, OutputDirInUse) and refusal.value.holder.startswith(holder)
+    assert f"OUTPUT_DIR={folder!r} is in use by {holder} since today" in str(refusal.value)
     assert sweep_runner.held_by(folder).startswith(holder)
     assert sweep_runner.held_by(str(tmp_path / "free")) is None
+
+
+# Each run is its own process of the package's pretraining entry point, told apart by exit status.
+
+
+def test_each_run_is_a_process_of_the_package_s_pretraining_module(tmp_path):
+    (run,) = prepare(tmp_path / "sweep", [1])
+    cmd = sweep_runner.train_command(run, str(tmp_path / "sweep" / run.name), num_gpus=2)
+    assert cmd[:3] == [sys.executable, "-m", "randwire_d2.engine.pretrain"]
+    assert not [a for a in cmd if "tools" in a.split(os.sep)], cmd
+    assert cmd[-2:] == ["OUTPUT_DIR", str(tmp_path / "sweep" / run.name)]
+    assert cmd[cmd.index("--num-gpus") + 1] == "2"
+
+
+def test_a_refusal_is_told_by_exit_status_not_by_words(tmp_path, monkeypatch):
+    (run,) = prepare(tmp_path / "sweep", [1])
+    folder = str(tmp_path / "sweep" / run.name)
+    # The old refusal's words, but an ordinary failure's status: a failure.
+    words = f"OUTPUT_DIR={folder!r} is in use by pid 7 on h since t: x. Two runs in one OUTPUT_DIR"
+    fake_module(tmp_path, monkeypatch, "says_in_use", f"import sys; sys.exit({words!r})")
+    with pytest.raises(RuntimeError, match=r"failed \(exit 1") as failure:
+        sweep_runner.train_run(run, folder)
+    assert not isinstance(failure.value, sweep_runner.RunInProgressElsewhere)
+    # Silent, with the refusal's status: in progress elsewhere (its holder gone meanwhile).
+    code = f"import sys; sys.exit({EXIT_OUTPUT_DIR_IN_USE})"
+    fake_module(tmp_path, monkeypatch, "refuses_silently", code)
+    with pytest.raises(sweep_runner.RunInProgressElsewhere, match="held by another process"):
+        sweep_runner.train_run(run, folder)
+
+
+@pytest.mark.slow
+def test_the_pretraining_module_exits_with_its_status_for_a_held_output_dir(
+    tmp_path, hold, cls_data_root
+):
+    folder = tmp_path / "run"
+    holder = hold(folder)
+    proc = subprocess.run(
+        [sys.executable, "-m", "randwire_d2.engine.pretrain", "--config-file", DEMO]
+        + tiny_opts(cls_data_root, folder),
+        cwd=REPO,
+        env=TOOL_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == EXIT_OUTPUT_DIR_IN_USE, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"OUTPUT_DIR={str(folder)!r} is in use by {holder}" in proc.stderr
+    assert not (folder / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("exit_code, refused", [(EXIT_OUTPUT_DIR_IN_USE, True), (1, False)])
+def test_a_spawned_process_s_refusal_is_the_command_s_exit_status(monkeypatch, exit_code, refused):
+    import torch.multiprocessing as mp
+
+    from randwire_d2.engine import pretrain
+
+    def launch(main_func, args):  # as Detectron2's launch reports a spawned process' exit
+        raise mp.ProcessExitedException(f"exit code {exit_code}", 0, 1234, exit_code)
+
+    monkeypatch.setattr(pretrain, "launch", launch)
+    if refused:
+        assert pretrain.cli(["--config-file", DEMO]) == EXIT_OUTPUT_DIR_IN_USE
+    else:
+        with pytest.raises(mp.ProcessExitedException):
+            pretrain.cli(["--config-file", DEMO])
+
+
+def test_a_submitit_job_refused_returns_its_status(tmp_path, monkeypatch, hold):
+    import submitit
+
+    (run,) = prepare(tmp_path / "sweep", [1])
+    folder = str(tmp_path / "sweep" / run.name)
+    holder = hold(folder)
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "jobs"), cluster="debug")
+    outcome = executor.submit(sweep_runner.cluster_job, run, folder, 1, 1).result()
+    assert isinstance(outcome, sweep_runner.RunInProgressElsewhere)
+    assert outcome.holder.startswith(holder)
+    # submit_sweep, its look at the lock made before the other sweep took the folder.
+    look, looks = sweep_runner.held_by, []
+
+    def before_taken(path):
+        looks.append(path)
+        return None if len(looks) == 1 else look(path)
+
+    monkeypatch.setattr(sweep_runner, "held_by", before_taken)
+    lines = []
+    sweep_dir = str(tmp_path / "sweep")
+    failed = submit_sweep([run], sweep_dir, cluster="debug", wait=True, log=lines.append)
+    assert failed == {}
+    assert len(lines) == 1 and lines[0].endswith("; not counted as failed")
+    assert lines[0].startswith(f"[in progress elsewhere] {run.name}: held by {holder}")

@@ -195,10 +195,10 @@ def test_export_notes_are_ignored_only_during_an_export(monkeypatch):
 
 @pytest.mark.slow
 def test_throughput_help_shows_no_third_party_notes():
-    """benchmarks/throughput.py imports Detectron2 through randwire_d2 (quiet imports)."""
+    """benchmarks/speed.py imports Detectron2 through randwire_d2 (quiet imports)."""
     env = {k: v for k, v in os.environ.items() if k != SHOW_ALL_WARNINGS_ENV}
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "throughput.py"), "--help"],
+        [sys.executable, os.path.join(REPO, "benchmarks", "speed.py"), "--help"],
         cwd=REPO,
         env=dict(env, OMP_NUM_THREADS="1"),
         capture_output=True,

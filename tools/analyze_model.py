@@ -105,7 +105,7 @@ def main():
     if cfg.MODEL.META_ARCHITECTURE != "RandWireClassifier":
         sys.exit(
             f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: this tool counts "
-            "RandWireClassifier configs; for detectors use benchmarks/detector_complexity.py"
+            "RandWireClassifier configs; for detectors use Detectron2's tools/analyze_model.py"
         )
 
     # The frozen table holds what fvcore traces: its numbers are always traced.

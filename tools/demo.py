@@ -10,6 +10,9 @@
    of the paper's transfer claim (Table 5).
 
 Every step is a command of this repository, printed before it runs. Results go to --output.
+Steps 3-5 are `tools/demo.py detect`: a detector trained and evaluated as tools/train_net.py
+trains it, timed (train and evaluation apart), its AP and times in OUTPUT_DIR/benchmark.json and
+its val detections drawn.
 """
 
 import argparse
@@ -116,11 +119,12 @@ def schedule(n):
 
 
 def detect(out, name, weights, opts, config=DET_CONFIG):
-    """benchmarks/demo_detection.py's results: bbox AP, times, and segm AP for Mask R-CNN."""
+    """`tools/demo.py detect`'s results: bbox AP, times, and segm AP for Mask R-CNN."""
     det_dir = os.path.join(out, name)
     run(
         [
-            "benchmarks/demo_detection.py",
+            "tools/demo.py",
+            "detect",
             "--config-file",
             config,
             "--overwrite",
@@ -150,8 +154,59 @@ def ap_row(label, results, task="bbox"):
     )
 
 
+def train_detector(argv):
+    """`tools/demo.py detect`: train and evaluate one demo detector, timed."""
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils.env import seed_all_rng
+
+    from randwire_d2.config import load_config
+    from randwire_d2.engine import Trainer, claim_output_dir, draw_detections
+
+    class TimedTrainer(Trainer):
+        eval_seconds = 0.0  # it evaluates after the last iteration
+
+        @classmethod
+        def test(cls, cfg, model, evaluators=None):
+            start = time.perf_counter()
+            results = super().test(cfg, model, evaluators)
+            cls.eval_seconds += time.perf_counter() - start
+            return results
+
+    parser = argparse.ArgumentParser(prog="tools/demo.py detect")
+    parser.add_argument("--config-file", default=DET_CONFIG)
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR's checkpoints")
+    parser.add_argument("--vis", default="", help="write a picture of val detections here")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # see run(); the data loader worker uses another core
+    cfg = load_config(args.config_file, args.opts)
+    claim_output_dir(cfg.OUTPUT_DIR, resume=False, overwrite=args.overwrite)
+    if cfg.SEED >= 0:  # as default_setup: weights, data order and augmentation from SEED
+        seed_all_rng(cfg.SEED)
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        DatasetCatalog.get(name)  # generate the data outside the timed training
+    trainer = TimedTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    start = time.perf_counter()
+    trainer.train()  # evaluates DATASETS.TEST after the last iteration
+    eval_s = TimedTrainer.eval_seconds
+    results = trainer._last_eval_results
+    results = results.get(cfg.DATASETS.TEST[0], results)  # keyed by name if > 1 test set
+    box, train_s = results["bbox"], time.perf_counter() - start - eval_s
+    print(f"\nbbox AP {box['AP']:.1f}, AP50 {box['AP50']:.1f}; train {train_s / 60:.1f} min")
+    with open(os.path.join(cfg.OUTPUT_DIR, "benchmark.json"), "w") as f:
+        json.dump({"bbox": box, "train_seconds": train_s, "eval_seconds": eval_s}, f, indent=1)
+    if args.vis:
+        draw_detections(cfg, trainer.model, args.vis)
+        print(f"val detections: {args.vis}")
+
+
 def main():
     quiet_third_party_warnings()
+    if sys.argv[1:2] == ["detect"]:
+        return train_detector(sys.argv[2:])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -12,84 +12,20 @@ set and the global batch; SOLVER/TEST keys given explicitly are kept (and said s
 without CUDA, --num-gpus N runs N CPU processes (gloo).
 """
 
-import os
+import sys
 
-# First: importing randwire_d2 quiets the deprecation notes that Detectron2's imports print.
-import randwire_d2  # noqa: F401  # isort: split
-from detectron2.utils import comm
-
-from randwire_d2.config import explicit_keys, load_config
-from randwire_d2.data.cls_demo import ensure_classification_demo
-from randwire_d2.data.dataset_checks import check_image_folder
-from randwire_d2.engine import (
-    ClassificationTrainer,
-    argument_parser,
-    check_gpu_keys,
-    describe_schedule,
-    evaluate_checkpoint,
-    launch,
-    resolve_device,
-    resolve_schedule,
+# The entry point is the package's (also `python -m randwire_d2.engine.pretrain`; importing the
+# package first quiets the deprecation notes of Detectron2's imports). Its exit status
+# EXIT_OUTPUT_DIR_IN_USE says another live process holds OUTPUT_DIR.
+from randwire_d2.engine.pretrain import (  # noqa: F401
+    EXIT_OUTPUT_DIR_IN_USE,
+    build_parser,
+    cli,
+    main,
+    setup,
 )
-from randwire_d2.engine.run_setup import precision, setup_run
-from randwire_d2.engine.schedule import IMAGENET_TRAIN_IMAGES
-
-
-def build_parser():
-    parser = argument_parser(__doc__)
-    parser.add_argument("--dry-run", action="store_true", help="print the schedule and exit")
-    parser.add_argument(
-        "--dataset-size",
-        type=int,
-        default=None,
-        help="training images for --dry-run (default: count PRETRAIN.DATA_ROOT/train, else "
-        "ImageNet-1k's)",
-    )
-    return parser
-
-
-def setup(args, world_size=None):
-    """The config this run trains with: file + overrides, data checked, schedule resolved; then
-    OUTPUT_DIR is claimed and Detectron2's default_setup writes it to OUTPUT_DIR/config.yaml."""
-    cfg = load_config(args.config_file, args.opts, False, args.allow_unsafe_config)
-    resolve_device(cfg)
-    precision(cfg.PRETRAIN.AMP_DTYPE, "PRETRAIN.AMP_DTYPE")
-    check_gpu_keys(cfg, runnable=not args.dry_run)
-    root = cfg.PRETRAIN.DATA_ROOT
-    if comm.is_main_process():
-        ensure_classification_demo(root)  # the embedded demo data is generated on demand
-    comm.synchronize()
-    if args.eval_only:
-        check_image_folder(root, ("val",))
-        cfg.freeze()
-    else:
-        size = args.dataset_size
-        if size is None and args.dry_run and not os.path.isdir(os.path.join(root, "train")):
-            print(f"{root}/train not found: assuming ImageNet-1k's training set (--dataset-size)")
-            size = IMAGENET_TRAIN_IMAGES
-        size = size or len(check_image_folder(root, ("train", "val"))["train"][1])
-        world_size = world_size or comm.get_world_size()
-        explicit = explicit_keys(args.config_file, args.opts, args.allow_unsafe_config)
-        cfg = resolve_schedule(cfg, size, world_size, explicit)
-        print(f"Schedule:\n{describe_schedule(cfg, size, world_size)}")
-    if not args.dry_run:
-        setup_run(cfg, args)
-    return cfg
-
-
-def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        return evaluate_checkpoint(cfg, resume=args.resume)
-    trainer = ClassificationTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
-
 
 if __name__ == "__main__":
-    args = build_parser().parse_args()
-    print("Command Line Args:", args)
-    if args.dry_run:
-        setup(args, world_size=args.num_gpus * args.num_machines)
-    else:
-        launch(main, args)
+    status = cli()
+    if status:  # else return normally (runpy callers go on)
+        sys.exit(status)

@@ -9,7 +9,9 @@ lazy.py            training and evaluation from a LazyConfig (tools/lazyconfig_t
 hooks.py           hooks (seeds, throughput, best checkpoint, pending evaluation)
 schedule.py        pretraining epochs resolved into SOLVER.*
 evaluation.py      top-k accuracy
-classification.py  ClassificationTrainer (tools/train_cls.py)
+classification.py  ClassificationTrainer
+pretrain.py        the pretraining entry point (tools/train_cls.py; `python -m
+                   randwire_d2.engine.pretrain`, so not imported here): setup, main, exit status
 cuda_graphs.py     the classification step captured in a CUDA graph (PRETRAIN.CUDA_GRAPHS)
 detection.py       Trainer (tools/train_net.py), detection pictures
 """
@@ -18,7 +20,7 @@ from ..checkpoint import build_checkpointer
 from .classification import ClassificationTrainer, check_gpu_keys, evaluate_checkpoint
 from .detection import Trainer, draw_detections
 from .launch import argument_parser, launch
-from .output_dir import claim_output_dir, release_output_dir
+from .output_dir import OutputDirInUse, claim_output_dir, release_output_dir
 from .run_setup import check_iterations, resolve_device
 from .schedule import describe_schedule, resolve_schedule
 from .trainer import RandWireTrainer, create_ddp_model

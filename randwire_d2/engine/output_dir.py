@@ -15,6 +15,7 @@ from typing import Optional
 from detectron2.utils import comm
 
 __all__ = [
+    "OutputDirInUse",
     "claim_output_dir",
     "release_output_dir",
     "truncate_metrics",
@@ -26,11 +27,28 @@ logger = logging.getLogger(__name__)
 _HELD_OUTPUT_DIRS = {}  # absolute path -> the open, locked lock file of this process
 
 
+class OutputDirInUse(RuntimeError):
+    """OUTPUT_DIR is held by another live process: `holder` is what its lock file says ("pid 12 on
+    host since <time>: <command line>"). Not a failure of the run that is refused: the pretraining
+    entry point exits with its own status for it (engine/pretrain.py)."""
+
+    def __init__(self, output_dir: str, holder: str):
+        super().__init__(
+            f"OUTPUT_DIR={output_dir!r} is in use by {holder}. Two runs in one OUTPUT_DIR "
+            "overwrite each other's checkpoints and metrics: choose another OUTPUT_DIR."
+        )
+        self.output_dir, self.holder = output_dir, holder
+
+    def __reduce__(self):  # pickled with its arguments (a spawned process, a submitit job)
+        return type(self), (self.output_dir, self.holder)
+
+
 def claim_output_dir(output_dir: str, resume: bool = True, overwrite: bool = False) -> bool:
     """Hold OUTPUT_DIR for this run (main process; until release or exit) and return whether
-    this call took it. A directory another live process holds is refused, naming the holder.
-    Without `resume`, checkpoints of an earlier run are refused unless `overwrite` (which
-    deletes them and its metrics.json). Partial files of a killed run (.tmp_*) are removed."""
+    this call took it. A directory another live process holds is refused (OutputDirInUse,
+    naming the holder). Without `resume`, checkpoints of an earlier run are refused unless
+    `overwrite` (which deletes them and its metrics.json). Partial files of a killed run (.tmp_*)
+    are removed."""
     if not comm.is_main_process():
         return False
     path = os.path.abspath(output_dir)
@@ -44,10 +62,7 @@ def claim_output_dir(output_dir: str, resume: bool = True, overwrite: bool = Fal
             f.seek(0)
             holder = f.read(1000).strip() or "another process"  # a line this module wrote
             f.close()
-            raise RuntimeError(
-                f"OUTPUT_DIR={output_dir!r} is in use by {holder}. Two runs in one OUTPUT_DIR "
-                "overwrite each other's checkpoints and metrics: choose another OUTPUT_DIR."
-            ) from None
+            raise OutputDirInUse(output_dir, holder) from None
         f.truncate(0)
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}: ")
         f.write(" ".join(sys.argv) + "\n")

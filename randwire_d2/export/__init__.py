@@ -25,7 +25,7 @@ order). ONNX files are run in onnxruntime. A difference beyond tolerance raises
 `ExportMismatchError`, naming numbers. The notes torch prints while tracing Detectron2's code are
 ignored during an export (`utils/quiet_warnings.py: quiet_export_warnings`); these checks are what they
 ask for. Graph sizes per execution: `op_counts` (compare.py; export_model.py
---compare-executions); latency: benchmarks/export_latency.py.
+--compare-executions); latency: `benchmarks/speed.py export`.
 """
 
 from ..inference_config import detector_samples

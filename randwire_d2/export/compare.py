@@ -152,7 +152,7 @@ def report_table(report: Dict) -> str:
 
 
 # The executions whose graphs and latency are compared (tools/export_model.py
-# --compare-executions, benchmarks/export_latency.py): "export" is what an export writes.
+# --compare-executions, `benchmarks/speed.py export`): "export" is what an export writes.
 EXECUTIONS_COMPARED = ("reference", "fast", "export")
 
 

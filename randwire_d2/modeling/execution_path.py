@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 # Stage execution modes, selected by MODEL.RANDWIRE.EXECUTION.
 EXECUTIONS = ("fast", "reference", "triton", "eager")
 
-# GPU generations (compute capability major) on which `benchmarks/gpu_kernels.py` measured the
+# GPU generations (compute capability major) on which `benchmarks/kernels.py` measured the
 # Triton node kernels faster than the eager fast path; EXECUTION "fast" runs them there only.
 # No GPU run has measured them yet: "fast" is the eager fast path everywhere, "triton" opts in.
 KERNELS_MEASURED_FASTER: Tuple[int, ...] = ()
@@ -94,7 +94,7 @@ def choose_execution(requested: str, device) -> ExecutionPath:
             path = ExecutionPath(
                 requested,
                 False,
-                f"the eager fast path: no run of benchmarks/gpu_kernels.py has measured the Triton "
+                f"the eager fast path: no run of benchmarks/kernels.py has measured the Triton "
                 f"node kernels faster on compute capability {major}.{minor} "
                 f"(execution_path.KERNELS_MEASURED_FASTER = {KERNELS_MEASURED_FASTER}); "
                 "EXECUTION 'triton' runs them",

@@ -138,7 +138,7 @@ def _taps(weight: Tensor) -> Tensor:
 
 
 # Launch configuration, per kernel: (BLOCK_P, BLOCK_C) by layout (the contiguous dimension gets
-# the longer side), warps, and no software pipelining. Checked by benchmarks/gpu_fit.py.
+# the longer side), warps, and no software pipelining. Checked by `benchmarks/kernels.py fit`.
 FORWARD_TILES = {True: (32, 32), False: (64, 8)}  # channels_last: True
 BACKWARD_TILES = {True: (16, 32), False: (64, 8)}
 FORWARD_LAUNCH = {True: dict(num_warps=4, num_stages=1), False: dict(num_warps=8, num_stages=1)}

@@ -37,7 +37,7 @@ def _jit(fn=None, **kwargs):
 # ---------------------------------------------------------------------------------------------
 # Kernels
 #
-# Sized to fit the GPU, checked ahead of time by `benchmarks/gpu_fit.py` (sm_80 and sm_90): the
+# Sized to fit the GPU, checked ahead of time by `benchmarks/kernels.py fit` (sm_80 and sm_90): the
 # 9 taps are a runtime loop (unrolled, their 9 x K independent loads were hoisted and spilled),
 # offsets inside an image are int32 (one int64 image base per program), the channel count and
 # the layout are compile-time constants (vector loads along channels in channels_last where C

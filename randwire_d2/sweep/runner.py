@@ -1,53 +1,52 @@
-"""Running a sweep's runs: each a tools/train_cls.py subprocess, locally (`jobs` at a time) or as
+"""Running a sweep's runs: each its own pretraining process (`python -m
+randwire_d2.engine.pretrain`, as tools/train_cls.py runs it), locally (`jobs` at a time) or as
 submitit jobs (Slurm), skipping finished runs and resuming interrupted ones (store.py says which).
+A run refused because another process holds its folder is told apart by its exit status
+(EXIT_OUTPUT_DIR_IN_USE), its holder read from the folder's lock.
 """
 
 import json
 import os
-import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
+from ..engine.pretrain import EXIT_OUTPUT_DIR_IN_USE
 from ..utils.atomic import atomic_write
 from .plan import Run
-from .store import _holder, _warn, check_results, final_results, held_by, read_results, run_state
+from .store import _warn, check_results, final_results, held_by, read_results, run_state
 
-__all__ = ["RunInProgressElsewhere", "refused_by", "train_run", "run_sweep", "submit_sweep"]
+__all__ = ["RunInProgressElsewhere", "train_run", "run_sweep", "submit_sweep"]
 
+# Each run's process runs this module (`python -m`) in ROOT, the folder that holds the package.
+PRETRAIN = "randwire_d2.engine.pretrain"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN_CLS = os.path.join(ROOT, "tools", "train_cls.py")
 
 
 class RunInProgressElsewhere(RuntimeError):
-    """A run whose folder another process holds (another sweep's train_cls): not a failure."""
+    """A run whose folder another process holds (another sweep's run): not a failure."""
 
     def __init__(self, name: str, holder: str):
         super().__init__(f"run {name} is in progress elsewhere: held by {holder}")
         self.name, self.holder = name, holder
 
-    def __reduce__(self):  # submitit pickles a job's exception
+    def __reduce__(self):  # submitit pickles what a job returns
         return type(self), (self.name, self.holder)
 
 
-def refused_by(log: str) -> Optional[str]:
-    """The holder named by train_cls's refusal of an OUTPUT_DIR in use ("is in use by"), if `log`
-    holds one."""
-    found = re.search(r"OUTPUT_DIR=.* is in use by (.+?)\. Two runs in one OUTPUT_DIR", log)
-    return _holder(found.group(1)) if found else None
-
-
 def train_command(run: Run, folder: str, num_gpus: int = 1, extra: Sequence[str] = ()) -> List[str]:
-    """The tools/train_cls.py command line of `run` in `folder` (resuming what is there)."""
+    """The pretraining command line of `run` in `folder` (resuming what is there)."""
     resume = ["--resume"] if run_state(folder) == "interrupted" else []
-    cmd = [sys.executable, TRAIN_CLS, "--config-file", run.config_file, "--num-gpus", str(num_gpus)]
+    cmd = [sys.executable, "-m", PRETRAIN, "--config-file", run.config_file]
+    cmd += ["--num-gpus", str(num_gpus)]
     return cmd + [*extra, *resume, *run.opts, "OUTPUT_DIR", folder]
 
 
 def train_run(run: Run, folder: str, num_gpus: int = 1, extra: Sequence[str] = (), main=True):
     """Train (or resume) one run to the end, then (`main`) write its results.json and return
-    the results. A run another process holds raises RunInProgressElsewhere."""
+    the results. A run another process holds raises RunInProgressElsewhere: one held before it
+    starts, or one whose process exits with EXIT_OUTPUT_DIR_IN_USE (taken meanwhile)."""
     results, _ = read_results(folder)
     if results is not None:
         return results
@@ -60,14 +59,9 @@ def train_run(run: Run, folder: str, num_gpus: int = 1, extra: Sequence[str] = (
         cmd = train_command(run, folder, num_gpus, extra)
         out.write(("$ " + " ".join(cmd) + "\n").encode())
         out.flush()
-        start = out.tell()
         proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        with open(log_path, "rb") as f:
-            f.seek(max(start, os.path.getsize(log_path) - 2**16))
-            holder = refused_by(f.read().decode(errors="replace"))
-        if holder:  # another sweep took the folder after our look at its lock
-            raise RunInProgressElsewhere(run.name, holder)
+    if proc.returncode == EXIT_OUTPUT_DIR_IN_USE:  # taken by another sweep after our look at it
+        raise RunInProgressElsewhere(run.name, held_by(folder) or "another process")
     results = final_results(folder)
     if not main:
         return results
@@ -131,7 +125,8 @@ def run_sweep(
 
 def cluster_job(run: Run, folder: str, num_gpus: int, nodes: int, port: int = 29500):
     """What a submitit job runs on each of its `nodes` (one task per node): this node's part of
-    a multi-machine train_cls run."""
+    a multi-machine run. Returns the results, or a RunInProgressElsewhere (not raised: submitit
+    hands the caller a raised exception as text only)."""
     import submitit
 
     env = submitit.JobEnvironment()
@@ -139,7 +134,10 @@ def cluster_job(run: Run, folder: str, num_gpus: int, nodes: int, port: int = 29
     if nodes > 1:
         extra = ["--num-machines", str(nodes), "--machine-rank", str(env.node)]
         extra += ["--dist-url", f"tcp://{env.hostnames[0]}:{port}"]
-    return train_run(run, folder, num_gpus, extra, main=env.node == 0)
+    try:
+        return train_run(run, folder, num_gpus, extra, main=env.node == 0)
+    except RunInProgressElsewhere as e:
+        return e
 
 
 def submit_sweep(
@@ -177,10 +175,11 @@ def submit_sweep(
     failed = {}
     for r, j in zip(todo, jobs):
         try:
-            j.result()
+            outcome = j.result()
         except Exception as e:  # submitit re-raises the job's error, with its log's path
-            if "is in progress elsewhere: held by" in str(e):
-                log(f"[in progress elsewhere] {r.name}: not counted as failed")
-                continue
             failed[r.name] = str(e).splitlines()[-1] if str(e) else type(e).__name__
+            continue
+        if isinstance(outcome, RunInProgressElsewhere):
+            holder = outcome.holder
+            log(f"[in progress elsewhere] {r.name}: held by {holder}; not counted as failed")
     return failed

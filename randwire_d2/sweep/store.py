@@ -103,9 +103,9 @@ def _holder(text: str) -> str:
 
 
 def held_by(folder: str) -> Optional[str]:
-    """Who holds `folder` as a live train_cls's OUTPUT_DIR (claim_output_dir keeps its `.lock`
-    locked), or None. The probe takes the lock for an instant; a train_cls starting in that
-    instant is refused, and refused_by recognizes that."""
+    """Who holds `folder` as a live run's OUTPUT_DIR (claim_output_dir keeps its `.lock` locked),
+    or None. The probe takes the lock for an instant; a run starting in that instant is refused
+    (its process exits with EXIT_OUTPUT_DIR_IN_USE), and the runner recognizes that."""
     path = os.path.join(folder, ".lock")
     if not os.path.isfile(path):
         return None
