@@ -22,15 +22,17 @@ $(STAMP): requirements.txt setup.py
 	touch $(STAMP)
 
 STYLED := randwire_d2 tools tests benchmarks setup.py
+# Two pytest-xdist workers (the tests run one torch thread each), a test file per worker at a time.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 test: $(STAMP)
 	$(VENV)/bin/black -l 100 --check -q $(STYLED)
 	$(VENV)/bin/isort --check -q $(STYLED)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q $(PYTEST_WORKERS) --durations=15 tests
 
 # The edit loop's tier (under 2 minutes on 2 cores): everything but the tests marked slow.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --durations=10 tests
+	$(PY) -m pytest -q $(PYTEST_WORKERS) -m "not slow" --durations=10 tests
 
 demo: $(STAMP)
 	$(PY) tools/demo.py

@@ -1,9 +1,5 @@
-"""The paper's analyses: generator comparison (Fig. 3/4) and graph damage (Fig. 5).
-
-Graph damage (Sec. 4.1): after training, remove one node or one edge and evaluate without
-further training. A removed edge u -> v feeds node v zeros in place of u's output (for a node
-with several inputs this is dropping one term of its weighted sum); a removed node sends zeros
-along all its output edges (and to the output node's average).
+"""The paper's analyses: generator comparison (Fig. 3/4) and graph damage (Fig. 5, Sec. 4.1:
+a trained network evaluated with one node or edge removed, i.e. sending zeros).
 """
 
 import contextlib
@@ -15,23 +11,14 @@ import torch
 from .graphs import graph_statistics, sample
 from .modeling.randwire import RandWire
 
-__all__ = [
-    "FIG3_GENERATORS",
-    "compare_generators",
-    "remove_edge",
-    "remove_node",
-    "graph_damage",
-    "summarize_damage",
-]
+__all__ = ["FIG3_GENERATORS", "compare_generators", "remove_edge"]
+__all__ += ["remove_node", "graph_damage", "summarize_damage"]
 
 # The generator settings of Fig. 3 (small regime, N = 32).
 FIG3_GENERATORS: List[Tuple[str, Dict]] = (
     [("er", {"P": p}) for p in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)]
     + [("ba", {"M": m}) for m in (1, 2, 3, 4, 5, 6, 7, 8)]
-    + [("ws", {"K": 2, "P": p}) for p in (0.25, 0.5, 0.75, 1.0)]
-    + [("ws", {"K": 4, "P": p}) for p in (0.25, 0.5, 0.75, 1.0)]
-    + [("ws", {"K": 6, "P": p}) for p in (0.25, 0.5, 0.75, 1.0)]
-    + [("ws", {"K": 8, "P": p}) for p in (0.25, 0.5, 0.75, 1.0)]
+    + [("ws", {"K": k, "P": p}) for k in (2, 4, 6, 8) for p in (0.25, 0.5, 0.75, 1.0)]
     + [("ws", {"K": k, "P": 0.0}) for k in (2, 4, 6, 8)]
 )
 
@@ -99,12 +86,9 @@ def remove_node(trunk: RandWire, stage: str, node: int):
 def graph_damage(
     trunk: RandWire, evaluate: Callable[[], float], stages: Sequence[str] = ()
 ) -> Dict:
-    """Accuracy loss of every single-node and single-edge removal (Fig. 5).
-
-    `evaluate()` returns the accuracy of the (eval-mode) model containing `trunk`. Returns
+    """Accuracy change of every single-node and single-edge removal (Fig. 5), by `evaluate()`:
     {"baseline": acc, "nodes": [(stage, node, out_degree, delta)],
-     "edges": [(stage, (u, v), in_degree_of_v, delta)]}, delta = damaged - baseline.
-    """
+     "edges": [(stage, (u, v), in_degree_of_v, delta)]}, delta = damaged - baseline."""
     base = evaluate()
     out = {"baseline": base, "nodes": [], "edges": []}
     for name in stages or list(trunk.wired_stages()):

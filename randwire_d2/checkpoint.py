@@ -33,7 +33,7 @@ from .checkpoint_conversion import CLASSIFIER_ARCH, classifier_to_detector
 from .data.dataset_checks import check_categories
 from .graphs import NetworkWiring
 from .modeling.randwire import RandWire, WiringMismatchError
-from .run_config import RunConfig, changed_keys
+from .run_settings import RunConfig, changed_keys
 from .trust import read_bounded
 from .trust.weights import CheckpointError, read_checkpoint, read_pickled_weights
 from .utils.atomic import atomic_torch_save, atomic_write
@@ -120,7 +120,7 @@ def checkpoint_extras(model: torch.nn.Module, cfg=None) -> Dict:
         extras["pixel_mean"] = [float(v) for v in inner.pixel_mean.flatten().tolist()]
         extras["pixel_std"] = [float(v) for v in inner.pixel_std.flatten().tolist()]
     if cfg is not None:
-        run = RunConfig(cfg)
+        run = RunConfig.of(cfg)
         fmt = run.get("input_format") if not run.lazy else getattr(inner, "input_format", None)
         if fmt:
             extras["input_format"] = fmt
@@ -341,7 +341,7 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
         since the checkpoint was written, or the error itself."""
         changed = []
         if self.cfg is not None:
-            run = RunConfig(self.cfg)
+            run = RunConfig.of(self.cfg)
             old, new = run.saved_flat(read_checkpoint(candidate, "checkpoint")), run.flat()
             changed = [
                 f"{k} {old[k]!r} -> {new[k]!r}"
@@ -375,7 +375,7 @@ def check_input_normalization(cfg, checkpoint: dict) -> bool:
     """Warn when the checkpoint was trained on other pixel statistics or channel order than
     MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT (lazy: model.pixel_mean/pixel_std/input_format);
     False then. Not an error: fine-tuning on other statistics is legitimate, only unusual."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     mismatched = []
     for name in ("pixel_mean", "pixel_std", "input_format"):
         ours, theirs = run.get(name), checkpoint.get(name)
@@ -418,7 +418,8 @@ def load_for_eval(cfg, model: torch.nn.Module, resume: bool = False) -> Dict:
     fingerprint equal): MODEL.WEIGHTS (lazy: train.init_checkpoint), or with `resume` the last
     checkpoint of OUTPUT_DIR. Returns the rest of the checkpoint (class names, input
     statistics, ...)."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
+    cfg = run.cfg
     save_dir = run.get("output_dir", "") if resume else ""
     checkpointer = build_checkpointer(model, save_dir, cfg=cfg, strict=True)
     weights = run.get("weights", "") or ""
@@ -429,7 +430,7 @@ def load_for_eval(cfg, model: torch.nn.Module, resume: bool = False) -> Dict:
         )
     with weights_download_named(run.key("weights"), weights):
         extras = checkpointer.resume_or_load(weights, resume=resume)
-    check_input_normalization(cfg, extras)
+    check_input_normalization(run, extras)
     if type(getattr(model, "module", model)).__name__ != CLASSIFIER_ARCH:
         source = f"{run.key('weights')}={weights!r}" if weights else "the last checkpoint"
         check_categories(extras.get("categories"), run.datasets("test_datasets"), source)

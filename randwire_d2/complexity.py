@@ -1,11 +1,8 @@
 """Model complexity as the paper counts it: fvcore FLOPs (one multiply-add = one FLOP), params.
 
-Two ways to the same numbers: `flops_params` / `model_complexity` trace a built model with fvcore;
-`analytic_complexity` / `analytic_by_stage` compute them in closed form from the config and its
-wiring, so that sweeps can plan hundreds of runs without building any. Tests hold the two equal
-for every shipped config and node op; a config the closed form does not know is traced.
-`find_channels` sets C as Sec. 4 does: "the nearest integer such that target model complexity
-is met".
+`flops_params` / `model_complexity` trace a built model with fvcore; `analytic_complexity` /
+`analytic_by_stage` give the same numbers in closed form (tests hold them equal), so sweeps can
+plan runs without building models. `find_channels` sets C as Sec. 4 does.
 """
 
 import functools
@@ -24,28 +21,17 @@ from .modeling import ops
 from .modeling.classifier import ClassifierLogits
 from .modeling.randwire import STAGE_STRIDES, execution_mode, stage_specs, wiring_from_cfg
 
-__all__ = [
-    "module_flops",
-    "flops_params",
-    "flops_by_stage",
-    "model_complexity",
-    "analytic_complexity",
-    "analytic_by_stage",
-    "seed_statistics",
-    "find_channels",
-    "wiring_stats",
-    "parse_count",
-]
+__all__ = ["module_flops", "flops_params", "flops_by_stage", "model_complexity"]
+__all__ += ["analytic_complexity", "analytic_by_stage", "seed_statistics"]
+__all__ += ["find_channels", "wiring_stats", "parse_count"]
 
 logger = logging.getLogger(__name__)
 
 
 def module_flops(model: nn.Module, inputs) -> Dict[str, int]:
-    """{module name ("" the whole): FLOPs} of `model` on `inputs` (a tensor, a tuple of them, or
-    a Detectron2 model's list[dict]) by fvcore, in eval mode and the reference execution (the fast
-    one folds norms into convs, which fvcore counts apart). A list goes through Detectron2's
-    FlopCountAnalysis: the model is "model" in its TracingAdapter, batch_norm and a few more ops
-    count 0."""
+    """{module name ("" the whole): FLOPs} of `model` on `inputs` by fvcore, in eval mode and the
+    reference execution (the fast one folds norms, which fvcore counts apart). A list[dict] input
+    goes through Detectron2's FlopCountAnalysis (module names under "model.")."""
     analysis = DetectronFlopCountAnalysis if isinstance(inputs, list) else FlopCountAnalysis
     logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
     was_training = model.training
@@ -65,10 +51,7 @@ def _classifier_flops(module: nn.Module, input_size: int) -> Dict[str, int]:
 
 
 def flops_params(module: nn.Module, input_size: int = 224) -> Tuple[int, int]:
-    """(FLOPs, params) of `module` on one 3 x size x size image, in eval mode.
-
-    `module` is a RandWireClassifier (its logits are counted) or any module taking a tensor.
-    """
+    """(FLOPs, params) in eval mode of `module` (classifier logits, or any module) on 3 x S x S."""
     flops = int(_classifier_flops(module, input_size)[""])
     return flops, sum(p.numel() for p in module.parameters())
 
@@ -103,17 +86,13 @@ def _build_on_cpu(cfg) -> nn.Module:
 
 
 def model_complexity(cfg, input_size: int = 224) -> Tuple[int, int]:
-    """(FLOPs, params) of the classifier `build_model(cfg)` on the CPU, traced by fvcore (the
-    ground truth of `analytic_complexity`)."""
+    """(FLOPs, params) of `build_model(cfg)` traced by fvcore on the CPU."""
     return flops_params(_build_on_cpu(cfg), input_size)
 
 
-# ---------------------------------------------------------------------------------------------
-# The same count in closed form, from the config and its wiring (nothing is built or traced).
-# fvcore counts a conv as (weight size) x (output positions), an eval-mode batch_norm as 2 per
-# element (its affine), group_norm as 5, adaptive_avg_pool2d as 1 per input element, linear as
-# in x out; it has no handle for relu, pooling, sigmoid, mul, add or div, so the aggregation
-# (sum of sigmoid(w_i) * x_i), the pools of the pool ops and the output node's mean count 0.
+# The closed form. fvcore counts a conv as (weight size) x (output positions), an eval-mode
+# batch_norm as 2 per element, group_norm as 5, adaptive_avg_pool2d as 1 per input element, linear
+# as in x out; relu, pooling, sigmoid, mul, add and div count 0 (aggregation, pools, output mean).
 
 # Norms whose count the closed form knows. The BN family turns into FrozenBN (no parameters) in
 # a frozen stage (MODEL.BACKBONE.FREEZE_AT); GroupNorm stays as it is.
@@ -178,9 +157,8 @@ def _not_in_closed_form(cfg) -> Optional[str]:
 
 
 def _wired_stage(wiring, cin: int, c: int, positions: int, op: str, norm: str, frozen: bool):
-    """(FLOPs, params) of a WiredStage: per node, its aggregation weights (one per input edge;
-    a single input passes on unweighted), its op (from `cin` channels at stride 2 on the nodes
-    the stage input feeds) and its norm."""
+    """(FLOPs, params) of a WiredStage: per node its aggregation weights (none for one input),
+    its op (from `cin` channels on the nodes the stage input feeds) and its norm."""
     op_count, inputs, counts = _NODE_OP_COUNTS[op][1], set(wiring.input_nodes), []
     for v in range(wiring.num_nodes):
         degree = len(wiring.predecessors(v))
@@ -203,8 +181,7 @@ def _traced_instead(unknown: str) -> None:
 
 
 def _closed_form(cfg, input_size: int) -> Optional[Dict[str, Tuple[int, int]]]:
-    """{stage or "head": (FLOPs, params)} as the built classifier counts, or None (said once in
-    the log) where the closed form does not know `cfg`."""
+    """{stage or "head": (FLOPs, params)}, or None (logged once) for a `cfg` it does not know."""
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
         raise ValueError(f"input_size={input_size!r} is invalid: expected an integer >= 1")
     unknown = _not_in_closed_form(cfg)
@@ -258,16 +235,13 @@ def _closed_form(cfg, input_size: int) -> Optional[Dict[str, Tuple[int, int]]]:
 
 
 def analytic_by_stage(cfg, input_size: int = 224) -> Dict[str, Tuple[int, int]]:
-    """{stage or "head": (FLOPs, params)} of the classifier of `cfg`, in closed form: the numbers
-    `flops_by_stage` traces from the built model. A config the closed form does not know is
-    built and traced (said once in the log)."""
+    """`flops_by_stage` of the classifier of `cfg`, in closed form where known, else traced."""
     found = _closed_form(cfg, input_size)
     return flops_by_stage(_build_on_cpu(cfg), input_size) if found is None else found
 
 
 def analytic_complexity(cfg, input_size: int = 224) -> Tuple[int, int]:
-    """(FLOPs, params) of the classifier of `cfg`, in closed form: the numbers `model_complexity`
-    traces. A config the closed form does not know is built and traced (said once in the log)."""
+    """`model_complexity` of `cfg`, in closed form where known, else traced."""
     found = _closed_form(cfg, input_size)
     return model_complexity(cfg, input_size) if found is None else _add(*found.values())
 
@@ -303,11 +277,8 @@ def find_channels(
     measure: Callable = None,
     trace: bool = False,
 ) -> Tuple[int, float]:
-    """C whose mean FLOPs over `seeds` is nearest `target_flops`; returns (C, its mean FLOPs).
-
-    FLOPs (in closed form; with `trace`, traced; or `measure(cfg)`) grow monotonically with C,
-    so a bisection finds the bracketing pair; of the two, the nearer one wins.
-    """
+    """(C, its mean FLOPs) for the C whose mean FLOPs over `seeds` (closed form, traced with
+    `trace`, or `measure(cfg)`) is nearest `target_flops`, by bisection (FLOPs grow with C)."""
     if target_flops <= 0:
         raise ValueError(f"target_flops={target_flops!r} is invalid: expected a positive number")
     seeds = list(seeds)

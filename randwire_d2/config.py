@@ -16,28 +16,14 @@ from .trust import read_bounded
 from .trust.targets import bind_targets, check_model_size
 from .trust.yaml_safe import UnsafeConfigError, load_yaml_with_base
 
-__all__ = [
-    "add_randwire_config",
-    "load_config",
-    "read_yaml",
-    "UnsafeConfigError",
-    "load_lazy_config",
-    "LAZY_KEYS",
-    "is_lazy_yaml",
-    "check_lazy_overrides",
-    "flatten_lazy",
-    "explicit_keys",
-    "flatten",
-    "GENERATOR_KEYS",
-    "generator_params",
-    "set_generator",
-]
+__all__ = ["add_randwire_config", "load_config", "read_yaml", "UnsafeConfigError"]
+__all__ += ["load_lazy_config", "LAZY_KEYS", "is_lazy_yaml", "check_lazy_overrides", "flatten_lazy"]
+__all__ += ["explicit_keys", "flatten", "GENERATOR_KEYS", "generator_params", "set_generator"]
 
 
 def add_randwire_config(cfg):
     """Add every key randwire_d2 reads to a Detectron2 config (in place), with its default."""
     _C = cfg
-
     _C.MODEL.RANDWIRE = CN()
     # Random graph model of the network generator g(theta, s): "ws", "er", "ba" or a name added
     # with randwire_d2.graphs.register_generator.
@@ -46,13 +32,11 @@ def add_randwire_config(cfg):
     _C.MODEL.RANDWIRE.NUM_NODES = 32
     # Generator seed s; the paper's instances are seeds 1..5. Each stage derives its own graph.
     _C.MODEL.RANDWIRE.SEED = 1
-    # WS(K, P): each node is joined to K/2 ring neighbours per side (K even, 2 <= K < N).
+    # WS(K, P): K/2 ring neighbours per side (K even, 2 <= K < N), rewiring probability P;
+    # ER(P): edge probability P; BA(M): edges added with each new node, 1 <= M < N.
     _C.MODEL.RANDWIRE.WS_K = 4
-    # WS(K, P): rewiring probability P in [0, 1].
     _C.MODEL.RANDWIRE.WS_P = 0.75
-    # ER(P): edge probability P in [0, 1].
     _C.MODEL.RANDWIRE.ER_P = 0.2
-    # BA(M): edges added with each new node, 1 <= M < N.
     _C.MODEL.RANDWIRE.BA_M = 5
     # Parameters (theta) of a user-registered generator, as keyword arguments.
     _C.MODEL.RANDWIRE.GENERATOR_PARAMS = CN(new_allowed=True)
@@ -72,25 +56,19 @@ def add_randwire_config(cfg):
     # Edge removal (Sec. 4.2): per training minibatch, the probability of removing one random
     # edge whose target node has input degree > 1 (0.1 in the regular regime). Never in eval.
     _C.MODEL.RANDWIRE.DROP_EDGE_PROB = 0.0
-    # How wired stages run: "fast" (one plan per stage, fused aggregation + ReLU, norms folded
-    # where exact; the fused Triton node kernels only on GPU generations where a GPU run measured
-    # them faster, none yet), "triton" (those kernels, an error where they cannot run; on CPU
-    # only under TRITON_INTERPRET=1, for tests), "eager" ("fast" without the Triton kernels) or
-    # "reference" (the plain per-node loop). Same weights, keys and function; decided once when
-    # the model is built, for MODEL.DEVICE, and the log says which path runs and why.
+    # How wired stages run: "fast" (fused aggregation + ReLU, norms folded where exact; Triton
+    # node kernels only where a GPU run measured them faster, none yet), "triton" (those kernels
+    # or an error; on CPU only under TRITON_INTERPRET=1), "eager" ("fast" without Triton) or
+    # "reference" (the per-node loop). Same weights and function; chosen once at build, logged.
     _C.MODEL.RANDWIRE.EXECUTION = "fast"
-    # Training memory: store two activations per node instead of four and recompute the
-    # aggregation and ReLU in backward (Pleiss et al. 2017, per node). For the eager fast
-    # path (nodes on the Triton kernels store two activations anyway).
-    # Off by default: it trades training speed for memory (measured: docs/speed_and_memory.md).
+    # Store two activations per node instead of four, recomputing aggregation + ReLU in backward
+    # (Pleiss et al. 2017; eager fast path). Trades speed for memory: docs/speed_and_memory.md.
     _C.MODEL.RANDWIRE.MEMORY_EFFICIENT = False
     # With MEMORY_EFFICIENT, also recompute the depthwise conv: one activation per node.
     _C.MODEL.RANDWIRE.RECOMPUTE_CONVS = False
-    # Regional torch.compile of the wired stages: "" (eager), "node" (each node one compiled
-    # region, shared by the nodes of the same shape: a few dozen small graphs, so warm-up takes
-    # minutes at most, not the whole trunk's) or "stage" (each stage one graph: more fusion, a
-    # longer warm-up). Compiled stages run the per-node loop under the compiler instead of
-    # EXECUTION's fast path. State-dict keys are unchanged.
+    # Regional torch.compile of the wired stages: "" (eager), "node" (one region per node shape:
+    # short warm-up) or "stage" (one graph per stage: more fusion, longer warm-up). Compiled stages
+    # run the per-node loop instead of EXECUTION's fast path; state-dict keys are unchanged.
     _C.MODEL.RANDWIRE.COMPILE = ""
 
     _C.MODEL.CLASSIFIER = CN()
@@ -133,18 +111,14 @@ def add_randwire_config(cfg):
     _C.PRETRAIN.EVAL_PERIOD_EPOCHS = 10.0
     # Mixed precision dtype on GPU when SOLVER.AMP.ENABLED: "bfloat16" or "float16".
     _C.PRETRAIN.AMP_DTYPE = "bfloat16"
-    # Train and evaluate in the channels_last memory format. Off by default: no GPU measurement
-    # of this code has yet chosen a layout (`benchmarks/speed.py layouts` measures NCHW against
-    # channels_last per dtype; channels_last sends depthwise convs to cuDNN, NCHW bf16 to
-    # PyTorch's own kernels, and which wins depends on the GPU).
+    # Train and evaluate in channels_last. Off: which layout wins depends on the GPU and dtype
+    # (`benchmarks/speed.py layouts` measures it).
     _C.PRETRAIN.CHANNELS_LAST = False
-    # Capture the training step (forward, loss, backward, SGD step) in a CUDA graph once, after
-    # a few eager steps, and replay it: one launch per step instead of thousands (CUDA only;
-    # fixed batch shapes, float32 or bfloat16 AMP; float16's GradScaler is refused).
+    # Capture the whole training step in a CUDA graph after a few eager steps and replay it (CUDA
+    # only; fixed batch shapes; float32 or bfloat16 AMP: float16's GradScaler is refused).
     _C.PRETRAIN.CUDA_GRAPHS = False
-    # Where training JPEGs are decoded and augmented: "cpu" (PIL in the data loader workers) or
-    # "cuda" (workers read the file bytes; batched nvJPEG decode, crop, resize and flip on the
-    # GPU, with the same crops and flips as "cpu"; other files are decoded by the workers).
+    # Where training JPEGs are decoded and augmented: "cpu" (PIL in the workers) or "cuda"
+    # (batched nvJPEG on the GPU, same crops and flips; non-JPEG files still decode in workers).
     _C.PRETRAIN.DECODE = "cpu"
     return cfg
 
@@ -152,12 +126,9 @@ def add_randwire_config(cfg):
 def load_config(
     config_file: str, opts: Sequence[str] = (), freeze: bool = True, allow_unsafe: bool = False
 ) -> CN:
-    """Detectron2's defaults + every randwire_d2 key, then `config_file` (with its `_BASE_`
-    chain), then the KEY VALUE list `opts`. An integer given for a float key (`PRETRAIN.EPOCHS
-    3`) is taken as that float; yacs would refuse it.
-
-    The yaml is parsed safely: a python tag (`!!python/...`, which can run code) is refused
-    unless `allow_unsafe` (the tools' `--allow-unsafe-config`)."""
+    """Detectron2's defaults + every randwire_d2 key, then `config_file` (with `_BASE_`), then
+    the KEY VALUE list `opts`; an integer for a float key is taken as that float (yacs refuses
+    it). Python yaml tags are refused unless `allow_unsafe`."""
     cfg = add_randwire_config(get_cfg())
     loaded = read_yaml(config_file, allow_unsafe)
     if is_lazy_yaml(config_file, loaded):
@@ -195,10 +166,8 @@ def load_config(
 
 
 def read_yaml(config_file: str, allow_unsafe: bool = False) -> dict:
-    """The yaml `config_file` merged with its `_BASE_` chain, as a dict, parsed as data by
-    `trust.load_yaml_with_base` (regular files with a byte bound, no aliases, no tags that
-    construct objects). With `allow_unsafe` (the tools' --allow-unsafe-config) a file with python
-    tags loads through Detectron2's unsafe loader, with its warning."""
+    """The yaml `config_file` merged with its `_BASE_` chain, as a dict, parsed as data; with
+    `allow_unsafe` a file with python tags loads through Detectron2's unsafe loader instead."""
     if not config_file:
         raise ValueError("no config given: pass --config-file FILE")
     if not os.path.exists(config_file):
@@ -232,12 +201,9 @@ def is_lazy_yaml(config_file: str, loaded: dict) -> bool:
 
 
 def load_lazy_config(config_file: str, overrides: Sequence[str] = (), allow_unsafe: bool = False):
-    """A LazyConfig: a python file (code: load only one you trust), or the config.yaml a lazy
-    run saves (data: each `_target_` is bound to the object it resolves to, which must be one
-    trust.targets allows, unless `allow_unsafe`); then `KEY=VALUE` overrides (Hydra's syntax, as
-    Detectron2's `LazyConfig.apply_overrides`), where a KEY the config does not have is an error
-    naming its closest keys: Detectron2 would add it silently, so `train.max_iters=10` would
-    train the config's max_iter. `+KEY=VALUE` adds a new key on purpose."""
+    """A LazyConfig from a python file (code: trust it) or a lazy run's config.yaml (data: each
+    `_target_` must be one trust.targets allows, unless `allow_unsafe`), then `KEY=VALUE`
+    overrides; an unknown KEY is an error (Detectron2 would add it silently), `+KEY=VALUE` adds."""
     if not config_file:
         raise ValueError("no config given: pass --config-file FILE.py")
     if not os.path.exists(config_file):
@@ -256,8 +222,6 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = (), allow_unsa
     cfg = LazyConfig.apply_overrides(cfg, check_lazy_overrides(cfg, config_file, overrides))
     if allow_unsafe:
         return cfg
-    # what each _target_ resolves to is checked and bound, and the model sized, before anything
-    # is built
     bind_targets(cfg, config_file)
     if "model" in cfg:
         check_model_size(cfg, config_file)
@@ -265,8 +229,7 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = (), allow_unsa
 
 
 def check_lazy_overrides(cfg, config_file: str, overrides: Sequence[str]) -> List[str]:
-    """`overrides` (KEY=VALUE) as LazyConfig.apply_overrides takes them, each KEY one that
-    `cfg` (loaded from `config_file`) has; `+KEY=VALUE` adds a key on purpose."""
+    """`overrides` for LazyConfig.apply_overrides, each KEY one `cfg` has (`+KEY=` adds one)."""
     checked = []
     for item in overrides:
         key, sep, _ = item.partition("=")
@@ -347,8 +310,7 @@ def _ints_as_floats(defaults, loaded: dict) -> dict:
     return out
 
 
-# Config keys (under MODEL.RANDWIRE) holding the parameters theta of the paper's generators;
-# other generators read theta from MODEL.RANDWIRE.GENERATOR_PARAMS.
+# MODEL.RANDWIRE keys of the paper's generators' theta; others read GENERATOR_PARAMS.
 GENERATOR_KEYS = {"ws": {"K": "WS_K", "P": "WS_P"}, "er": {"P": "ER_P"}, "ba": {"M": "BA_M"}}
 
 

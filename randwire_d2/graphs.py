@@ -1,21 +1,14 @@
-"""Stochastic network generators g(theta, s): random graphs turned into stage wirings.
+"""Stochastic network generators g(theta, s) (Xie et al., ICCV 2019, Sec. 3.3 and the
+supplement's DAG rule): random graphs turned into stage wirings.
 
-Xie, Kirillov, Girshick, He, "Exploring Randomly Wired Neural Networks for Image Recognition"
-(ICCV 2019), Sec. 3.3 and the supplement's DAG rule.
+A generator samples an undirected graph on nodes 0..N-1 whose labels already are the DAG order
+(ER: a random permutation; BA: order of addition; WS: ring order); every edge points from the
+smaller label to the larger. The input and output nodes are implicit (`input_nodes`,
+`output_nodes`). Sampling uses only `numpy.random.default_rng`, so g(theta, s) is the same on any
+machine and networkx release.
 
-A generator samples an undirected graph on nodes 0..N-1 whose labels already encode the DAG
-order of the supplement (ER: a random permutation; BA: the M initial nodes first, then the order
-of addition; WS: clockwise ring order). Every edge then points from the smaller label to the
-larger. The unique input node (feeding every node without input) and the unique output node
-(averaging every node without output) are implicit: `StageWiring.input_nodes` and
-`StageWiring.output_nodes` name the nodes they connect to.
-
-Sampling uses only `numpy.random.default_rng`, so g(theta, s) is the same on any machine and
-any networkx release. networkx is used for graph algorithms, never for sampling.
-
-Deliberate deviations from the paper's text: WS has N*K/2 edges (the text's
-"N*K" is an erratum), and BA starts from M isolated nodes as the text says (networkx >= 2.6
-starts from a star graph instead).
+Deliberate deviations from the text: WS has N*K/2 edges ("N*K" is an erratum), and BA starts
+from M isolated nodes as the text says (networkx >= 2.6 starts from a star).
 """
 
 import hashlib
@@ -28,16 +21,8 @@ import numpy as np
 
 from .trust.files import LIMITS, read_bounded
 
-__all__ = [
-    "GENERATORS",
-    "register_generator",
-    "sample",
-    "sample_stages",
-    "parse_seeds",
-    "StageWiring",
-    "NetworkWiring",
-    "graph_statistics",
-]
+__all__ = ["GENERATORS", "register_generator", "sample", "sample_stages"]
+__all__ += ["parse_seeds", "StageWiring", "NetworkWiring", "graph_statistics"]
 
 Edge = Tuple[int, int]
 
@@ -46,12 +31,9 @@ GENERATORS: Dict[str, Callable[..., Sequence[Edge]]] = {}
 
 
 def register_generator(name: str):
-    """Decorator: make `fn(num_nodes, rng, **params) -> edges` available as generator `name`.
-
-    The edges are undirected pairs on nodes 0..num_nodes-1; their labels must already be the
-    DAG order (every edge becomes smaller label -> larger label). `fn` must sample only from
-    `rng` (a `numpy.random.Generator`) and raise ValueError for invalid params.
-    """
+    """Decorator: make `fn(num_nodes, rng, **params) -> undirected edges` generator `name`.
+    Labels must be the DAG order; `fn` samples only from `rng` and raises ValueError for invalid
+    params."""
 
     def deco(fn):
         if name in GENERATORS:
@@ -164,10 +146,8 @@ def watts_strogatz(num_nodes: int, rng: np.random.Generator, K: int, P: float) -
 @dataclass(frozen=True)
 class StageWiring:
     """The DAG of one stage: N nodes, edges u -> v with u < v, plus implicit input/output nodes.
-
-    `generator`, `params`, `seed` and `stage` record how it was sampled (provenance); the
-    network it defines depends only on `num_nodes` and `edges`, and so does `fingerprint()`.
-    """
+    The network (and `fingerprint()`) depends only on `num_nodes` and `edges`; the other fields
+    are provenance."""
 
     num_nodes: int
     edges: Tuple[Edge, ...]
@@ -366,7 +346,7 @@ class NetworkWiring:
 
     @classmethod
     def from_json(cls, text: str, where: str = "wiring") -> "NetworkWiring":
-        """Strict: see `StageWiring.from_dict`; errors name `where` (e.g. the file) and the stage."""
+        """Strict, as `StageWiring.from_dict`; errors name `where` and the stage."""
         data = _parse_json(text, where)
         return cls({k: StageWiring.from_dict(v, f"{where}, stage {k!r}") for k, v in data.items()})
 
@@ -376,8 +356,7 @@ class NetworkWiring:
 
     @classmethod
     def load(cls, path: str, what: str = "wiring file") -> "NetworkWiring":
-        """A saved wiring: a regular file of at most trust.LIMITS["wiring"] bytes (a wiring of
-        MAX_NODES nodes per stage is far smaller)."""
+        """A saved wiring: a regular file of at most trust.LIMITS["wiring"] bytes."""
         return cls.from_json(read_bounded(path, what, "wiring", text=True), f"{what} {path!r}")
 
     def fingerprint(self) -> str:

@@ -1,45 +1,23 @@
-"""The documented limits on sizes that a config key or a command-line flag sets, checked before
-anything is allocated (docs/pretraining.md, "Sizes"). Each is far beyond real use and far below
-what would exhaust a machine: `MODEL.RANDWIRE.CHANNELS 1e7` would ask for petabytes. Limits on
-what a file declares live beside its reader: graphs.MAX_NODES / MAX_EDGES (wiring),
-data.dataset_checks.MAX_INSTANCES_PER_IMAGE, data.imagefolder.MAX_IMAGE_PIXELS, sweep.plan.MAX_RUNS.
+"""The documented limits on sizes that config keys and flags set, checked before anything is
+allocated (docs/pretraining.md, "Sizes"): far beyond real use, far below exhausting a machine.
+Limits on what a file declares live beside its reader (e.g. graphs.MAX_NODES).
 """
 
 import numbers
 
-__all__ = [
-    "MAX_IMAGE_SIDE",
-    "MAX_CHANNELS",
-    "MAX_CLASSES",
-    "MAX_IMS_PER_BATCH",
-    "MAX_POOLER_RESOLUTION",
-    "MAX_HEAD_LAYERS",
-    "MAX_WORKERS",
-    "MAX_JOBS",
-    "MAX_EXPORT_BATCH",
-    "MAX_EXPORT_SAMPLES",
-    "MAX_EXPORT_PIXELS",
-    "check_int",
-    "check_config_sizes",
-    "check_export_inputs",
-]
+__all__ = ["MAX_IMAGE_SIDE", "MAX_CHANNELS", "MAX_CLASSES", "MAX_IMS_PER_BATCH"]
+__all__ += ["MAX_POOLER_RESOLUTION", "MAX_HEAD_LAYERS", "MAX_WORKERS", "MAX_JOBS"]
+__all__ += ["MAX_EXPORT_BATCH", "MAX_EXPORT_SAMPLES", "MAX_EXPORT_PIXELS"]
+__all__ += ["check_int", "check_config_sizes", "check_export_inputs"]
 
-# An image side a config resizes or crops to, or an export traces at: COCO tests at 800-1333.
-MAX_IMAGE_SIDE = 8192
-# Channels of a layer: C of Table 1 (the paper's largest is 154; conv5 has 4C or 8C).
-MAX_CHANNELS = 4096
-# Object or image classes (ImageNet-21k has 21,841).
-MAX_CLASSES = 100_000
-# Images per training batch, all processes together (large-batch ImageNet training uses 8k-64k).
-MAX_IMS_PER_BATCH = 65_536
-# Side of the grid a region of interest is pooled to (Detectron2: 7 for boxes, 14 for masks).
-MAX_POOLER_RESOLUTION = 64
-# Head layers of one kind (fc or conv) in a detector's box or mask head.
-MAX_HEAD_LAYERS = 64
-# Data loader worker processes of one training process.
-MAX_WORKERS = 256
-# Runs of a sweep trained at once on one machine (tools/sweep.py --jobs).
-MAX_JOBS = 256
+MAX_IMAGE_SIDE = 8192  # a resize, crop or export side (COCO tests at 800-1333)
+MAX_CHANNELS = 4096  # C of Table 1 (the paper's largest is 154; conv5 has 4C or 8C)
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_IMS_PER_BATCH = 65_536  # all processes together (large-batch ImageNet uses 8k-64k)
+MAX_POOLER_RESOLUTION = 64  # Detectron2: 7 for boxes, 14 for masks
+MAX_HEAD_LAYERS = 64  # fc or conv layers of a detector's box or mask head
+MAX_WORKERS = 256  # data loader workers of one process
+MAX_JOBS = 256  # sweep runs trained at once (tools/sweep.py --jobs)
 # tools/export_model.py: --batch-size, --num-samples, and the pixels of all the random inputs
 # together (--num-samples x --batch-size x --input-size^2: 805 MB as float32).
 MAX_EXPORT_BATCH = 1024
@@ -88,8 +66,7 @@ def _is_int(value) -> bool:
 
 
 def check_int(key: str, value, low: int, high: int, limit: str) -> int:
-    """`value` (of config key or flag `key`) is an integer in [low, high]; else a ValueError
-    naming the key, the value and the limit (`limit`, its name in this module)."""
+    """`value` if an integer in [low, high], else a ValueError naming `key` and limit `limit`."""
     if not _is_int(value) or not low <= value <= high:
         raise ValueError(
             f"{key}={value!r} is invalid: expected an integer in [{low}, {high}] (limits.{limit})"
@@ -116,8 +93,7 @@ def check_config_sizes(cfg) -> None:
 
 
 def check_export_inputs(size: int, batch: int, count: int) -> None:
-    """The random inputs of a classifier export: `count` batches of `batch` images of `size` x
-    `size` pixels, each number and their product within the limits."""
+    """`count` batches of `batch` images of `size`^2 pixels: each and the product within limits."""
     check_int("--input-size", size, 1, MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")
     check_int("--batch-size", batch, 1, MAX_EXPORT_BATCH, "MAX_EXPORT_BATCH")
     check_int("--num-samples", count, 1, MAX_EXPORT_SAMPLES, "MAX_EXPORT_SAMPLES")

@@ -1,6 +1,6 @@
 """Predictions of a trained model on images, a video or a registered dataset: tools/predict.py
 (as Detectron2's demo/demo.py) is its command line; the config is either system's, read by
-`inference_config`.
+`inference_setup`.
 
 Inputs are prepared as evaluation prepares them, so that predictions equal evaluation's:
 detectors as Detectron2's DefaultPredictor (a LazyConfig: its dataloader.test.mapper), the
@@ -34,7 +34,7 @@ from .data.dataset_checks import check_datasets_fit_model, prepare_datasets
 from .data.imagefolder import MAX_IMAGE_PIXELS, ResizeCenterCrop
 from .engine import resolve_device
 from .engine.detection import draw_instances
-from .inference_config import (
+from .inference_setup import (
     LAZY_KEYS,
     check_weights,
     input_format,
@@ -47,7 +47,7 @@ from .inference_config import (
     set_score_threshold,
     test_augmentations,
 )
-from .run_config import RunConfig, is_lazy
+from .run_settings import RunConfig, is_lazy
 from .trust import open_regular
 from .utils.owned_folder import MANIFEST_FILE, check_output_folder, prepare_output_folder
 
@@ -101,7 +101,8 @@ def setup_cfg(
                 "detection dataset"
             )
         require_registered([dataset], "--dataset")
-        run = RunConfig(cfg)
+        run = RunConfig.of(cfg)
+        cfg = run.cfg
         if run.datasets("test_datasets")[:1] != [dataset]:
             logger.info(f"predicting on dataset {dataset!r}: {run.key('test_datasets')} set to it")
         run.set("test_datasets", dataset if run.lazy else (dataset,))
@@ -193,7 +194,7 @@ class DetectionPredictor:
         if dataset:  # as --eval-only: the classes fit the model
             check_datasets_fit_model([dataset], cfg, masks=False)
         self.model, checkpoint = load_model(cfg)  # refuses other categories than trained
-        key, count = RunConfig(cfg).num_classes()
+        key, count = RunConfig.of(cfg).num_classes()
         self.category_ids = None
         if dataset:
             meta = MetadataCatalog.get(dataset)

@@ -37,8 +37,8 @@ def save_figure(fig, path: str) -> str:
 
 
 def draw_stage(w: StageWiring, ax, layout: str = "layered", title: str = "") -> None:
-    """Draw one stage on a matplotlib axis. layout: "layered" (DAG, with the extra input and
-    output nodes) or "ring" (the undirected graph, nodes on a circle in DAG order, as Fig. 4)."""
+    """Draw one stage on a matplotlib axis: "layered" (the DAG with its input and output nodes)
+    or "ring" (undirected, nodes on a circle in DAG order, as Fig. 4)."""
     if layout == "layered":
         g = w.to_networkx(with_io=True)
         pos = {}  # x: depth (longest path from the input node), y: spread within a depth
@@ -86,8 +86,8 @@ def draw_generator_grid(rows: Sequence, path: str) -> str:
 
 
 def plot_damage(damage: Dict, path: str) -> str:
-    """Fig. 5: accuracy change vs. output degree (node removal) and vs. the target's input
-    degree (edge removal): box per degree, mean as a red circle, individual removals as dots."""
+    """Fig. 5: accuracy change per removed node's output degree and removed edge's target's
+    input degree (boxes, means as red circles, removals as dots)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, xlabel in [
         (axes[0], "nodes", "output degree of the removed node"),

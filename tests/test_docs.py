@@ -162,6 +162,9 @@ def test_documented_scripts_exist(documented):
     assert {"tools/train_cls.py", "benchmarks/speed.py"} <= set(documented), "not collected"
     missing = sorted(s for s in documented if not os.path.isfile(os.path.join(REPO, s)))
     assert not missing, f"the docs name scripts that do not exist: {missing}"
+    for script in sorted(s for s in documented if s.endswith(".sh")):  # and shell scripts parse
+        result = subprocess.run(["bash", "-n", os.path.join(REPO, script)], capture_output=True)
+        assert result.returncode == 0, f"{script}: {result.stderr.decode()}"
 
 
 def test_documented_modules_exist():
@@ -186,15 +189,6 @@ def test_documented_python_scripts_answer_help_and_know_their_options(documented
         if unknown:
             problems.append(f"{script} has no {unknown} (documented in {sorted(pages)})")
     assert not problems, "\n".join(problems)
-
-
-def test_documented_shell_scripts_parse(documented):
-    scripts = sorted(s for s in documented if s.endswith(".sh"))
-    if not scripts:  # the collector's finding `bash benchmarks/x.sh` is tested above
-        pytest.skip("the docs name no shell script")
-    for script in scripts:
-        result = subprocess.run(["bash", "-n", os.path.join(REPO, script)], capture_output=True)
-        assert result.returncode == 0, f"{script}: {result.stderr.decode()}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=rel)

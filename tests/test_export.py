@@ -25,7 +25,7 @@ from randwire_d2.config import load_config
 from randwire_d2.data import generate_detection_demo
 from randwire_d2.data.dataset_checks import register_user_datasets
 from randwire_d2.export import op_counts
-from randwire_d2.inference_config import load_model
+from randwire_d2.inference_setup import load_model
 
 export_model = load_tool("export_model")
 

@@ -65,7 +65,8 @@ def test_a_large_image_is_drawn_at_a_bounded_size(detector_weights, tmp_path, mo
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"{image}: ")]
     assert line.endswith("; drawn at 256x128 (the image is 640x320; MAX_DRAWN_SIDE=256)")
     # Results stay in the image's own coordinates: only the picture is shrunk.
-    assert records and max(r["bbox"][0] + r["bbox"][2] for r in records) > 256
+    found = [d for r in records for d in r["detections"]]
+    assert found and max(d["bbox"][0] + d["bbox"][2] for d in found) > 256
 
 
 def test_shrunk_detections_keep_their_place_on_the_picture():

@@ -26,7 +26,7 @@ from detectron2.utils.events import EventStorage
 from randwire_d2.checkpoint import RandWireCheckpointer
 from randwire_d2.config import flatten_lazy, load_config, load_lazy_config
 from randwire_d2.modeling import RandWire
-from randwire_d2.run_config import RunConfig
+from randwire_d2.run_settings import RunConfig
 
 LAZY_CONFIGS = sorted(
     p for p in glob.glob(os.path.join(LAZY, "**", "*.py"), recursive=True) if "/common/" not in p

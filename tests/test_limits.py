@@ -16,7 +16,7 @@ from common import (
     write_image,
 )
 
-from randwire_d2 import inference_config, limits
+from randwire_d2 import inference_setup, limits
 from randwire_d2.config import load_config, load_lazy_config
 from randwire_d2.modeling import stage_specs
 
@@ -113,12 +113,12 @@ def test_a_lazy_test_resize_beyond_the_limit_is_refused():
     key = "dataloader.test.mapper.augmentations.0.short_edge_length"
     cfg = load_lazy_config(LAZY_DET_CONFIG, TINY_LAZY + [f"{key}=60000"])
     with pytest.raises(ValueError) as e:
-        inference_config.test_augmentations(cfg)
+        inference_setup.test_augmentations(cfg)
     assert str(e.value) == (
         f"{key}=60000 is invalid: expected an integer in [0, 8192] (limits.MAX_IMAGE_SIDE)"
     )
     assert (
-        len(inference_config.test_augmentations(load_lazy_config(LAZY_DET_CONFIG, TINY_LAZY)).augs)
+        len(inference_setup.test_augmentations(load_lazy_config(LAZY_DET_CONFIG, TINY_LAZY)).augs)
         == 1
     )
 

@@ -37,7 +37,7 @@ from randwire_d2.data.dataset_checks import (
 )
 from randwire_d2.data.detection_demo import generate_detection_demo, render_detection_image
 from randwire_d2.engine import Trainer, build_checkpointer, draw_detections
-from randwire_d2.run_config import RunConfig
+from randwire_d2.run_settings import RunConfig
 
 PAPER_CONFIGS = [
     f"{arch}_{backbone}_1x.yaml"

@@ -297,7 +297,7 @@ def test_without_a_dataset_no_id_is_written(
 
 
 def test_override_syntax_is_checked_per_config_system():
-    from randwire_d2.inference_config import load_any_config
+    from randwire_d2.inference_setup import load_any_config
     from randwire_d2.predict import split_overrides
 
     assert split_overrides(["a.jpg", "MODEL.WEIGHTS", "w", "SEED", "1"]) == (

@@ -189,3 +189,25 @@ def test_best_checkpoint_metrics_of_each_task():
     det.TEST.BEST_CHECKPOINT_METRIC = "segm/AP"
     with pytest.raises(ValueError, match=r"'segm/AP' is not a metric .*'a/bbox/AP'"):
         hooks.check_best_checkpoint(det)
+
+
+def test_an_evaluation_builds_its_run_config_once(tmp_path, monkeypatch):
+    """tools/train_net.py --eval-only builds the run's RunConfig in setup and passes it down:
+    the checks, the set-up and the strict loading read that one."""
+    from common import TINY_PREDICT_DET, load_tool, save_random_model
+
+    from randwire_d2.run_settings import RunConfig
+
+    weights = save_random_model(DET_CONFIG, TINY_PREDICT_DET, tmp_path)
+    built = []
+    init = RunConfig.__init__
+    monkeypatch.setattr(RunConfig, "__init__", lambda self, cfg: built.append(1) or init(self, cfg))
+    train_net = load_tool("train_net")
+    args = train_net.build_parser().parse_args(
+        ["--config-file", DET_CONFIG, "--eval-only", *TINY_PREDICT_DET, "MODEL.WEIGHTS", weights]
+        + ["OUTPUT_DIR", str(tmp_path / "out"), "TEST.BEST_CHECKPOINT_METRIC", "auto"]
+    )
+    run = train_net.setup(args)
+    model = train_net.Trainer.build_model(run.cfg)
+    train_net.load_for_eval(run, model)
+    assert len(built) == 1

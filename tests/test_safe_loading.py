@@ -48,7 +48,7 @@ def test_a_pkl_payload_never_runs_in_any_weights_loader(evil_pkl, tmp_path):
             build_checkpointer(model, "", strict=True).load(path, checkpointables=[])
         assert not marker.exists()
     # predict and export load through the same strict checkpointer
-    from randwire_d2.inference_config import load_model
+    from randwire_d2.inference_setup import load_model
     from randwire_d2.predict import build_predictor, setup_cfg
 
     cfg = tiny_cfg("MODEL.WEIGHTS", path)
@@ -123,7 +123,7 @@ def test_a_saved_lazy_config_builds_only_known_targets(tmp_path):
     import yaml
 
     from randwire_d2.config import UnsafeConfigError
-    from randwire_d2.inference_config import load_any_config
+    from randwire_d2.inference_setup import load_any_config
 
     marker = tmp_path / "ran"
     config = tmp_path / "config.yaml"

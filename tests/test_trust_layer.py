@@ -32,7 +32,7 @@ from randwire_d2.checkpoint import (
 )
 from randwire_d2.config import UnsafeConfigError, load_config
 from randwire_d2.graphs import NetworkWiring
-from randwire_d2.inference_config import load_any_config
+from randwire_d2.inference_setup import load_any_config
 
 # A file that is not regular, or too large, is a ValueError (trust.FileTrustError) naming it.
 FileTrustError = ValueError
@@ -165,7 +165,7 @@ def test_a_yacs_yaml_whose_aliases_expand_past_a_config_is_refused(tmp_path):
 
 
 def test_a_checkpoint_config_is_read_as_data(tmp_path):
-    from randwire_d2.run_config import RunConfig
+    from randwire_d2.run_settings import RunConfig
 
     saved = {"cfg": "MODEL:\n" + "".join("  " + line + "\n" for line in alias_bomb(6).splitlines())}
     with pytest.raises(UnsafeConfigError, match="the checkpoint, line 7: its aliases expand"):
@@ -421,7 +421,7 @@ def test_what_a_lazy_target_is_decides_not_its_name():
     from omegaconf import OmegaConf
 
     from randwire_d2.engine.lazy import _resumable
-    from randwire_d2.inference_config import is_classifier
+    from randwire_d2.inference_setup import is_classifier
     from randwire_d2.modeling.classifier import RandWireClassifier as Ours
 
     class RandWireClassifier:  # another class of the same name

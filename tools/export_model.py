@@ -54,7 +54,7 @@ from randwire_d2.export import (
     prepare_export_folder,
     report_table,
 )
-from randwire_d2.inference_config import (
+from randwire_d2.inference_setup import (
     detector_samples,
     is_classifier,
     load_any_config,
@@ -67,7 +67,7 @@ from randwire_d2.limits import (
     MAX_IMAGE_SIDE,
     check_export_inputs,
 )
-from randwire_d2.run_config import RunConfig, is_lazy
+from randwire_d2.run_settings import RunConfig, is_lazy
 from randwire_d2.utils.args import bounded_int
 
 

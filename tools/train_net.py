@@ -22,27 +22,30 @@ from randwire_d2.config import load_config
 from randwire_d2.data.dataset_checks import register_user_datasets
 from randwire_d2.engine import Trainer, argument_parser, launch
 from randwire_d2.engine.run_setup import check_detection_run, setup_run
+from randwire_d2.run_settings import RunConfig
 
 
 def build_parser():
     return argument_parser(__doc__, user_datasets=True)
 
 
-def setup(args):
-    """Config, datasets and weights checked before anything trains; OUTPUT_DIR claimed."""
+def setup(args) -> RunConfig:
+    """The run's settings (`.cfg`: its config): config, datasets and weights checked before
+    anything trains; OUTPUT_DIR claimed. Built once, passed down."""
     register_user_datasets(args.dataset)
-    cfg = load_config(args.config_file, args.opts, False, args.allow_unsafe_config)
-    check_detection_run(cfg, args.eval_only)  # device, iterations, datasets, weights
-    cfg.freeze()
-    setup_run(cfg, args)
-    return cfg
+    run = RunConfig(load_config(args.config_file, args.opts, False, args.allow_unsafe_config))
+    check_detection_run(run, args.eval_only)  # device, iterations, datasets, weights
+    run.cfg.freeze()
+    setup_run(run, args)
+    return run
 
 
 def main(args):
-    cfg = setup(args)
+    run = setup(args)
+    cfg = run.cfg
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        load_for_eval(cfg, model, args.resume)
+        load_for_eval(run, model, args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -1,18 +1,10 @@
 """Training batches decoded on the device (PRETRAIN.DECODE "cuda"): workers read JPEG bytes, the
-main process decodes a whole batch at once (nvjpeg through torchvision's `decode_jpeg`) and crops,
-resizes and flips it there.
+main process decodes each batch with nvjpeg (torchvision's `decode_jpeg`) and crops, resizes and
+flips it there, with the CPU path's order, crop boxes and flips (pixels differ only by rounding).
 
-The augmentation is that of the CPU path (`cls_loaders.build_cls_train_loader`): the same
-`EpochBatchSampler` order, and each image's crop box and flip from `RandomResizedCropFlip.draw`
-for its draw seed, so a run resumed at iteration i sees the images and crops of the uninterrupted
-run. Pixels differ from the CPU path only by the decoder's and the resampler's rounding (PIL's
-and torch's antialiased bilinear filters are the same filter).
-
-Only baseline-readable JPEGs take the device path: a file whose header (read without decoding)
-says 8-bit RGB or grayscale, no EXIF rotation, at most MAX_IMAGE_PIXELS pixels and which ends in
-the JPEG end marker (a truncated file does not). Everything else (PNG, CMYK, 16-bit, EXIF-rotated,
-truncated) is decoded and augmented in the worker by the CPU path's own code, and unreadable files
-are replaced by the next readable one exactly as `ImageFolderDataset` does.
+Only JPEGs whose header says 8-bit RGB or grayscale, no EXIF rotation, at most MAX_IMAGE_PIXELS,
+and that end in the JPEG end marker take the device path; anything else is decoded in the worker
+by the CPU path's code, and unreadable files are replaced as `ImageFolderDataset` does.
 """
 
 import io
@@ -35,24 +27,16 @@ from .imagefolder import (
     read_rgb_image,
 )
 
-__all__ = [
-    "resize_uint8",
-    "ImageBytesDataset",
-    "BatchDecoder",
-    "DecodeLoader",
-    "decode_loader",
-    "MAX_JPEG_BYTES",
-]
+__all__ = ["resize_uint8", "ImageBytesDataset", "BatchDecoder"]
+__all__ += ["DecodeLoader", "decode_loader", "MAX_JPEG_BYTES"]
 
 logger = logging.getLogger(__name__)
 
-# torchvision 0.29 warns on every call that its image codecs move to TorchCodec; the calls here
-# are the point of this module, so the note is silenced around them (and only there).
+# torchvision 0.29 warns on every call that its codecs move to TorchCodec: silenced here only.
 _CODEC_NOTE = "The image decoding and encoding capabilities of TorchVision are deprecated"
 _JPEG_END = b"\xff\xd9"
-# The most bytes of a file the workers read for the device decode: a JPEG of at most
-# MAX_IMAGE_PIXELS pixels is smaller than those pixels as 8-bit RGB; a larger file goes to the
-# CPU path, which reads it lazily and refuses it by its pixel count.
+# A JPEG of at most MAX_IMAGE_PIXELS is smaller than its RGB pixels; a larger file goes to the
+# CPU path, which refuses it by its pixel count.
 MAX_JPEG_BYTES = 3 * imagefolder.MAX_IMAGE_PIXELS
 # EXIF orientations that ImageOps.exif_transpose applies (1 and missing: none).
 _ROTATED = range(2, 9)
@@ -84,9 +68,8 @@ def _decode_jpeg(data, device):
 
 
 def resize_uint8(image: torch.Tensor, size: int, via_float: bool) -> torch.Tensor:
-    """A CHW uint8 image resized to size x size by PIL's filter (bilinear, antialiased when
-    shrinking): torch's uint8 kernel (CPU, PIL's rounding too), or in float32 and rounded
-    (`via_float`; CUDA's antialiased kernels are floating-point only)."""
+    """A CHW uint8 image resized to size x size as PIL does (antialiased bilinear); `via_float`
+    resizes in float32 and rounds (CUDA's antialiased kernels are floating-point only)."""
     kwargs = dict(size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     if not via_float:
         return F.interpolate(image[None], **kwargs)[0]
@@ -95,12 +78,8 @@ def resize_uint8(image: torch.Tensor, size: int, via_float: bool) -> torch.Tenso
 
 
 class ImageBytesDataset(ImageFolderDataset):
-    """dataset[(index, seed)] -> one of
-    dict(data=1-D uint8 tensor of the JPEG file, box=(x0, y0, x1, y1), flip=bool, label, path)
-    for a JPEG the device decodes (see the module docstring), or
-    dict(image=CHW uint8 RGB tensor of size x size, label) decoded and augmented here otherwise.
-    Unreadable files are replaced as in ImageFolderDataset.
-    """
+    """dataset[(index, seed)] -> dict(data=JPEG bytes as uint8 tensor, box, flip, label, path)
+    for a JPEG the device decodes, else dict(image=CHW uint8 RGB crop, label)."""
 
     def __init__(
         self,
@@ -162,14 +141,11 @@ def _check_device(device) -> torch.device:
 
 
 class BatchDecoder:
-    """Items of ImageBytesDataset -> {"images": uint8 [B, 3, size, size] on `device` (contiguous,
-    channels in `image_format`), "labels": int64 [B] on `device`}.
+    """Items of ImageBytesDataset -> {"images": uint8 [B, 3, size, size], "labels": int64 [B]},
+    both on `device`, channels in `image_format`.
 
-    JPEG bytes are decoded as one batch on `device` ("cpu": libjpeg, "cuda[:N]": nvjpeg); when
-    that fails, image by image, and an image the device refuses is decoded by PIL (read_rgb_image,
-    as the CPU path does) with a warning naming the file, once per file. Then each is cropped to
-    its box, resized to size x size (PRETRAIN.TRAIN_CROP; bilinear, antialiased, as PIL) and
-    flipped when drawn so.
+    JPEGs are decoded as one batch; when that fails, one by one, falling back to PIL (warned once
+    per file) for an image the device refuses. Then each is cropped, resized and flipped.
     """
 
     def __init__(self, size: int, image_format: str = "RGB", device="cuda"):
@@ -248,9 +224,7 @@ class DecodeLoader:
 def decode_loader(
     samples, sampler, *, crop: int, crop_scale, image_format: str, device, num_workers: int
 ) -> DecodeLoader:
-    """The batches of `sampler` (an EpochBatchSampler over `samples`) read by `num_workers`
-    workers and decoded on `device`: {"images": uint8 [B, 3, crop, crop], "labels": int64 [B]},
-    both on `device` (see cls_loaders.build_cls_train_loader's `decode_device`)."""
+    """The batches of `sampler` over `samples`, read by workers and decoded on `device`."""
     decoder = BatchDecoder(crop, image_format, device)
     dataset = ImageBytesDataset(samples, RandomResizedCropFlip(crop, crop_scale))
     pin_memory = decoder.device.type == "cuda"

@@ -1,17 +1,10 @@
-"""Embedded classification data: one shape per image on clutter, in ImageFolder layout.
-
-The classes and drawing are those of the detection demo (`shapes`), so a classifier pretrained
-here transfers to the demo detector. Image i of class c in a split is drawn from
-`numpy.random.default_rng([seed, split id, c, i])` alone: the same files on every machine.
+"""Embedded classification data: one shape per image on clutter (the detection demo's classes,
+so a classifier pretrained here transfers), in ImageFolder layout, the same on every machine.
 
     python -m randwire_d2.data.cls_demo datasets/randwire_demo_cls
 
-writes `<folder>/{train,val}/<class>/<i>.png` and `<folder>/params.json`; run again, it
-regenerates only the files that are missing. `ensure_classification_demo(PRETRAIN.DATA_ROOT)`
-does the same when the config points at the demo data (configs/demo/randwire_cls_demo.yaml).
-
-`generate_jpeg_folder` writes photo-like JPEGs of ImageNet's size and file size instead, for
-timing and testing the input pipelines (benchmarks/loader.py).
+`generate_jpeg_folder` writes photo-like ImageNet-sized JPEGs instead, for timing the input
+pipelines (benchmarks/loader.py).
 """
 
 import argparse
@@ -28,20 +21,13 @@ from .detection_demo import SPLIT_IDS, check_splits
 from .detection_demo import data_root as datasets_root
 from .shapes import CLASSES, render_background, render_object
 
-__all__ = [
-    "DEMO_CLS_ROOT",
-    "DEMO_CLS_PARAMS",
-    "render_classification_image",
-    "generate_classification_demo",
-    "ensure_classification_demo",
-    "render_photo",
-    "generate_jpeg_folder",
-]
+__all__ = ["DEMO_CLS_ROOT", "DEMO_CLS_PARAMS", "render_classification_image"]
+__all__ += ["generate_classification_demo", "ensure_classification_demo"]
+__all__ += ["render_photo", "generate_jpeg_folder"]
 
 _VERSION = 1
-# PRETRAIN.DATA_ROOT of configs/demo/randwire_cls_demo.yaml (relative to the working directory).
+# PRETRAIN.DATA_ROOT and generation parameters of configs/demo/randwire_cls_demo.yaml.
 DEMO_CLS_ROOT = "datasets/randwire_demo_cls"
-# Generation parameters of the demo data that configs/demo/randwire_cls_demo.yaml trains on.
 DEMO_CLS_PARAMS = dict(
     images_per_class={"train": 400, "val": 60}, image_size=64, object_scale=(0.4, 0.8), seed=0
 )
@@ -50,9 +36,7 @@ DEMO_CLS_PARAMS = dict(
 def render_classification_image(
     rng: np.random.Generator, class_index: int, image_size: int, object_scale
 ) -> np.ndarray:
-    """An image_size^2 RGB uint8 image with one object of class `class_index` on clutter; the
-    object's box side is object_scale x image_size (aspect ratio 0.75..1.33), placed anywhere
-    inside the image."""
+    """An image_size^2 RGB uint8 image of one object of class `class_index` on clutter."""
     image = render_background(image_size, image_size, rng)
     side = rng.uniform(*object_scale) * image_size
     aspect = np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
@@ -69,13 +53,9 @@ def generate_classification_demo(
     object_scale: Tuple[float, float] = (0.4, 0.8),
     seed: int = 0,
 ) -> str:
-    """Write the demo splits, `<folder>/<split>/<class>/<i>.png` and `<folder>/params.json`
-    (when `folder` already holds them, only the missing files); returns `folder`.
-
-    `images_per_class` is per split, e.g. {"train": 400, "val": 60}; `image_size` (>= 16) the side
-    of the square images; `object_scale` the (min, max) side of the object's box as a fraction of
-    the image side, 0.1 <= min <= max <= 0.95.
-    """
+    """Write `<folder>/<split>/<class>/<i>.png` (only the missing ones when `folder` holds
+    these params) and `<folder>/params.json`; returns `folder`. Image i of class c is drawn from
+    `default_rng([seed, split id, c, i])` alone."""
     check_splits(images_per_class)
     if image_size < 16:
         raise ValueError(f"image_size={image_size!r} is invalid: expected >= 16")
@@ -119,9 +99,8 @@ def generate_classification_demo(
 
 
 def ensure_classification_demo(data_root: str) -> bool:
-    """Generate (or repair) the demo data when `data_root` is its folder: DEMO_CLS_ROOT, or
-    $DETECTRON2_DATASETS/randwire_demo_cls; True then, False (and nothing done) for other data.
-    Call it in the main process only: concurrent generators would rewrite each other's files."""
+    """Generate (or repair) the demo data when `data_root` is its folder and return True; False
+    for other data. Main process only: concurrent generators would clash."""
     roots = [DEMO_CLS_ROOT, os.path.join(datasets_root(), "randwire_demo_cls")]
     if os.path.abspath(os.path.expanduser(data_root)) not in map(os.path.abspath, roots):
         return False
@@ -130,9 +109,8 @@ def ensure_classification_demo(data_root: str) -> bool:
 
 
 def render_photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A height x width RGB uint8 image with a photo's statistics for a JPEG coder: smooth colour
-    gradients, 4..9 antialiased shapes, blur, and grain at two scales (at 500x375, quality 90,
-    files of about 55..115 KB, mean 90 KB; ImageNet's mean is about 110 KB)."""
+    """A height x width RGB uint8 image with a photo's statistics for a JPEG coder (500x375 at
+    quality 90: about 90 KB, near ImageNet's 110 KB)."""
     grid = rng.integers(2, 6, size=2)
     colours = rng.uniform(0, 255, (grid[0], grid[1], 3)).astype(np.float32)
     image = cv2.resize(colours, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -167,11 +145,8 @@ def generate_jpeg_folder(
     seed: int = 0,
     splits: Sequence[str] = ("train",),
 ) -> str:
-    """Write photo-like JPEGs (`render_photo`) of `size` (width, height) in ImageFolder layout,
-    `<root>/<split>/class_<c>/<i>.jpg`; returns `root`. Image i of class c is drawn from
-    `numpy.random.default_rng([seed, split id, c, i])` alone. Files that exist are kept as they
-    are (whatever wrote them); each new file appears whole (written aside, then renamed).
-    """
+    """Write `render_photo` JPEGs of `size` (width, height) as `<root>/<split>/class_<c>/<i>.jpg`;
+    returns `root`. Existing files are kept; new ones appear whole (written aside, renamed)."""
     check_splits(splits)
     if num_classes < 1 or images_per_class < 1:
         raise ValueError(

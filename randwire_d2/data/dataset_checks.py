@@ -14,7 +14,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from ..run_config import RunConfig
+from ..run_settings import RunConfig
 from ..trust import read_bounded
 from .imagefolder import MAX_IMAGE_PIXELS, scan_image_folder
 
@@ -375,7 +375,7 @@ def check_mask_format(
 def check_datasets_fit_model(dataset_names: Iterable[str], cfg, masks: bool = True) -> None:
     """check_num_classes with the model's class-count key (RunConfig.num_classes), and (with
     `masks`: training, evaluation) check_mask_format, for a yaml config or a LazyConfig."""
-    dataset_names, run = list(dataset_names), RunConfig(cfg)
+    dataset_names, run = list(dataset_names), RunConfig.of(cfg)
     key, num_classes = run.num_classes()
     if key is not None:
         check_num_classes(dataset_names, num_classes, key)

@@ -1,11 +1,6 @@
-"""Embedded detection data: shapes on cluttered backgrounds, in COCO format, generated on demand.
-
-`generate_detection_demo(folder, ...)` writes `train/`, `val/` (JPEG images) and
-`annotations/{train,val}.json` (COCO instances with boxes, RLE masks and areas). Image i of a
-split is drawn from `numpy.random.default_rng([seed, split, i])` alone, so the data is identical
-on every machine. `register_detection_demo(root)` registers "randwire_demo_det_train" and
-"randwire_demo_det_val" in Detectron2's catalogs; the files are generated the first time a
-split is loaded (or when the generation parameters change), or by
+"""Embedded detection data: shapes on cluttered backgrounds, in COCO format (boxes, RLE masks),
+the same on every machine. `register_detection_demo(root)` registers the splits; their files are
+generated when first loaded (or when the parameters change), or by
 
     python -m randwire_d2.data.detection_demo [ROOT]    # ROOT/randwire_demo_det/...
 """
@@ -23,15 +18,8 @@ from detectron2.data.datasets import load_coco_json
 
 from .shapes import CLASSES, render_background, render_object
 
-__all__ = [
-    "DEMO_DET_NAMES",
-    "DEMO_DET_PARAMS",
-    "data_root",
-    "demo_det_folder",
-    "generate_detection_demo",
-    "ensure_detection_demo",
-    "register_detection_demo",
-]
+__all__ = ["DEMO_DET_NAMES", "DEMO_DET_PARAMS", "data_root", "demo_det_folder"]
+__all__ += ["generate_detection_demo", "ensure_detection_demo", "register_detection_demo"]
 
 # Dataset name -> split.
 DEMO_DET_NAMES = {"randwire_demo_det_train": "train", "randwire_demo_det_val": "val"}
@@ -124,13 +112,9 @@ def generate_detection_demo(
     object_size: Tuple[int, int] = (16, 64),
     seed: int = 0,
 ) -> Dict[str, str]:
-    """Write the demo splits, `<folder>/<split>/*.jpg` and `<folder>/annotations/<split>.json`;
-    returns {split: annotation json path}.
-
-    `num_images` is per split, e.g. {"train": 1200, "val": 200}; `image_size` is (height, width);
-    `object_size` the (min, max) side of an object box in pixels. Image i of a split is drawn from
-    default_rng([seed, split id, i]).
-    """
+    """Write `<folder>/<split>/*.jpg` and `<folder>/annotations/<split>.json`; returns {split:
+    json path}. `image_size` is (height, width); image i is drawn from default_rng([seed, split
+    id, i])."""
     check_splits(num_images)
     if min(image_size) < 32:
         raise ValueError(f"image_size={image_size!r} is invalid: expected sides >= 32")

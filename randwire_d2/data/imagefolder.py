@@ -1,9 +1,8 @@
 """ImageFolder data for classification pretraining (ImageNet's layout: root/<split>/<class>/*).
 
-Training draws are deterministic: the order of every epoch is a permutation keyed on
-(seed, epoch), and each image's augmentation is keyed on its own draw seed. A run resumed at
-iteration i therefore sees exactly the images and crops the uninterrupted run would have seen,
-and the global batch of an iteration is the same for any number of processes.
+Each epoch's order is a permutation keyed on (seed, epoch) and each augmentation on its own draw
+seed, so a resumed run sees exactly the uninterrupted run's images and crops, for any number of
+processes.
 """
 
 import io
@@ -23,31 +22,18 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from ..trust import read_bounded
 
-__all__ = [
-    "MAX_IMAGE_PIXELS",
-    "read_rgb_image",
-    "scan_image_folder",
-    "RandomResizedCropFlip",
-    "ResizeCenterCrop",
-    "ImageFolderDataset",
-    "EpochBatchSampler",
-    "ShardBatchSampler",
-]
+__all__ = ["MAX_IMAGE_PIXELS", "read_rgb_image", "scan_image_folder", "RandomResizedCropFlip"]
+__all__ += ["ResizeCenterCrop", "ImageFolderDataset", "EpochBatchSampler", "ShardBatchSampler"]
 
-# Images with more pixels are refused before they are decoded: PIL's decompression-bomb limit
-# (Image.MAX_IMAGE_PIXELS), about 9459 x 9459, 268 MB as 8-bit RGB.
+# Larger images are refused before decoding: PIL's decompression-bomb limit (~9459 x 9459).
 MAX_IMAGE_PIXELS = 89_478_485
 # PIL modes of 16-bit (and 32-bit integer) grayscale, as PNG and TIFF files open.
 _WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 def read_rgb_image(path: str) -> Image.Image:
-    """An image file as 8-bit RGB, its EXIF orientation applied (as Detectron2's read_image).
-
-    16-bit grayscale (PIL modes I;16, I;16B, I) is scaled to 8 bits, v >> 8, where PIL's
-    convert("RGB") would clip it to white. An image of more than MAX_IMAGE_PIXELS pixels is
-    refused before it is decoded, as are float pixels; every error is a ValueError naming the file.
-    """
+    """An image file as 8-bit RGB, EXIF orientation applied; 16-bit grayscale is scaled v >> 8
+    (PIL's convert("RGB") would clip it to white). Every error is a ValueError naming the file."""
     try:
         with warnings.catch_warnings():  # PIL warns above its limit; ours refuses there
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -144,8 +130,7 @@ class RandomResizedCropFlip:
 
 
 class ResizeCenterCrop:
-    """Resize the shorter side to size / crop_ratio, then take the central size x size crop
-    (done as one resampling of the corresponding box of the original)."""
+    """Resize the shorter side to size / crop_ratio, take the central size^2 crop, in one pass."""
 
     def __init__(self, size: int, crop_ratio: float = 0.875):
         if size < 1:
@@ -165,10 +150,8 @@ class ResizeCenterCrop:
 class ImageFolderDataset(Dataset):
     """dataset[(index, seed)] -> dict(image=CHW uint8 tensor in `image_format`, label=int).
 
-    An image that `read_rgb_image` refuses is logged once and replaced by the next readable one,
-    (index + 1) % len, with the same seed, so batches keep their size; more than `max_bad_images`
-    distinct bad files (default max(10, 1% of the dataset)) in this instance (one per data loader
-    worker) raise a RuntimeError.
+    An unreadable image is logged and replaced by the next readable one (same seed); more than
+    `max_bad_images` (default max(10, 1%)) bad files in one instance raise a RuntimeError.
     """
 
     def __init__(
@@ -238,9 +221,9 @@ class ImageFolderDataset(Dataset):
 def epoch_order(
     seed: int, epoch: int, size: int, repeat_factors: Optional[np.ndarray] = None
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """(item index, augmentation seed) of every position of epoch `epoch`: a permutation keyed on
-    (seed, epoch) of the items, each repeated by its factor in `repeat_factors` rounded
-    stochastically per epoch (as Detectron2's RepeatFactorTrainingSampler), or once."""
+    """(item index, augmentation seed) arrays of epoch `epoch`: a permutation keyed on (seed,
+    epoch), items repeated by `repeat_factors` rounded stochastically (as Detectron2's
+    RepeatFactorTrainingSampler)."""
     rng = np.random.default_rng([seed, epoch])
     indices = np.arange(size)
     if repeat_factors is not None:
@@ -252,13 +235,8 @@ def epoch_order(
 
 
 class EpochBatchSampler(Sampler):
-    """This process's part of every global batch from `start_iter` to `max_iter`, as lists of
-    (image index, augmentation seed).
-
-    Epoch e is `epoch_order(seed, e)` in `dataset_size // global_batch` global batches (the
-    remainder is dropped); rank r takes items [r * b, (r + 1) * b) of each global batch,
-    b = global_batch / world_size.
-    """
+    """This rank's slice of each global batch from `start_iter` to `max_iter`, as lists of
+    (image index, augmentation seed); epoch e is `epoch_order(seed, e)`, remainder dropped."""
 
     def __init__(
         self,
@@ -305,8 +283,7 @@ class EpochBatchSampler(Sampler):
 
 
 class ShardBatchSampler(BatchSampler):
-    """Batches of this process's contiguous shard of [0, dataset_size): every item exactly once
-    across processes."""
+    """Batches of this rank's contiguous shard of [0, dataset_size): each item once overall."""
 
     def __init__(self, dataset_size: int, batch_size: int, rank: int = 0, world_size: int = 1):
         shard = math.ceil(dataset_size / world_size)

@@ -1,18 +1,11 @@
 """The classification training step as one CUDA graph (PRETRAIN.CUDA_GRAPHS).
 
-A RandWire-C109 training step launches about 2,700 kernels; at a few microseconds of CPU each,
-dispatch alone costs about as much as the GPU time of a batch of 32. `GraphedStepTrainer`
-captures forward, loss, backward and the SGD step once and replays them: one launch per step.
-
-What a replay cannot see is fed to it through device memory, written before every replay:
-- the batch: copied into static input buffers (images, labels) of fixed shape;
-- the learning rate: each parameter group's lr is a device scalar that the captured (fused) SGD
-  step reads and the LR scheduler fills in place (a float put back by a scheduler is copied in);
-- edge removal (Sec. 4.2): drawn on the CPU exactly as in eager training (same key, same edge)
-  and written into the trunks' keep masks (`RandWire.use_edge_masks`);
-- dropout: CUDA's graph-safe generator, seeded per step by StepSeed as in eager training.
-Float16 AMP is refused (its GradScaler decides on the CPU whether to skip a step); bfloat16 and
-float32 are captured.
+A RandWire-C109 step launches ~2,700 kernels, whose CPU dispatch costs about the GPU time of a
+batch of 32; a graph replays them in one launch. What a replay cannot see is written to device
+memory before it: the batch (static buffers of fixed shape), each group's lr (a device scalar
+the fused SGD step reads), edge removal (drawn as in eager training into the trunks' keep
+masks); dropout uses CUDA's graph-safe generator, seeded per step. Float16 AMP is refused (its
+GradScaler decides on the CPU whether to skip a step).
 """
 
 import logging
@@ -59,18 +52,10 @@ def check_cuda_graphs(device: str, amp_dtype: Optional[torch.dtype]) -> None:
 
 
 class GraphedStepTrainer(SimpleTrainer):
-    """SimpleTrainer whose step (forward, loss, backward, SGD step) runs as one captured graph.
-
-    The first `warmup_iters` steps run eagerly (on a side stream on CUDA): cuDNN picks its
-    algorithms, compiled nodes compile, SGD makes its momentum buffers, DDP builds its buckets
-    (DDP, built on a side stream for this, needs 11 such steps). The next step is captured,
-    and every later step replays it.
-    Each step is a real training step on its own batch, with the lr and the edge removal of its
-    iteration. Batches must keep one shape (the training crops do); another shape is an error.
-
-    `capture(step) -> (replay, outputs)` captures and runs `step` once (`capture_cuda_graph`;
-    tests give a CPU emulation).
-    """
+    """SimpleTrainer whose whole step runs as one captured graph: the first `warmup_iters` steps
+    run eagerly (cuDNN, compile, momentum buffers and DDP's buckets settle; DDP needs 11), the
+    next is captured by `capture(step) -> (replay, outputs)`, later ones replay it. Batches must
+    keep one shape."""
 
     def __init__(
         self,
@@ -88,9 +73,7 @@ class GraphedStepTrainer(SimpleTrainer):
         self.warmup_iters = warmup_iters
         self._capture = capture
         self._static: Optional[Dict[str, torch.Tensor]] = None
-        self._replay = None
-        self._outputs = None
-        self._lrs = None
+        self._replay = self._outputs = self._lrs = None
         self._eager_steps = 0
         inner = getattr(model, "module", model)
         self.trunks = [m for m in inner.modules() if isinstance(m, RandWire)]
@@ -150,8 +133,7 @@ class GraphedStepTrainer(SimpleTrainer):
         return loss_dict
 
     def _load(self, data) -> None:
-        """Copy the batch (a list of image dicts, or a stacked {"images", "labels"}) into the
-        static buffers, made from the first batch."""
+        """Copy the batch (image dicts, or stacked {"images", "labels"}) into the static buffers."""
         if isinstance(data, dict):
             images, labels = data["images"], data["labels"]
             shape, dtype = tuple(images.shape), images.dtype
@@ -186,9 +168,7 @@ class GraphedStepTrainer(SimpleTrainer):
         self._static["labels"].copy_(labels, non_blocking=True)
 
     def _sync_lrs(self) -> None:
-        """Every parameter group's lr as a device scalar that the (fused) SGD step reads, so
-        that a replay uses this iteration's lr: made at the first step, filled in place by the
-        LR scheduler, and refilled here from a float a scheduler may have put back."""
+        """Keep every group's lr a device scalar holding this iteration's lr, which replays read."""
         groups = self.optimizer.param_groups
         if self._lrs is None:
             self._lrs = [

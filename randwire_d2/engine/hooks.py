@@ -14,7 +14,7 @@ from detectron2.utils.events import JSONWriter
 
 from ..data.dataset_checks import check_categories, dataset_categories
 from ..modeling.randwire import RandWire
-from ..run_config import RunConfig
+from ..run_settings import RunConfig
 from .output_dir import has_metric
 
 __all__ = [
@@ -84,7 +84,7 @@ class TrainCategories:
     def of(cls, cfg) -> "TrainCategories":
         """Of the config's first training dataset; the main process (the one that saves, and
         whose datasets prepare_datasets loaded) only."""
-        names = RunConfig(cfg).datasets("train_datasets")
+        names = RunConfig.of(cfg).datasets("train_datasets")
         if not names or names[0] not in DatasetCatalog.list() or not comm.is_main_process():
             return cls()
         return cls(dataset_categories(names[0]))
@@ -181,7 +181,7 @@ class BestCheckpoint(hooks.BestCheckpointer):
 def best_checkpoint_hook(cfg, checkpointer, auto_metric: str) -> Optional[BestCheckpoint]:
     """BestCheckpoint for TEST.BEST_CHECKPOINT_METRIC (lazy: train.best_checkpoint.metric;
     "auto": the task's `auto_metric`), or None when it is unset."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     metric = run.get("best_metric", "") or ""
     if not metric:
         return None
@@ -237,7 +237,7 @@ def pending_evaluation_hook(cfg, registered, auto_metric: str) -> Optional[Pendi
         return None
     best = next((h for h in registered if isinstance(h, BestCheckpoint)), None)
     writer = next((h for h in registered if isinstance(h, hooks.PeriodicWriter)), None)
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     # fmt: off
     return PendingEvaluation(
         run.get("output_dir"), run.get("eval_period") or 0, best.metric if best else auto_metric,
@@ -253,7 +253,8 @@ def evaluation_metrics(cfg) -> Optional[Tuple[List[str], List[str]]]:
     val_<crop>/top1 (and top5 above 5 classes) for every PRETRAIN.TEST_CROPS size; detectors:
     COCOEvaluator's bbox, segm with MODEL.MASK_ON (lazy: use_instance_mask), keypoints with
     MODEL.KEYPOINT_ON, under "<dataset>/" when there are several test datasets."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
+    cfg = run.cfg
     if not run.lazy and cfg.MODEL.META_ARCHITECTURE == "RandWireClassifier":
         tops = ["top1"] + ["top5"] * (cfg.MODEL.CLASSIFIER.NUM_CLASSES > 5)
         return [f"val_{crop}/{top}" for crop in cfg.PRETRAIN.TEST_CROPS for top in tops], []
@@ -271,14 +272,15 @@ def check_best_checkpoint(cfg) -> None:
     """TEST.BEST_CHECKPOINT_MODE (lazy: train.best_checkpoint.mode) one of BEST_MODES, and
     TEST.BEST_CHECKPOINT_METRIC "", "auto" or a metric the task's evaluation reports
     (`evaluation_metrics`): checked at setup, not at the first evaluation hours later."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
+    cfg = run.cfg
     mode = run.get("best_mode", "max")
     if mode not in BEST_MODES:
         raise ValueError(
             f"{run.key('best_mode')}={mode!r} is invalid: expected one of {list(BEST_MODES)}"
         )
     metric = run.get("best_metric", "") or ""
-    known = evaluation_metrics(cfg)
+    known = evaluation_metrics(run)
     if metric in ("", "auto") or known is None:
         return
     names, per_category = known

@@ -7,7 +7,7 @@ import logging
 from typing import Callable, Tuple
 
 from ..checkpoint import check_input_normalization, weights_download_named
-from ..run_config import RESTORED, RESUME_SECTIONS, RunConfig, changed_keys
+from ..run_settings import RESTORED, RESUME_SECTIONS, RunConfig, changed_keys
 from .output_dir import truncate_metrics
 
 __all__ = ["resume_or_load", "check_resume", "log_resume", "check_frozen_stages_have_weights"]
@@ -23,7 +23,8 @@ def resume_or_load(
     restores, `step` the one-iteration trainer whose data become `build_loader(start_iter)`;
     `run_seed` is the RunSeed the checkpoint restores; `data_order` says whether that
     loader continues an interrupted run's data."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
+    cfg = run.cfg
     with weights_download_named(run.key("weights"), run.get("weights")):
         extras = checkpointer.resume_or_load(run.get("weights"), resume=resume)
     resumed = extras.pop("__resumed_from__", None) or (resume and checkpointer.has_checkpoint())
@@ -43,7 +44,7 @@ def resume_or_load(
 def check_frozen_stages_have_weights(cfg) -> None:
     """Frozen stages (MODEL.BACKBONE.FREEZE_AT > 0; lazy: model.backbone.bottom_up.freeze_at)
     without pretrained weights would stay random."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     freeze_at, weights = run.get("freeze_at", 0) or 0, run.get("weights")
     freeze_key, weights_key = run.key("freeze_at"), run.key("weights")
     if freeze_at > 0 and not weights:
@@ -57,7 +58,7 @@ def check_frozen_stages_have_weights(cfg) -> None:
 def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
     """Refuse a resume whose config contradicts the restored optimizer / data state (RESTORED)
     or leaves nothing to train; name the other changes it applies (RESUME_SECTIONS)."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     old, new = run.saved_flat(checkpoint), run.flat()
     max_key, weights_key = run.key("max_iter"), run.key("weights")
     max_iter = new[max_key]

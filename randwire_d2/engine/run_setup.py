@@ -1,5 +1,6 @@
 """The rules every run applies before it builds anything, written once for both config systems
-(read through run_config.RunConfig): the device, the iteration counts, the AMP precision, the
+(read through run_settings.RunConfig; each takes
+a config or the run's RunConfig, which a tool builds once and passes down): the device, the iteration counts, the AMP precision, the
 datasets and weights on disk, and the set-up of its OUTPUT_DIR and logs."""
 
 import logging
@@ -14,7 +15,7 @@ from ..checkpoint import check_weights_on_disk
 from ..data.dataset_checks import check_datasets_fit_model, check_datasets_on_disk, prepare_datasets
 from ..modeling.execution_path import EXECUTIONS, check_triton
 from ..modeling.regional_compile import check_compile
-from ..run_config import RunConfig
+from ..run_settings import RunConfig
 from .hooks import check_best_checkpoint
 from .output_dir import claim_output_dir
 
@@ -38,7 +39,7 @@ ITERATION_SETTINGS = {"max_iter": 1, "checkpoint_period": 1, "eval_period": 0, "
 def resolve_device(cfg) -> None:
     """MODEL.DEVICE (a LazyConfig's train.device) "cuda*" on a machine without CUDA becomes
     "cpu", with a warning."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     device = run.get("device")
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(f"{run.key('device')}={device!r} but CUDA is not available: using CPU")
@@ -49,7 +50,7 @@ def check_iterations(cfg) -> None:
     """The iteration counts (ITERATION_SETTINGS) are integers in range: `train.max_iter=-5`
     would train nothing and evaluate the untrained model, 0 divide by zero after evaluating, a
     string fail inside the scheduler. A LazyConfig may leave all but train.max_iter out."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     for name, least in ITERATION_SETTINGS.items():
         key = run.key(name)
         if key is None:
@@ -72,7 +73,7 @@ def amp_dtype(cfg, on_cuda: bool, precision_key: Optional[str] = None) -> Option
     """The dtype a run trains in under AMP, None for float32: SOLVER.AMP.ENABLED (lazy:
     train.amp.enabled) in the precision at `precision_key` (lazy: train.amp.precision;
     float16 where neither is given). AMP needs CUDA: on CPU a warning, and float32."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     if not run.get("amp", False):
         return None
     key = precision_key or run.key("amp_precision")
@@ -87,17 +88,17 @@ def check_detection_run(cfg, eval_only: bool) -> None:
     """What a detection run can check before anything is built: the device, the iteration
     counts, its datasets (test, and train unless `eval_only`) on disk and fitting the model's
     class count and mask format, and its weights on disk."""
-    run = RunConfig(cfg)
-    resolve_device(cfg)
+    run = RunConfig.of(cfg)
+    resolve_device(run)
     if not eval_only:
-        check_iterations(cfg)
+        check_iterations(run)
     datasets = run.datasets("test_datasets")
     if not eval_only:
         datasets += run.datasets("train_datasets")
     check_datasets_on_disk(datasets)
     check_weights_on_disk(run.get("weights"), key=run.key("weights"))
     prepare_datasets(datasets)
-    check_datasets_fit_model(datasets, cfg)
+    check_datasets_fit_model(datasets, run)
 
 
 def check_run_keys(cfg) -> None:
@@ -106,7 +107,7 @@ def check_run_keys(cfg) -> None:
     EXECUTIONS, and "triton" only where its kernels run (on CPU: TRITON_INTERPRET=1);
     MODEL.RANDWIRE.COMPILE one of COMPILE_REGIONS and without EXECUTION triton or
     MEMORY_EFFICIENT; the best checkpoint's metric and mode (`check_best_checkpoint`)."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     execution = run.get("execution", "fast")
     if execution not in EXECUTIONS:
         raise ValueError(
@@ -115,15 +116,16 @@ def check_run_keys(cfg) -> None:
     check_compile(run.get("compile", ""), execution, run.get("memory_efficient", False))
     if execution == "triton":
         check_triton(torch.device(run.get("device", "cpu")), run.key("execution"))
-    check_best_checkpoint(cfg)
+    check_best_checkpoint(run)
 
 
 def setup_run(cfg, args) -> None:
     """Check the run's keys (`check_run_keys`), hold its OUTPUT_DIR (train.output_dir), then
     Detectron2's default_setup (logs, the config saved, seeds) and the project's log to the
     same folder."""
-    check_run_keys(cfg)
-    output_dir = RunConfig(cfg).get("output_dir")
+    run = RunConfig.of(cfg)
+    check_run_keys(run)
+    output_dir = run.get("output_dir")
     claim_output_dir(output_dir, args.resume or args.eval_only, args.overwrite)
-    default_setup(cfg, args)
+    default_setup(run.cfg, args)
     setup_logger(output_dir, distributed_rank=comm.get_rank(), name="randwire_d2")

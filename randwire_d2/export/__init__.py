@@ -28,7 +28,7 @@ ask for. Graph sizes per execution: `op_counts` (compare.py; export_model.py
 --compare-executions); latency: `benchmarks/speed.py export`.
 """
 
-from ..inference_config import detector_samples
+from ..inference_setup import detector_samples
 from ..modeling.frozen import FrozenStage, fold_conv_norms, freeze_for_export
 from .classifier import ClassifierExport, classifier_samples, export_classifier
 from .compare import (

@@ -58,12 +58,12 @@ def compare_instances(
     b = [exported.pred_boxes.tensor, exported.scores, exported.pred_classes]
     a, b = [t.detach().cpu() for t in a], [t.detach().cpu() for t in b]
     out = {"detections": len(a[1]), "exported_detections": len(b[1])}
+    used, box_d, score_d = set(), [], []
     if len(a[1]) and len(b[1]):
         box = (a[0][:, None, :].float() - b[0][None, :, :].float()).abs().amax(-1)
         score = (a[1][:, None].float() - b[1][None, :].float()).abs()
         ok = (a[2][:, None] == b[2][None, :]) & (score <= score_atol) & (box <= box_atol)
         cost = torch.where(ok, box, torch.full_like(box, float("inf")))
-        used, box_d, score_d = set(), [], []
         for i in range(cost.shape[0]):
             for j in cost[i].argsort().tolist():
                 if not torch.isfinite(cost[i, j]):
@@ -73,14 +73,11 @@ def compare_instances(
                     box_d.append(float(box[i, j]))
                     score_d.append(float(score[i, j]))
                     break
-        matched = len(used)
-    else:
-        matched, box_d, score_d = 0, [], []
     out.update(
-        matched=matched,
+        matched=len(used),
         max_box_diff=max(box_d, default=0.0),
         max_score_diff=max(score_d, default=0.0),
-        ok=matched == len(a[1]) == len(b[1]),
+        ok=len(used) == len(a[1]) == len(b[1]),
     )
     return out
 
@@ -95,10 +92,9 @@ def _check_counts(values, name: str, limit: int, what: str) -> Tuple[int, ...]:
 def write_and_check(
     output_dir: str, formats, write, compare, inputs: Dict, input_shape, what: str
 ) -> Dict:
-    """Per format, without autograd: `write(fmt, path)` writes the file and returns (its runner,
-    its op count); each input of `inputs` ({name: tensor}) is run by it and `compare(name,
-    output)` checks the output against the eager model's. Returns {format: {"file", "ops",
-    "export_seconds", "input_shape", "checks"}}; `ExportMismatchError` beyond tolerance."""
+    """Per format: `write(fmt, path)` -> (runner, op count), then `compare(name, runner(x))` on
+    each of `inputs`. Returns {format: {"file", "ops", "export_seconds", "input_shape",
+    "checks"}}; raises `ExportMismatchError` beyond tolerance."""
     report = {}
     for fmt in formats:
         path = os.path.join(output_dir, FORMATS[fmt])
@@ -126,8 +122,7 @@ def write_and_check(
 
 
 def checks_summary(entry: Dict) -> str:
-    """What one format of an export report matched: how many inputs, their shapes (a shape
-    run n > 1 times as "shape (n)"), and the largest differences to the eager model."""
+    """What one format of an export report matched: inputs, shapes and largest differences."""
     checks = list(entry["checks"].values())
     shapes: Dict[str, int] = {}
     for c in checks:
@@ -141,8 +136,7 @@ def checks_summary(entry: Dict) -> str:
 
 
 def report_table(report: Dict) -> str:
-    """The markdown table of an export report (export_classifier / export_detector): per
-    format its file, ops, input shape (names: the axes that vary) and what it matched."""
+    """The markdown table of an export report: per format its file, ops, input and matches."""
     rows = [
         [fmt, r["file"], r["ops"], _shape_text(r["input_shape"]), checks_summary(r)]
         for fmt, r in report.items()
@@ -157,8 +151,7 @@ EXECUTIONS_COMPARED = ("reference", "fast", "export")
 
 
 def _variant(model: nn.Module, execution: str) -> nn.Module:
-    """The model as traced with `execution`: "reference" / "fast" (MODEL.RANDWIRE.EXECUTION,
-    unfrozen) or "export" (`freeze_for_export`)."""
+    """The model with `execution` ("reference", "fast") or frozen for "export"."""
     if execution == "export":
         return freeze_for_export(model)
     variant = copy.deepcopy(model).eval()
@@ -176,11 +169,9 @@ def op_counts(
     executions: Sequence[str] = EXECUTIONS_COMPARED,
     dynamic_axes: Optional[Dict[int, Dict[int, str]]] = None,
 ) -> Dict[str, Dict[str, int]]:
-    """{execution: {format: op count}} of `wrap(model as run by execution)` traced on `args`
-    (formats: "pt2" torch.export call_function nodes, "torchscript" aten:: nodes of the inlined
-    trace, "onnx" non-Constant ONNX nodes). `dynamic_axes` ({input index: {axis: name}}, e.g.
-    {0: DETECTOR_AXES}) exports the ONNX graphs with those axes dynamic, as the written file:
-    shape arithmetic that a static export folds into constants stays in the graph."""
+    """{execution: {format: op count}} of `wrap(model as run by execution)` traced on `args`;
+    `dynamic_axes` ({input index: {axis: name}}) makes the ONNX graphs dynamic like the written
+    file, so their shape arithmetic is counted."""
     counts = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for execution in executions:

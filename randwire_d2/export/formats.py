@@ -13,8 +13,7 @@ FORMATS = {
     "onnx": "model.onnx",  # torch.onnx.export(dynamo=False), run in onnxruntime
     "pt2": "model.pt2",  # torch.export (classifier only)
 }
-# Every file an export writes: the formats, tools/export_model.py's report, and the TorchScript
-# code and graphs of Detectron2's dump_torchscript_IR. An earlier export is these files.
+# Every file an export writes (formats, report, dump_torchscript_IR's code and graphs).
 EXPORT_FILES = (
     *FORMATS.values(),
     "export_report.json",
@@ -25,17 +24,15 @@ EXPORT_FILES = (
 )
 # ONNX opset: 17 exports the detector (RoIAlign, NMS, TopK) and runs in onnxruntime.
 ONNX_OPSET = 17
-# The axes of the exported input that vary ({axis: name}): a classifier's NCHW batch, a
-# detector's CHW image. The rest is fixed at the traced shape.
+# The axes of the exported input that vary ({axis: name}); the rest is fixed at export.
 CLASSIFIER_AXES = {0: "batch"}
 DETECTOR_AXES = {1: "height", 2: "width"}
 logger = logging.getLogger(__package__)
 
 
 def prepare_export_folder(output_dir: str, overwrite: bool = False) -> List[str]:
-    """Make `output_dir` ready for an export: a folder holding an earlier export (any of
-    EXPORT_FILES) is refused, or with `overwrite` those files (only them) are removed, so that
-    the models of two exports never lie side by side. Returns the removed names."""
+    """Make `output_dir` ready for an export: an earlier export there is refused, or with
+    `overwrite` its files (only EXPORT_FILES) are removed; returns the removed names."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(
             f"--output {output_dir!r} is an existing file: expected a folder (created if missing) "
@@ -71,9 +68,8 @@ def _shape_text(shape) -> str:
 
 
 def run_onnx(session, *tensors) -> List[torch.Tensor]:
-    """Run an onnxruntime `session` on `tensors` (its inputs, in order). A tensor whose shape
-    differs from the input's declared one where that is a number (an axis fixed at export) is a
-    `ValueError` naming both shapes, before onnxruntime runs."""
+    """Run an onnxruntime `session` on `tensors`; a shape that differs on an axis fixed at export
+    is a ValueError naming both shapes."""
     inputs = session.get_inputs()
     if len(tensors) != len(inputs):
         raise ValueError(f"the ONNX model takes {len(inputs)} inputs, got {len(tensors)}")

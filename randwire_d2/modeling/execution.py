@@ -1,42 +1,18 @@
-"""Fast, exact execution of a wired stage: the same function as the per-node loop, less traffic.
+"""Fast, exact execution of a wired stage: the function of `WiredStage`'s per-node loop,
+y_v = norm(op(ReLU(sum_i sigmoid(w_i) * y_u_i))), with far less memory traffic.
 
-`WiredStage` computes y_v = norm(op(ReLU(sum_i sigmoid(w_i) * y_u_i))) node by node (Fig. 2).
-Written plainly, that loop spends most of its time moving memory, not computing: each product
-sigmoid(w_i) * y_u_i and each partial sum is a new full-size tensor, forward and backward; every
-node stores four activations for backward (its aggregate after ReLU, the depthwise output, the
-1x1 output and its own output), and every node fed by the stage input applies its own ReLU to it.
+The plain loop makes a full-size tensor of every product and partial sum and stores four
+activations per node. Here, from a `StagePlan` made once per stage:
+- the stage input's ReLU is computed once, and in eval each output is freed after its last use;
+- aggregation + ReLU is one in-place pass (`aggregation.AggregateReLU`);
+- an affine norm (FrozenBN, BN in eval) is folded into the node's last conv (`norm_folding.py`);
+- with `memory_efficient`, `lean_node.LeanNode` stores two activations per node and recomputes
+  the cheap parts in backward (Pleiss et al. 2017), one with `recompute_convs`;
+- separable-conv nodes may run on the Triton kernels (`kernels.py`) where
+  `execution_path.choose_execution` says so;
+- a node watched by forward hooks runs as its module, so hooks see what the reference shows.
 
-This module executes the same parameters, keys and function from a plan made once per stage:
-
-- `StagePlan`: flat per-node source lists (no per-call dict or list building), the stage input's
-  ReLU computed once for all nodes it feeds, and, in eval, each node output freed after its last
-  consumer ran.
-- Aggregation + ReLU in one pass (`aggregation.AggregateReLU`): sum_i c_i * y_i accumulated in place, ReLU
-  in place; backward takes the weight gradients as dot products.
-- Forward hooks: a node watched by a hook (on it or its layers, e.g. the Fig. 5 damage
-  analysis) runs as its module, so the hooks see what they see in the reference loop.
-- Norm folding (`norm_folding.py`): an affine norm (FrozenBN always, BN in eval) is folded into
-  the node's last convolution (W' = a * W, bias b) instead of being a pass of its own.
-- Lean training memory (`memory_efficient=True`, off by default: it trades training speed for
-  memory, measured in docs/speed_and_memory.md; Pleiss et al. 2017 applied per node):
-  `lean_node.LeanNode` runs aggregation, ReLU and the node op in one autograd node that stores its
-  inputs and its inner convolution outputs and recomputes the cheap parts (aggregate, ReLU,
-  pooling) in backward. A BatchNorm'd input is stored as its pre-norm tensor z (which
-  BatchNorm stores anyway) plus the per-channel affine of the batch statistics,
-  y = a * z + b, so a separable-conv node keeps two activations instead of four. With
-  `recompute_convs=True` the depthwise conv is recomputed too (one activation per node); the
-  last convolution is never recomputed.
-
-- Fused kernels (`execution="triton"`; `"fast"` only on GPU generations where a GPU run measured
-  them faster, `KERNELS_MEASURED_FASTER`, none yet; `"eager"` is the fast execution without
-  them): a node whose op is the separable conv runs its aggregation, ReLU and depthwise conv as
-  one Triton kernel (`kernels.py`), in inference the 1x1 conv and folded norm too; other nodes
-  run as above. `execution_path.choose_execution` decides once per stage, when the model is built (for the
-  device it runs on) or its execution is set, and says which path runs and why in the log.
-
-`execution="reference"` keeps the plain loop (`WiredStage.forward_reference`), used by the FLOP
-counter and as the ground truth of the tests. The eval path without gradients uses plain tensor
-ops only, so it traces (TorchScript, ONNX, fvcore) like the reference.
+The no-grad eval path uses plain tensor ops only, so it traces (TorchScript, ONNX, fvcore).
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -78,12 +54,8 @@ class StagePlan:
 
 
 class NodeSpec:
-    """How a node's transform (ReLU -> op -> norm) decomposes for fast execution.
-
-    `relu_first`: the transform starts with a ReLU (every registered op does), which is fused
-    into the aggregation. `layers`: the op's layers in order (nested Sequentials flattened).
-    `norm`: the last child (folded into the last layer where `foldable`).
-    """
+    """How a node's transform decomposes for fast execution: `relu_first` (a leading ReLU, fused
+    into the aggregation), `layers` (the op's layers, flattened) and `norm` (the last child)."""
 
     def __init__(self, node: nn.Module):
         transform = node.transform
@@ -106,14 +78,13 @@ class NodeSpec:
         return self.kernel_stride is not None
 
     def hooked(self) -> bool:
-        """Whether forward hooks watch the node or its layers (the fast path calls no modules;
-        such a node runs as its module)."""
+        """Whether forward hooks watch the node or its layers (then it runs as its module)."""
         return any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
 
 
 def _separable_stride(layers) -> Optional[int]:
-    """The depthwise stride when `layers` are a 3x3 depthwise conv (padding 1, no bias) then a
-    1x1 conv (stride 1, no bias), the kernels' op; else None."""
+    """The depthwise stride when `layers` are the kernels' op (3x3 depthwise, padding 1, then
+    1x1, no biases); else None."""
     if len(layers) != 2 or not all(type(m) is nn.Conv2d for m in layers):
         return None
     dw, pw = layers
@@ -146,10 +117,6 @@ def _flatten(modules) -> List[nn.Module]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The stage
-
-
 def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tensor:
     """WiredStage's function, executed from `stage.plan` (see the module docstring)."""
     plan: StagePlan = stage.plan
@@ -166,17 +133,14 @@ def fast_stage_forward(stage, x: torch.Tensor, removed_edge=None) -> torch.Tenso
         spec: NodeSpec = specs[v]
         src = plan.sources[v]
         removed = removal_at(removed_edge, v)
-        if src[0] == STAGE_INPUT:
-            inputs = [x]
-        else:
-            inputs = [y[u] for u in src]
+        is_input = src[0] == STAGE_INPUT
+        inputs = [x] if is_input else [y[u] for u in src]
         if not spec.relu_first or global_hooks or spec.hooked():
             y[v] = node(inputs, removed)  # the module call runs the user's hooks
         elif fused and spec.fused:
             y[v] = _kernel_node_forward(stage, node, spec, inputs, removed)
         else:
             rec = [recon[u] if u >= 0 else None for u in src]
-            is_input = src[0] == STAGE_INPUT
             y[v], recon[v] = _node_forward(
                 stage, node, spec, inputs, rec, removed, lean, shared, is_input
             )
@@ -230,15 +194,8 @@ def _node_forward(stage, node, spec: NodeSpec, inputs, recon, removed, lean, sha
         for layer in spec.layers[:-1]:
             z = layer(z)
         if fold:
-            z = F.conv2d(
-                z,
-                folded[0].to(z.dtype),
-                folded[1].to(z.dtype),
-                last.stride,
-                last.padding,
-                last.dilation,
-                last.groups,
-            )
+            fw, fb = (t.to(z.dtype) for t in folded)
+            z = F.conv2d(z, fw, fb, last.stride, last.padding, last.dilation, last.groups)
         else:
             z = last(z)
     if fold:
@@ -250,9 +207,8 @@ def _node_forward(stage, node, spec: NodeSpec, inputs, recon, removed, lean, sha
 
 
 def _kernel_node_forward(stage, node, spec: NodeSpec, inputs, removed):
-    """y of a separable-conv node through the Triton kernels: the training op (aggregation,
-    ReLU and depthwise conv fused; the 1x1 conv and norm eager) or, without autograd, one kernel
-    up to the 1x1 conv and the folded norm."""
+    """y of a separable-conv node on the Triton kernels: aggregation, ReLU and depthwise conv
+    fused (without autograd, the 1x1 conv and folded norm too)."""
     from . import kernels
 
     dw, pw = spec.layers
@@ -289,8 +245,7 @@ def _kernel_node_forward(stage, node, spec: NodeSpec, inputs, removed):
 
 
 def _kernel_coefficients(node, x, removed):
-    """The kernels' coefficients, with autograd: sigmoid(w) (see `coefficients`), or 1 for a
-    node with a single input."""
+    """The kernels' coefficients, with autograd: sigmoid(w), or 1 for a single-input node."""
     if node.weight is None:
         return torch.ones(1, device=x.device, dtype=torch.float32)
     return coefficients(node.weight, removed, detach=False)
@@ -317,9 +272,8 @@ def _fake(t: torch.Tensor) -> bool:
 
 
 def _constant(spec: NodeSpec, name: str, tensors, make, removed=None):
-    """make(), computed once while `tensors` are unchanged (same objects, storage, version,
-    dtype and device) when no autograd graph is built: in eval, a node's coefficients and
-    folded weights cost no kernel launches of their own. Training calls clear the cache."""
+    """make(), cached while `tensors` are unchanged (object, storage, version, dtype, device) and
+    no autograd graph is built, so eval pays no launches for coefficients or folded weights."""
     if torch.is_grad_enabled() or removed is not None:
         spec.cache.clear()
         return make()

@@ -1,30 +1,15 @@
-"""Fused Triton kernels for a separable-conv node: the node's memory traffic, not its FLOPs.
+"""Fused Triton kernels for a separable-conv node, z = pw(dw3x3(ReLU(sum_i c_i * x_i))): every
+step is memory-bound, so the kernels cut traffic, not FLOPs.
 
-A node of the paper's default op computes z = pw(dw3x3(ReLU(sum_i c_i * x_i))), c = sigmoid(w),
-then a norm. Every step is memory-bound, so the eager ops (a product and a sum per input, a
-ReLU, the depthwise conv, each reading and writing full tensors, and as many again in backward)
-cost far more than the arithmetic. Three kernels replace them:
+- `agg_relu_dw` (training forward): keeps the aggregate and ReLU on chip, writes only the
+  depthwise output d (the 1x1 conv's weight gradient needs it anyway). Stride 1 or 2.
+- `agg_relu_dw_backward`: recomputes the aggregate and writes the input, coefficient and
+  depthwise-weight gradients in one pass.
+- `agg_relu_dw_pw` (inference): also the 1x1 conv with the folded norm; d never reaches memory.
 
-- `agg_relu_dw` (training forward): reads each input once per tile, keeps the aggregate and
-  its ReLU on chip, writes only the depthwise output d (which the 1x1 conv needs for its weight
-  gradient anyway). Stride 1 and 2, padding 1.
-- `agg_relu_dw_backward`: given the gradient of d, recomputes the aggregate from the inputs
-  (nothing else was stored) and writes the gradient of every input, the edge-coefficient
-  gradients and the depthwise-weight gradients in one pass.
-- `agg_relu_dw_pw` (inference): aggregate, ReLU, depthwise and the 1x1 conv with the folded norm
-  (z = W'd + b) in one kernel: the depthwise output never reaches device memory.
-
-The 1x1 conv and BatchNorm of a training step stay with cuDNN and ATen (see
-docs/speed_and_memory.md).
-
-Each kernel is a PyTorch custom op (`torch.ops.randwire.*`) with a fake implementation, so the
-ops run on the `meta` device (the traffic benchmark counts them there), trace with
-`torch.compile`, and carry their own autograd formula. A node has at most `MAX_SLOTS` inputs per
-kernel call; the execution folds a larger in-degree's extra inputs into one slot first.
-
-The Triton programs are in `triton_programs.py`; Triton decides at their import whether they are
-compiled for the GPU or interpreted on the CPU (`TRITON_INTERPRET=1`, the tests' mode);
-`runnable(device)` says whether this process can run them on a device, and why not.
+Each is a custom op (`torch.ops.randwire.*`) with a fake implementation, so it runs on `meta`
+and traces with `torch.compile`. A call takes at most `MAX_SLOTS` inputs. The programs are in
+`triton_programs.py`; `runnable(device)` says whether this process can run them, and why not.
 """
 
 from typing import List, Optional, Tuple
@@ -41,21 +26,10 @@ from .triton_programs import (
     triton,
 )
 
-__all__ = [
-    "MAX_SLOTS",
-    "TRITON_ERROR",
-    "INTERPRET",
-    "runnable",
-    "is_channels_last",
-    "agg_relu_dw",
-    "agg_relu_dw_backward",
-    "agg_relu_dw_pw",
-]
+__all__ = ["MAX_SLOTS", "TRITON_ERROR", "INTERPRET", "runnable"]
+__all__ += ["is_channels_last", "agg_relu_dw", "agg_relu_dw_backward", "agg_relu_dw_pw"]
 
 MAX_SLOTS = 8  # inputs per kernel call (pointer arguments X0..X7 of the Triton programs)
-
-# ---------------------------------------------------------------------------------------------
-# Launchers
 
 
 def runnable(device: torch.device) -> Tuple[bool, str]:
@@ -147,7 +121,9 @@ INFERENCE_TILES = dict(BLOCK_P=64, BLOCK_CI=16, BLOCK_CO=64)
 INFERENCE_LAUNCH = dict(num_warps=4, num_stages=1)
 
 
-def _agg_relu_dw_impl(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> Tensor:
+@torch.library.custom_op("randwire::agg_relu_dw", mutates_args=())
+def agg_relu_dw(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> Tensor:
+    """d = dw3x3(ReLU(sum_i coef_i * xs_i), weight, stride, padding 1)."""
     cl = _check(xs, weight, stride)
     x = xs[0]
     n, c, h, w = x.shape
@@ -164,9 +140,17 @@ def _agg_relu_dw_impl(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: in
     return d
 
 
-def _agg_relu_dw_backward_impl(
+@agg_relu_dw.register_fake
+def _(xs, coef, weight, stride):
+    n, c, h, w = xs[0].shape
+    return _like(xs[0], (n, c, _out_size(h, stride), _out_size(w, stride)))
+
+
+@torch.library.custom_op("randwire::agg_relu_dw_backward", mutates_args=())
+def agg_relu_dw_backward(
     grad: Tensor, xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int
 ) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """(gradients of xs, of coef, of weight) of `agg_relu_dw` given the gradient of d."""
     cl = _check(xs, weight, stride)
     x = xs[0]
     n, c, h, w = x.shape
@@ -190,66 +174,6 @@ def _agg_relu_dw_backward_impl(
     g_coef = part_c.sum(0).to(coef.dtype)
     g_weight = part_w.sum(0).t().reshape(c, 1, 3, 3).to(weight.dtype)
     return gxs, g_coef, g_weight
-
-
-def _agg_relu_dw_pw_impl(
-    xs: List[Tensor],
-    coef: Tensor,
-    dw_weight: Tensor,
-    pw_weight: Tensor,
-    bias: Optional[Tensor],
-    stride: int,
-) -> Tensor:
-    cl = _check(xs, dw_weight, stride)
-    x = xs[0]
-    n, ci, h, w = x.shape
-    co = pw_weight.shape[0]
-    if tuple(pw_weight.shape) != (co, ci, 1, 1):
-        raise ValueError(f"pointwise weight of shape {tuple(pw_weight.shape)} is not {co}x{ci}x1x1")
-    oh, ow = _out_size(h, stride), _out_size(w, stride)
-    z = _like(x, (n, co, oh, ow))
-    if z[0].numel() >= 2**31:
-        raise ValueError(f"a node kernel's output image of {z[0].numel()} elements exceeds 2^31")
-    tiles = INFERENCE_TILES
-    grid = (triton.cdiv(co, tiles["BLOCK_CO"]), n * triton.cdiv(oh * ow, tiles["BLOCK_P"]))
-    low = x.dtype in (torch.float16, torch.bfloat16) and not (
-        INTERPRET and x.dtype == torch.bfloat16
-    )
-    pwt = pw_weight.reshape(co, ci).t().to(x.dtype).contiguous()  # [CI, CO]
-    b = bias.to(torch.float32).contiguous() if bias is not None else None
-    # fmt: off
-    agg_relu_dw_pw_kernel[grid](
-        *_slots(xs), coef.contiguous(), _taps(dw_weight), pwt, b, z,
-        co, h, w, oh, ow,
-        C=ci, K=len(xs), STRIDE=stride, CL=cl, HAS_BIAS=bias is not None,
-        LOW_PRECISION_DOT=low, **tiles, **INFERENCE_LAUNCH,
-    )
-    # fmt: on
-    return z
-
-
-# ---------------------------------------------------------------------------------------------
-# Custom ops: one per kernel, with fake (meta) implementations and the training op's autograd
-
-
-@torch.library.custom_op("randwire::agg_relu_dw", mutates_args=())
-def agg_relu_dw(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> Tensor:
-    """d = dw3x3(ReLU(sum_i coef_i * xs_i), weight, stride, padding 1)."""
-    return _agg_relu_dw_impl(xs, coef, weight, stride)
-
-
-@agg_relu_dw.register_fake
-def _(xs, coef, weight, stride):
-    n, c, h, w = xs[0].shape
-    return _like(xs[0], (n, c, _out_size(h, stride), _out_size(w, stride)))
-
-
-@torch.library.custom_op("randwire::agg_relu_dw_backward", mutates_args=())
-def agg_relu_dw_backward(
-    grad: Tensor, xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int
-) -> Tuple[List[Tensor], Tensor, Tensor]:
-    """(gradients of xs, of coef, of weight) of `agg_relu_dw` given the gradient of d."""
-    return _agg_relu_dw_backward_impl(grad, xs, coef, weight, stride)
 
 
 @agg_relu_dw_backward.register_fake
@@ -282,17 +206,38 @@ def agg_relu_dw_pw(
     stride: int,
 ) -> Tensor:
     """z = pw_weight * dw3x3(ReLU(sum_i coef_i * xs_i)) + bias: inference only (no autograd)."""
-    return _agg_relu_dw_pw_impl(xs, coef, dw_weight, pw_weight, bias, stride)
+    cl = _check(xs, dw_weight, stride)
+    x = xs[0]
+    n, ci, h, w = x.shape
+    co = pw_weight.shape[0]
+    if tuple(pw_weight.shape) != (co, ci, 1, 1):
+        raise ValueError(f"pointwise weight of shape {tuple(pw_weight.shape)} is not {co}x{ci}x1x1")
+    oh, ow = _out_size(h, stride), _out_size(w, stride)
+    z = _like(x, (n, co, oh, ow))
+    if z[0].numel() >= 2**31:
+        raise ValueError(f"a node kernel's output image of {z[0].numel()} elements exceeds 2^31")
+    tiles = INFERENCE_TILES
+    grid = (triton.cdiv(co, tiles["BLOCK_CO"]), n * triton.cdiv(oh * ow, tiles["BLOCK_P"]))
+    low = x.dtype in (torch.float16, torch.bfloat16) and not (
+        INTERPRET and x.dtype == torch.bfloat16
+    )
+    pwt = pw_weight.reshape(co, ci).t().to(x.dtype).contiguous()  # [CI, CO]
+    b = bias.to(torch.float32).contiguous() if bias is not None else None
+    # fmt: off
+    agg_relu_dw_pw_kernel[grid](
+        *_slots(xs), coef.contiguous(), _taps(dw_weight), pwt, b, z,
+        co, h, w, oh, ow,
+        C=ci, K=len(xs), STRIDE=stride, CL=cl, HAS_BIAS=bias is not None,
+        LOW_PRECISION_DOT=low, **tiles, **INFERENCE_LAUNCH,
+    )
+    # fmt: on
+    return z
 
 
 @agg_relu_dw_pw.register_fake
 def _(xs, coef, dw_weight, pw_weight, bias, stride):
     n, _, h, w = xs[0].shape
     return _like(xs[0], (n, pw_weight.shape[0], _out_size(h, stride), _out_size(w, stride)))
-
-
-# ---------------------------------------------------------------------------------------------
-# The function the kernels compute
 
 
 def reference_agg_relu_dw(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> Tensor:

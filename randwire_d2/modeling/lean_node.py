@@ -21,15 +21,9 @@ def batch_norm_with_affine(bn: nn.BatchNorm2d, z: torch.Tensor):
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
     track = not bn.training or bn.track_running_stats
+    stats = (bn.running_mean, bn.running_var) if track else (None, None)
     y, mean, invstd = torch.native_batch_norm(
-        z,
-        bn.weight,
-        bn.bias,
-        bn.running_mean if track else None,
-        bn.running_var if track else None,
-        use_batch,
-        factor,
-        bn.eps,
+        z, bn.weight, bn.bias, *stats, use_batch, factor, bn.eps
     )
     with torch.no_grad():
         if use_batch:
@@ -113,10 +107,9 @@ def _rebuild(stored, recon, dtypes):
 
 
 class LeanNode(torch.autograd.Function):
-    """z = op(ReLU(sum_i c_i * y_i)) storing its inputs and (unless `recompute_convs`) the
-    outputs of its inner convolutions; backward recomputes the aggregate, the ReLU and the rest
-    of the layers but the last. Inputs given with (z_i, a_i, b_i) are stored as z_i (which
-    their BatchNorm stores anyway) and rebuilt as y_i = a_i * z_i + b_i."""
+    """z = op(ReLU(sum_i c_i * y_i)) storing its inputs and (unless `recompute_convs`) its inner
+    conv outputs; backward recomputes the rest. An input given with (z_i, a_i, b_i) is stored as
+    z_i (its BatchNorm stores it anyway) and rebuilt as a_i * z_i + b_i."""
 
     @staticmethod
     def forward(ctx, meta, weight, *flat):

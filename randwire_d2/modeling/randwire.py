@@ -1,13 +1,8 @@
-"""RandWire trunk: randomly wired stages (Sec. 3.2, Table 1) as a Detectron2 backbone.
+"""RandWire trunk (Xie et al., ICCV 2019, Sec. 3.2, Table 1) as a Detectron2 backbone, shared by
+the classifier and the detector; stage outputs `conv2..conv5` have strides 4..32.
 
-Xie, Kirillov, Girshick, He, "Exploring Randomly Wired Neural Networks for Image Recognition"
-(ICCV 2019). The trunk is shared by the ImageNet classifier and the detector; its stage outputs
-are named `conv2..conv5` with strides 4..32 (the digit is log2 of the stride, as `res2..res5`).
-
-Deviations from the paper, all deliberate:
-- `conv1` has C // 2 channels (C/2 rounded down when C is odd, e.g. 54 for C=109).
-- The edge-removal regularization (Sec. 4.2) is implemented as a zero weight on the removed
-  edge, so every parameter stays in the autograd graph (DistributedDataParallel needs it).
+Deliberate deviations: `conv1` has C // 2 channels (54 for C=109), and edge removal (Sec. 4.2)
+is a zero weight on the removed edge, so every parameter stays in the autograd graph (DDP).
 """
 
 import contextlib
@@ -28,19 +23,9 @@ from .ops import norm_layer
 from .regional_compile import COMPILE_REGIONS, check_compile, compile_regions
 from .wired_stage import Node, WiredStage
 
-__all__ = [
-    "Node",
-    "WiredStage",
-    "RandWire",
-    "REGIMES",
-    "stage_specs",
-    "network_wiring",
-    "wiring_from_cfg",
-    "build_randwire_backbone",
-    "WiringMismatchError",
-    "COMPILE_REGIONS",
-    "execution_mode",
-]
+__all__ = ["Node", "WiredStage", "RandWire", "REGIMES"]
+__all__ += ["stage_specs", "network_wiring", "wiring_from_cfg", "build_randwire_backbone"]
+__all__ += ["WiringMismatchError", "COMPILE_REGIONS", "execution_mode"]
 
 # Per regime: (stage name, node count as a multiple of N, channels as a multiple of C); stage
 # `conv1` (3x3 conv, C//2, stride 2) comes first, and small-regime `conv2` is one ReLU-conv-BN.
@@ -98,32 +83,9 @@ class RandWire(Backbone):
         recompute_convs: bool = False,
         device=None,
     ):
-        """
-        Args:
-            wiring: the DAG of every random stage of the regime (all of them, built or not),
-                keyed by stage name (see `network_wiring`).
-            channels: C of Table 1; random stages have C, 2C, 4C (small) or C..8C (regular).
-            regime: "small" or "regular" (Table 1).
-            node_op: node transformation name in `NODE_OPS` (default: 3x3 separable conv).
-            norm: Detectron2 norm name ("BN", "FrozenBN", "SyncBN", "naiveSyncBN", "GN", ...).
-            out_features: stage names to return, a subset of conv1..conv5; the stages after
-                the last of them are not built.
-            drop_edge_prob: probability, per training forward, of removing one random edge
-                whose target node has input degree > 1 (Sec. 4.2). Never applied in eval.
-            freeze_at: freeze stages conv1..conv{freeze_at} (0 = nothing), as ResNet's FREEZE_AT.
-            in_channels: channels of the input image.
-            execution: how wired stages run: "fast" (the same function from a plan with fused
-                aggregation, see `execution.py`; the fused node kernels of `kernels.py` only on
-                GPU generations where they were measured faster), "triton" (those kernels, an
-                error where they cannot run), "eager" ("fast" without the kernels) or
-                "reference" (the plain per-node loop).
-            memory_efficient: in training, store two activations per node instead of four and
-                recompute the aggregation and ReLU in backward (fast execution only).
-            recompute_convs: with memory_efficient, recompute the depthwise conv as well (one
-                activation per node).
-            device: where the model will run (MODEL.DEVICE), for which the execution's path is
-                decided once, here (default: CUDA if present, else CPU).
-        """
+        """The arguments are the MODEL.RANDWIRE keys of the same names (see config.py): `wiring`
+        holds every random stage of the regime, built or not; stages after the last of
+        `out_features` are not built; `device` is where the execution's path is decided for."""
         super().__init__()
         specs = stage_specs(regime, 4, channels)  # validates regime and channels; N is the wiring's
         if not 0.0 <= drop_edge_prob <= 1.0:
@@ -163,19 +125,9 @@ class RandWire(Backbone):
             )
             self._add_stage("conv2", conv2, channels)
             prev = channels
+        stage_args = (node_op, norm, execution, memory_efficient, recompute_convs, device)
         for name, _, c in [s for s in specs if s[0] in built]:
-            stage = WiredStage(
-                wiring[name],
-                prev,
-                c,
-                node_op,
-                norm,
-                execution,
-                memory_efficient,
-                recompute_convs,
-                device,
-            )
-            self._add_stage(name, stage, c)
+            self._add_stage(name, WiredStage(wiring[name], prev, c, *stage_args), c)
             prev = c
         self._out_features = out_features
         fp = wiring.fingerprint().encode()
@@ -218,8 +170,7 @@ class RandWire(Backbone):
 
     @contextlib.contextmanager
     def executions(self, execution: str):
-        """`set_execution(execution)` for the duration of a `with` block, then each stage's
-        execution as it was."""
+        """`set_execution(execution)` for the duration of a `with` block."""
         before = {name: stage.execution for name, stage in self.wired_stages().items()}
         self.set_execution(execution)
         try:
@@ -229,8 +180,7 @@ class RandWire(Backbone):
                 stage.set_execution(before[name])
 
     def seed_edge_removal(self, key: Sequence[int]) -> None:
-        """Draw the next edge removal from `key` (e.g. (SEED, iteration, rank)) instead of the
-        global torch RNG, so that a resumed run removes the same edges as an uninterrupted one."""
+        """Draw the next edge removal from `key` (e.g. (SEED, iteration, rank)): exact resumes."""
         self._edge_removal_key = tuple(int(k) for k in key)
 
     def _sample_removed_edge(self) -> Optional[Tuple[str, Tuple[int, int]]]:
@@ -250,21 +200,14 @@ class RandWire(Backbone):
         return candidates[min(int(pick * len(candidates)), len(candidates) - 1)]
 
     def compile_regions(self, regions: str, backend: Optional[str] = None) -> "RandWire":
-        """Regional `torch.compile` (MODEL.RANDWIRE.COMPILE), in place: see
-        `regional_compile.compile_regions`."""
+        """Regional `torch.compile` (MODEL.RANDWIRE.COMPILE), in place."""
         return compile_regions(self, regions, backend)
 
-    # -----------------------------------------------------------------------------------------
-    # Edge removal as device masks (compiled nodes, CUDA graphs)
-
     def use_edge_masks(self) -> "RandWire":
-        """Give edge removal (Sec. 4.2) to the nodes as keep masks on the device instead of a
-        Python index: every node with edge weights multiplies its coefficients by its slice of
-        one buffer, `edge_keep` (ones, 0 on the removed edge), written by `draw_edge_removal`.
-        The same function and gradients; what compiled nodes need (an index would make a graph
-        per edge) and what a CUDA graph needs (an index would be frozen into it). Forward draws
-        and writes the masks itself unless `edge_masks_drawn_by_caller` (a CUDA-graph trainer
-        calls `draw_edge_removal()` before every step and replay)."""
+        """Give edge removal to the nodes as slices of one device buffer `edge_keep` (0 on the
+        removed edge) instead of a Python index, which compiled nodes and CUDA graphs cannot
+        take. Forward draws it unless `edge_masks_drawn_by_caller` (a CUDA-graph trainer calls
+        `draw_edge_removal()` before each replay)."""
         slices, n = {}, 0
         for name, stage in self.wired_stages().items():
             for v, node in enumerate(stage.nodes):
@@ -284,8 +227,8 @@ class RandWire(Backbone):
         return getattr(self, "edge_keep", None) is not None
 
     def draw_edge_removal(self) -> Optional[Tuple[str, Tuple[int, int]]]:
-        """Draw this minibatch's removed edge as forward does (same key, same choice) and write
-        it into `edge_keep`; returns (stage, (node, input position)) or None."""
+        """Draw this minibatch's removed edge as forward does into `edge_keep`; returns (stage,
+        (node, input position)) or None."""
         removed = self._sample_removed_edge()
         if not self._keep_clean:
             self.edge_keep.fill_(1.0)
@@ -370,8 +313,7 @@ class RandWire(Backbone):
 
 @contextlib.contextmanager
 def execution_mode(module: nn.Module, execution: str):
-    """Run every RandWire trunk inside `module` with `execution` for the duration of the block
-    (`RandWire.executions`, i.e. `set_execution`, the one way to switch executions)."""
+    """Run every RandWire trunk inside `module` with `execution` for the duration of the block."""
     with contextlib.ExitStack() as stack:
         for trunk in [m for m in module.modules() if isinstance(m, RandWire)]:
             stack.enter_context(trunk.executions(execution))

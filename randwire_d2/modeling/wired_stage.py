@@ -1,6 +1,6 @@
 """A wired stage (one random graph of nodes, Fig. 2) and its node: the modules the wiring builds."""
 
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -52,11 +52,8 @@ class Node(nn.Module):
 
 
 class WiredStage(nn.Module):
-    """One random graph: input node -> N nodes wired by `wiring` -> output node (mean).
-
-    Nodes fed by the stage input take `in_channels` and stride 2; every other node maps
-    `out_channels` to `out_channels` at stride 1.
-    """
+    """One random graph: input node -> N nodes wired by `wiring` -> output node (mean). Nodes fed
+    by the stage input take `in_channels` at stride 2, the others `out_channels` at stride 1."""
 
     def __init__(
         self,
@@ -75,31 +72,22 @@ class WiredStage(nn.Module):
         self.set_execution(execution, device)
         self.memory_efficient = bool(memory_efficient)
         self.recompute_convs = bool(recompute_convs)
-        # Fold affine norms (FrozenBN; BN in eval) into the last conv of each node.
-        self.fold_norms = True
+        self.fold_norms = True  # affine norms (FrozenBN; BN in eval) into each node's last conv
         inputs = set(wiring.input_nodes)
         self.preds = [wiring.predecessors(v) for v in range(wiring.num_nodes)]
         self.outputs = wiring.output_nodes
-        self.nodes = nn.ModuleList(
-            Node(
-                max(1, len(self.preds[v])),
-                in_channels if v in inputs else out_channels,
-                out_channels,
-                2 if v in inputs else 1,
-                op,
-                norm,
-            )
-            for v in range(wiring.num_nodes)
-        )
+        nodes = []
+        for v, preds in enumerate(self.preds):
+            cin, stride = (in_channels, 2) if v in inputs else (out_channels, 1)
+            nodes.append(Node(max(1, len(preds)), cin, out_channels, stride, op, norm))
+        self.nodes = nn.ModuleList(nodes)
         self.plan = StagePlan(self.preds, self.outputs)
         self._specs = None
-        # Set by RandWire.compile_regions: the stage runs the per-node loop (compiled nodes, or
-        # compiled as a whole) instead of the fast execution.
+        # Set by RandWire.compile_regions: then the (compiled) per-node loop runs instead.
         self.compiled = ""
 
     def set_execution(self, execution: str, device=None):
-        """Run as `execution` on `device` (default: where the stage's parameters are, or CUDA
-        where there is one for a stage still being built): decided here, once (`self.path`)."""
+        """Run as `execution` on `device` (default: the parameters'); the path is decided here."""
         if device is None:
             params = list(self.parameters())
             device = params[0].device if params else _default_device()
@@ -108,8 +96,7 @@ class WiredStage(nn.Module):
 
     @property
     def specs(self) -> List[NodeSpec]:
-        """How each node's transform decomposes; rebuilt when a node's norm was replaced
-        (FrozenBN / SyncBN conversion)."""
+        """Each node's NodeSpec; rebuilt when a norm was replaced (FrozenBN / SyncBN)."""
         key = tuple(
             id(n.transform[-1] if isinstance(n.transform, nn.Sequential) else n.transform)
             for n in self.nodes
@@ -123,8 +110,7 @@ class WiredStage(nn.Module):
         return [(v, i) for v, p in enumerate(self.preds) if len(p) > 1 for i in range(len(p))]
 
     def forward(self, x, removed_edge=None):
-        """`removed_edge`: None, the removed edge as (node, input position), or {node: keep
-        mask} (see RandWire.use_edge_masks)."""
+        """`removed_edge`: None, (node, input position) or {node: keep mask} (use_edge_masks)."""
         if self.execution != "reference" and not self.compiled:
             return fast_stage_forward(self, x, removed_edge)
         return self.forward_reference(x, removed_edge)

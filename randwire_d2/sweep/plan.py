@@ -20,21 +20,17 @@ MAX_RUNS = 2000
 # A setting of each of the paper's generators, shown when one lacks its parameters.
 EXAMPLES = {"er": "er:P=0.2", "ba": "ba:M=5", "ws": "ws:K=4,P=0.75"}
 _C78 = "configs/imagenet/randwire_ws_c78_small.yaml"
+_REGULAR = [
+    "configs/imagenet/randwire_ws_c109_regular.yaml",
+    "configs/imagenet/randwire_ws_c154_regular.yaml",
+]
 # Preset -> (base configs, generator settings, node ops, extra overrides). Fig. 3/6 train the
 # small regime for 100 epochs (Sec. 4 "100 epochs, unless noted"); Table 2 for 250 (its config).
 PRESETS = {
     "fig3": ([_C78], FIG3_GENERATORS, NODE_OPS[:1], ["PRETRAIN.EPOCHS", "100"]),
     "fig6": ([_C78], FIG3_GENERATORS, NODE_OPS, ["PRETRAIN.EPOCHS", "100"]),
     "table2": ([_C78], [("ws", {"K": 4, "P": 0.75})], NODE_OPS[:1], []),
-    "table3": (
-        [
-            "configs/imagenet/randwire_ws_c109_regular.yaml",
-            "configs/imagenet/randwire_ws_c154_regular.yaml",
-        ],
-        [("ws", {"K": 4, "P": 0.75})],
-        NODE_OPS[:1],
-        [],
-    ),
+    "table3": (_REGULAR, [("ws", {"K": 4, "P": 0.75})], NODE_OPS[:1], []),
 }
 
 
@@ -75,8 +71,7 @@ def _number(value: str, text: str, key: str):
 
 
 def check_theta(generator: str, names, where: str) -> None:
-    """The paper's generators need all their parameters and no others (er: P, ba: M, ws: K and
-    P); a registered generator's own function checks its parameters."""
+    """er needs P, ba M, ws K and P, and nothing else; other generators check their own."""
     keys = GENERATOR_KEYS.get(generator)
     if keys is None:
         return
@@ -133,12 +128,9 @@ def parse_generators(texts: Sequence[str]) -> List[Tuple[str, Dict]]:
 
 
 def per_run_keys(match_flops: bool = False) -> Dict[str, str]:
-    """{config key: the sweep option that sets it per run}: an override of one is refused, as
-    the sweep would replace it (or, for WIRING_FILE, it would replace the sweep's wiring)."""
-    keys = {"MODEL.RANDWIRE.GENERATOR": "--generators"}
-    keys.update(
-        {f"MODEL.RANDWIRE.{k}": "--generators" for t in GENERATOR_KEYS.values() for k in t.values()}
-    )
+    """{config key: the sweep option that sets it per run}: overrides of these are refused."""
+    theta = [k for t in GENERATOR_KEYS.values() for k in t.values()]
+    keys = {f"MODEL.RANDWIRE.{k}": "--generators" for k in ["GENERATOR", *theta]}
     keys["MODEL.RANDWIRE.GENERATOR_PARAMS"] = "--generators"
     keys["MODEL.RANDWIRE.WIRING_FILE"] = "--generators and --seeds"
     keys["MODEL.RANDWIRE.NODE_OP"] = "--node-ops"
@@ -183,9 +175,7 @@ def expand(
     opts: Sequence[str] = (),
     channels_for=None,
 ) -> List[Run]:
-    """Every (config, generator setting, node op, seed) as a Run. `channels_for(cfg, op)` gives C
-    per node op (Fig. 6 keeps the FLOPs); by default the config's C. At most MAX_RUNS runs,
-    counted first; overrides of keys the sweep sets per run are refused."""
+    """Every (config, generator setting, node op, seed) as a Run; C per op from `channels_for`."""
     count = len(configs) * len(node_ops) * len(generators) * len(seeds)
     if count > MAX_RUNS:
         raise ValueError(
@@ -256,8 +246,7 @@ def matching_channels(reference_op: str = "sep_conv3x3", seed: int = 1):
 
 
 def run_complexity(runs: Sequence[Run]) -> Dict[str, Tuple[int, int]]:
-    """{run name: (FLOPs, params)} at 224x224, as Tables 2-3, in closed form; save_plan stores
-    them in sweep.json for the report."""
+    """{run name: (FLOPs, params)} at 224x224 (Tables 2-3), in closed form."""
     from ..complexity import analytic_complexity
 
     return {r.name: analytic_complexity(load_config(r.config_file, r.opts)) for r in runs}

@@ -32,8 +32,8 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
 
 
 def aggregate(records: Sequence[Dict]) -> List[Dict]:
-    """One row per (group, node_op, channels, regime): complexity over all runs, accuracy over
-    finished seeds (mean, population std)."""
+    """One row per (group, node_op, channels, regime): mean and population std of complexity
+    over all runs and of accuracy over finished seeds."""
     runs: Dict[tuple, List[Dict]] = {}
     for i, r in enumerate(records):
         missing = [k for k in REQUIRED if k not in r]

@@ -1,11 +1,7 @@
-"""Run state and results on disk. A sweep folder holds one run folder per (generator setting,
-node op, C, regime, seed), named so a person can read it (`ws_K4_P0.75-sep_conv3x3-C78-small-s1`),
-and `sweep.json`, the plan with each run's FLOPs and params. A run is finished when its folder holds
-a valid `results.json` (its final evaluation, written by the sweep after the run: every metric a
-number in [0, 100]); a folder with checkpoints and no valid results is resumed (`--resume`); others
-start afresh. Running the same sweep again therefore continues it and trains each run once. A run
-whose folder another process holds (train_cls's OUTPUT_DIR lock: a second sweep on the same
-folder) is in progress elsewhere, left to it, and not a failure.
+"""Run state and results on disk: a sweep folder holds `sweep.json` (the plan with each run's
+FLOPs and params) and one readable run folder per run (`ws_K4_P0.75-sep_conv3x3-C78-small-s1`).
+A run with a valid `results.json` is finished, one with checkpoints is resumed, others start
+afresh, so rerunning a sweep continues it; a run whose folder another process holds is left to it.
 """
 
 import dataclasses
@@ -30,8 +26,7 @@ def _warn(message: str) -> None:
 
 
 def check_results(results) -> Optional[str]:
-    """What is wrong with a run's results, or None: {"val_<crop>": {"top1": %, ...}}, every
-    metric a number in [0, 100]."""
+    """What is wrong with a run's results ({"val_<crop>": {"top1": %, ...}}), or None."""
     form = 'expected {"val_<crop>": {"top1": %, "top5": %}}'
     if not isinstance(results, dict) or not results:
         return f"{form}, found {_short(results)}"
@@ -47,9 +42,8 @@ def check_results(results) -> Optional[str]:
 
 
 def read_results(folder: str) -> Tuple[Optional[Dict], Optional[str]]:
-    """(results, None) of a finished run; (None, what is wrong) when its results.json is corrupt
-    (truncated, another structure, a metric outside [0, 100]): the run must be run again;
-    (None, None) when there is none."""
+    """(results, None) of a finished run, (None, what is wrong) for a corrupt results.json (the
+    run must be run again), (None, None) when there is none."""
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):
         return None, None
@@ -71,8 +65,7 @@ def run_state(folder: str) -> str:
 
 
 def final_results(folder: str) -> Optional[Dict]:
-    """{"val_224": {"top1", "top5"}, ...} of the last evaluation in metrics.json, if it is the
-    final one (at the last iteration written)."""
+    """{"val_224": {"top1", "top5"}, ...} of metrics.json's last evaluation, if the final one."""
     path = os.path.join(folder, "metrics.json")
     if not os.path.isfile(path):
         return None
@@ -103,9 +96,9 @@ def _holder(text: str) -> str:
 
 
 def held_by(folder: str) -> Optional[str]:
-    """Who holds `folder` as a live run's OUTPUT_DIR (claim_output_dir keeps its `.lock` locked),
-    or None. The probe takes the lock for an instant; a run starting in that instant is refused
-    (its process exits with EXIT_OUTPUT_DIR_IN_USE), and the runner recognizes that."""
+    """Who holds `folder` as a live run's OUTPUT_DIR (its `.lock` is locked), or None. The probe
+    locks for an instant; a run starting then exits with EXIT_OUTPUT_DIR_IN_USE, which the runner
+    recognizes."""
     path = os.path.join(folder, ".lock")
     if not os.path.isfile(path):
         return None
@@ -123,8 +116,7 @@ def held_by(folder: str) -> Optional[str]:
 
 
 def save_plan(runs: Sequence[Run], sweep_dir: str, complexity: Dict[str, Tuple[int, int]]):
-    """Write sweep.json. A run folder of an earlier plan with other overrides is refused: its
-    results would be skipped as finished, though they answer another question."""
+    """Write sweep.json, refusing run folders of an earlier plan with other overrides."""
     path = os.path.join(sweep_dir, "sweep.json")
     if os.path.isfile(path):
         before = {r["name"]: r for r in _read_plan(path)}
@@ -159,8 +151,7 @@ def _read_plan(path: str) -> List[Dict]:
 
 
 def load_records(sweep_dir: str, warn=_warn) -> List[Dict]:
-    """The run records of a sweep folder (plan + results so far), for `report.report`. A run
-    with corrupt results is warned about and left out (results None): it needs to run again."""
+    """A sweep folder's run records (plan + results so far); corrupt results warned, left None."""
     path = os.path.join(sweep_dir, "sweep.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{sweep_dir} holds no sweep.json: not a sweep folder")

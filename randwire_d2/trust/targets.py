@@ -1,8 +1,6 @@
-"""What a LazyConfig read from a yaml file (the `config.yaml` a lazy run saves) may build. Each
-`_target_` is resolved to an object without importing anything (only modules this process has
-already imported are looked into), checked against an explicit list of callables, and replaced
-by that object, so what is built is what was checked. A target outside the list is refused before
-anything of the file is built; the text of a target decides nothing
+"""What a LazyConfig read from yaml (a lazy run's `config.yaml`) may build. Each `_target_` is
+resolved without importing anything, checked against an explicit list of callables and replaced
+by that object, so what is built is what was checked; the text decides nothing
 (`detectron2.config.lazy.os.system` resolves to `os.system`)."""
 
 import dataclasses
@@ -18,18 +16,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .yaml_safe import UnsafeConfigError
 
-__all__ = [
-    "ALLOWED_TARGETS",
-    "allow_target",
-    "resolve_imported",
-    "bind_targets",
-    "check_model_size",
-]
+__all__ = ["ALLOWED_TARGETS", "allow_target", "resolve_imported"]
+__all__ += ["bind_targets", "check_model_size"]
 
-# The callables a saved LazyConfig may build: those the shipped LazyConfigs and Detectron2's
-# model-zoo LazyConfigs name (tests/test_trust_layer.py keeps this list complete for ours), as
-# LazyConfig.save spells them. Code of one's own is added with `allow_target` (a trusted .py that
-# imports it), or the file is loaded with --allow-unsafe-config.
+# The callables the shipped and Detectron2 model-zoo LazyConfigs name, as LazyConfig.save spells
+# them (tests/test_trust_layer.py keeps ours complete); one's own code is added with allow_target.
 ALLOWED_TARGETS = (
     # the RandWire trunk (configs/lazy/common/randwire_rcnn.py)
     "randwire_d2.RandWire",
@@ -89,17 +80,15 @@ _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def allow_target(obj) -> None:
-    """Let saved LazyConfigs build `obj` (a class or function of one's own project): call it in
-    the trusted python code that registers one's extensions, as one registers a backbone."""
+    """Let saved LazyConfigs build `obj` (call from trusted code, like registering a backbone)."""
     if not callable(obj):
         raise TypeError(f"allow_target({obj!r}): a config target is a class or a function")
     _ADDED[id(obj)] = obj
 
 
 def resolve_imported(name: str) -> Optional[object]:
-    """The object the dotted `name` names, found only among modules already imported and their
-    attributes, as Python would find it (a class's static and class methods unwrapped); None
-    when it names nothing loaded. Nothing is imported and no property or __getattr__ runs."""
+    """The object the dotted `name` names among modules already imported, or None; nothing is
+    imported and no property or __getattr__ runs (static/class methods unwrapped)."""
     if not isinstance(name, str) or not _DOTTED.fullmatch(name):
         return None
     parts = name.split(".")
@@ -152,10 +141,8 @@ def _allowed(obj) -> bool:
 
 
 def bind_targets(cfg, config_file: str, where: str = ""):
-    """Replace every `_target_` of the LazyConfig `cfg` (read from yaml `config_file`) by the
-    object it resolves to, after checking it is allowed; UnsafeConfigError naming the target,
-    where it is, and what it resolves to otherwise. Interpolations that call a resolver
-    (`${oc.create:...}` builds a config from text) are refused too; plain references stay."""
+    """Replace every `_target_` of `cfg` by the allowed object it resolves to, else raise
+    UnsafeConfigError; interpolations that call a resolver (`${oc.create:...}`) are refused."""
     if isinstance(cfg, DictConfig):
         items = [(k, f"{where}.{k}" if where else str(k)) for k in cfg.keys()]
     elif isinstance(cfg, ListConfig):
@@ -209,9 +196,7 @@ MAX_MODEL_ELEMENTS = 2**31
 
 
 def check_model_size(cfg, config_file: str) -> None:
-    """Build `cfg.model` of a saved LazyConfig on the meta device (no memory) and refuse it when
-    its parameters and buffers exceed MAX_MODEL_ELEMENTS: every size its arguments declare
-    (channels, fc dims, ...) is bounded before anything is allocated."""
+    """Refuse `cfg.model` when, built on the meta device, it exceeds MAX_MODEL_ELEMENTS."""
     import torch
     from detectron2.config import instantiate
 

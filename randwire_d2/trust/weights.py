@@ -1,10 +1,7 @@
-"""Weights files as data. A `.pth`/`.pyth` checkpoint is read by `torch.load(weights_only=True)`
-after its declared storage sizes are checked against the file's own bytes; a `.pkl` (Detectron2's
-model zoo, Caffe2, converted torchvision weights) by an unpickler that builds only dicts, lists,
-strings, numbers and numpy arrays of numeric dtypes, each array's declared shape checked against
-the bytes that the file holds for it before anything is allocated. Every tensor then holds at most
-as many elements as its storage: a zero-stride view declared 2^20 x 2^20 over a few bytes is
-refused before any computation reads it."""
+"""Weights files as data: `.pth`/`.pyth` by `torch.load(weights_only=True)` after the declared
+storage sizes are checked against the file's bytes; `.pkl` by an unpickler that builds only
+dicts, lists, strings, numbers and numeric numpy arrays, each shape checked against its bytes
+before allocation. Every tensor must fit its storage (no huge zero-stride views)."""
 
 import collections
 import io
@@ -19,13 +16,8 @@ import torch
 
 from .files import open_regular
 
-__all__ = [
-    "CheckpointError",
-    "read_checkpoint",
-    "read_pickled_weights",
-    "check_structure",
-    "check_tensors",
-]
+__all__ = ["CheckpointError", "read_checkpoint", "read_pickled_weights"]
+__all__ += ["check_structure", "check_tensors"]
 
 # numpy kinds a weights array may have: bool, signed and unsigned ints, floats, complex.
 NUMERIC_KINDS = "biufc"
@@ -44,9 +36,7 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: str, what: str = "MODEL.WEIGHTS") -> dict:
-    """A `.pth` checkpoint: torch.load(weights_only=True) of a regular file, its declared
-    storages checked against its size first, every tensor within its storage after. An error
-    names `what`, the file and its size when it is empty, truncated or not a torch file."""
+    """A `.pth` checkpoint as a dict, checked as the module says; errors name `what`, the file."""
     with open_regular(path, what, "weights") as f:
         size = f.seek(0, io.SEEK_END)
         f.seek(0)
@@ -80,8 +70,7 @@ def _check_zip(f, size: int) -> None:
 
 
 class _Dummy:
-    """Stands for every global of a legacy checkpoint in the size pre-pass: nothing is imported
-    or called."""
+    """Every global of a legacy checkpoint in the size pre-pass: nothing is imported or called."""
 
     def __init__(self, name: str = "", *args, **kwargs):
         self.name = name
@@ -94,8 +83,7 @@ class _Dummy:
 
 
 class _SizeScan(pickle.Unpickler):
-    """Reads a legacy checkpoint's main pickle without building anything, summing the bytes its
-    storages declare."""
+    """Sums the storage bytes a legacy checkpoint's pickle declares, building nothing."""
 
     declared = 0
 
@@ -213,16 +201,14 @@ class _ForbiddenType(pickle.UnpicklingError):
 
 
 class _NdarrayType:
-    """What `numpy.ndarray` unpickles to: only a marker for `_reconstruct` (calling the real
-    class would allocate the shape it is given)."""
+    """`numpy.ndarray` as unpickled: a marker only (the real class allocates any shape)."""
 
     def __new__(cls, *args, **kwargs):
         raise _Refused("a call of numpy.ndarray (it allocates whatever shape it is given)")
 
 
 class _DtypeState:
-    """A numpy dtype named in the pickle, checked to be numeric (no object, void, string or
-    structured dtype) before it is used."""
+    """A numpy dtype named in the pickle, checked to be plain numeric before it is used."""
 
     def __init__(self, spec, align=False, copy=False):
         if not isinstance(spec, str):
@@ -248,8 +234,7 @@ class _DtypeState:
 
 
 class _ArrayState:
-    """An array being unpickled: built in __setstate__ from the bytes the file holds, after the
-    declared shape is checked against them."""
+    """An array built in __setstate__ from the file's bytes once its shape matches them."""
 
     array = None
 
@@ -354,9 +339,8 @@ def _finish(x, memo):
 
 
 def read_pickled_weights(path: str, what: str = "MODEL.WEIGHTS") -> Dict:
-    """A `.pkl` weights file read without running code or allocating beyond its bytes: only
-    dicts/lists of numeric numpy arrays, numbers and strings load; anything else is refused,
-    naming the file and what it asked for, before it is built."""
+    """A `.pkl` weights file read without running code or allocating beyond its bytes; anything
+    but plain data is refused, naming the file and what it asked for."""
     with open_regular(path, what, "weights") as f:
         try:
             data = _finish(_WeightsUnpickler(f, encoding="latin1").load(), {})

@@ -1,7 +1,6 @@
-"""Yaml configs parsed as data: no tags that construct objects, aliases only while the document
-they expand stays config-sized (a 1 KB file of nested anchors would expand to gigabytes), a byte
-bound per file and a bounded `_BASE_` chain.
-The result is what fvcore's `CfgNode.load_yaml_with_base` returns for a plain config."""
+"""Yaml configs parsed as data: no object-building tags, aliases only while the expansion stays
+config-sized, a byte bound per file and a bounded `_BASE_` chain; the result is what fvcore's
+`CfgNode.load_yaml_with_base` returns for a plain config."""
 
 import os
 from typing import Any, Dict, List
@@ -10,14 +9,8 @@ import yaml
 
 from .files import LIMITS, read_bounded
 
-__all__ = [
-    "UnsafeConfigError",
-    "load_yaml",
-    "loads_yaml",
-    "load_yaml_with_base",
-    "MAX_BASE_DEPTH",
-    "MAX_EXPANDED_NODES",
-]
+__all__ = ["UnsafeConfigError", "load_yaml", "loads_yaml"]
+__all__ += ["load_yaml_with_base", "MAX_BASE_DEPTH", "MAX_EXPANDED_NODES"]
 
 # Most values a config may expand to through its aliases (a Detectron2 config holds ~600; nested
 # aliases in a 1 KB file can expand to billions).
@@ -47,10 +40,8 @@ class UnsafeConfigError(ValueError):
 
 
 class _DataLoader(yaml.SafeLoader):
-    """SafeLoader that refuses non-plain explicit tags while composing, before any node is
-    built, and counts every node as its aliases expand it: a document that would expand past
-    MAX_EXPANDED_NODES values is refused. (Aliases themselves stay: yacs writes them for repeated
-    lists in every config.yaml it dumps.)"""
+    """SafeLoader refusing non-plain tags before any node is built, and documents whose aliases
+    expand past MAX_EXPANDED_NODES (aliases stay: yacs writes them in every config.yaml)."""
 
     def __init__(self, stream, name: str):
         super().__init__(stream)

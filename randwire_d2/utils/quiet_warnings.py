@@ -1,15 +1,9 @@
-"""Quiet runs: the deprecation notes that torch, fvcore and Detectron2 print on every run.
+"""Quiet runs: ignore exactly the deprecation notes torch, fvcore and Detectron2 print on every
+run (addressed to their authors), by message and module; every other warning still shows.
+`quiet_export_warnings()` also ignores the notes of tracing and exporting, during an export
+only. RANDWIRE_SHOW_ALL_WARNINGS=1 turns both off.
 
-They are addressed to those libraries' authors (fvcore calls `torch.jit.script` on import,
-Detectron2 calls `torch.meshgrid` without `indexing`), repeat in every process of a run, and bury
-the lines a user should read. `quiet_third_party_warnings()` ignores exactly these messages, by
-message and module; every other warning, randwire_d2's own and its log records included, still
-shows. `quiet_export_warnings()` does the same, and also ignores the notes of tracing and
-exporting (EXPORT_WARNINGS), for the duration of an export only. RANDWIRE_SHOW_ALL_WARNINGS=1 in
-the environment turns both off.
-
-This module imports only the standard library, so that `randwire_d2/__init__.py` can apply it
-before it imports Detectron2, whose imports print some of these notes.
+Standard library only, so `randwire_d2/__init__.py` can apply it before importing Detectron2.
 """
 
 import contextlib
@@ -19,14 +13,8 @@ import re
 import warnings
 from typing import Iterator, List, Tuple
 
-__all__ = [
-    "quiet_third_party_warnings",
-    "quiet_export_warnings",
-    "THIRD_PARTY_WARNINGS",
-    "EXPORT_WARNINGS",
-    "THIRD_PARTY_LOG_RECORDS",
-    "SHOW_ALL_WARNINGS_ENV",
-]
+__all__ = ["quiet_third_party_warnings", "quiet_export_warnings", "THIRD_PARTY_WARNINGS"]
+__all__ += ["EXPORT_WARNINGS", "THIRD_PARTY_LOG_RECORDS", "SHOW_ALL_WARNINGS_ENV"]
 
 SHOW_ALL_WARNINGS_ENV = "RANDWIRE_SHOW_ALL_WARNINGS"
 
@@ -41,9 +29,8 @@ THIRD_PARTY_WARNINGS = (
     # that calls model_zoo.get_config prints it from inside detectron2.config.lazy.
     (UserWarning, r"pkg_resources is deprecated as an API", r"detectron2\."),
 )
-# (category, message regex, module regex) of the notes of an export (randwire_d2/export.py), ignored
-# only while it runs. Each exported file is then run at several input shapes and compared with the
-# eager model, which is what these notes ask for.
+# The same for the notes of an export, ignored only while it runs: each exported file is checked
+# against the eager model at several input shapes, which is what these notes ask for.
 EXPORT_WARNINGS = (
     # torch's TracerWarning (a subclass of Warning: this module does not import torch) on the
     # Python-side checks of Detectron2, torchvision and torch (`assert boxes.shape[-1] == 4`,
@@ -109,9 +96,8 @@ def _drop_log_records() -> List[Tuple[logging.Logger, _DropMessages]]:
 
 
 def quiet_third_party_warnings(logs: bool = True) -> bool:
-    """Ignore the known third-party notes (THIRD_PARTY_WARNINGS, and with `logs` the
-    THIRD_PARTY_LOG_RECORDS) in this process, unless RANDWIRE_SHOW_ALL_WARNINGS is set to
-    anything but "" or "0". Idempotent; returns whether the filters are in place."""
+    """Ignore THIRD_PARTY_WARNINGS (and with `logs` THIRD_PARTY_LOG_RECORDS) in this process
+    unless RANDWIRE_SHOW_ALL_WARNINGS is set; idempotent; returns whether the filters are on."""
     if _show_all():
         return False
     _ignore(THIRD_PARTY_WARNINGS)
@@ -122,10 +108,9 @@ def quiet_third_party_warnings(logs: bool = True) -> bool:
 
 @contextlib.contextmanager
 def quiet_export_warnings() -> Iterator[bool]:
-    """While it is entered, ignore THIRD_PARTY_WARNINGS, EXPORT_WARNINGS and
-    THIRD_PARTY_LOG_RECORDS (unless RANDWIRE_SHOW_ALL_WARNINGS is set); on exit the warning
-    filters and the log filters are those of before. Yields whether the filters are in place.
-    Also a decorator: `@quiet_export_warnings()`."""
+    """Context manager (or decorator) ignoring THIRD_PARTY_WARNINGS, EXPORT_WARNINGS and
+    THIRD_PARTY_LOG_RECORDS until exit, unless RANDWIRE_SHOW_ALL_WARNINGS is set; yields whether
+    the filters are on."""
     with warnings.catch_warnings():
         quiet = not _show_all()
         added = []

@@ -9,7 +9,7 @@ config (`KEY VALUE` overrides) or a LazyConfig, a `.py` file or the config.yaml 
     test resizing   ResizeShortestEdge(INPUT.MIN_SIZE_TEST,  dataloader.test.mapper.augmentations
                     INPUT.MAX_SIZE_TEST)
 
-and weights, device and test datasets through run_config.RunConfig. Weights load strictly
+and weights, device and test datasets through run_settings.RunConfig. Weights load strictly
 (checkpoint.load_for_eval). A lazy config names the python callables that build it (`_target_`):
 a `.py` file is code (load only one you trust); a saved yaml is data, whose targets are bound to
 the objects they resolve to and checked against trust.targets.ALLOWED_TARGETS.
@@ -42,7 +42,7 @@ from .data.dataset_checks import prepare_datasets
 from .data.imagefolder import read_rgb_image
 from .limits import MAX_IMAGE_SIDE, check_int
 from .modeling.classifier import RandWireClassifier
-from .run_config import RunConfig, is_lazy
+from .run_settings import RunConfig, is_lazy
 
 __all__ = [
     "LAZY_KEYS",
@@ -100,7 +100,7 @@ def _check_lazy_syntax(config_file: str, overrides: Sequence[str]) -> None:
 def input_format(cfg) -> str:
     """INPUT.FORMAT; lazy: the test mapper's image_format (what evaluation feeds the model),
     which must equal model.input_format where both are set. Checked to be RGB or BGR."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     lazy_keys = ("dataloader.test.mapper.image_format", "model.input_format")
     keys = lazy_keys if run.lazy else ("INPUT.FORMAT",)
     found = {k: run.select(k) for k in keys if run.select(k) is not None}
@@ -122,7 +122,7 @@ def test_augmentations(cfg) -> T.AugmentationList:
     if not is_lazy(cfg):
         size = cfg.INPUT.MIN_SIZE_TEST
         return T.AugmentationList([T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)])
-    augs = RunConfig(cfg).select("dataloader.test.mapper.augmentations")
+    augs = RunConfig.of(cfg).select("dataloader.test.mapper.augmentations")
     if augs is None:
         raise ValueError(
             "the LazyConfig has no dataloader.test.mapper.augmentations: the test resizing of "
@@ -142,7 +142,7 @@ def test_augmentations(cfg) -> T.AugmentationList:
 
 def is_classifier(cfg) -> bool:
     """MODEL.META_ARCHITECTURE RandWireClassifier (lazy: model._target_)."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     arch = run.select("model._target_" if run.lazy else "MODEL.META_ARCHITECTURE")
     if run.lazy:  # what the target is, not its name
         return (locate(arch) if isinstance(arch, str) else arch) is RandWireClassifier
@@ -198,7 +198,7 @@ def check_weights(cfg, random_weights: Optional[bool] = None, purpose: str = "pr
     """MODEL.WEIGHTS (lazy: train.init_checkpoint) is given and on disk. Empty weights are an
     error unless `random_weights` (a tool's --random-weights; None when the tool has no such
     flag): an untrained model, for trying an export."""
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
     key, weights = run.key("weights"), run.get("weights", "") or ""
     if not weights and not random_weights:
         output_dir = run.get("output_dir", "output") or "output"
@@ -221,7 +221,8 @@ def load_model(
     project's checkpointer: every tensor from the file, the wiring fingerprint equal. Empty
     weights: see `check_weights`."""
     check_weights(cfg, random_weights, purpose)
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
+    cfg = run.cfg
     if run.lazy and is_classifier(cfg):
         raise ValueError(
             f"{CLASSIFIER_ARCH} from a LazyConfig is not supported: classifiers are yaml configs "
@@ -270,7 +271,8 @@ def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) ->
             raise FileNotFoundError(f"--sample-image {sample_image!r} does not exist")
         image = read_image_file(sample_image)
         return [prepare_image(image, input_format(cfg), test_augmentations(cfg))]
-    run = RunConfig(cfg)
+    run = RunConfig.of(cfg)
+    cfg = run.cfg
     key, names = run.key("test_datasets"), run.datasets("test_datasets")
     if not names:
         raise ValueError(f"{key} is empty: give --sample-image IMAGE or a test dataset")

@@ -78,6 +78,12 @@ class RunConfig:
         self.cfg = cfg
         self.lazy = is_lazy(cfg)
 
+    @classmethod
+    def of(cls, cfg) -> "RunConfig":
+        """`cfg` itself where it is a RunConfig (a run builds one and passes it down), else one
+        of the config `cfg`."""
+        return cfg if isinstance(cfg, RunConfig) else cls(cfg)
+
     def key(self, name: str) -> Optional[str]:
         """The config key of setting `name` in this config system (None: it has none)."""
         return SETTINGS[name][self.lazy]
