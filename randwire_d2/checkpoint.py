@@ -1,5 +1,4 @@
-"""The checkpoint format, in one place: what a checkpoint holds, how it is written and checked,
-how a classifier checkpoint becomes detector weights, and which config lines it implies.
+"""The checkpoint format: what a checkpoint holds, how it is written, loaded and checked.
 
 Format (a dict of tensors and plain values, as `torch.save` writes it):
     "model":               state dict; every RandWire trunk holds a `wiring_fingerprint` buffer
@@ -11,10 +10,9 @@ Format (a dict of tensors and plain values, as `torch.save` writes it):
     plus whatever the trainer adds ("iteration", "optimizer", "scheduler", "classes", ...).
 
 Loading is strict where a silent mismatch would give wrong numbers: another wiring raises
-`WiringMismatchError` (see `RandWire._load_from_state_dict`); trunk tensors that are missing or
-have other shapes, a checkpoint of another architecture, an unreadable file and non-finite
-values raise `CheckpointError`. A classifier checkpoint given to a detector is mapped on the fly:
-"backbone.<stage>..." becomes "backbone.bottom_up.<stage>..." and the classifier head is dropped.
+`WiringMismatchError`; missing or reshaped trunk tensors, another architecture, an unreadable
+file and non-finite values raise `CheckpointError`. A classifier checkpoint given to a detector
+is mapped on the fly ("backbone.<stage>" -> "backbone.bottom_up.<stage>", head dropped).
 """
 
 import contextlib
@@ -74,9 +72,7 @@ def check_weights_on_disk(weights: str, key: str = "MODEL.WEIGHTS") -> None:
 
 @contextlib.contextmanager
 def weights_download_named(key: str, weights: str):
-    """Inside: a failure to download `weights` (the value of config `key`, a URL such as
-    https://... or detectron2://...) is an OSError naming the key, the URL and the reason, not
-    urllib's bare "<urlopen error ...>"."""
+    """Inside: a failed download of `weights` is an OSError naming `key`, the URL and why."""
     try:
         yield
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
@@ -134,13 +130,11 @@ def _describe(keys, limit: int = 3) -> str:
 
 
 class SafeDetectionCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer whose loading never runs code from the file: `.pth` (and pycls'
-    `.pyth`) through `torch.load(weights_only=True)`, `.pkl` through an unpickler that allows
-    only numpy arrays (Detectron2's own uses plain pickle)."""
+    """DetectionCheckpointer whose loading never runs code from the file (`.pth`/`.pyth`:
+    weights_only torch.load; `.pkl`: an unpickler of numpy arrays only)."""
 
     def save(self, name: str, tag_last: bool = True, **kwargs) -> None:
-        """fvcore's save; with `tag_last=False` the file is not named in last_checkpoint (a
-        model_best.pth: `--resume` continues the newest periodic checkpoint)."""
+        """fvcore's save; `tag_last=False` leaves last_checkpoint alone (model_best.pth)."""
         if tag_last:
             return super().save(name, **kwargs)
         self.tag_last_checkpoint = lambda basename: None  # this save only
@@ -150,8 +144,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             del self.tag_last_checkpoint
 
     def get_checkpoint_file(self) -> str:
-        """The checkpoint OUTPUT_DIR/last_checkpoint names: a file name in OUTPUT_DIR, read from
-        a regular file with a bound ("" when there is none)."""
+        """The file in save_dir that last_checkpoint names (read bounded); "" when none."""
         path = os.path.join(self.save_dir, "last_checkpoint")
         if not os.path.lexists(path):
             return ""
@@ -197,10 +190,9 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
 
 
 class RandWireCheckpointer(SafeDetectionCheckpointer):
-    """SafeDetectionCheckpointer that writes atomically, adds the wiring and input statistics to
-    every checkpoint, never writes or loads non-finite values, refuses weights that do not fit
-    the trunk (with `strict`, any tensor that does not fit), loads RandWireClassifier checkpoints
-    into detectors, and resumes from the newest intact checkpoint."""
+    """SafeDetectionCheckpointer that writes atomically with the wiring and input statistics,
+    refuses non-finite values and weights that do not fit the trunk (`strict`: any tensor),
+    maps classifier checkpoints into detectors, and resumes from the newest intact one."""
 
     def __init__(self, model, save_dir="", *, cfg=None, strict: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
@@ -337,8 +329,7 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
         raise CheckpointError(f"no intact checkpoint to resume from in {self.save_dir}")
 
     def _resume_mismatch(self, candidate: str, error: Exception) -> str:
-        """--resume into a model the checkpoint does not fit: the model keys the config changed
-        since the checkpoint was written, or the error itself."""
+        """The message of a --resume mismatch: the model keys the config changed, or `error`."""
         changed = []
         if self.cfg is not None:
             run = RunConfig.of(self.cfg)
@@ -372,9 +363,8 @@ def config_lines(data: Dict) -> List[str]:
 
 
 def check_input_normalization(cfg, checkpoint: dict) -> bool:
-    """Warn when the checkpoint was trained on other pixel statistics or channel order than
-    MODEL.PIXEL_MEAN/PIXEL_STD and INPUT.FORMAT (lazy: model.pixel_mean/pixel_std/input_format);
-    False then. Not an error: fine-tuning on other statistics is legitimate, only unusual."""
+    """Warn (and return False) when the checkpoint's pixel statistics or channel order differ
+    from the config's; not an error: fine-tuning on other statistics is legitimate."""
     run = RunConfig.of(cfg)
     mismatched = []
     for name in ("pixel_mean", "pixel_std", "input_format"):
@@ -403,9 +393,7 @@ def wiring_of_checkpoint(path: str) -> NetworkWiring:
 
 
 def build_checkpointer(model, save_dir: str = "", cfg=None, **kwargs):
-    """RandWireCheckpointer (wiring + fingerprint in every file) for models with a RandWire
-    trunk; SafeDetectionCheckpointer (Detectron2's, loading without running code) for the
-    ResNet baselines."""
+    """RandWireCheckpointer for models with a RandWire trunk, else SafeDetectionCheckpointer."""
     inner = getattr(model, "module", model)
     if any(isinstance(m, RandWire) for m in inner.modules()):
         return RandWireCheckpointer(model, save_dir, cfg=cfg, **kwargs)
@@ -414,10 +402,8 @@ def build_checkpointer(model, save_dir: str = "", cfg=None, **kwargs):
 
 
 def load_for_eval(cfg, model: torch.nn.Module, resume: bool = False) -> Dict:
-    """Load the weights to evaluate into `model` strictly (every tensor from the file, the wiring
-    fingerprint equal): MODEL.WEIGHTS (lazy: train.init_checkpoint), or with `resume` the last
-    checkpoint of OUTPUT_DIR. Returns the rest of the checkpoint (class names, input
-    statistics, ...)."""
+    """Load the weights (or with `resume` OUTPUT_DIR's last checkpoint) into `model` strictly;
+    returns the rest of the checkpoint (class names, input statistics, ...)."""
     run = RunConfig.of(cfg)
     cfg = run.cfg
     save_dir = run.get("output_dir", "") if resume else ""

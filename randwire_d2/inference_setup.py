@@ -1,6 +1,5 @@
-"""What tools/predict.py and tools/export_model.py read from a config of either system: a yaml
-config (`KEY VALUE` overrides) or a LazyConfig, a `.py` file or the config.yaml a lazy run saves
-(`key=value` overrides). `load_any_config` tells them apart.
+"""What tools/predict.py and tools/export_model.py read from a yaml config (`KEY VALUE`
+overrides) or a LazyConfig (`.py` or a lazy run's config.yaml; `key=value` overrides).
 
     what            yaml                                     LazyConfig
     model           build_model(cfg)                         instantiate(cfg.model)
@@ -9,10 +8,8 @@ config (`KEY VALUE` overrides) or a LazyConfig, a `.py` file or the config.yaml 
     test resizing   ResizeShortestEdge(INPUT.MIN_SIZE_TEST,  dataloader.test.mapper.augmentations
                     INPUT.MAX_SIZE_TEST)
 
-and weights, device and test datasets through run_settings.RunConfig. Weights load strictly
-(checkpoint.load_for_eval). A lazy config names the python callables that build it (`_target_`):
-a `.py` file is code (load only one you trust); a saved yaml is data, whose targets are bound to
-the objects they resolve to and checked against trust.targets.ALLOWED_TARGETS.
+and weights, device and test datasets through run_settings.RunConfig. A `.py` config is code
+(load only one you trust); a saved yaml's `_target_`s are checked against ALLOWED_TARGETS.
 """
 
 import copy
@@ -31,13 +28,7 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
 from .checkpoint import CLASSIFIER_ARCH, check_weights_on_disk, load_for_eval
-from .config import (
-    LAZY_KEYS,
-    is_lazy_yaml,
-    load_config,
-    load_lazy_config,
-    read_yaml,
-)
+from .config import LAZY_KEYS, is_lazy_yaml, load_config, load_lazy_config, read_yaml
 from .data.dataset_checks import prepare_datasets
 from .data.imagefolder import read_rgb_image
 from .limits import MAX_IMAGE_SIDE, check_int
@@ -59,18 +50,15 @@ __all__ = [
     "detector_samples",
 ]
 
-# Constructor arguments that hold a detector's minimum test score (R-CNN box predictors,
-# RetinaNet/FCOS, PanopticFPN's instance combination).
+# Constructor arguments holding a detector's minimum test score (R-CNN, RetinaNet, PanopticFPN).
 SCORE_THRESHOLD_ARGS = ("test_score_thresh", "combine_instances_score_thresh")
 
 
 def load_any_config(
     config_file: str, opts: Sequence[str] = (), freeze: bool = True, allow_unsafe: bool = False
 ):
-    """The config in `config_file`: a `.py` file or a lazy run's saved config.yaml (top-level
-    keys LAZY_KEYS) is a LazyConfig (`load_lazy_config`, key=value overrides); any other yaml is
-    `load_config`'s (`KEY VALUE` overrides; frozen with `freeze`). Overrides in the other
-    system's syntax are an error naming the right one."""
+    """The LazyConfig (`.py` or saved lazy yaml) or yaml config (frozen with `freeze`) in
+    `config_file`; overrides in the other system's syntax are an error."""
     opts = list(opts)
     if config_file.endswith(".py") or is_lazy_yaml(
         config_file, read_yaml(config_file, allow_unsafe)
@@ -98,8 +86,8 @@ def _check_lazy_syntax(config_file: str, overrides: Sequence[str]) -> None:
 
 
 def input_format(cfg) -> str:
-    """INPUT.FORMAT; lazy: the test mapper's image_format (what evaluation feeds the model),
-    which must equal model.input_format where both are set. Checked to be RGB or BGR."""
+    """INPUT.FORMAT (lazy: the test mapper's image_format, equal to model.input_format where
+    both are set); RGB or BGR."""
     run = RunConfig.of(cfg)
     lazy_keys = ("dataloader.test.mapper.image_format", "model.input_format")
     keys = lazy_keys if run.lazy else ("INPUT.FORMAT",)
@@ -117,8 +105,7 @@ def input_format(cfg) -> str:
 
 
 def test_augmentations(cfg) -> T.AugmentationList:
-    """The resizing of evaluation: ResizeShortestEdge to INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, as
-    Detectron2's DefaultPredictor (lazy: dataloader.test.mapper.augmentations)."""
+    """Evaluation's resizing (lazy: dataloader.test.mapper.augmentations)."""
     if not is_lazy(cfg):
         size = cfg.INPUT.MIN_SIZE_TEST
         return T.AugmentationList([T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)])
@@ -150,10 +137,8 @@ def is_classifier(cfg) -> bool:
 
 
 def set_score_threshold(cfg, threshold: float) -> None:
-    """Make `threshold` the minimum score of a detection: yaml MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-    MODEL.RETINANET.SCORE_THRESH_TEST and MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH;
-    lazy: every argument in SCORE_THRESHOLD_ARGS of a callable under `model` (an error if
-    there is none)."""
+    """Make `threshold` the minimum score of a detection (lazy: every SCORE_THRESHOLD_ARGS of a
+    callable under `model`; an error if there is none)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(
             f"--confidence-threshold={threshold} is invalid: expected a score in [0, 1]"
@@ -195,9 +180,8 @@ def _set_lazy_args(node, args: Sequence[str], value) -> bool:
 
 
 def check_weights(cfg, random_weights: Optional[bool] = None, purpose: str = "predictions"):
-    """MODEL.WEIGHTS (lazy: train.init_checkpoint) is given and on disk. Empty weights are an
-    error unless `random_weights` (a tool's --random-weights; None when the tool has no such
-    flag): an untrained model, for trying an export."""
+    """The weights are given and on disk; empty weights are an error unless `random_weights`
+    (--random-weights; None when the tool has no such flag)."""
     run = RunConfig.of(cfg)
     key, weights = run.key("weights"), run.get("weights", "") or ""
     if not weights and not random_weights:
@@ -216,10 +200,8 @@ def check_weights(cfg, random_weights: Optional[bool] = None, purpose: str = "pr
 def load_model(
     cfg, random_weights: Optional[bool] = None, purpose: str = "predictions"
 ) -> Tuple[torch.nn.Module, Dict]:
-    """(the model of `cfg` in eval mode, the rest of its checkpoint: class names, input
-    statistics, ...) with MODEL.WEIGHTS (lazy: train.init_checkpoint) loaded strictly by the
-    project's checkpointer: every tensor from the file, the wiring fingerprint equal. Empty
-    weights: see `check_weights`."""
+    """(the model of `cfg` in eval mode with its weights loaded strictly, the rest of its
+    checkpoint); empty weights: see `check_weights`."""
     check_weights(cfg, random_weights, purpose)
     run = RunConfig.of(cfg)
     cfg = run.cfg
@@ -234,8 +216,7 @@ def load_model(
 
 
 def require_registered(names: Sequence[str], key: str, alternative: str = "") -> None:
-    """Every dataset of `names` (read from config `key`) is registered: an error names the first
-    that is not and the --dataset flag that registers it (then `alternative`)."""
+    """Every dataset of `names` (from config `key`) is registered, else a ValueError."""
     for name in names:
         if name not in DatasetCatalog.list():
             raise ValueError(
@@ -245,15 +226,12 @@ def require_registered(names: Sequence[str], key: str, alternative: str = "") ->
 
 
 def read_image_file(path: str) -> np.ndarray:
-    """HWC uint8 BGR (as cv2 reads it) of an image file, read by the training loader's
-    `read_rgb_image` (16-bit grayscale scaled to 8 bits, at most MAX_IMAGE_PIXELS pixels); an
-    error names the file."""
+    """HWC uint8 BGR of an image file, read as the training loader reads it."""
     return np.asarray(read_rgb_image(path))[:, :, ::-1]
 
 
 def prepare_image(bgr: np.ndarray, fmt: str, augs: T.AugmentationList) -> Dict:
-    """A detector's input as evaluation prepares it: {"image": float32 CHW in `fmt` resized by
-    `augs`, "height", "width" of the original}."""
+    """{"image": float32 CHW in `fmt` resized by `augs`, "height", "width" of the original}."""
     image = bgr[:, :, ::-1] if fmt == "RGB" else bgr
     height, width = image.shape[:2]
     aug_input = T.AugInput(np.ascontiguousarray(image))
@@ -263,9 +241,8 @@ def prepare_image(bgr: np.ndarray, fmt: str, augs: T.AugmentationList) -> Dict:
 
 
 def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) -> List[Dict]:
-    """Detector inputs ("image": float32 CHW, 0-255, the input format, resized as for testing):
-    `sample_image` prepared as tools/predict.py prepares an image, else the first `count`
-    images of DATASETS.TEST[0] (lazy: dataloader.test.dataset.names) through the test loader."""
+    """Detector inputs (float32 CHW, 0-255, resized for testing): `sample_image`, else the first
+    `count` images of the first test dataset through the test loader."""
     if sample_image:
         if not os.path.isfile(sample_image):
             raise FileNotFoundError(f"--sample-image {sample_image!r} does not exist")
@@ -291,7 +268,7 @@ def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) ->
         loader = build_detection_test_loader(cfg, name)
     samples = []
     for batch in loader:
-        # float32, as the predictor's input: the exported model takes float images.
+        # the exported model takes float images
         samples.extend(dict(s, image=s["image"].float()) for s in batch)
         if len(samples) >= count:
             break

@@ -1,15 +1,9 @@
-"""Predictions of a trained model on images, a video or a registered dataset: tools/predict.py
-(as Detectron2's demo/demo.py) is its command line; the config is either system's, read by
-`inference_setup`.
+"""Predictions of a trained model on images, a video or a registered dataset (tools/predict.py).
 
-Inputs are prepared as evaluation prepares them, so that predictions equal evaluation's:
-detectors as Detectron2's DefaultPredictor (a LazyConfig: its dataloader.test.mapper), the
-classifier as its validation loader at the first PRETRAIN.TEST_CROPS size. Out come pictures
-and one JSON per image (a video: one for all its frames). Class names are those the checkpoint
-records (a detector: of its training dataset; the classifier: its classes). COCO ids exist only
-where the images are a dataset's own records (`--dataset NAME`): each record carries its
-`image_id`, and the dataset's categories give the category ids; then, and only then,
-RESULTS_FILE holds COCO results for `COCO.loadRes`. Nothing is matched and no id is made up.
+Inputs are prepared as evaluation prepares them, so that predictions equal evaluation's. Out
+come pictures and one JSON per image (a video: one for all frames), labelled with the class
+names the checkpoint records. COCO ids exist only for a dataset's own records (`--dataset`):
+then RESULTS_FILE holds COCO results for `COCO.loadRes`. No id is made up.
 """
 
 import glob
@@ -85,10 +79,8 @@ def setup_cfg(
     allow_unsafe: bool = False,
     dataset: Optional[str] = None,
 ):
-    """The config to predict with (`load_any_config`; a yaml config frozen): the device
-    resolved, `confidence_threshold` the minimum score of a detection shown and written, the
-    weights checked to be given and on disk. With `dataset` (registered), the test dataset is
-    that one, so that loading checks its categories against the checkpoint's."""
+    """The config to predict with (a yaml config frozen), device resolved and weights checked;
+    with `dataset`, the test dataset is that one (its categories checked on loading)."""
     cfg = load_any_config(config_file, opts, freeze=False, allow_unsafe=allow_unsafe)
     resolve_device(cfg)
     if not (is_lazy(cfg) and is_classifier(cfg)):
@@ -112,10 +104,8 @@ def setup_cfg(
 
 
 def split_overrides(words: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """(inputs, overrides) of --input's words: argparse gives `--input a.jpg MODEL.WEIGHTS w`
-    all to --input. The overrides start at the first word that names no existing file and is a
-    yaml key whose first part is a top-level key of the config (MODEL.WEIGHTS, OUTPUT_DIR), or a
-    key=value whose first part is one of LAZY_KEYS (or +key=value)."""
+    """(inputs, overrides) of --input's words (argparse gives `--input a.jpg MODEL.WEIGHTS w` all
+    to --input): overrides start at the first word that is no file and a yaml or lazy key."""
     yaml_keys = set(add_randwire_config(get_cfg()))
     for i, word in enumerate(words):
         key, sep, _ = word.partition("=")
@@ -127,8 +117,7 @@ def split_overrides(words: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 
 def find_images(inputs: Sequence[str]) -> List[str]:
-    """The image files that `inputs` name: files, folders (their images, sorted) or glob
-    patterns (sorted), in the order given. A name that matches no image is an error."""
+    """The image files of `inputs` (files, folders, globs; in order); no match is an error."""
     found = []
     for pattern in inputs:
         if os.path.isdir(pattern):
@@ -147,8 +136,7 @@ def find_images(inputs: Sequence[str]) -> List[str]:
 
 
 def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
-    """(the BGR frames of a video file, its frame rate); an error names a missing video, or one
-    of which this OpenCV build cannot decode a frame."""
+    """(the BGR frames of a video file, its frame rate); an error if no frame decodes."""
     open_regular(path, "--video-input", "video").close()  # a FIFO would block OpenCV
     capture = cv2.VideoCapture(path)
     width, height = (
@@ -182,10 +170,8 @@ def read_video(path: str) -> Tuple[Iterator[np.ndarray], float]:
 
 
 class DetectionPredictor:
-    """A detector on one BGR HWC uint8 image at a time, prepared as evaluation prepares images,
-    with weights loaded strictly. Class names are `dataset`'s (then checked to fit the model's
-    class count and to be the categories its checkpoint was trained on, and its category ids
-    are known), else those the checkpoint records, else class indices."""
+    """A detector on one BGR HWC uint8 image at a time, prepared as evaluation prepares it.
+    Class names are `dataset`'s (checked; its category ids known), else the checkpoint's."""
 
     def __init__(self, cfg, dataset: Optional[str] = None):
         self.input_format = input_format(cfg)
@@ -219,9 +205,8 @@ class DetectionPredictor:
             return self.model([prepare_image(bgr, self.input_format, self.aug)])[0]
 
     def detections(self, instances: Instances, image_id: Optional[int] = None) -> List[Dict]:
-        """One image's detections: bbox (XYWH), score, class_index, label (segmentation as RLE,
-        keypoints where the model has them); with a dataset image's `image_id`, its image_id
-        and category_id too (COCO results)."""
+        """One image's detections (bbox XYWH, score, class_index, label, ...); with a dataset's
+        `image_id`, image_id and category_id too (COCO results)."""
         found = instances_to_coco_json(instances, image_id)
         classes = self.metadata.thing_classes
         for d in found:
@@ -234,8 +219,7 @@ class DetectionPredictor:
         return found
 
     def draw(self, bgr: np.ndarray, instances: Instances) -> np.ndarray:
-        """The image (BGR) with the detections drawn by `draw_instances`, at `drawn_scale` of its
-        size, labelled with the class names."""
+        """The image (BGR) with the detections drawn, at `drawn_scale` of its size."""
         scale = drawn_scale(*bgr.shape[:2])
         if scale < 1:  # shrunk before drawing: matplotlib's canvas of the full image is huge
             bgr, instances = _shrink(bgr, instances, scale)
@@ -244,8 +228,7 @@ class DetectionPredictor:
 
 
 def drawn_scale(height: int, width: int) -> float:
-    """Scale of a drawn picture: the shorter side enlarged to MIN_DRAWN_SIDE, the longer side at
-    most MAX_DRAWN_SIDE."""
+    """Shorter side enlarged to MIN_DRAWN_SIDE, longer side at most MAX_DRAWN_SIDE."""
     return min(max(1.0, MIN_DRAWN_SIDE / min(height, width)), MAX_DRAWN_SIDE / max(height, width))
 
 
@@ -275,9 +258,8 @@ def _shrink(bgr: np.ndarray, instances: Instances, scale: float) -> Tuple[np.nda
 
 
 class ClassificationPredictor:
-    """RandWireClassifier on one image at a time, prepared as its validation loader prepares
-    them: resize + center crop to PRETRAIN.TEST_CROPS[0] (crop ratio PRETRAIN.TEST_CROP_RATIO),
-    channels in INPUT.FORMAT. Class names come from the checkpoint."""
+    """RandWireClassifier on one image at a time, prepared as its validation loader does (crop
+    PRETRAIN.TEST_CROPS[0]); class names from the checkpoint."""
 
     def __init__(self, cfg):
         self.model, checkpoint = load_model(cfg)
@@ -310,8 +292,7 @@ class ClassificationPredictor:
 
 
 def build_predictor(cfg, dataset: Optional[str] = None):
-    """ClassificationPredictor for MODEL.META_ARCHITECTURE RandWireClassifier (yaml configs),
-    else DetectionPredictor (yaml or LazyConfig; on `dataset`'s records)."""
+    """ClassificationPredictor for a yaml RandWireClassifier, else DetectionPredictor."""
     if is_classifier(cfg) and not is_lazy(cfg):
         return ClassificationPredictor(cfg)
     return DetectionPredictor(cfg, dataset)
@@ -324,8 +305,7 @@ def dataset_images(name: str) -> List[Tuple[str, int]]:
 
 
 def _unique_names(paths: Sequence[str]) -> List[str]:
-    """The base names of `paths`, numbered where two share a stem (a.jpg, a.png -> a_1.png), so
-    that each has its own <stem>.json."""
+    """The base names of `paths`, numbered where two share a stem (a.jpg, a.png -> a_1.png)."""
     taken, names = set(), []
     for path in paths:
         stem, ext = os.path.splitext(os.path.basename(path))
@@ -344,13 +324,10 @@ def predict(
     output: Optional[str] = None,
     topk: int = 5,
 ) -> List[Dict]:
-    """Run `predictor` on image files, the frames of a video, or (a DetectionPredictor with a
-    dataset, no images) the dataset's records; print one line per image or frame. Returns one
-    result per image or frame: its file_name (image_id for a dataset's record, frame for a
-    video) and its detections, or the classifier's top-k. With `output` (a folder): each image
-    drawn with its detections (a video: <name>.mp4) and its result as <name>.json (a video: one
-    <name>.json of all frames); for a dataset, RESULTS_FILE with every detection in COCO results
-    format. MANIFEST_FILE lists them; an earlier prediction's files there are removed first."""
+    """Run `predictor` on images, a video's frames or its dataset's records, printing a line
+    each; returns one result each (file_name, detections or topk). With `output`: pictures,
+    <name>.json per image (a video: <name>.mp4 and one json), RESULTS_FILE for a dataset;
+    MANIFEST_FILE lists them and an earlier prediction's files are removed first."""
     detector = isinstance(predictor, DetectionPredictor)
     dataset = predictor.dataset if detector else None
     items = dataset_images(dataset) if dataset else [(p, None) for p in images]

@@ -1,8 +1,6 @@
-"""A run's settings read from either config system, by name (SETTINGS: e.g. "weights" is
-MODEL.WEIGHTS in a yaml config, train.init_checkpoint in a LazyConfig), so that each rule of a
-run (engine/run_setup.py, engine/resume.py, checkpoint.py, the inference tools) is written once. A
-yaml key always exists (add_randwire_config adds them all); a LazyConfig may lack one, which then
-reads as the default given.
+"""A run's settings read from either config system by name (SETTINGS: "weights" is MODEL.WEIGHTS
+or train.init_checkpoint), so that each rule of a run is written once. A LazyConfig may lack a
+key, which then reads as the default given.
 """
 
 from typing import List, Optional, Tuple
@@ -49,8 +47,7 @@ SETTINGS = {
     "weight_decay": ("SOLVER.WEIGHT_DECAY", "optimizer.weight_decay"),
     "weight_decay_norm": ("SOLVER.WEIGHT_DECAY_NORM", "optimizer.params.weight_decay_norm"),
 }
-# The settings a resumed run takes from its checkpoint's optimizer and data order whatever the
-# config says: a change is refused rather than printed and ignored.
+# What a resume restores whatever the config says: a change is refused, not silently ignored.
 RESTORED = ("base_lr", "batch", "momentum", "nesterov", "weight_decay", "weight_decay_norm", "seed")
 # The config sections whose changes a resume applies, and names (yaml, LazyConfig).
 RESUME_SECTIONS = (
@@ -80,8 +77,7 @@ class RunConfig:
 
     @classmethod
     def of(cls, cfg) -> "RunConfig":
-        """`cfg` itself where it is a RunConfig (a run builds one and passes it down), else one
-        of the config `cfg`."""
+        """`cfg` itself where it is a RunConfig, else one of the config `cfg`."""
         return cfg if isinstance(cfg, RunConfig) else cls(cfg)
 
     def key(self, name: str) -> Optional[str]:
@@ -134,17 +130,15 @@ class RunConfig:
         return {"lazy_cfg": self.flat()} if self.lazy else {"cfg": self.cfg.dump()}
 
     def datasets(self, name: str) -> List[str]:
-        """The dataset names of "train_datasets" or "test_datasets" (a LazyConfig may give one
-        name as a string)."""
+        """The dataset names of "train_datasets" or "test_datasets" (lazy: maybe one string)."""
         names = self.get(name)
         if names is None:
             return []
         return [names] if isinstance(names, str) else list(names)
 
     def num_classes(self) -> Tuple[Optional[str], Optional[int]]:
-        """(key, value) of the detector's class count, e.g. ("MODEL.RETINANET.NUM_CLASSES", 80):
-        yaml by MODEL.META_ARCHITECTURE (NUM_CLASSES_KEYS), lazy roi_heads.num_classes (R-CNN)
-        or num_classes (RetinaNet, FCOS); (None, None) when the model has no such key."""
+        """(key, value) of the detector's class count, e.g. ("MODEL.RETINANET.NUM_CLASSES", 80);
+        (None, None) when the model has no such key."""
         if not self.lazy:
             key = NUM_CLASSES_KEYS.get(self.cfg.MODEL.META_ARCHITECTURE)
             return (key, int(self.select(key))) if key else (None, None)
@@ -156,8 +150,7 @@ class RunConfig:
 
 
 def changed_keys(old: dict, new: dict) -> List[str]:
-    """The keys of flat config `new` whose values differ from flat config `old` (a checkpoint's
-    yaml holds lists where the running config holds tuples: the same setting)."""
+    """The keys of flat config `new` whose values differ from `old` (lists equal to tuples)."""
     return [k for k in new if k in old and _as_lists(old[k]) != _as_lists(new[k])]
 
 

@@ -1,15 +1,6 @@
 #!/usr/bin/env python
-"""ImageNet pretraining of RandWire classifiers (Sec. 4) on Detectron2's engine.
-
-    python tools/train_cls.py --config-file configs/imagenet/randwire_ws_c109_regular.yaml --num-gpus 8
-    python tools/train_cls.py --config-file ... --num-gpus 8 --dry-run     # print the schedule only
-    python tools/train_cls.py --config-file ... SOLVER.MAX_ITER 20         # a smoke test
-    python tools/train_cls.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
-    torchrun --nproc-per-node 8 tools/train_cls.py --config-file ...     # joins torchrun's group
-
-The schedule is written in epochs (PRETRAIN.*) and resolved here into SOLVER.* for the training
-set and the global batch; SOLVER/TEST keys given explicitly are kept (and said so). On a machine
-without CUDA, --num-gpus N runs N CPU processes (gloo).
+"""ImageNet pretraining of RandWire classifiers (Sec. 4) on Detectron2's engine: the command
+line of randwire_d2/engine/pretrain.py, whose docstring (`--help`) gives the usage.
 """
 
 import sys

@@ -1,8 +1,6 @@
 """Embedded datasets: procedural shapes on cluttered backgrounds (see `shapes`).
 
-Importing this package registers the detection demo splits ("randwire_demo_det_train",
-"randwire_demo_det_val") under $DETECTRON2_DATASETS (default ./datasets); their files are
-generated the first time a split is loaded.
+Importing this package registers the detection demo splits (generated on first load).
 """
 
 from . import shapes

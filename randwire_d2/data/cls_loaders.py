@@ -34,12 +34,9 @@ def build_cls_train_loader(
     pin_memory: bool = False,
     decode_device: Optional[str] = None,
 ):
-    """Training batches (list[dict(image, label)]) of iterations start_iter..max_iter - 1.
-
-    With `decode_device` (PRETRAIN.DECODE "cuda": the model's device), the workers read the
-    JPEG files and each batch is decoded, cropped, resized and flipped on that device with the
-    same draws (`batched_decode`): batches are then {"images": uint8 [B, 3, crop, crop],
-    "labels": int64 [B]} on the device."""
+    """Training batches (list[dict(image, label)]) of iterations start_iter..max_iter - 1; with
+    `decode_device`, decoded and augmented there with the same draws, as {"images": uint8
+    [B, 3, crop, crop], "labels": int64 [B]}."""
     sampler = EpochBatchSampler(
         len(samples),
         global_batch,

@@ -1,6 +1,5 @@
-"""Checks that name bad data before training: ImageFolder splits (classification pretraining)
-and COCO-format datasets (detection), so that a run fails at setup, not at its first evaluation.
-"""
+"""Checks that name bad data (ImageFolder splits, COCO-format datasets) at setup, not at a
+run's first evaluation."""
 
 import functools
 import json
@@ -37,7 +36,6 @@ __all__ = [
     "MAX_INSTANCES_PER_IMAGE",
 ]
 
-# What loading a COCO instances file needs: its lists, and the fields of their objects.
 _COCO_FIELDS = {
     "images": ("id", "file_name", "height", "width"),
     "annotations": ("id", "image_id", "category_id", "bbox"),
@@ -48,8 +46,7 @@ _COCO_KEYS = tuple(_COCO_FIELDS)
 # the matchers compare every anchor and proposal with every box, so 300,000 boxes on one image
 # ask for ~15 GB at the first iteration. Raise it here if your data really is that dense.
 MAX_INSTANCES_PER_IMAGE = 1000
-# Per dataset, the kinds of non-crowd instance masks it holds ("polygon", "rle"), recorded by
-# load_dataset so that check_mask_format need not load a large dataset again.
+# Per dataset, its non-crowd mask kinds ("polygon", "rle"): check_mask_format need not reload.
 _MASK_KINDS: Dict[str, frozenset] = {}
 logger = logging.getLogger(__name__)
 
@@ -119,8 +116,7 @@ def register_user_datasets(specs: Optional[Iterable[Sequence[str]]]) -> List[str
 
 
 def check_datasets_on_disk(dataset_names: Iterable[str]) -> None:
-    """Raise DatasetNotFoundError naming DETECTRON2_DATASETS and the missing path, if a dataset's
-    files are absent (datasets generated on demand, like the demo data, are skipped)."""
+    """Raise DatasetNotFoundError if a dataset's files are absent (on-demand ones skipped)."""
     for name in dataset_names:
         if name not in DatasetCatalog.list():
             raise KeyError(
@@ -152,10 +148,8 @@ def _json_type(value) -> str:
 
 
 def check_coco_json(json_file: str, what: str) -> None:
-    """`json_file` is a COCO instances file: a JSON object with lists `images`, `annotations`
-    and `categories` of objects that hold the fields loading needs (_COCO_FIELDS). Read once,
-    with the dataset byte bound; a ValueError names `what` (the flag or dataset), the file and
-    the field, instead of a bare AssertionError or TypeError from the loader."""
+    """A ValueError naming `what`, the file and the field unless `json_file` holds the lists
+    and fields of _COCO_FIELDS (read once, with the dataset byte bound)."""
     text = read_bounded(json_file, f"{what} JSON", "dataset", text=True)
     where = f"{what}: {os.path.abspath(json_file)} is not a COCO instances file"
     expected = f"expected a JSON object with lists {list(_COCO_KEYS)} of objects"
@@ -184,9 +178,8 @@ def check_coco_json(json_file: str, what: str) -> None:
 
 
 def load_dataset(name: str) -> List[Dict]:
-    """DatasetCatalog.get(name), checked by `check_dataset_dicts`; a ValueError naming the
-    dataset and its json file when that file is not COCO instances (`check_coco_json`:
-    Detectron2 raises a bare JSON error, or loads no images or no boxes)."""
+    """DatasetCatalog.get(name), checked; a ValueError naming the json file when it is not COCO
+    instances."""
     json_file = MetadataCatalog.get(name).get("json_file")
     try:
         dicts = DatasetCatalog.get(name)
@@ -216,8 +209,8 @@ def _is_number(v) -> bool:
 
 
 def check_declared_sizes(name: str, dicts: List[Dict], source: str = "") -> None:
-    """The image sizes a dataset declares (evaluation and mask decoding allocate them): each
-    height x width at most MAX_IMAGE_PIXELS, each RLE mask's `size` its image's."""
+    """Each declared height x width at most MAX_IMAGE_PIXELS (evaluation allocates it), each RLE
+    mask's `size` its image's."""
     for d in dicts:
         height, width = d.get("height"), d.get("width")
         if height is None and width is None:
@@ -241,10 +234,8 @@ def check_declared_sizes(name: str, dicts: List[Dict], source: str = "") -> None
 
 
 def check_dataset_dicts(name: str, dicts: List[Dict], json_file: Optional[str] = None) -> None:
-    """At setup, what a run would otherwise find mid-way in dataset `name` (its Detectron2 dicts,
-    from `json_file`): no images; image files that do not exist (one os.path.isfile each); a
-    bbox that is not 4 numbers. Boxes that lie entirely outside their image (dropped by the
-    mapper's clipping) are an error when all are, else a warning naming the count."""
+    """Raise on no images, missing image files or a bbox that is not 4 numbers; boxes entirely
+    outside their image are an error when all are, else a warning."""
     source = f" ({os.path.abspath(json_file)})" if json_file else ""
     if not dicts:
         raise ValueError(
@@ -294,9 +285,7 @@ def check_dataset_dicts(name: str, dicts: List[Dict], json_file: Optional[str] =
 
 
 def check_instance_counts(name: str, dicts: List[Dict], limit: Optional[int] = None) -> None:
-    """No image of dataset `name` holds more than `limit` (MAX_INSTANCES_PER_IMAGE) annotations:
-    the error names the image, its count and the limit, at setup rather than as an
-    out-of-memory error at the first iteration."""
+    """A ValueError if an image holds more than `limit` (MAX_INSTANCES_PER_IMAGE) annotations."""
     limit = MAX_INSTANCES_PER_IMAGE if limit is None else limit
     counts = [len(d.get("annotations", ())) for d in dicts]
     over = [i for i, c in enumerate(counts) if c > limit]
@@ -312,9 +301,8 @@ def check_instance_counts(name: str, dicts: List[Dict], limit: Optional[int] = N
 
 
 def prepare_datasets(dataset_names: Iterable[str]) -> None:
-    """Load every dataset once in the main process (which generates the on-demand demo data and
-    names a broken annotation file before the model is built), then let the other processes go
-    on: concurrent generators would rewrite files another process reads."""
+    """Load every dataset once in the main process, then let the others go on (concurrent
+    generators of on-demand data would rewrite files another process reads)."""
     if comm.is_main_process():
         for name in dataset_names:
             load_dataset(name)
@@ -324,8 +312,7 @@ def prepare_datasets(dataset_names: Iterable[str]) -> None:
 def check_num_classes(
     dataset_names: Iterable[str], num_classes: int, key: str = "MODEL.ROI_HEADS.NUM_CLASSES"
 ) -> None:
-    """Every dataset's categories must fit in the model's `num_classes` outputs (`key`): more
-    give an IndexError mid-training, or fail evaluation after the whole schedule."""
+    """Every dataset's categories must fit in the model's `num_classes` outputs (`key`)."""
     for name in dataset_names:
         meta = MetadataCatalog.get(name)
         if meta.get("thing_classes") is None:
@@ -344,10 +331,8 @@ def check_mask_format(
     fmt: str,
     keys: Tuple[str, str] = ("MODEL.MASK_ON", "INPUT.MASK_FORMAT"),
 ) -> None:
-    """With masks on (`keys[0]`), every dataset must hold instance masks that the mask format
-    (`keys[1]`) reads: "polygon" reads only polygon lists, "bitmask" reads both polygons and
-    RLE. Detectron2 would fail in a data loader worker at the first iteration, or evaluate no
-    masks."""
+    """With masks on, every dataset must hold masks that `fmt` reads ("polygon": polygons only,
+    "bitmask": polygons and RLE)."""
     if not mask_on:
         return
     on_key, fmt_key = keys
@@ -373,8 +358,7 @@ def check_mask_format(
 
 
 def check_datasets_fit_model(dataset_names: Iterable[str], cfg, masks: bool = True) -> None:
-    """check_num_classes with the model's class-count key (RunConfig.num_classes), and (with
-    `masks`: training, evaluation) check_mask_format, for a yaml config or a LazyConfig."""
+    """check_num_classes and (with `masks`) check_mask_format for a yaml or lazy config."""
     dataset_names, run = list(dataset_names), RunConfig.of(cfg)
     key, num_classes = run.num_classes()
     if key is not None:
@@ -386,15 +370,12 @@ def check_datasets_fit_model(dataset_names: Iterable[str], cfg, masks: bool = Tr
     check_mask_format(dataset_names, mask_on, mask_format, keys)
 
 
-# The metadata of a dataset that says what a detector's class indices mean.
 _CATEGORY_KEYS = ("thing_classes", "thing_dataset_id_to_contiguous_id")
 
 
 def dataset_categories(name: str) -> Dict:
-    """{"dataset": name, "thing_classes": [...], "thing_dataset_id_to_contiguous_id": {id:
-    index}} of registered dataset `name`, from Detectron2's metadata (the dataset loaded first
-    when its json is on disk and not loaded yet); {} when it has none. A detector checkpoint
-    records this of its training dataset."""
+    """{"dataset": name} and the _CATEGORY_KEYS metadata of dataset `name` (loaded if needed);
+    {} when it has none. A detector checkpoint records this of its training dataset."""
     meta = MetadataCatalog.get(name)
     json_file = meta.get("json_file", None)
     if meta.get(_CATEGORY_KEYS[1], None) is None and json_file and os.path.isfile(json_file):
@@ -418,10 +399,8 @@ def _describe_categories(record: Dict) -> str:
 
 
 def check_categories(record: Optional[Dict], dataset_names: Iterable[str], source: str) -> None:
-    """The categories a detector checkpoint records (`record`: `dataset_categories` of its
-    training dataset) are those of every dataset of `dataset_names`: else its class indices
-    would be written as another dataset's category ids and names. `source` names the weights.
-    A checkpoint without the record (older versions) loads, with a warning."""
+    """A ValueError unless every dataset has the categories the checkpoint records (`record`,
+    `dataset_categories`); no record is a warning. `source` names the weights."""
     dataset_names = [n for n in dataset_names if n in DatasetCatalog.list()]
     if not dataset_names:
         return

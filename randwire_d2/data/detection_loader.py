@@ -1,20 +1,11 @@
 """A detection training loader that a resumed run continues where the interrupted one stopped.
 
-Detectron2's `build_detection_train_loader` draws its order from a stream that restarts with
-every process, groups images by aspect ratio in arrival order (which depends on the worker
-count), and augments with each worker's global random state: after `--resume` the run sees the
-data of iterations 0, 1, ... again, with other flips. Here every batch is a function of
-(seed, rank, world size, iteration) alone:
-
-- the index stream of this process is epoch after epoch of `imagefolder.epoch_order` (with
-  DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler, of each image repeated by its factor), of
-  which rank r takes positions r, r + world_size, ...;
-- aspect-ratio grouping happens in the batch sampler, from the images' recorded width and height,
-  so no image is read to decide a batch and the worker count does not matter;
-- each image is mapped (augmented) under random state seeded by its stream position.
-
-Starting at iteration k replays only the integer bookkeeping of the first k batches (well under a
-second for a COCO schedule), not the images.
+Detectron2's `build_detection_train_loader` restarts its order with every process and groups
+and augments depending on the workers, so a resumed run sees iterations 0, 1, ... again. Here
+every batch is a function of (seed, rank, world size, iteration) alone: rank r takes positions
+r, r + world_size, ... of `imagefolder.epoch_order`, aspect-ratio grouping uses the recorded
+sizes, and each image is augmented under random state seeded by its stream position. Starting
+at iteration k replays only the integer bookkeeping of the first k batches.
 """
 
 import itertools
@@ -87,8 +78,7 @@ class GroupedBatchSampler(Sampler):
 
 class SeededMapDataset(Dataset):
     """dataset[(index, seed)] = mapper(dicts[index]) under random state seeded by `seed` (the
-    caller's random state is restored): an image is augmented alike whichever worker maps it.
-    An image the mapper drops (None) is replaced by the next one, with the same seed."""
+    caller's restored); an image the mapper drops is replaced by the next one."""
 
     def __init__(self, dicts: Sequence[Dict], mapper):
         self.dicts = DatasetFromList(list(dicts), copy=False, serialize=True)

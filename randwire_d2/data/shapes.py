@@ -1,13 +1,9 @@
 """Procedural shapes on cluttered backgrounds: the drawing primitives of the embedded datasets.
 
-Both embedded datasets (detection: `detection_demo`, classification: the issue-4 demo data) draw
-with these functions, so a classifier pretrained on one transfers to the other. Everything is a
-pure function of its arguments and a `numpy.random.Generator`: the same seed gives the same pixels
-on any machine.
-
-A class is a silhouette (circle, square, triangle, cross, star); colour and size vary per object,
-so the class can only be told apart by shape. Backgrounds are a smooth colour gradient with
-low-contrast clutter (thin lines, small blobs, speckle) that is never a whole silhouette.
+Both embedded datasets draw with these, so a classifier pretrained on one transfers to the
+other. Everything is a pure function of its arguments and a `numpy.random.Generator`. A class is
+a silhouette (colour and size vary, so only the shape tells it); backgrounds are a gradient with
+low-contrast clutter that is never a whole silhouette.
 """
 
 from typing import Optional, Sequence
@@ -44,11 +40,8 @@ def render_background(height: int, width: int, rng: np.random.Generator) -> np.n
 def render_object(
     image: np.ndarray, class_index: int, box: Sequence[float], rng: np.random.Generator
 ) -> Optional[np.ndarray]:
-    """Draw an object of class `CLASSES[class_index]` filling `box` = (x0, y0, x1, y1), in place.
-
-    Returns the object's HxW boolean mask, or None when the box, clipped to the image, is smaller
-    than 3 pixels on a side (nothing is drawn then).
-    """
+    """Draw an object of class `CLASSES[class_index]` filling `box` (x0, y0, x1, y1) in place;
+    its HxW boolean mask, or None (nothing drawn) when the clipped box is under 3 pixels a side."""
     if not 0 <= class_index < len(CLASSES):
         raise ValueError(
             f"class_index={class_index!r} is invalid: expected 0..{len(CLASSES) - 1} ({CLASSES})"

@@ -1,11 +1,9 @@
 """ImageNet-style pretraining of RandWireClassifier on Detectron2's engine (Sec. 4, 4.2).
 
-The recipe: SGD with momentum 0.9, lr 0.1 per 256 images scaled linearly with the global batch,
-linear warmup (Goyal et al.), half-period cosine decay, label smoothing 0.1; weight decay, epochs,
-dropout and edge removal per regime (configs/imagenet). The trainer takes a config whose schedule
-is resolved (`resolve_schedule`, done by tools/train_cls.py's setup). Evaluation reports
-top-1/top-5 at every PRETRAIN.TEST_CROPS size (224 for Tables 2-3, 320 for Table 4), summed over
-processes.
+The recipe: SGD momentum 0.9, lr 0.1 per 256 images (linear scaling), linear warmup (Goyal et
+al.), half-period cosine decay, label smoothing 0.1; the rest per regime (configs/imagenet).
+Evaluation reports top-1/top-5 at every PRETRAIN.TEST_CROPS size (224 for Tables 2-3, 320 for
+Table 4), summed over processes.
 """
 
 import logging
@@ -27,13 +25,11 @@ from .trainer import RandWireTrainer, broadcast_buffers
 
 __all__ = ["ClassList", "ClassificationTrainer", "evaluate_checkpoint", "check_gpu_keys"]
 
-# Where PRETRAIN.DECODE decodes and augments the training images.
 DECODES = ("cpu", "cuda")
 
 
 def check_gpu_keys(cfg, runnable: bool = True) -> None:
-    """PRETRAIN.DECODE and PRETRAIN.CUDA_GRAPHS valid and, when `runnable`, able to run with
-    MODEL.DEVICE on this machine: refused before anything is built."""
+    """PRETRAIN.DECODE and PRETRAIN.CUDA_GRAPHS valid and, when `runnable`, able to run here."""
     if cfg.PRETRAIN.DECODE not in DECODES:
         raise ValueError(
             f"PRETRAIN.DECODE={cfg.PRETRAIN.DECODE!r} is invalid: expected one of {list(DECODES)}"
@@ -86,7 +82,6 @@ class ClassificationTrainer(RandWireTrainer):
         if cfg.SEED < 0:
             raise ValueError(f"SEED={cfg.SEED} is invalid: expected >= 0 (the data order uses it)")
         check_gpu_keys(cfg)
-        # Both splits are checked now, not at the first evaluation hours later.
         splits = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("train", "val"))
         self.classes, samples = splits["train"]
         _check_classes(cfg, self.classes, f"{cfg.PRETRAIN.DATA_ROOT}/train")
@@ -147,7 +142,6 @@ class ClassificationTrainer(RandWireTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, crop: int):
-        """The loader of this process's shard of PRETRAIN.DATA_ROOT/val at crop size `crop`."""
         _, samples = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("val",))["val"]
         # fmt: off
         return build_cls_test_loader(
@@ -193,8 +187,7 @@ class ClassificationTrainer(RandWireTrainer):
 
 
 def describe_results(results: "OrderedDict", crops: Sequence[int]) -> str:
-    """The printed results: one line per test crop, the first (PRETRAIN.TEST_CROPS[0]) the
-    main result, the others labelled as extra test sizes; top-k only where evaluated."""
+    """The printed results: one line per test crop, the first the main result."""
     lines = [f"Classification results (main: val_{crops[0]}, PRETRAIN.TEST_CROPS[0]):"]
     for i, (name, r) in enumerate(results.items()):
         ks = sorted(int(k[3:]) for k in r)
@@ -211,8 +204,8 @@ def describe_results(results: "OrderedDict", crops: Sequence[int]) -> str:
 
 
 def evaluate_checkpoint(cfg, resume: bool = False):
-    """Top-1/top-5 of MODEL.WEIGHTS (or, with resume, OUTPUT_DIR's last checkpoint) on
-    PRETRAIN.DATA_ROOT/val; needs no train/ folder. Every weight must fit the model."""
+    """Top-1/top-5 of MODEL.WEIGHTS (with `resume`: the last checkpoint) on PRETRAIN.DATA_ROOT/val
+    (no train/ folder needed); every weight must fit the model."""
     classes, _ = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("val",))["val"]
     model = ClassificationTrainer.build_model(cfg)
     loaded = load_for_eval(cfg, model, resume)

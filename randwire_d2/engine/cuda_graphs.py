@@ -2,10 +2,8 @@
 
 A RandWire-C109 step launches ~2,700 kernels, whose CPU dispatch costs about the GPU time of a
 batch of 32; a graph replays them in one launch. What a replay cannot see is written to device
-memory before it: the batch (static buffers of fixed shape), each group's lr (a device scalar
-the fused SGD step reads), edge removal (drawn as in eager training into the trunks' keep
-masks); dropout uses CUDA's graph-safe generator, seeded per step. Float16 AMP is refused (its
-GradScaler decides on the CPU whether to skip a step).
+memory before it: the batch, each group's lr, the edge removal masks. Float16 AMP is refused
+(its GradScaler decides on the CPU whether to skip a step).
 """
 
 import logging
@@ -24,8 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def capture_cuda_graph(step: Callable[[], Dict]) -> Tuple[Callable[[], None], Dict]:
-    """Capture `step` in a CUDA graph, run it once (capturing runs nothing), and return
-    (replay, the step's outputs: static tensors that every replay rewrites)."""
+    """Capture `step` in a CUDA graph and run it once; (replay, the step's static outputs)."""
     graph = torch.cuda.CUDAGraph()
     # thread_local: the data loader's pin-memory thread keeps allocating pinned memory (an
     # event query, illegal in a global-mode capture) while this thread captures.
@@ -52,10 +49,8 @@ def check_cuda_graphs(device: str, amp_dtype: Optional[torch.dtype]) -> None:
 
 
 class GraphedStepTrainer(SimpleTrainer):
-    """SimpleTrainer whose whole step runs as one captured graph: the first `warmup_iters` steps
-    run eagerly (cuDNN, compile, momentum buffers and DDP's buckets settle; DDP needs 11), the
-    next is captured by `capture(step) -> (replay, outputs)`, later ones replay it. Batches must
-    keep one shape."""
+    """SimpleTrainer whose step runs as one captured graph: `warmup_iters` eager steps (DDP's
+    buckets need 11), then one captured by `capture`, later ones replayed. One batch shape."""
 
     def __init__(
         self,

@@ -1,8 +1,4 @@
-"""Detection training and evaluation: the Trainer of tools/train_net.py, and detection pictures.
-
-`Trainer` is RandWireTrainer (CPU-capable DDP, checkpoints that carry the wiring, a held
-OUTPUT_DIR, checked resume) with Detectron2's COCOEvaluator.
-"""
+"""Detection training and evaluation: the Trainer of tools/train_net.py, and detection pictures."""
 
 import logging
 import os
@@ -51,9 +47,8 @@ class Trainer(RandWireTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):
-        """Detectron2's training data (DATASETS.TRAIN through DatasetMapper, SOLVER.IMS_PER_BATCH,
-        DATALOADER.*), batched by `build_resumable_train_loader` from `start_iter` on. Samplers
-        other than RESUMABLE_SAMPLERS use Detectron2's loader, whose order restarts on resume."""
+        """Detectron2's training data from `start_iter` on, resumable for RESUMABLE_SAMPLERS (else
+        Detectron2's loader, whose order restarts on resume)."""
         sampler = cfg.DATALOADER.SAMPLER_TRAIN
         if not cls.resumes_data_order(cfg):
             if start_iter:
@@ -108,9 +103,8 @@ class Trainer(RandWireTrainer):
 def draw_instances(
     rgb: np.ndarray, instances: Instances, metadata, scale: float = 1.0, score_thresh: float = 0.0
 ) -> np.ndarray:
-    """`rgb` (RGB HWC uint8) with the detections of `instances` scoring >= `score_thresh` drawn
-    by Detectron2's Visualizer at `scale`: boxes, classes, scores, and masks when predicted;
-    labelled with `metadata`'s thing_classes, a class index beyond them by the index. RGB."""
+    """`rgb` (HWC uint8) with the detections scoring >= `score_thresh` drawn at `scale`, labelled
+    with `metadata`'s thing_classes (a class index beyond them by the index)."""
     instances = instances[instances.scores >= score_thresh]
     names = list(metadata.get("thing_classes", None) or [])
     count = int(instances.pred_classes.max()) + 1 if len(instances) else 0
@@ -122,7 +116,6 @@ def draw_instances(
 
 def draw_detections(cfg, model, path: str, count: int = 8, score_thresh: float = 0.5) -> str:
     """Write a grid of the first `count` images of DATASETS.TEST[0] with the model's detections
-    scoring >= `score_thresh`, drawn by `draw_instances` at scale 2 with the dataset's metadata,
     to `path`; returns `path`."""
     name = cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)

@@ -12,8 +12,7 @@ __all__ = ["topk_correct", "ClassificationEvaluator"]
 def topk_correct(
     scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
 ) -> List[int]:
-    """For each k, how many rows of `scores` (N x classes) rank their label among the top k
-    (k is capped at the class count)."""
+    """For each k (capped at the class count), how many rows rank their label in the top k."""
     maxk = min(max(ks), scores.shape[1])
     top = scores.topk(maxk, dim=1).indices
     hit = top == labels.view(-1, 1).to(top.device)
@@ -21,9 +20,8 @@ def topk_correct(
 
 
 class ClassificationEvaluator(DatasetEvaluator):
-    """Top-k accuracy (percent) of {"scores"} outputs against the inputs' "label", summed over
-    every process; every process gets the result. Top-1 always; top-k for k > 1 only when there
-    are more than k classes (with k or fewer it is 100 by construction)."""
+    """Top-k accuracy (percent) summed over processes; top-k for k > 1 only above k classes (it
+    is 100 by construction otherwise)."""
 
     def __init__(self, ks: Sequence[int] = (1, 5)):
         self.ks = tuple(ks)

@@ -32,14 +32,12 @@ __all__ = [
 
 # TEST.BEST_CHECKPOINT_MODE (train.best_checkpoint.mode): keep the highest or the lowest value.
 BEST_MODES = ("max", "min")
-# The metrics of each task of Detectron2's COCOEvaluator (its _derive_coco_results), which
-# also reports "<task>/AP-<category name>" per category.
+# COCOEvaluator's metrics per task (its _derive_coco_results; also "<task>/AP-<category>").
 COCO_METRICS = {
     "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
     "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
     "keypoints": ("AP", "AP50", "AP75", "APm", "APl"),
 }
-# The meta-architectures whose evaluation is COCOEvaluator's instance tasks.
 COCO_ARCHITECTURES = ("GeneralizedRCNN", "RetinaNet", "PanopticFPN")
 
 
@@ -58,9 +56,8 @@ class ThroughputHook(hooks.HookBase):
 
 
 class RunSeed:
-    """The seed of a run's data order and of its steps' randomness: SEED (a LazyConfig's
-    train.seed) when >= 0, else one drawn at start and shared by all processes. Checkpointed, so
-    that `--resume` continues with the seed the run started with."""
+    """The run's seed: SEED when >= 0, else one drawn at start and shared by all processes;
+    checkpointed, so that `--resume` keeps it."""
 
     def __init__(self, seed: int):
         self.seed = int(seed) if seed is not None and seed >= 0 else comm.shared_random_seed()
@@ -73,17 +70,15 @@ class RunSeed:
 
 
 class TrainCategories:
-    """The categories of a detector's training dataset (`dataset_categories` of DATASETS.TRAIN[0];
-    lazy: dataloader.train.dataset.names[0]), checkpointed as "categories": predict, export and
-    evaluation refuse a dataset of other categories, and so does `--resume`."""
+    """The categories of a detector's first training dataset, checkpointed as "categories":
+    predict, export, evaluation and `--resume` refuse a dataset of other categories."""
 
     def __init__(self, record=None):
         self.record = dict(record or {})
 
     @classmethod
     def of(cls, cfg) -> "TrainCategories":
-        """Of the config's first training dataset; the main process (the one that saves, and
-        whose datasets prepare_datasets loaded) only."""
+        """Of the config's first training dataset; empty except in the main process (it saves)."""
         names = RunConfig.of(cfg).datasets("train_datasets")
         if not names or names[0] not in DatasetCatalog.list() or not comm.is_main_process():
             return cls()
@@ -98,10 +93,8 @@ class TrainCategories:
 
 
 class StepSeed(hooks.HookBase):
-    """Key each iteration's randomness on (run seed, iteration, rank): the global torch, numpy
-    and random generators (RPN/ROI box sampling, dropout) and the trunks' edge removal (Sec.
-    4.2). A resumed run then draws what an uninterrupted one draws, and processes draw
-    differently."""
+    """Key each iteration's randomness (torch, numpy, random, the trunks' edge removal, Sec. 4.2)
+    on (run seed, iteration, rank): a resumed run draws what an uninterrupted one draws."""
 
     def __init__(self, run_seed: RunSeed):
         self.run_seed = run_seed
@@ -122,20 +115,9 @@ class StepSeed(hooks.HookBase):
 
 
 class BestCheckpoint(hooks.BestCheckpointer):
-    """Detectron2's BestCheckpointer (`model_best.pth`: the checkpoint of the evaluation with the
-    best `metric` so far, TEST.BEST_CHECKPOINT_METRIC or a LazyConfig's
-    train.best_checkpoint.metric, checked after every evaluation, the final one included), with
-    what a resumable run needs:
-
-    - the best value and its iteration travel with the run's checkpoints (`state_dict`), so a
-      resumed run keeps an earlier, better model_best;
-    - model_best is saved without re-tagging `last_checkpoint`, which keeps naming the newest
-      periodic checkpoint that `--resume` continues;
-    - a metric the evaluation did not report is an error naming those it did (the tools refuse
-      one the task's evaluation never reports at setup: `check_best_checkpoint`), not a warning.
-
-    Register it after the EvalHook.
-    """
+    """Detectron2's BestCheckpointer (`model_best.pth`, after every evaluation), resumable: the
+    best value travels in checkpoints, `last_checkpoint` is not re-tagged, and an unreported
+    metric is an error, not a warning. Register it after the EvalHook."""
 
     def __init__(self, checkpointer, eval_period: int, metric: str, mode: str = "max", key=""):
         if mode not in BEST_MODES:
@@ -179,8 +161,7 @@ class BestCheckpoint(hooks.BestCheckpointer):
 
 
 def best_checkpoint_hook(cfg, checkpointer, auto_metric: str) -> Optional[BestCheckpoint]:
-    """BestCheckpoint for TEST.BEST_CHECKPOINT_METRIC (lazy: train.best_checkpoint.metric;
-    "auto": the task's `auto_metric`), or None when it is unset."""
+    """BestCheckpoint for the best-checkpoint metric ("auto": `auto_metric`), None if unset."""
     run = RunConfig.of(cfg)
     metric = run.get("best_metric", "") or ""
     if not metric:
@@ -194,10 +175,8 @@ def best_checkpoint_hook(cfg, checkpointer, auto_metric: str) -> Optional[BestCh
 
 
 class PendingEvaluation(hooks.HookBase):
-    """The evaluation a stopped run owes: a run resumed from a checkpoint of an evaluation
-    iteration whose metrics.json lacks `metric` there (stopped after the checkpoint, before the
-    evaluation ended) evaluates that iteration before it trains on; BestCheckpoint sees the
-    result and metrics.json records it. Build it with `pending_evaluation_hook`."""
+    """A run resumed from an evaluation iteration's checkpoint whose metrics.json lacks `metric`
+    there (stopped mid-evaluation) evaluates that iteration before training on."""
 
     def __init__(self, output_dir: str, eval_period: int, metric: str, evaluate, best, writer):
         self.output_dir, self.period, self.metric = output_dir, eval_period, metric
@@ -230,8 +209,8 @@ class PendingEvaluation(hooks.HookBase):
 
 
 def pending_evaluation_hook(cfg, registered, auto_metric: str) -> Optional[PendingEvaluation]:
-    """PendingEvaluation for the EvalHook among hooks `registered` (None without one), judged by
-    the BestCheckpoint's metric among them, else the task's `auto_metric`."""
+    """PendingEvaluation for the EvalHook among `registered` (None without one), judged by the
+    BestCheckpoint's metric, else `auto_metric`."""
     evaluate = next((h for h in registered if isinstance(h, hooks.EvalHook)), None)
     if evaluate is None:
         return None
@@ -247,12 +226,8 @@ def pending_evaluation_hook(cfg, registered, auto_metric: str) -> Optional[Pendi
 
 
 def evaluation_metrics(cfg) -> Optional[Tuple[List[str], List[str]]]:
-    """(the names the evaluation of `cfg`'s task reports, as the EventStorage keys them; the
-    tasks that also report "<task>/AP-<category name>"), or None where the project does not know
-    them before the run (a meta-architecture it does not evaluate itself). The classifier:
-    val_<crop>/top1 (and top5 above 5 classes) for every PRETRAIN.TEST_CROPS size; detectors:
-    COCOEvaluator's bbox, segm with MODEL.MASK_ON (lazy: use_instance_mask), keypoints with
-    MODEL.KEYPOINT_ON, under "<dataset>/" when there are several test datasets."""
+    """(the metric names `cfg`'s evaluation reports, the tasks that also report
+    "<task>/AP-<category name>"), or None for a meta-architecture evaluated elsewhere."""
     run = RunConfig.of(cfg)
     cfg = run.cfg
     if not run.lazy and cfg.MODEL.META_ARCHITECTURE == "RandWireClassifier":
@@ -269,9 +244,8 @@ def evaluation_metrics(cfg) -> Optional[Tuple[List[str], List[str]]]:
 
 
 def check_best_checkpoint(cfg) -> None:
-    """TEST.BEST_CHECKPOINT_MODE (lazy: train.best_checkpoint.mode) one of BEST_MODES, and
-    TEST.BEST_CHECKPOINT_METRIC "", "auto" or a metric the task's evaluation reports
-    (`evaluation_metrics`): checked at setup, not at the first evaluation hours later."""
+    """At setup: the best-checkpoint mode is one of BEST_MODES, its metric "", "auto" or one
+    that `evaluation_metrics` reports."""
     run = RunConfig.of(cfg)
     cfg = run.cfg
     mode = run.get("best_mode", "max")

@@ -23,9 +23,8 @@ __all__ = [
 
 
 def argument_parser(epilog=None, user_datasets: bool = False) -> argparse.ArgumentParser:
-    """Detectron2's parser + `--config` (alias of `--config-file`) + `--overwrite` +
-    `--allow-unsafe-config`; with `user_datasets`, `--dataset NAME JSON IMAGE_DIR` (repeatable)
-    too."""
+    """Detectron2's parser + `--config`, `--overwrite`, `--allow-unsafe-config` (and with
+    `user_datasets`, `--dataset`)."""
     parser = default_argument_parser(epilog)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
@@ -53,8 +52,7 @@ def add_unsafe_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_dataset_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """`--dataset NAME JSON IMAGE_DIR` (repeatable), registered by
-    data.dataset_checks.register_user_datasets; `what` says what the tool does with it."""
+    """`--dataset NAME JSON IMAGE_DIR` (repeatable); `what` says what the tool does with it."""
     parser.add_argument(
         "--dataset",
         action="append",
@@ -66,13 +64,8 @@ def add_dataset_argument(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 class CloseProcessGroupAfter:
-    """main_func(*args) with third-party notes quiet, then destroy the process group when one
-    exists.
-
-    A gloo group left for interpreter exit can abort the process ("terminate called without an
-    active exception", SIGABRT) after its work is done. A class, not a closure, so that
-    Detectron2's `launch` can pickle it into spawned processes.
-    """
+    """main_func(*args), then destroy the process group: a gloo group left for interpreter exit
+    can abort the process (SIGABRT). A class, so that `launch` can pickle it."""
 
     def __init__(self, main_func):
         self.main_func = main_func
@@ -103,9 +96,8 @@ def _init_from_torchrun_env() -> bool:
 
 
 def launch(main_func, args) -> None:
-    """Run main_func(args) in the process group torchrun set up, or spawn args.num_gpus
-    processes on this machine with Detectron2's `launch` (gloo on CPU), machine args.machine_rank
-    of args.num_machines, meeting at args.dist_url."""
+    """Run main_func(args) in torchrun's process group, or spawn args.num_gpus processes with
+    Detectron2's `launch` (gloo on CPU)."""
     quiet_third_party_warnings()
     check_process_count(args.num_gpus)
     main_func = CloseProcessGroupAfter(main_func)
@@ -123,8 +115,7 @@ def launch(main_func, args) -> None:
 
 
 def check_process_count(num_gpus: int) -> None:
-    """--num-gpus N starts N processes on this machine: one per GPU, or (without CUDA) one gloo
-    process per CPU core at most; another count is an error naming the flag and the limit."""
+    """--num-gpus N is at most one process per GPU (without CUDA: per CPU core)."""
     cuda = torch.cuda.is_available()
     limit = torch.cuda.device_count() if cuda else (os.cpu_count() or 1)
     if not 1 <= num_gpus <= limit:

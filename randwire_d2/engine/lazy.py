@@ -1,11 +1,6 @@
 """Training and evaluation from a LazyConfig (tools/lazyconfig_train_net.py), as Detectron2's
-`tools/lazyconfig_train_net.py` does it, with what the yaml trainers guarantee: CPU-capable DDP,
-the RandWire checkpointer (wiring check, atomic writes, classifier -> detector transfer through
-`train.init_checkpoint`), AMP only where it runs, one run per output_dir, and a checked resume.
-
-The config has Detectron2's top-level keys: `model`, `dataloader` (train, test, evaluator),
-`optimizer`, `lr_multiplier` and `train` (output_dir, init_checkpoint, max_iter, amp, ddp,
-checkpointer, eval_period, log_period, device, seed).
+tool does it, with what the yaml trainers guarantee: CPU-capable DDP, the RandWire checkpointer,
+AMP only where it runs, one run per output_dir, and a checked resume.
 """
 
 import logging
@@ -46,8 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 def setup_lazy(cfg, args) -> None:
-    """Check what can be checked before anything is built (engine/run_setup.py), then hold
-    train.output_dir and set up the logs."""
+    """Check what can be checked before anything is built, then hold train.output_dir."""
     check_detection_run(cfg, args.eval_only)
     setup_run(cfg, args)
 
@@ -96,10 +90,8 @@ def _resumable(loader_cfg) -> bool:
 
 
 def build_train_loader(cfg, start_iter: int = 0, seed: int = 0):
-    """dataloader.train from iteration `start_iter` on. Detectron2's
-    build_detection_train_loader (dataset, mapper, total_batch_size, aspect_ratio_grouping,
-    num_workers) is built by `build_resumable_train_loader`, so a resumed run continues its
-    data; any other loader is instantiated as written and restarts its order on resume."""
+    """dataloader.train from iteration `start_iter` on: resumable when it is a plain
+    build_detection_train_loader (`_resumable`), else instantiated as written."""
     loader = cfg.dataloader.train
     if not _resumable(loader):
         if start_iter:
@@ -127,9 +119,8 @@ def build_train_loader(cfg, start_iter: int = 0, seed: int = 0):
 
 
 def describe_lazy_schedule(cfg) -> str:
-    """The learning-rate schedule a LazyConfig trains with, in iterations: Detectron2 evaluates
-    `lr_multiplier` on the fraction iteration / train.max_iter, so its warmup and steps scale
-    with train.max_iter (the yaml route keeps SOLVER.STEPS as given)."""
+    """The lr schedule a LazyConfig trains with, in iterations (`lr_multiplier` is evaluated on
+    iteration / train.max_iter, so its warmup and steps scale with train.max_iter)."""
     max_iter = int(cfg.train.max_iter)
     sched = instantiate(cfg.lr_multiplier)
     values = [float(sched(i / max_iter)) for i in range(max_iter)]
@@ -159,8 +150,7 @@ def describe_lazy_schedule(cfg) -> str:
 
 
 def do_train(cfg, args):
-    """Train `cfg.train.max_iter` iterations with Detectron2's hooks; evaluate at the end (and
-    every train.eval_period iterations)."""
+    """Train `cfg.train.max_iter` iterations, evaluating every train.eval_period and at the end."""
     if comm.is_main_process():
         logger.info("Schedule:\n" + describe_lazy_schedule(cfg))
     model = build_model(cfg)
@@ -186,16 +176,13 @@ def do_train(cfg, args):
         categories=TrainCategories.of(cfg),
     )
     batch = cfg.dataloader.train.get("total_batch_size", 0)
+    main = comm.is_main_process()
     registered = [
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         ThroughputHook(batch),
         StepSeed(run_seed),
-        (
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-            if comm.is_main_process()
-            else None
-        ),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
         hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
         best_checkpoint_hook(cfg, checkpointer, "bbox/AP"),
         (
@@ -203,7 +190,7 @@ def do_train(cfg, args):
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),
                 period=cfg.train.log_period,
             )
-            if comm.is_main_process()
+            if main
             else None
         ),
     ]

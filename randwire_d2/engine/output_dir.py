@@ -28,9 +28,8 @@ _HELD_OUTPUT_DIRS = {}  # absolute path -> the open, locked lock file of this pr
 
 
 class OutputDirInUse(RuntimeError):
-    """OUTPUT_DIR is held by another live process: `holder` is what its lock file says ("pid 12 on
-    host since <time>: <command line>"). Not a failure of the run that is refused: the pretraining
-    entry point exits with its own status for it (engine/pretrain.py)."""
+    """OUTPUT_DIR is held by another live process; `holder` is what its lock file says. The
+    pretraining entry point exits with its own status for it."""
 
     def __init__(self, output_dir: str, holder: str):
         super().__init__(
@@ -44,11 +43,9 @@ class OutputDirInUse(RuntimeError):
 
 
 def claim_output_dir(output_dir: str, resume: bool = True, overwrite: bool = False) -> bool:
-    """Hold OUTPUT_DIR for this run (main process; until release or exit) and return whether
-    this call took it. A directory another live process holds is refused (OutputDirInUse,
-    naming the holder). Without `resume`, checkpoints of an earlier run are refused unless
-    `overwrite` (which deletes them and its metrics.json). Partial files of a killed run (.tmp_*)
-    are removed."""
+    """Hold OUTPUT_DIR for this run (main process) and return whether this call took it; one
+    another process holds raises OutputDirInUse. Without `resume`, an earlier run's checkpoints
+    are refused unless `overwrite` (deletes them). Removes a killed run's .tmp_* files."""
     if not comm.is_main_process():
         return False
     path = os.path.abspath(output_dir)
@@ -94,8 +91,7 @@ def release_output_dir(output_dir: str) -> None:
 
 
 def truncate_metrics(output_dir: str, start_iter: int) -> None:
-    """Drop metrics.json lines of iterations >= start_iter (written after the checkpoint a run
-    resumes from), so that every iteration appears once."""
+    """Drop metrics.json lines of iterations >= start_iter, so that each appears once."""
     path = os.path.join(output_dir, "metrics.json")
     if not comm.is_main_process() or not os.path.isfile(path):
         return
@@ -117,8 +113,7 @@ def _iteration(line: str) -> int:
 
 
 def metrics_record(line: str) -> Optional[dict]:
-    """A metrics.json line as a dict with an integer "iteration"; None for a line cut by a kill
-    or one holding another JSON value."""
+    """A metrics.json line as a dict with an integer "iteration"; else None (e.g. a cut line)."""
     try:
         record = json.loads(line)
     except ValueError:

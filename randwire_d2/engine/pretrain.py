@@ -11,12 +11,9 @@ set and the global batch; SOLVER/TEST keys given explicitly are kept (and said s
 without CUDA, --num-gpus N runs N CPU processes (gloo).
 """
 
-# The text above is the epilog of --help (tools/train_cls.py's command line). This module is the
-# pretraining entry point: tools/train_cls.py calls `cli`, and `python -m
-# randwire_d2.engine.pretrain ARGS` runs the same (as each run of tools/sweep.py does). Exit
-# status: 0 done, EXIT_OUTPUT_DIR_IN_USE when another live process holds OUTPUT_DIR (named on
-# stderr and in OUTPUT_DIR/.lock; the run is refused before anything is written), 2 a bad command
-# line, 1 any other failure.
+# The text above is the epilog of --help. tools/train_cls.py and `python -m
+# randwire_d2.engine.pretrain` (tools/sweep.py) run `cli`. Exit status: 0 done,
+# EXIT_OUTPUT_DIR_IN_USE (another process holds OUTPUT_DIR), 2 a bad command line, 1 otherwise.
 
 import os
 import sys
@@ -37,8 +34,7 @@ from .schedule import IMAGENET_TRAIN_IMAGES, describe_schedule, resolve_schedule
 
 __all__ = ["EXIT_OUTPUT_DIR_IN_USE", "build_parser", "setup", "main", "cli"]
 
-# The exit status of a run refused because another live process holds its OUTPUT_DIR: the sweep
-# runner (sweep/runner.py) leaves such a run to its holder instead of counting it as failed.
+# The sweep runner leaves a run refused with this status to its holder, not counted as failed.
 EXIT_OUTPUT_DIR_IN_USE = 3
 
 
@@ -56,8 +52,8 @@ def build_parser():
 
 
 def setup(args, world_size=None):
-    """The config this run trains with: file + overrides, data checked, schedule resolved; then
-    OUTPUT_DIR is claimed and Detectron2's default_setup writes it to OUTPUT_DIR/config.yaml."""
+    """The config this run trains with (data checked, schedule resolved); then OUTPUT_DIR is
+    claimed and set up."""
     cfg = load_config(args.config_file, args.opts, False, args.allow_unsafe_config)
     resolve_device(cfg)
     precision(cfg.PRETRAIN.AMP_DTYPE, "PRETRAIN.AMP_DTYPE")
@@ -94,9 +90,7 @@ def main(args):
 
 
 def process_main(args):
-    """main(args) in one process of the run; a refused OUTPUT_DIR ends the process with
-    EXIT_OUTPUT_DIR_IN_USE, after the refusal's traceback (so does a process `launch` spawned:
-    its parent sees that exit status)."""
+    """main(args) in one process; a refused OUTPUT_DIR exits with EXIT_OUTPUT_DIR_IN_USE."""
     try:
         return main(args)
     except OutputDirInUse:
@@ -106,8 +100,7 @@ def process_main(args):
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """The command line `argv` (default: sys.argv[1:]) run to the end; its exit status (0, or
-    EXIT_OUTPUT_DIR_IN_USE; other failures raise)."""
+    """Run command line `argv`; its exit status (0 or EXIT_OUTPUT_DIR_IN_USE; failures raise)."""
     args = build_parser().parse_args(argv)
     print("Command Line Args:", args)
     if args.dry_run:

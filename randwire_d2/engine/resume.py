@@ -1,7 +1,5 @@
-"""Starting a run from its weights or resuming it from its last checkpoint, for both trainers: a
-resume restores the model, optimizer, scheduler, iteration, run seed and data order, refuses a
-config that contradicts them and names the other changes it applies; a fresh start checks
-that frozen stages have weights and that the weights' input normalization is the config's."""
+"""Starting a run from its weights or resuming it from its last checkpoint, for both trainers;
+a resume refuses a config that contradicts what it restores."""
 
 import logging
 from typing import Callable, Tuple
@@ -18,11 +16,9 @@ logger = logging.getLogger(__name__)
 def resume_or_load(
     cfg, checkpointer, loop, step, resume: bool, build_loader: Callable, run_seed, data_order: bool
 ) -> Tuple[int, dict]:
-    """Load the config's weights, or with `resume` the last checkpoint; return (the iteration
-    to start at, the rest of the checkpoint). `loop` is the trainer whose `iter` the checkpoint
-    restores, `step` the one-iteration trainer whose data become `build_loader(start_iter)`;
-    `run_seed` is the RunSeed the checkpoint restores; `data_order` says whether that
-    loader continues an interrupted run's data."""
+    """Load the weights, or with `resume` the last checkpoint; (start iteration, the rest of the
+    checkpoint). `loop` holds `iter`, `step`'s data become `build_loader(start_iter)`;
+    `data_order`: whether that loader continues an interrupted run's data."""
     run = RunConfig.of(cfg)
     cfg = run.cfg
     with weights_download_named(run.key("weights"), run.get("weights")):
@@ -42,8 +38,7 @@ def resume_or_load(
 
 
 def check_frozen_stages_have_weights(cfg) -> None:
-    """Frozen stages (MODEL.BACKBONE.FREEZE_AT > 0; lazy: model.backbone.bottom_up.freeze_at)
-    without pretrained weights would stay random."""
+    """Frozen stages without pretrained weights (they would stay random) are an error."""
     run = RunConfig.of(cfg)
     freeze_at, weights = run.get("freeze_at", 0) or 0, run.get("weights")
     freeze_key, weights_key = run.key("freeze_at"), run.key("weights")
@@ -56,8 +51,8 @@ def check_frozen_stages_have_weights(cfg) -> None:
 
 
 def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
-    """Refuse a resume whose config contradicts the restored optimizer / data state (RESTORED)
-    or leaves nothing to train; name the other changes it applies (RESUME_SECTIONS)."""
+    """Refuse a resume that contradicts RESTORED state or leaves nothing to train; log the
+    other changes it applies."""
     run = RunConfig.of(cfg)
     old, new = run.saved_flat(checkpoint), run.flat()
     max_key, weights_key = run.key("max_iter"), run.key("weights")

@@ -1,7 +1,5 @@
-"""The rules every run applies before it builds anything, written once for both config systems
-(read through run_settings.RunConfig; each takes
-a config or the run's RunConfig, which a tool builds once and passes down): the device, the iteration counts, the AMP precision, the
-datasets and weights on disk, and the set-up of its OUTPUT_DIR and logs."""
+"""The checks every run applies before it builds anything, for both config systems (each takes
+a config or its RunConfig), and the set-up of its OUTPUT_DIR and logs."""
 
 import logging
 from typing import Optional
@@ -32,13 +30,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-# The iteration counts of a run and their least values.
 ITERATION_SETTINGS = {"max_iter": 1, "checkpoint_period": 1, "eval_period": 0, "warmup_iters": 0}
 
 
 def resolve_device(cfg) -> None:
-    """MODEL.DEVICE (a LazyConfig's train.device) "cuda*" on a machine without CUDA becomes
-    "cpu", with a warning."""
+    """A "cuda*" device on a machine without CUDA becomes "cpu", with a warning."""
     run = RunConfig.of(cfg)
     device = run.get("device")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -47,9 +43,8 @@ def resolve_device(cfg) -> None:
 
 
 def check_iterations(cfg) -> None:
-    """The iteration counts (ITERATION_SETTINGS) are integers in range: `train.max_iter=-5`
-    would train nothing and evaluate the untrained model, 0 divide by zero after evaluating, a
-    string fail inside the scheduler. A LazyConfig may leave all but train.max_iter out."""
+    """The iteration counts (ITERATION_SETTINGS) are integers of at least their least values; a
+    LazyConfig may leave all but train.max_iter out."""
     run = RunConfig.of(cfg)
     for name, least in ITERATION_SETTINGS.items():
         key = run.key(name)
@@ -70,9 +65,8 @@ def precision(name: str, key: str) -> torch.dtype:
 
 
 def amp_dtype(cfg, on_cuda: bool, precision_key: Optional[str] = None) -> Optional[torch.dtype]:
-    """The dtype a run trains in under AMP, None for float32: SOLVER.AMP.ENABLED (lazy:
-    train.amp.enabled) in the precision at `precision_key` (lazy: train.amp.precision;
-    float16 where neither is given). AMP needs CUDA: on CPU a warning, and float32."""
+    """The AMP dtype (precision at `precision_key`, default float16), None for float32 (AMP off,
+    or on CPU with a warning)."""
     run = RunConfig.of(cfg)
     if not run.get("amp", False):
         return None
@@ -85,9 +79,8 @@ def amp_dtype(cfg, on_cuda: bool, precision_key: Optional[str] = None) -> Option
 
 
 def check_detection_run(cfg, eval_only: bool) -> None:
-    """What a detection run can check before anything is built: the device, the iteration
-    counts, its datasets (test, and train unless `eval_only`) on disk and fitting the model's
-    class count and mask format, and its weights on disk."""
+    """Before anything is built: the device, the iteration counts, the datasets (train unless
+    `eval_only`) on disk and fitting the model, the weights on disk."""
     run = RunConfig.of(cfg)
     resolve_device(run)
     if not eval_only:
@@ -102,11 +95,8 @@ def check_detection_run(cfg, eval_only: bool) -> None:
 
 
 def check_run_keys(cfg) -> None:
-    """The keys a run would otherwise refuse only once it builds its model or evaluates, after
-    it wrote OUTPUT_DIR: MODEL.RANDWIRE.EXECUTION (lazy: the trunk's `execution`) one of
-    EXECUTIONS, and "triton" only where its kernels run (on CPU: TRITON_INTERPRET=1);
-    MODEL.RANDWIRE.COMPILE one of COMPILE_REGIONS and without EXECUTION triton or
-    MEMORY_EFFICIENT; the best checkpoint's metric and mode (`check_best_checkpoint`)."""
+    """Before OUTPUT_DIR is written, the keys a run would refuse only when it builds its model or
+    evaluates: the execution, the compile regions, the best checkpoint's metric and mode."""
     run = RunConfig.of(cfg)
     execution = run.get("execution", "fast")
     if execution not in EXECUTIONS:
@@ -120,9 +110,8 @@ def check_run_keys(cfg) -> None:
 
 
 def setup_run(cfg, args) -> None:
-    """Check the run's keys (`check_run_keys`), hold its OUTPUT_DIR (train.output_dir), then
-    Detectron2's default_setup (logs, the config saved, seeds) and the project's log to the
-    same folder."""
+    """Check the run's keys, hold its OUTPUT_DIR, then Detectron2's default_setup and the
+    project's log to the same folder."""
     run = RunConfig.of(cfg)
     check_run_keys(run)
     output_dir = run.get("output_dir")

@@ -1,9 +1,8 @@
 """Pretraining schedules: epochs (PRETRAIN.*) resolved once into the SOLVER/TEST keys.
 
-Sec. 4: lr 0.1 per 256 images scaled linearly with the global batch (SOLVER.IMS_PER_BATCH, over
-all processes), linear warmup (Goyal et al.), half-period cosine decay. After `resolve_schedule`
-everything reads cfg.SOLVER; a SOLVER/TEST key the user set explicitly (in the config file or on
-the command line) is kept over its epoch-derived value, and the printout says so.
+Sec. 4: lr 0.1 per 256 images scaled linearly with the global batch, linear warmup (Goyal et
+al.), half-period cosine decay. A SOLVER/TEST key the user set explicitly is kept over its
+epoch-derived value, with a warning.
 """
 
 import logging
@@ -12,7 +11,6 @@ from typing import Collection
 __all__ = ["IMAGENET_TRAIN_IMAGES", "DERIVED_FROM", "resolve_schedule", "describe_schedule"]
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
-# The SOLVER/TEST keys the schedule sets, and the PRETRAIN key each is derived from.
 DERIVED_FROM = {
     "SOLVER.BASE_LR": "PRETRAIN.LR_PER_256",
     "SOLVER.MAX_ITER": "PRETRAIN.EPOCHS",
@@ -33,9 +31,8 @@ def _check(ok: bool, key: str, value, allowed: str):
 
 
 def resolve_schedule(cfg, dataset_size: int, world_size: int, explicit: Collection[str] = ()):
-    """A copy of cfg whose SOLVER.BASE_LR / MAX_ITER / WARMUP_ITERS / CHECKPOINT_PERIOD and
-    TEST.EVAL_PERIOD hold the schedule of PRETRAIN's epochs for `dataset_size` training images,
-    except the keys in `explicit`, which keep the user's value. Idempotent."""
+    """A frozen copy of cfg whose DERIVED_FROM keys hold the schedule of PRETRAIN's epochs for
+    `dataset_size` images, except those in `explicit`. Idempotent."""
     p, batch = cfg.PRETRAIN, cfg.SOLVER.IMS_PER_BATCH
     _check(
         world_size >= 1 and batch % world_size == 0,

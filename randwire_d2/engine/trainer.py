@@ -1,10 +1,4 @@
-"""RandWireTrainer: what the classification and detection trainers share.
-
-Detectron2's DefaultTrainer, with: DistributedDataParallel that also works on CPU (gloo;
-Detectron2's `create_ddp_model` passes `device_ids` even without CUDA), checkpoints that carry
-the wiring (RandWireCheckpointer), AMP only where it can run, an OUTPUT_DIR that one run holds at
-a time, and a resume that says what it restored and refuses what the restored state contradicts.
-"""
+"""RandWireTrainer: what the classification and detection trainers share."""
 
 import inspect
 import logging
@@ -19,13 +13,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import build_checkpointer
-from .hooks import (
-    RunSeed,
-    StepSeed,
-    ThroughputHook,
-    best_checkpoint_hook,
-    pending_evaluation_hook,
-)
+from .hooks import RunSeed, StepSeed, ThroughputHook, best_checkpoint_hook, pending_evaluation_hook
 from .output_dir import claim_output_dir, release_output_dir
 from .resume import resume_or_load
 from .run_setup import amp_dtype
@@ -38,11 +26,10 @@ logger = logging.getLogger(__name__)
 def create_ddp_model(
     model: torch.nn.Module, side_stream: bool = False, **kwargs
 ) -> torch.nn.Module:
-    """DistributedDataParallel(model) when there are > 1 processes; `device_ids` only on CUDA.
-    Detectron2's `broadcast_buffers` becomes `forward_sync_buffers` where torch deprecates the
-    former (2.13+): the same per-forward behaviour, and buffers still agree at the start. With
-    `side_stream` (a step captured in a CUDA graph) DDP is built on a side stream, as capturing
-    its backward requires."""
+    """DistributedDataParallel(model) when there are > 1 processes; `device_ids` only on CUDA
+    (Detectron2's passes them even without), `broadcast_buffers` as `forward_sync_buffers` where
+    torch deprecates it (2.13+); with `side_stream` (a CUDA-graph capture) built on a side stream.
+    """
     if comm.get_world_size() == 1:
         return model
     cuda = next(model.parameters()).device.type == "cuda"
@@ -62,9 +49,8 @@ _DDP_HAS_FORWARD_SYNC = (
 
 
 def step_trainer(model, data_loader, optimizer, amp_dtype: Optional[torch.dtype] = None):
-    """The trainer of one iteration: SimpleTrainer, or AMPTrainer in `amp_dtype` (float16 with
-    a GradScaler, bfloat16 without). Arguments by keyword: AMPTrainer's third positional one is
-    gather_metric_period, not the scaler."""
+    """SimpleTrainer, or AMPTrainer in `amp_dtype` (float16 with a GradScaler). Keywords:
+    AMPTrainer's third positional argument is gather_metric_period, not the scaler."""
     if amp_dtype is None:
         return SimpleTrainer(model, data_loader, optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -73,8 +59,8 @@ def step_trainer(model, data_loader, optimizer, amp_dtype: Optional[torch.dtype]
 
 class RandWireTrainer(DefaultTrainer):
     """DefaultTrainer + CPU-capable DDP + RandWireCheckpointer + AMP where it can run + an
-    OUTPUT_DIR held for the run + a checked resume. Tasks override the Detectron2 classmethods
-    (build_train_loader, test, ...) and `prepare(cfg)`."""
+    OUTPUT_DIR held for the run + a checked resume. Tasks override the classmethods and `prepare`.
+    """
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
@@ -127,9 +113,8 @@ class RandWireTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):
-        """The training batches from iteration `start_iter` on, in the order of run seed `seed`
-        (SEED when None). Here Detectron2's loader, whose order restarts on resume (said when
-        resuming); the tasks override it with loaders that continue where a run stopped."""
+        """The training batches from iteration `start_iter` on, in run seed `seed`'s order. Here
+        Detectron2's loader, whose order restarts on resume; tasks override it."""
         if start_iter:
             logger.warning(
                 f"--resume: {cls.__name__}'s training data restart their order: the data of "
@@ -186,8 +171,7 @@ class RandWireTrainer(DefaultTrainer):
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:
-    """Give every process rank 0's buffers (BN statistics), so that all evaluate, and rank 0
-    saves, the same model."""
+    """Give every process rank 0's buffers (BN statistics), so that all evaluate the same model."""
     if comm.get_world_size() > 1:
         for b in getattr(model, "module", model).buffers():
             dist.broadcast(b.data, src=0)

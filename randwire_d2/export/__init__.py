@@ -1,31 +1,16 @@
 """Deployment export of RandWire models, each export checked against the eager model.
 
-Detector (any Detectron2 meta-architecture on the RandWire trunk, `detector.py`): TorchScript
-(`torch.jit.trace`) and ONNX through Detectron2's `TracingAdapter` (image tensor in, flattened
-`Instances` out), as Detectron2's tools/deploy/export_model.py does with `--export-method tracing`.
-Classifier (RandWireClassifier, `classifier.py`): torch.export (`.pt2`), TorchScript and ONNX of
-images -> logits, i.e. the model's pixel normalization, trunk and head.
+Detector (`detector.py`): TorchScript and ONNX through Detectron2's `TracingAdapter` (one CHW
+image of any size in, flattened `Instances` out), as Detectron2's export_model.py tracing does.
+Classifier (`classifier.py`): torch.export (`.pt2`), TorchScript and ONNX of images -> logits,
+a batch of any size at the traced height and width.
 
-Shapes: a detector file takes one CHW image of any height and width (ONNX: dynamic axes; the
-number of images and the 3 channels are fixed, as tracing Detectron2's models allows). A
-classifier file takes a batch of any size (ONNX: dynamic axis, torch.export: Dim "batch") at the
-traced height and width. Each report names the input shape (`input_shape`, named axes vary), and
-`run_onnx` refuses a tensor that differs where the shape is a number, naming both shapes.
-
-What is exported is `freeze_for_export(model)` (modeling/frozen.py): the eval-mode fast execution
-with its per-call work done once, norms folded into the convs. ONNX files are written by
-PyTorch's TorchScript-based exporter (`dynamo=False`, opset `ONNX_OPSET`, `formats.py`): the
-torch.export-based one needs onnxscript, and Detectron2's detectors do not torch.export.
-
-After writing a file, the export is run on sample inputs, and on inputs of other shapes (two other
-batch sizes of a classifier, two other image sizes of a detector), and compared with the eager
-(unfrozen) model (`compare.py`): logits for a classifier; boxes, scores and classes for a detector
-(detections matched by class, score and box, since outputs tied in score may come in another
-order). ONNX files are run in onnxruntime. A difference beyond tolerance raises
-`ExportMismatchError`, naming numbers. The notes torch prints while tracing Detectron2's code are
-ignored during an export (`utils/quiet_warnings.py: quiet_export_warnings`); these checks are what they
-ask for. Graph sizes per execution: `op_counts` (compare.py; export_model.py
---compare-executions); latency: `benchmarks/speed.py export`.
+What is exported is `freeze_for_export(model)` (norms folded, per-call work done once). ONNX uses
+the TorchScript-based exporter (`dynamo=False`): the other needs onnxscript, and Detectron2's
+detectors do not torch.export. Each file is then run on the samples and on inputs of other
+shapes and compared with the eager model (`compare.py`); a difference beyond tolerance raises
+`ExportMismatchError`. Torch's tracing notes are quieted (`quiet_export_warnings`): these checks
+are what they ask for.
 """
 
 from ..inference_setup import detector_samples

@@ -42,12 +42,10 @@ def export_classifier(
     rtol: float = 1e-4,
     check_batches: Optional[Sequence[int]] = None,
 ) -> Dict:
-    """Write `formats` of images -> logits to `output_dir`, with a dynamic batch axis (ONNX
-    dynamic_axes, torch.export Dim "batch"; TorchScript traces batch-generic) and height and
-    width fixed at samples[0]'s. Run each file on every sample and on a batch of every size in
-    `check_batches` (default: two of 1, 2, 3 other than samples[0]'s), compare with the eager
-    model and raise `ExportMismatchError` beyond tolerance. Returns {format: {"file", "ops",
-    "input_shape" (named axes vary), per-input comparisons "checks"}}."""
+    """Write `formats` of images -> logits (dynamic batch, samples[0]'s height and width), run
+    each on every sample and a batch of each `check_batches` size (default: two others), and
+    raise `ExportMismatchError` beyond tolerance of the eager model. Returns {format: {"file",
+    "ops", "input_shape", "checks"}}."""
     bad = sorted(set(formats) - set(FORMATS))
     if bad:
         raise ValueError(f"formats {bad} are unknown: expected a subset of {list(FORMATS)}")

@@ -37,15 +37,14 @@ def _detector_inference(model, inputs):
 
 
 def detector_adapter(model: nn.Module, sample: Dict) -> TracingAdapter:
-    """Detectron2's TracingAdapter of a detector: CHW image tensor -> flattened Instances.
-    In eval mode: torch.onnx.export restores the mode it finds, for the wrapped model too."""
+    """TracingAdapter of a detector (CHW image -> flattened Instances), in eval mode: ONNX export
+    restores the mode it finds."""
     return TracingAdapter(model, [{"image": sample["image"]}], _detector_inference).eval()
 
 
 def flat_output_names(schema, name: str = "output") -> List[str]:
-    """Names of the flattened outputs of a TracingAdapter with outputs `schema`: the fields of
-    the Instances (sorted: pred_boxes, pred_classes, scores, ...), then "image_size", as
-    docs/predict_and_export.md lists them; a name repeated across images gets its index."""
+    """Names of a TracingAdapter's flattened outputs: the sorted Instances fields, then
+    "image_size"; a name repeated across images gets its index."""
     if isinstance(schema, DictSchema):  # InstancesSchema too: its image size comes last
         names = [
             n for key, sub in zip(schema.keys, schema.schemas) for n in flat_output_names(sub, key)
@@ -60,8 +59,7 @@ def flat_output_names(schema, name: str = "output") -> List[str]:
 
 
 def _other_sizes(height: int, width: int) -> List[Tuple[int, int]]:
-    """Two (height, width) other than the traced one, one wider and one taller, neither a
-    multiple of 32 for a multiple of 64 (so the padding to the backbone's stride is checked)."""
+    """Two other (height, width), one wider, one taller, not multiples of 32 (checks padding)."""
     return [
         (max(1, height * 3 // 4), max(1, width * 5 // 4)),
         (max(1, height * 5 // 4), max(1, width * 3 // 4)),
@@ -78,15 +76,10 @@ def export_detector(
     score_atol: float = 1e-4,
     check_sizes: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> Dict:
-    """Trace the detector on samples[0]["image"] through TracingAdapter, write `formats`
-    ("torchscript", "onnx") to `output_dir`, run each on every sample and on samples[0]'s image
-    resized to every (height, width) of `check_sizes` (default: two others than its own), and
-    compare its detections with the eager model's; `ExportMismatchError` beyond tolerance.
-
-    Height and width are dynamic (ONNX dynamic_axes; the traced TorchScript graph computes its
-    shapes from the input's, Detectron2's code being written for that). The input is one CHW
-    image: the number of images and the 3 channels are fixed. Returns {format: {"file", "ops",
-    "input_shape" (named axes vary), per-input comparisons "checks"}}."""
+    """Trace the detector on samples[0]["image"], write `formats`, run each on every sample and
+    on its image resized to each `check_sizes` (default: two others), and raise
+    `ExportMismatchError` beyond tolerance of the eager model. One CHW image of dynamic height
+    and width. Returns {format: {"file", "ops", "input_shape", "checks"}}."""
     bad = sorted(set(formats) - {"torchscript", "onnx"})
     if bad:
         raise ValueError(

@@ -11,9 +11,8 @@ __all__ = ["export_onnx"]
 def export_onnx(
     module: nn.Module, args: tuple, path: str, input_names, output_names=None, dynamic_axes=None
 ):
-    """Write `module` traced on `args` to the ONNX file `path`. torch attributes its note on this
-    exporter to the module that calls it, this one, which utils/quiet_warnings.py's EXPORT_WARNINGS
-    names."""
+    """Write `module` traced on `args` to ONNX file `path`. torch attributes its exporter note to
+    this module, which EXPORT_WARNINGS names."""
     torch.onnx.export(
         module,
         args,

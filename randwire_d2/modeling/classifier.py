@@ -36,11 +36,8 @@ class ClassifierHead(nn.Module):
 class RandWireClassifier(nn.Module):
     """Image classifier: logits = head(backbone(image)[last stage]).
 
-    Takes Detectron2's `list[dict]` inputs: "image" (CHW tensor in INPUT.FORMAT, 0-255) and, in
-    training, "label" (class index); or a batch already stacked, {"images": NCHW tensor,
-    "labels": int tensor} (the GPU decode's batches, the CUDA-graph step's static buffers).
-    Training returns {"loss_cls"}; eval returns one dict per image with "scores" (class
-    probabilities).
+    Takes `list[dict]` inputs ("image" CHW 0-255, in training "label") or a stacked batch
+    {"images", "labels"}. Training returns {"loss_cls"}; eval one {"scores"} per image.
     """
 
     @configurable

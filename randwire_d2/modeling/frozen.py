@@ -1,11 +1,9 @@
 """The frozen execution, for export: the eval-mode fast execution with its per-call work done once.
 
-The fast execution folds each node's norm into its last conv on every call and reads its
-aggregation weights through sigmoid/select ops, so traced as it is, its graph is larger than the
-reference loop's. Frozen, every wired stage runs its `StagePlan` with the norms folded into the
-conv weights and the coefficients sigmoid(w_i) as constants, and the other conv -> BN pairs
-(conv1, the small regime's conv2, the classifier head) are folded as well. Which norms fold:
-`norm_folding.foldable`, as in the fast execution.
+Traced as it is, the fast execution (norms folded on every call, sigmoid of the aggregation
+weights) gives a larger graph than the reference loop. Frozen, the norms are folded into the conv
+weights (`norm_folding.foldable`, also for conv -> BN pairs outside the wired stages) and the
+coefficients sigmoid(w_i) are constants.
 """
 
 import copy
@@ -33,9 +31,8 @@ def _fold_into_conv(conv: nn.Conv2d, norm: nn.Module) -> None:
 
 
 def fold_conv_norms(module: nn.Module) -> int:
-    """Fold every eval-mode BatchNorm / FrozenBN that directly follows a conv
-    (Detectron2 `Conv2d(norm=...)`, `Sequential(..., conv, norm, ...)`, the classifier head)
-    into that conv, in place. Returns the number folded."""
+    """Fold every eval-mode BatchNorm / FrozenBN that directly follows a conv into that conv, in
+    place; the number folded."""
     folded = 0
     for m in list(module.modules()):
         pairs = []
@@ -56,16 +53,11 @@ def fold_conv_norms(module: nn.Module) -> int:
 
 
 class FrozenStage(nn.Module):
-    """A wired stage for inference: y_v = f_v(ReLU(sum_i c_i y_u_i)) in the order of its
-    `StagePlan`, with c_i = sigmoid(w_i) as constants, the stage input's ReLU computed once, and
-    each node's affine norm folded into its last conv (f_v = the node op's layers)."""
+    """A wired stage for inference: y_v = f_v(ReLU(sum_i c_i y_u_i)) in `StagePlan` order, with
+    constant c_i = sigmoid(w_i) and each node's affine norm folded into its last conv."""
 
     def __init__(self, stage: WiredStage):
-        """
-        Args:
-            stage: the `WiredStage` to freeze (in eval mode; its modules are shared, so freeze
-                a copy, as `freeze_for_export` does).
-        """
+        """`stage`: an eval-mode `WiredStage`, whose modules are shared (freeze a copy)."""
         super().__init__()
         self.sources = stage.plan.sources
         self.outputs = stage.plan.outputs

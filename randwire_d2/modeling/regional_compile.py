@@ -18,12 +18,9 @@ COMPILE_BACKEND = "inductor"
 def compile_regions(trunk, regions: str, backend: Optional[str] = None):
     """Regional `torch.compile` (MODEL.RANDWIRE.COMPILE), in place: state-dict keys unchanged.
 
-    "node": every node (aggregation, ReLU, op, norm) is compiled as its own region, and nodes
-    of the same shapes (in-degree, channels, stride, input size) share one compiled graph,
-    so warm-up compiles a few dozen small graphs rather than the whole trunk. "stage": every
-    wired stage is one graph (more fusion across nodes, a longer warm-up). The wired stages
-    then run the per-node loop under the compiler instead of the fast execution; edge
-    removal reaches the nodes as device masks (`use_edge_masks`). Other stages stay eager.
+    "node": each node is its own region, and nodes of the same shapes share one compiled graph
+    (a few dozen small graphs to warm up). "stage": each wired stage is one graph (more fusion, a
+    longer warm-up). Compiled stages run the per-node loop, edge removal as device masks.
     """
     check_compile(regions)
     if not regions:

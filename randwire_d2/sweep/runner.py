@@ -1,8 +1,6 @@
-"""Running a sweep's runs: each its own pretraining process (`python -m
-randwire_d2.engine.pretrain`, as tools/train_cls.py runs it), locally (`jobs` at a time) or as
-submitit jobs (Slurm), skipping finished runs and resuming interrupted ones (store.py says which).
-A run refused because another process holds its folder is told apart by its exit status
-(EXIT_OUTPUT_DIR_IN_USE), its holder read from the folder's lock.
+"""Running a sweep's runs, each its own pretraining process, locally or as submitit jobs,
+skipping finished runs and resuming interrupted ones. A run whose folder another process holds
+is told apart by its exit status (EXIT_OUTPUT_DIR_IN_USE).
 """
 
 import json
@@ -76,10 +74,8 @@ def train_run(run: Run, folder: str, num_gpus: int = 1, extra: Sequence[str] = (
 def run_sweep(
     runs: Sequence[Run], sweep_dir: str, jobs: int = 1, num_gpus: int = 1, log=print, warn=_warn
 ):
-    """Train every run not finished yet, `jobs` at a time; {name: error} of the runs that failed.
-    A run with corrupt results is trained again (warned); a run another process holds is logged
-    as in progress elsewhere, left to it and not counted as failed; a run another sweep finished
-    meanwhile is not trained again."""
+    """Train every unfinished run, `jobs` at a time; {name: error} of the runs that failed. A run
+    another process holds is left to it, not counted as failed."""
     todo = []
     for r in runs:
         folder = os.path.join(sweep_dir, r.name)
@@ -143,10 +139,8 @@ def cluster_job(run: Run, folder: str, num_gpus: int, nodes: int, port: int = 29
 def submit_sweep(
     runs, sweep_dir: str, *, cluster=None, num_gpus=1, nodes=1, wait=False, log=print, **params
 ):
-    """Submit every unfinished run as a submitit job (Slurm; `cluster="local"` runs them here, as
-    the tests do); `params` go to `AutoExecutor.update_parameters` (slurm_partition,
-    timeout_min, ...). With `wait`, block until all end; {name: error} of the failed ones. A run
-    another process holds is logged as in progress elsewhere, not submitted nor failed."""
+    """Submit every unfinished run as a submitit job (`params` to AutoExecutor); with `wait`,
+    block until all end; {name: error} of the failed ones. Held runs are not submitted."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=os.path.join(sweep_dir, "jobs", "%j"), cluster=cluster)
