@@ -121,9 +121,8 @@ INFERENCE_TILES = dict(BLOCK_P=64, BLOCK_CI=16, BLOCK_CO=64)
 INFERENCE_LAUNCH = dict(num_warps=4, num_stages=1)
 
 
-@torch.library.custom_op("randwire::agg_relu_dw", mutates_args=())
-def agg_relu_dw(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> Tensor:
-    """d = dw3x3(ReLU(sum_i coef_i * xs_i), weight, stride, padding 1)."""
+# The launchers (also called by benchmarks/kernels.py fit on meta tensors), then the custom ops.
+def _agg_relu_dw_impl(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> Tensor:
     cl = _check(xs, weight, stride)
     x = xs[0]
     n, c, h, w = x.shape
@@ -140,17 +139,21 @@ def agg_relu_dw(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> 
     return d
 
 
+@torch.library.custom_op("randwire::agg_relu_dw", mutates_args=())
+def agg_relu_dw(xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int) -> Tensor:
+    """d = dw3x3(ReLU(sum_i coef_i * xs_i), weight, stride, padding 1)."""
+    return _agg_relu_dw_impl(xs, coef, weight, stride)
+
+
 @agg_relu_dw.register_fake
 def _(xs, coef, weight, stride):
     n, c, h, w = xs[0].shape
     return _like(xs[0], (n, c, _out_size(h, stride), _out_size(w, stride)))
 
 
-@torch.library.custom_op("randwire::agg_relu_dw_backward", mutates_args=())
-def agg_relu_dw_backward(
+def _agg_relu_dw_backward_impl(
     grad: Tensor, xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int
 ) -> Tuple[List[Tensor], Tensor, Tensor]:
-    """(gradients of xs, of coef, of weight) of `agg_relu_dw` given the gradient of d."""
     cl = _check(xs, weight, stride)
     x = xs[0]
     n, c, h, w = x.shape
@@ -176,6 +179,14 @@ def agg_relu_dw_backward(
     return gxs, g_coef, g_weight
 
 
+@torch.library.custom_op("randwire::agg_relu_dw_backward", mutates_args=())
+def agg_relu_dw_backward(
+    grad: Tensor, xs: List[Tensor], coef: Tensor, weight: Tensor, stride: int
+) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """(gradients of xs, of coef, of weight) of `agg_relu_dw` given the gradient of d."""
+    return _agg_relu_dw_backward_impl(grad, xs, coef, weight, stride)
+
+
 @agg_relu_dw_backward.register_fake
 def _(grad, xs, coef, weight, stride):
     return [torch.empty_like(x) for x in xs], torch.empty_like(coef), torch.empty_like(weight)
@@ -196,8 +207,7 @@ def _backward(ctx, grad):
 agg_relu_dw.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("randwire::agg_relu_dw_pw", mutates_args=())
-def agg_relu_dw_pw(
+def _agg_relu_dw_pw_impl(
     xs: List[Tensor],
     coef: Tensor,
     dw_weight: Tensor,
@@ -205,7 +215,6 @@ def agg_relu_dw_pw(
     bias: Optional[Tensor],
     stride: int,
 ) -> Tensor:
-    """z = pw_weight * dw3x3(ReLU(sum_i coef_i * xs_i)) + bias: inference only (no autograd)."""
     cl = _check(xs, dw_weight, stride)
     x = xs[0]
     n, ci, h, w = x.shape
@@ -232,6 +241,19 @@ def agg_relu_dw_pw(
     )
     # fmt: on
     return z
+
+
+@torch.library.custom_op("randwire::agg_relu_dw_pw", mutates_args=())
+def agg_relu_dw_pw(
+    xs: List[Tensor],
+    coef: Tensor,
+    dw_weight: Tensor,
+    pw_weight: Tensor,
+    bias: Optional[Tensor],
+    stride: int,
+) -> Tensor:
+    """z = pw_weight * dw3x3(ReLU(sum_i coef_i * xs_i)) + bias: inference only (no autograd)."""
+    return _agg_relu_dw_pw_impl(xs, coef, dw_weight, pw_weight, bias, stride)
 
 
 @agg_relu_dw_pw.register_fake
