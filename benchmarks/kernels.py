@@ -42,7 +42,7 @@ from detectron2.modeling import build_backbone  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from randwire_d2.config import load_config  # noqa: E402
-from randwire_d2.modeling import kernels  # noqa: E402
+from randwire_d2.modeling import kernels, triton_programs  # noqa: E402
 
 if __package__:  # python -m benchmarks.kernels, or imported
     from . import bench_common as bc
@@ -389,8 +389,9 @@ def launches(names, dtypes, layouts=LAYOUTS, recorder=None):
 
 
 def bound_launches(call):
-    """[(kernel, signature, constexprs, attrs, options)] of the launcher's launches for `call`,
-    bound as Triton binds a launch (for sm_90; the binding does not depend on the target)."""
+    """[(kernel name, signature, constexprs, attrs, options)] of the launcher's launches for
+    `call`, bound as Triton binds a launch (for sm_90; the binding does not depend on the
+    target): plain data, so that a compiling process takes it as it is."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import JITFunction, create_function_from_signature
@@ -404,7 +405,7 @@ def bound_launches(call):
         binder = create_function_from_signature(fn.signature, fn.params, backend)
         bound_args, specialization, options = binder(*args, **kwargs)
         packed = fn._pack_args(backend, kwargs, bound_args, specialization, options)
-        bound.append((fn, *packed[1:], kwargs))
+        bound.append((fn.__name__, *packed[1:], kwargs))
 
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
@@ -439,14 +440,15 @@ def warps_per_sm(arch: int, registers: int, shared: int, num_warps: int) -> int:
 
 
 def compile_one(job) -> dict:
-    """Compile one bound launch for one target in a fresh cache; its resource numbers."""
-    call, index, arch = job
+    """Compile one bound launch (of `bound_launches`) for one target in a fresh cache; its
+    resource numbers."""
+    call, (name, signature, constexprs, attrs, kwargs), arch = job
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn, signature, constexprs, attrs, kwargs = bound_launches(call)[index]
+    fn = getattr(triton_programs, name)
     options = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages")}
     log = io.StringIO()
     with tempfile.TemporaryDirectory() as cache:
@@ -575,10 +577,10 @@ def fit(args) -> int:
     calls = launches(args.networks, args.dtypes, args.layouts)
     variants = {}  # the same specialization from different calls compiles once
     for call in calls:
-        for i, (fn, signature, constexprs, attrs, kwargs) in enumerate(bound_launches(call)):
-            key = repr((fn.__name__, signature, constexprs, attrs, sorted(kwargs.items())))
-            variants.setdefault(key, (call, i))
-    jobs = [(call, i, arch) for call, i in variants.values() for arch in args.targets]
+        for launch in bound_launches(call):  # bound once, here
+            key = repr((*launch[:4], sorted(launch[4].items())))
+            variants.setdefault(key, (call, launch))
+    jobs = [(call, launch, arch) for call, launch in variants.values() for arch in args.targets]
     print(f"{len(calls)} launches of {args.networks}: {len(variants)} variants", flush=True)
     start = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:

@@ -35,7 +35,8 @@ def compile_for_gpus(calls, archs=(80, 90)):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
         "import json; from benchmarks import kernels; "
-        f"print(json.dumps([kernels.compile_one((c, 0, a)) for c in {calls!r} for a in {archs!r}]))"
+        "print(json.dumps([kernels.compile_one((c, kernels.bound_launches(c)[0], a)) "
+        f"for c in {calls!r} for a in {archs!r}]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
