@@ -93,8 +93,7 @@ def setup_cfg(
                 "detection dataset"
             )
         require_registered([dataset], "--dataset")
-        run = RunConfig.of(cfg)
-        cfg = run.cfg
+        run = RunConfig(cfg)
         if run.datasets("test_datasets")[:1] != [dataset]:
             logger.info(f"predicting on dataset {dataset!r}: {run.key('test_datasets')} set to it")
         run.set("test_datasets", dataset if run.lazy else (dataset,))
