@@ -1,9 +1,10 @@
+"""randwire_d2/analysis.py and visualize.py: graph damage (Fig. 5), generator statistics, drawings."""
+
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from common import load_tool
 
 from randwire_d2.analysis import (
     compare_generators,
@@ -93,51 +94,22 @@ def test_compare_generators_and_statistics():
 
 
 @pytest.mark.slow
-def test_draw_and_tools(tmp_path):
+def test_draw_and_tools(tmp_path, capsys):
     path = draw_network(NetworkWiring({"conv3": W}), str(tmp_path / "w.png"))
     assert os.path.getsize(path) > 1000
     out = tmp_path / "gen.png"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "tools/compare_generators.py",
-            "--generators",
-            "ws:K=4,P=0.75",
-            "er:P=0.2",
-            "--num-nodes",
-            "12",
-            "--seeds",
-            "2",
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "| WS(4, 0.75) | 24.00 ± 0.00 |" in r.stdout and out.stat().st_size > 1000
-    r = subprocess.run(
-        [
-            sys.executable,
-            "tools/draw_wiring.py",
-            "--config-file",
-            "configs/imagenet/randwire_ws_c109_regular.yaml",
-            "--output",
-            str(tmp_path / "c109.png"),
-            "--save-wiring",
-            str(tmp_path / "c109.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
+    argv = ["--generators", "ws:K=4,P=0.75", "er:P=0.2", "--num-nodes", "12", "--seeds", "2"]
+    load_tool("compare_generators").main(argv + ["--output", str(out)])
+    assert "| WS(4, 0.75) | 24.00 ± 0.00 |" in capsys.readouterr().out
+    assert out.stat().st_size > 1000
+    argv = ["--config-file", "configs/imagenet/randwire_ws_c109_regular.yaml"]
+    argv += ["--output", str(tmp_path / "c109.png"), "--save-wiring", str(tmp_path / "c109.json")]
+    load_tool("draw_wiring").main(argv)
     assert NetworkWiring.load(str(tmp_path / "c109.json"))["conv2"].num_nodes == 16
 
 
 @pytest.mark.slow
-def test_graph_damage_tool_on_a_checkpoint(tmp_path):
+def test_graph_damage_tool_on_a_checkpoint(tmp_path, capsys, one_thread):
     from detectron2.modeling import build_model
 
     from randwire_d2.checkpoint import RandWireCheckpointer
@@ -149,31 +121,12 @@ def test_graph_damage_tool_on_a_checkpoint(tmp_path):
     )
     cfg = load_config("configs/demo/randwire_cls_demo.yaml", ["MODEL.DEVICE", "cpu"])
     RandWireCheckpointer(build_model(cfg), str(tmp_path), cfg=cfg).save("model")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "tools/graph_damage.py",
-            "--config-file",
-            "configs/demo/randwire_cls_demo.yaml",
-            "--stages",
-            "conv5",
-            "--output",
-            str(tmp_path / "damage.png"),
-            "MODEL.WEIGHTS",
-            str(tmp_path / "model.pth"),
-            "PRETRAIN.DATA_ROOT",
-            data,
-            "PRETRAIN.TEST_CROPS",
-            "[28]",
-            "MODEL.DEVICE",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "baseline top-1:" in r.stdout and "remove one edge" in r.stdout
+    argv = ["--config-file", "configs/demo/randwire_cls_demo.yaml", "--stages", "conv5"]
+    argv += ["--output", str(tmp_path / "damage.png"), "MODEL.WEIGHTS", str(tmp_path / "model.pth")]
+    argv += ["PRETRAIN.DATA_ROOT", data, "PRETRAIN.TEST_CROPS", "[28]", "MODEL.DEVICE", "cpu"]
+    load_tool("graph_damage").main(argv)
+    stdout = capsys.readouterr().out
+    assert "baseline top-1:" in stdout and "remove one edge" in stdout
     import json
 
     damage = json.load(open(tmp_path / "damage.json"))

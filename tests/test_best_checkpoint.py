@@ -1,7 +1,4 @@
-"""Keeping the best evaluation (TEST.BEST_CHECKPOINT_METRIC, train.best_checkpoint) and what the
-classifier's evaluation prints."""
-
-from collections import OrderedDict
+"""randwire_d2/engine/hooks.py's BestCheckpoint: the best evaluation kept, also across a resume."""
 
 import pytest
 import torch
@@ -9,8 +6,6 @@ from common import CLS_CONFIG, make_cfg, read_metrics, stopped_after, tiny_opts,
 
 from randwire_d2.config import load_config
 from randwire_d2.engine import ClassificationTrainer, Trainer
-from randwire_d2.engine.classification import describe_results
-from randwire_d2.engine.evaluation import ClassificationEvaluator
 from randwire_d2.engine.hooks import BestCheckpoint
 
 
@@ -96,26 +91,6 @@ def test_classifier_keeps_its_best_evaluation(cls_data_root, tmp_path, one_threa
     saved = torch.load(tmp_path / "model_best.pth", weights_only=True)
     assert saved["iteration"] == best_it
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
-
-
-def test_evaluation_reports_top_k_only_below_the_class_count_and_labels_extra_crops():
-    """Top-5 of a 5-class problem is 100 by construction: not reported. The first test crop is
-    the main result; the others are labelled as extra sizes."""
-    evaluator = ClassificationEvaluator()
-    scores = torch.softmax(torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), 1)
-    evaluator.process([{"label": i % 5} for i in range(6)], [{"scores": s} for s in scores])
-    assert set(evaluator.evaluate()) == {"top1"}
-    evaluator.reset()
-    scores = torch.softmax(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), 1)
-    evaluator.process([{"label": i} for i in range(6)], [{"scores": s} for s in scores])
-    assert set(evaluator.evaluate()) == {"top1", "top5"}
-
-    text = describe_results(
-        OrderedDict(val_56={"top1": 91.9}, val_80={"top1": 34.6}), crops=[56, 80]
-    )
-    assert "main: val_56" in text
-    assert "val_80  top-1  34.60   (extra test size 80: PRETRAIN.TEST_CROPS[1]" in text
-    assert "top-5 is not reported: the data have 5 or fewer classes" in text
 
 
 def check_the_lost_evaluation_ran(full, resumed, metric, count, lost):

@@ -1,3 +1,5 @@
+"""randwire_d2/complexity.py: FLOPs and params in closed form, against fvcore and Tables 2-3."""
+
 import glob
 import json
 import logging

@@ -17,6 +17,7 @@ from common import (
     call_tool,
     classifier_cfg,
     images_with_boxes,
+    load_tool,
     run_tool,
     tiny_cfg,
 )
@@ -401,16 +402,16 @@ def test_input_normalization_mismatch_is_reported(classifier_checkpoint, caplog)
 
 
 @pytest.mark.slow
-def test_transfer_via_converter_tool(classifier_checkpoint, tmp_path):
+def test_transfer_via_converter_tool(classifier_checkpoint, tmp_path, capsys):
     det_cfg, classifier, path = classifier_checkpoint
     out = str(tmp_path / "converted.pth")
-    proc = run_tool("convert_cls_to_d2", path, out, timeout=120)  # the smoke test of its CLI
-    assert proc.returncode == 0, proc.stderr
+    load_tool("convert_cls_to_d2").main([path, out])  # the smoke test of its CLI
+    stdout = capsys.readouterr().out
     node = "conv3.nodes.0.transform.2.weight"
-    assert f"backbone.{node} -> backbone.bottom_up.{node}" in proc.stdout
-    assert "head.fc.weight" in proc.stdout.split("dropped")[1]
-    assert "MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]" in proc.stdout
-    assert "INPUT.FORMAT RGB" in proc.stdout
+    assert f"backbone.{node} -> backbone.bottom_up.{node}" in stdout
+    assert "head.fc.weight" in stdout.split("dropped")[1]
+    assert "MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]" in stdout
+    assert "INPUT.FORMAT RGB" in stdout
     data = torch.load(out, weights_only=True)
     assert data["wiring_fingerprint"] == classifier.backbone.wiring.fingerprint()
     assert data["wiring"] == classifier.backbone.wiring.to_json()

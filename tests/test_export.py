@@ -4,6 +4,8 @@ model computes, onnxruntime runs the ONNX files, weights load strictly, the grap
 import json
 import logging
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -12,9 +14,11 @@ import pytest
 import torch
 from common import CLS_CONFIG, DET_CONFIG, RETINA_CONFIG
 from common import TINY_EXPORT_CLS as TINY_CLS
+from common import TINY_EXPORT_DET
 from common import TINY_EXPORT_DET as TINY_DET
 from common import load_tool
 from common import save_model_final as save_checkpoint
+from common import tiny_export_model
 from common import tiny_export_model as tiny_model
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
@@ -296,3 +300,27 @@ def test_op_counts_of_the_fast_execution_trace_torch_export(one_thread):
     model = tiny_model().eval()
     counts = op_counts(model, ClassifierExport, (torch.rand(2, 3, 32, 32) * 255,), ["pt2"])
     assert counts["fast"]["pt2"] > 0 and counts["export"]["pt2"] > 0
+
+
+@pytest.mark.slow
+def test_exported_detector_files_have_the_documented_names_and_load_as_documented(
+    tmp_path, one_thread
+):
+    """docs/predict_and_export.md: the ONNX outputs are named pred_boxes, pred_classes, scores,
+    image_size; model.ts loads after `import torchvision`, and not without it."""
+    import onnx
+
+    from randwire_d2 import export
+
+    model = tiny_export_model(DET_CONFIG, TINY_EXPORT_DET)
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    formats = ("onnx", "torchscript")
+    export.export_detector(model, str(tmp_path), [{"image": image}], formats, check_sizes=[])
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["image"]
+    assert [o.name for o in graph.output] == ["pred_boxes", "pred_classes", "scores", "image_size"]
+    load = f"import torch; torch.jit.load({str(tmp_path / 'model.ts')!r})"
+    plain = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
+    assert plain.returncode != 0 and "Unknown builtin op: torchvision::nms" in plain.stderr
+    documented = subprocess.run([sys.executable, "-c", "import torchvision; " + load])
+    assert documented.returncode == 0

@@ -1,9 +1,27 @@
+"""randwire_d2/graphs.py: the generators, wirings (files read strictly, sizes bounded), statistics."""
+
+import json
+import time
+
 import networkx as nx
 import numpy as np
 import pytest
+from common import tiny_cfg
+from detectron2.modeling import build_model
 
 from randwire_d2 import graphs
-from randwire_d2.graphs import NetworkWiring, StageWiring, register_generator, sample, sample_stages
+from randwire_d2.complexity import wiring_stats
+from randwire_d2.graphs import (
+    MAX_EDGES,
+    MAX_NODES,
+    NetworkWiring,
+    StageWiring,
+    graph_statistics,
+    register_generator,
+    sample,
+    sample_stages,
+)
+from randwire_d2.modeling import network_wiring
 
 PAPER_SETTINGS = [
     ("er", {"P": 0.1}),
@@ -202,3 +220,99 @@ def test_seeds_from_the_command_line():
     assert parse_seeds("1-5") == [1, 2, 3, 4, 5] and parse_seeds("1,3") == [1, 3]
     with pytest.raises(ValueError, match="seeds 'a-b' are invalid"):
         parse_seeds("a-b")
+
+
+GOOD = {"num_nodes": 4, "edges": [[0, 1], [0, 2], [1, 3]]}
+
+
+@pytest.mark.parametrize(
+    "stage,match",
+    [
+        ({"num_nodes": 4, "edges": [[0, 1], [3, 1]]}, r"edge \[3, 1\].*0 <= u < v < 4"),
+        ({"num_nodes": 3, "edges": [[0, 1], [1, 2], [2, 0]]}, r"edge \[2, 0\]"),  # a cycle
+        ({"num_nodes": 4, "edges": [[2, 2]]}, r"edge \[2, 2\]"),
+        ({"num_nodes": 4, "edges": [[0, 4]]}, r"edge \[0, 4\]"),
+        ({"num_nodes": 4, "edges": [[0, 1, 2]]}, r"edge \[0, 1, 2\].*pair"),
+        ({"num_nodes": 4, "edges": [[0, "1"]]}, r"edge \[0, '1'\]"),
+        ({"num_nodes": 4, "edges": [[0, 1], [0, 1]]}, r"edge \[0, 1\] appears twice"),
+        ({"num_nodes": 5.5, "edges": []}, r"num_nodes=5.5 .*integer in \[2, 2048\]"),
+        ({"num_nodes": "5", "edges": []}, r"num_nodes='5' .*integer in \[2, 2048\]"),
+        ({"num_nodes": True, "edges": []}, r"num_nodes=True .*integer in \[2, 2048\]"),
+        ({"num_nodes": 1, "edges": []}, r"num_nodes=1 .*integer in \[2, 2048\]"),
+        ({"num_nodes": 4}, r"missing 'edges'"),
+        ({"edges": []}, r"missing 'num_nodes'"),
+        ({"num_nodes": 4, "edges": {"0": 1}}, r"edges=.*list"),
+        ([4, [[0, 1]]], r"expected a dict"),
+    ],
+)
+def test_wiring_file_is_strict(tmp_path, stage, match):
+    path = tmp_path / "bad_wiring.json"
+    path.write_text(json.dumps({"conv3": GOOD, "conv4": stage}))
+    with pytest.raises(ValueError, match=r"bad_wiring\.json.*stage 'conv4'.*" + match):
+        NetworkWiring.load(str(path))
+    with pytest.raises(ValueError, match=r"stage 'conv4'.*" + match):
+        NetworkWiring.from_json(path.read_text())
+
+
+@pytest.mark.parametrize(
+    "text,match", [("{", "invalid JSON"), ("[1, 2]", "expected a JSON object")]
+)
+def test_wiring_file_not_a_wiring(tmp_path, text, match):
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"broken\.json.*" + match):
+        NetworkWiring.load(str(path))
+
+
+def test_wiring_file_round_trip_keeps_fingerprint(tmp_path):
+    net = network_wiring("ws", 16, 3, "regular", K=4, P=0.75)
+    net.save(str(tmp_path / "w.json"))
+    back = NetworkWiring.load(str(tmp_path / "w.json"))
+    assert back.fingerprint() == net.fingerprint()
+    # The generator path still takes undirected pairs in any order.
+    assert StageWiring(3, ((2, 0), (1, 0))).edges == ((0, 1), (0, 2))
+
+
+@pytest.mark.parametrize("num_nodes", [10**9, 200_000, MAX_NODES + 1])
+def test_a_wiring_file_with_too_many_nodes_is_refused_at_once(tmp_path, num_nodes):
+    path = tmp_path / "wiring.json"
+    stage = {"num_nodes": num_nodes, "edges": [[0, 1]]}
+    path.write_text(json.dumps({"conv3": stage, "conv4": stage, "conv5": stage}))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"num_nodes={num_nodes} is invalid.*\[2, {MAX_NODES}\]"):
+        build_model(tiny_cfg("MODEL.RANDWIRE.WIRING_FILE", str(path)))
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.slow
+def test_wiring_edges_files_and_sampled_graphs_are_bounded(tmp_path):
+    edges = [[u, v] for u in range(MAX_NODES) for v in range(u + 1, MAX_NODES)][: MAX_EDGES + 1]
+    path = tmp_path / "dense.json"
+    path.write_text(json.dumps({"conv3": {"num_nodes": MAX_NODES, "edges": edges}}))
+    with pytest.raises(
+        ValueError, match=rf"{MAX_EDGES + 1} edges is too many: at most {MAX_EDGES}"
+    ):
+        NetworkWiring.load(str(path))
+    with pytest.raises(ValueError, match=rf"num_nodes=1000000 is invalid.*{MAX_NODES}\]"):
+        sample("ws", num_nodes=10**6, seed=1, K=4, P=0.75)
+    with pytest.raises(ValueError, match=rf"gave \d+ edges: at most {MAX_EDGES}"):
+        sample("er", num_nodes=MAX_NODES, seed=1, P=1.0)
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(65 * 2**20)  # sparse: no disk used
+    with pytest.raises(ValueError, match=r"is 68157440 bytes, more than the 67108864 bytes"):
+        NetworkWiring.load(str(big))
+
+
+def test_a_wiring_text_beyond_the_wiring_bound_is_refused(monkeypatch):
+    from randwire_d2.trust import files
+
+    monkeypatch.setitem(files.LIMITS, "wiring", 10)
+    with pytest.raises(ValueError, match="checkpoint: 11 characters, more than a wiring file"):
+        NetworkWiring.from_json('{"a": "bc"}', "checkpoint")
+
+
+def test_wiring_stats_are_graph_statistics():
+    w = StageWiring(5, ((0, 2), (1, 2), (2, 3), (1, 4)))
+    stats = wiring_stats(NetworkWiring({"conv3": w}))
+    assert stats == {"conv3": {"nodes": 5, **graph_statistics(w)}}

@@ -1,6 +1,4 @@
-"""The documented limits (randwire_d2/limits.py) on sizes a config key or a tool's flag sets: a
-value beyond one is refused in one line naming the key or flag, the value and the limit, before
-anything is allocated."""
+"""randwire_d2/limits.py: sizes that config keys and tools' flags set, refused past their limit."""
 
 import ast
 

@@ -1,6 +1,9 @@
+"""randwire_d2/modeling (randwire.py, ops.py, fpn.py): the trunk as Fig. 2 and Table 1 build it."""
+
 import pytest
 import torch
 from common import image_batch as batch
+from common import tiny_cfg as tiny_detector_cfg
 from common import tiny_cls_cfg as tiny_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
@@ -13,7 +16,10 @@ from randwire_d2.modeling import (
     WiredStage,
     WiringMismatchError,
     network_wiring,
+    ops,
+    randwire,
 )
+from randwire_d2.modeling.randwire import stage_specs, wiring_from_cfg
 
 
 @pytest.mark.parametrize("regime", ["small", "regular"])
@@ -224,3 +230,73 @@ def test_seeded_edge_removal_is_reproducible():
     assert picks(keys) == first  # same (seed, iteration, rank): same removals, as after --resume
     assert None in first and len({p for p in first if p is not None}) > 1  # p = 0.5, several edges
     assert picks([(0, it, 1) for it in range(40)]) != first  # another rank removes other edges
+
+
+def test_regular_wiring_rejected_in_small_regime(tmp_path):
+    path = str(tmp_path / "regular.json")
+    wiring_from_cfg(tiny_cfg("regular")).save(path)
+    cfg = tiny_cfg("small")
+    cfg.MODEL.RANDWIRE.WIRING_FILE = path
+    with pytest.raises(ValueError, match=r"extra stages \['conv2'\].*'conv3', 'conv4', 'conv5'"):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    "regime,num_nodes,low",
+    [("small", 1, 2), ("small", 0, 2), ("small", -4, 2), ("small", 5.5, 2), ("regular", 3, 4)],
+)
+def test_num_nodes_too_small_or_not_integer(regime, num_nodes, low):
+    cfg = tiny_cfg(regime, generator="er")
+    cfg.MODEL.RANDWIRE.NUM_NODES = num_nodes
+    with pytest.raises(
+        ValueError, match=rf"MODEL.RANDWIRE.NUM_NODES={num_nodes!r} .*integer >= {low}"
+    ):
+        build_model(cfg)
+
+
+def test_num_nodes_minimum_builds():
+    assert [n for _, n, _ in stage_specs("regular", 4, 8)] == [2, 4, 4, 4]
+    assert [n for _, n, _ in stage_specs("small", 2, 8)] == [2, 2, 2]
+
+
+def test_unknown_norm():
+    with pytest.raises(ValueError, match=r"MODEL.RANDWIRE.NORM='foo' .*'BN'.*'FrozenBN'.*'GN'"):
+        ops.norm_layer("foo", 8)
+    cfg = tiny_cfg()
+    cfg.MODEL.RANDWIRE.NORM = "foo"
+    with pytest.raises(ValueError, match="MODEL.RANDWIRE.NORM='foo'"):
+        build_model(cfg)
+    assert isinstance(ops.norm_layer(torch.nn.BatchNorm2d, 8), torch.nn.BatchNorm2d)
+
+
+def test_fpn_in_features_not_returned_by_trunk():
+    cfg = tiny_detector_cfg()
+    cfg.MODEL.RANDWIRE.OUT_FEATURES = ["conv3", "conv4", "conv5"]
+    with pytest.raises(
+        ValueError, match=r"MODEL.FPN.IN_FEATURES=.*'conv2'.*MODEL.RANDWIRE.OUT_FEATURES"
+    ):
+        build_model(cfg)
+    cfg.MODEL.RANDWIRE.OUT_FEATURES = ["conv2", "conv3", "conv4", "conv5"]
+    build_model(cfg)
+
+
+def test_stages_after_last_out_feature_are_not_built():
+    w = network_wiring("ws", 6, 1, "small", K=2, P=0.5)
+    full = RandWire(wiring=w, channels=8, out_features=["conv5"])
+    trunk = RandWire(wiring=w, channels=8, out_features=["conv2", "conv3"]).eval()
+    assert trunk.stage_names == ["conv1", "conv2", "conv3"]
+    assert not hasattr(trunk, "conv4") and not hasattr(trunk, "conv5")
+    assert not [k for k in trunk.state_dict() if k.startswith(("conv4", "conv5"))]
+    assert all(full.state_dict()[k].shape == v.shape for k, v in trunk.state_dict().items())
+    assert torch.equal(trunk.wiring_fingerprint, full.wiring_fingerprint)
+    feats = trunk(torch.rand(2, 3, 64, 64))
+    for name, spec in trunk.output_shape().items():
+        assert feats[name].shape == (2, spec.channels, 64 // spec.stride, 64 // spec.stride)
+    assert RandWire(wiring=w, channels=8, out_features=["conv1"], freeze_at=2).stage_names == [
+        "conv1"
+    ]
+
+
+def test_docs_name_what_exists():
+    assert "register_node_op(" in ops.__doc__ and "NODE_OPS.register" not in ops.__doc__
+    assert "one builder" not in randwire.build_randwire_backbone.__doc__

@@ -11,6 +11,7 @@ import json
 import os
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from common import (
@@ -32,8 +33,10 @@ from common import (
 )
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
+from detectron2.structures import Boxes, Instances
 from pycocotools.coco import COCO
 
+import randwire_d2.predict as predict_lib
 from randwire_d2.checkpoint import RandWireCheckpointer, load_for_eval
 from randwire_d2.config import load_config
 from randwire_d2.data.cls_demo import generate_classification_demo
@@ -423,3 +426,56 @@ def test_predict_refuses_a_dataset_of_other_categories_than_the_checkpoints(
     with caplog.at_level("WARNING"):
         assert run(specs[1], old) is not None
     assert "records no categories" in caplog.text and "cannot be checked" in caplog.text
+
+
+def test_a_large_image_is_drawn_at_a_bounded_size(detector_weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(predict_lib, "MAX_DRAWN_SIDE", 256)
+    image = tmp_path / "wide.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (320, 640, 3), np.uint8))
+    out = tmp_path / "out"
+    records = predict_tool.main(
+        ["--config-file", DET_CONFIG, "--input", str(image), "--output", str(out)]
+        + ["--confidence-threshold", "0.05", "--opts", "MODEL.WEIGHTS", detector_weights]
+        + TINY_PREDICT_DET
+        + ["DATASETS.TEST", "()"]
+    )
+    assert cv2.imread(str(out / "wide.png")).shape == (128, 256, 3)
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"{image}: ")]
+    assert line.endswith("; drawn at 256x128 (the image is 640x320; MAX_DRAWN_SIDE=256)")
+    # Results stay in the image's own coordinates: only the picture is shrunk.
+    found = [d for r in records for d in r["detections"]]
+    assert found and max(d["bbox"][0] + d["bbox"][2] for d in found) > 256
+
+
+def test_shrunk_detections_keep_their_place_on_the_picture():
+    instances = Instances((400, 800))
+    instances.pred_boxes = Boxes(torch.tensor([[100.0, 40.0, 300.0, 200.0]]))
+    masks = torch.zeros(1, 400, 800, dtype=torch.bool)
+    masks[0, 40:200, 100:300] = True
+    instances.pred_masks = masks
+    instances.scores, instances.pred_classes = torch.tensor([0.9]), torch.tensor([1])
+    small, shrunk = predict_lib._shrink(np.zeros((400, 800, 3), np.uint8), instances, 0.25)
+    assert small.shape == (100, 200, 3) and shrunk.image_size == (100, 200)
+    assert shrunk.pred_boxes.tensor.tolist() == [[25.0, 10.0, 75.0, 50.0]]
+    assert shrunk.pred_masks.shape == (1, 100, 200) and int(shrunk.pred_masks.sum()) == 50 * 40
+    assert predict_lib.drawn_scale(100, 4000) == pytest.approx(predict_lib.MAX_DRAWN_SIDE / 4000)
+    assert predict_lib.drawn_scale(160, 160) == 3.0  # small images are still enlarged
+
+
+def test_a_video_declaring_frames_beyond_the_pixel_limit_is_refused_before_decoding(
+    tmp_path, monkeypatch
+):
+    import cv2
+
+    from randwire_d2 import predict
+
+    video = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for _ in range(2):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    frames, _ = predict.read_video(video)
+    assert next(frames).shape == (48, 64, 3)
+    monkeypatch.setattr(predict, "MAX_IMAGE_PIXELS", 64 * 48 - 1)
+    with pytest.raises(ValueError, match=r"declares 64x48 frames, more than MAX_IMAGE_PIXELS"):
+        predict.read_video(video)

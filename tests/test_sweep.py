@@ -10,7 +10,7 @@ import time
 
 import pytest
 from common import CLS_CONFIG as DEMO
-from common import REPO, load_tool, read_metrics, run_tool, tool_path
+from common import REPO, load_tool, read_metrics, tool_path
 
 from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.sweep import expand, parse_generators, run_state, submit_sweep
@@ -30,9 +30,11 @@ def data_root(tmp_path_factory):
     return generate_classification_demo(str(folder), {"train": 4, "val": 2}, image_size=32)
 
 
-def sweep(*args, timeout=600, check=True):
-    """tools/sweep.py in a fresh process, as a user runs it (it starts train_cls processes)."""
-    return run_tool("sweep", *args, check=check or None, timeout=timeout).stdout
+def sweep_here(capsys, *args):
+    """tools/sweep.py's main in this process: its stdout (exit status 0 asserted)."""
+    capsys.readouterr()
+    assert load_tool("sweep").main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
 
 
 def test_generator_settings_are_crossed():
@@ -85,7 +87,7 @@ def test_fig6_dry_run_keeps_the_flops_of_the_separable_conv(capsys):
 
 
 @pytest.mark.slow
-def test_killed_sweep_continues_and_trains_each_run_once(data_root, tmp_path):
+def test_killed_sweep_continues_and_trains_each_run_once(data_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
     args = ["--config-file", DEMO, "--generators", "er:P=0.2", "--generators", "ws:K=2,P=0.5"]
     args += ["--seeds", "1", "--output", str(out), "--data-root", data_root]
@@ -114,16 +116,21 @@ def test_killed_sweep_continues_and_trains_each_run_once(data_root, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert run_state(str(second)) == "interrupted"
     finished_at = os.path.getmtime(first / "results.json")
-    text = sweep(*args)
+    # The killed sweep ran as a user runs it; the reruns run here (each run still trains in its
+    # own process, as the sweep starts it).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", REPO)
+    text = sweep_here(capsys, *args)
     assert "1 of 2 runs finished; training 1" in text
     assert os.path.getmtime(first / "results.json") == finished_at  # not trained again
     for run in (first, second):
         iterations = [it for it, r in read_metrics(run) if "total_loss" in r]
         assert iterations == list(range(30)), run  # each iteration once, resumed not restarted
     assert "| ER(0.2) | sep_conv3x3 | 8 | 1/1 |" in text
-    assert "0 of 2" not in sweep(*args) and "2 of 2 runs finished; training 0" in sweep(*args)
+    again = sweep_here(capsys, *args)
+    assert "0 of 2" not in again and "2 of 2 runs finished; training 0" in again
     # --collect draws the same table from disk.
-    assert "| WS(2, 0.5) | sep_conv3x3 | 8 | 1/1 |" in sweep("--collect", str(out))
+    assert "| WS(2, 0.5) | sep_conv3x3 | 8 | 1/1 |" in sweep_here(capsys, "--collect", str(out))
     assert os.path.getsize(out / "fig3.png") > 0
 
 

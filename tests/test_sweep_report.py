@@ -1,3 +1,5 @@
+"""randwire_d2/sweep/report.py: a sweep's tables, charts and correlations over seeds."""
+
 import csv
 import math
 import os

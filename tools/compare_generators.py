@@ -20,7 +20,7 @@ from randwire_d2.utils.tables import markdown_table
 from randwire_d2.visualize import draw_generator_grid
 
 
-def main():
+def main(argv=None):
     quiet_third_party_warnings()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -43,7 +43,7 @@ def main():
         action="store_true",
         help="also FLOPs/params of the small-regime C=78 network (configs/imagenet)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         settings = parse_generators(args.generators) or FIG3_GENERATORS
     except ValueError as e:

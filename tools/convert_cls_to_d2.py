@@ -14,7 +14,8 @@ import argparse
 
 from randwire_d2.checkpoint import config_lines, convert_classifier_checkpoint
 
-if __name__ == "__main__":
+
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -25,7 +26,7 @@ if __name__ == "__main__":
         default="backbone.bottom_up.",
         help="where the trunk sits in the detector (default: FPN's bottom_up)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     out, mapped, dropped = convert_classifier_checkpoint(args.input, args.output, args.prefix)
     for old, new in mapped:
@@ -44,3 +45,7 @@ if __name__ == "__main__":
         print("The checkpoint records no input normalization: set MODEL.PIXEL_MEAN/PIXEL_STD and")
         print("INPUT.FORMAT to those used in pretraining.")
     print(f"\nWrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

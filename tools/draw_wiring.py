@@ -16,7 +16,7 @@ from randwire_d2.utils.quiet_warnings import quiet_third_party_warnings
 from randwire_d2.visualize import draw_network
 
 
-def main():
+def main(argv=None):
     quiet_third_party_warnings()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -30,7 +30,7 @@ def main():
         "--save-wiring", default="", help="also write the wiring JSON (WIRING_FILE)"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.checkpoint:
         wiring = wiring_of_checkpoint(args.checkpoint)

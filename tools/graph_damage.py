@@ -23,7 +23,7 @@ from randwire_d2.utils.tables import markdown_table
 from randwire_d2.visualize import plot_damage
 
 
-def main():
+def main(argv=None):
     quiet_third_party_warnings()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -38,7 +38,7 @@ def main():
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides (MODEL.WEIGHTS ...)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     cfg = load_config(args.config_file, args.opts, freeze=False)
     resolve_device(cfg)

@@ -20,7 +20,7 @@ __all__ = ["ALLOWED_TARGETS", "allow_target", "resolve_imported"]
 __all__ += ["bind_targets", "check_model_size"]
 
 # The callables the shipped and Detectron2 model-zoo LazyConfigs name, as LazyConfig.save spells
-# them (tests/test_trust_layer.py keeps ours complete); one's own code is added with allow_target.
+# them (tests/test_trust_targets.py keeps ours complete); one's own code is added with allow_target.
 ALLOWED_TARGETS = (
     # the RandWire trunk (configs/lazy/common/randwire_rcnn.py)
     "randwire_d2.RandWire",

@@ -1,21 +1,36 @@
-"""Bad data is named before training, or skipped with a warning during it."""
+"""randwire_d2/data/dataset_checks.py: bad data (ImageFolder, COCO json) named at setup."""
 
 import json
 import logging
 import os
+import shutil
 import uuid
 
-import numpy as np
 import pytest
-from common import coco_dict, write_image
+from common import (
+    DET_CONFIG,
+    LAZY_DET_CONFIG,
+    TINY_DET,
+    TINY_LAZY,
+    as_args,
+    call_tool,
+    coco_dict,
+    load_tool,
+    make_cfg,
+    tiny_opts,
+    write_image,
+)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from randwire_d2.data import cls_demo, dataset_checks
-from randwire_d2.data.imagefolder import ImageFolderDataset, ResizeCenterCrop
-from randwire_d2.data.shapes import CLASSES
+from randwire_d2.config import load_lazy_config
+from randwire_d2.data import dataset_checks
+from randwire_d2.data.detection_demo import generate_detection_demo
+from randwire_d2.engine import ClassificationTrainer
 from randwire_d2.engine.hooks import TrainCategories
+from randwire_d2.engine.launch import argument_parser
+from randwire_d2.engine.lazy import setup_lazy
 
-# ImageFolder layout ---------------------------------------------------------------------------
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_image_folder_layout_is_checked_for_every_split(tmp_path):
@@ -36,82 +51,12 @@ def test_image_folder_layout_is_checked_for_every_split(tmp_path):
     assert classes == ["cat", "dog"] and [label for _, label in samples] == [0, 1]
 
 
-# Unreadable images ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def bad_samples(tmp_path):
-    """[good, zero-byte .jpg, text .png, truncated .jpg, truncated .png, good] with labels 0..5."""
-    paths = [write_image(tmp_path / "good0.png", seed=0)]
-    (tmp_path / "empty.jpg").write_bytes(b"")
-    (tmp_path / "text.png").write_text("not an image")
-    paths += [str(tmp_path / "empty.jpg"), str(tmp_path / "text.png")]
-    for ext in ("jpg", "png"):
-        data = open(write_image(tmp_path / f"full.{ext}", seed=1), "rb").read()
-        (tmp_path / f"cut.{ext}").write_bytes(data[: len(data) // 2])
-        paths.append(str(tmp_path / f"cut.{ext}"))
-    paths.append(write_image(tmp_path / "good1.png", seed=2))
-    return [(p, label) for label, p in enumerate(paths)]
-
-
-def test_bad_images_are_replaced_by_the_next_good_one_with_a_warning(bad_samples, caplog):
-    dataset = ImageFolderDataset(bad_samples, ResizeCenterCrop(16), max_bad_images=4)
-    with caplog.at_level(logging.WARNING):
-        item = dataset[(1, 123)]
-    expected = ImageFolderDataset(bad_samples[5:], ResizeCenterCrop(16))[(0, 123)]
-    assert item["label"] == 5 and item["image"].shape == (3, 16, 16)
-    assert np.array_equal(item["image"].numpy(), expected["image"].numpy())
-    for path, _ in bad_samples[1:5]:
-        assert any(path in r.getMessage() for r in caplog.records), path
-    # The last index wraps around to the first.
-    assert dataset[(4, 0)]["label"] == 5 and dataset[(0, 0)]["label"] == 0
-
-
-def test_too_many_bad_images_stop_the_run(bad_samples):
-    dataset = ImageFolderDataset(bad_samples, ResizeCenterCrop(16), max_bad_images=3)
-    with pytest.raises(
-        RuntimeError, match=r"4 of 6 images are unreadable.*max_bad_images=3.*cut\.png"
-    ):
-        dataset[(1, 0)]
-    only_bad = ImageFolderDataset(bad_samples[1:5], ResizeCenterCrop(16), max_bad_images=100)
-    with pytest.raises(RuntimeError, match="4 of 4 images are unreadable"):
-        only_bad[(0, 0)]
-
-
-# Classification demo data ---------------------------------------------------------------------
-
-TINY = dict(images_per_class={"train": 2, "val": 1}, image_size=16, object_scale=(0.4, 0.8), seed=0)
-
-
-def test_deleted_demo_images_are_regenerated_identically(tmp_path, caplog):
-    folder = cls_demo.generate_classification_demo(str(tmp_path / "cls"), **TINY)
-    lost = [os.path.join(folder, "train", CLASSES[1], "00001.png")]
-    lost.append(os.path.join(folder, "val", CLASSES[3], "00000.png"))
-    before = [open(p, "rb").read() for p in lost]
-    for p in lost:
-        os.remove(p)
-    os.rmdir(os.path.dirname(lost[1]))
-    with caplog.at_level(logging.INFO):
-        cls_demo.generate_classification_demo(folder, **TINY)
-    assert [open(p, "rb").read() for p in lost] == before
-    assert any("2" in r.getMessage() and "repaired" in r.getMessage() for r in caplog.records)
-
-
-def test_demo_data_root_is_generated_on_demand(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cls_demo, "DEMO_CLS_PARAMS", TINY)
-    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
-    assert not cls_demo.ensure_classification_demo("elsewhere/randwire_demo_cls")
-    assert not os.path.exists("elsewhere")
-    assert cls_demo.ensure_classification_demo("./datasets/randwire_demo_cls/")
-    found = dataset_checks.check_image_folder("datasets/randwire_demo_cls")
-    assert len(found["train"][1]) == 2 * len(CLASSES) and len(found["val"][1]) == len(CLASSES)
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
-    assert cls_demo.ensure_classification_demo(str(tmp_path / "d2" / "randwire_demo_cls"))
-    assert os.path.isfile(tmp_path / "d2" / "randwire_demo_cls" / "params.json")
-
-
-# COCO-format datasets -------------------------------------------------------------------------
+def test_missing_val_folder_fails_before_training(cls_data_root, tmp_path):
+    only_train = tmp_path / "data"
+    shutil.copytree(os.path.join(cls_data_root, "train"), only_train / "train")
+    cfg = make_cfg(tiny_opts(str(only_train), tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="val"):
+        ClassificationTrainer(cfg)
 
 
 @pytest.fixture
@@ -240,3 +185,62 @@ def test_declared_image_and_mask_sizes_are_bounded_at_setup(coco):
     name, _ = coco(rle)
     with pytest.raises(ValueError, match=rf"{name}.*RLE mask .* declares size \[60000, 60000\]"):
         dataset_checks.prepare_datasets([name])
+
+
+@pytest.fixture
+def dense_coco(tmp_path):
+    """A COCO dataset whose first image holds MAX_INSTANCES_PER_IMAGE + 1 annotations."""
+    images = tmp_path / "images"
+    for i in range(2):
+        write_image(images / f"{i}.jpg", seed=i)
+    content = coco_dict(num_categories=1)
+    ann = content["annotations"][0]
+    count = dataset_checks.MAX_INSTANCES_PER_IMAGE + 1
+    content["annotations"] = [dict(ann, id=k + 1, image_id=1) for k in range(count)]
+    path = tmp_path / "dense.json"
+    path.write_text(json.dumps(content))
+    yield "test_bounds_dense", str(path), str(images), count
+    for name in ("test_bounds_dense",):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def test_an_image_with_too_many_annotations_fails_setup_in_both_tools(dense_coco, tmp_path):
+    name, path, images, count = dense_coco
+    train_net = load_tool("train_net")
+    args = train_net.build_parser().parse_args(
+        ["--config-file", DET_CONFIG, "--dataset", name, path, images]
+        + ["DATASETS.TRAIN", f"('{name}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "1"]
+        + ["OUTPUT_DIR", str(tmp_path / "yaml"), "MODEL.DEVICE", "cpu"]
+    )
+    limit = dataset_checks.MAX_INSTANCES_PER_IMAGE
+    message = rf"{name}.*0\.jpg \(image_id 1\) with {count}; at most {limit} per image"
+    with pytest.raises(ValueError, match=message):
+        train_net.setup(args)
+    assert not os.path.exists(tmp_path / "yaml")  # refused before OUTPUT_DIR was claimed
+    lazy = load_lazy_config(
+        LAZY_DET_CONFIG,
+        TINY_LAZY
+        + [f"dataloader.train.dataset.names={name}", f"train.output_dir={tmp_path / 'lazy'}"],
+    )
+    with pytest.raises(ValueError, match=message):
+        setup_lazy(lazy, argument_parser().parse_args([]))
+
+
+def test_detector_with_fewer_classes_than_the_dataset_fails_before_training(tmp_path):
+    paths = generate_detection_demo(
+        str(tmp_path), {"train": 2}, image_size=(64, 64), object_size=(14, 30), seed=3
+    )
+    dataset = ["--dataset", "few_train", paths["train"], str(tmp_path / "train")]
+    proc = call_tool(
+        "train_net",
+        "--config",
+        DET_CONFIG,
+        *dataset,
+        *as_args(TINY_DET),
+        *("DATASETS.TRAIN", "('few_train',)", "DATASETS.TEST", "()"),
+        *("MODEL.ROI_HEADS.NUM_CLASSES", "3", "OUTPUT_DIR", tmp_path / "out"),
+    )
+    assert proc.returncode != 0
+    assert "MODEL.ROI_HEADS.NUM_CLASSES=3" in proc.stderr and "Starting training" not in proc.stderr

@@ -1,5 +1,4 @@
-"""Quiet runs: the tools ignore the known third-party deprecation notes, precisely (by message
-and module), and nothing else; RANDWIRE_SHOW_ALL_WARNINGS=1 brings them back."""
+"""randwire_d2/utils/quiet_warnings.py: known third-party notes ignored precisely, nothing else."""
 
 import importlib
 import logging
