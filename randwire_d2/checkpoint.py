@@ -103,7 +103,7 @@ def find_trunk(model: torch.nn.Module) -> Tuple[str, RandWire]:
     raise ValueError(f"{type(model).__name__} has no RandWire trunk")
 
 
-def checkpoint_extras(model: torch.nn.Module, cfg=None) -> Dict:
+def checkpoint_extras(model: torch.nn.Module, run=None) -> Dict:
     """What every checkpoint of a RandWire model carries besides its weights."""
     _, trunk = find_trunk(model)
     inner = getattr(model, "module", model)
@@ -115,8 +115,7 @@ def checkpoint_extras(model: torch.nn.Module, cfg=None) -> Dict:
     if hasattr(inner, "pixel_mean"):
         extras["pixel_mean"] = [float(v) for v in inner.pixel_mean.flatten().tolist()]
         extras["pixel_std"] = [float(v) for v in inner.pixel_std.flatten().tolist()]
-    if cfg is not None:
-        run = RunConfig.of(cfg)
+    if run is not None:
         fmt = run.get("input_format") if not run.lazy else getattr(inner, "input_format", None)
         if fmt:
             extras["input_format"] = fmt
@@ -196,7 +195,7 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
 
     def __init__(self, model, save_dir="", *, cfg=None, strict: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
-        self.cfg = cfg
+        self.run = None if cfg is None else RunConfig.of(cfg)  # cfg: a config or its RunConfig
         self.strict = strict
 
     def save(self, name: str, tag_last: bool = True, **kwargs) -> None:
@@ -211,7 +210,7 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
             )
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
-        data.update(checkpoint_extras(self.model, self.cfg))
+        data.update(checkpoint_extras(self.model, self.run))
         data.update(kwargs)
         save_file = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {save_file}")
@@ -330,9 +329,8 @@ class RandWireCheckpointer(SafeDetectionCheckpointer):
 
     def _resume_mismatch(self, candidate: str, error: Exception) -> str:
         """The message of a --resume mismatch: the model keys the config changed, or `error`."""
-        changed = []
-        if self.cfg is not None:
-            run = RunConfig.of(self.cfg)
+        changed, run = [], self.run
+        if run is not None:
             old, new = run.saved_flat(read_checkpoint(candidate, "checkpoint")), run.flat()
             changed = [
                 f"{k} {old[k]!r} -> {new[k]!r}"
@@ -405,9 +403,8 @@ def load_for_eval(cfg, model: torch.nn.Module, resume: bool = False) -> Dict:
     """Load the weights (or with `resume` OUTPUT_DIR's last checkpoint) into `model` strictly;
     returns the rest of the checkpoint (class names, input statistics, ...)."""
     run = RunConfig.of(cfg)
-    cfg = run.cfg
     save_dir = run.get("output_dir", "") if resume else ""
-    checkpointer = build_checkpointer(model, save_dir, cfg=cfg, strict=True)
+    checkpointer = build_checkpointer(model, save_dir, cfg=run, strict=True)
     weights = run.get("weights", "") or ""
     if not weights and not (resume and checkpointer.has_checkpoint()):
         raise ValueError(

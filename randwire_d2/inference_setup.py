@@ -25,7 +25,7 @@ from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.registry import locate
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checkpoint import CLASSIFIER_ARCH, check_weights_on_disk, load_for_eval
 from .config import LAZY_KEYS, is_lazy_yaml, load_config, load_lazy_config, read_yaml
@@ -85,10 +85,9 @@ def _check_lazy_syntax(config_file: str, overrides: Sequence[str]) -> None:
             )
 
 
-def input_format(cfg) -> str:
+def input_format(run: RunConfig) -> str:
     """INPUT.FORMAT (lazy: the test mapper's image_format, equal to model.input_format where
     both are set); RGB or BGR."""
-    run = RunConfig.of(cfg)
     lazy_keys = ("dataloader.test.mapper.image_format", "model.input_format")
     keys = lazy_keys if run.lazy else ("INPUT.FORMAT",)
     found = {k: run.select(k) for k in keys if run.select(k) is not None}
@@ -109,7 +108,7 @@ def test_augmentations(cfg) -> T.AugmentationList:
     if not is_lazy(cfg):
         size = cfg.INPUT.MIN_SIZE_TEST
         return T.AugmentationList([T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)])
-    augs = RunConfig.of(cfg).select("dataloader.test.mapper.augmentations")
+    augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentations")
     if augs is None:
         raise ValueError(
             "the LazyConfig has no dataloader.test.mapper.augmentations: the test resizing of "
@@ -179,10 +178,9 @@ def _set_lazy_args(node, args: Sequence[str], value) -> bool:
     return found
 
 
-def check_weights(cfg, random_weights: Optional[bool] = None, purpose: str = "predictions"):
+def check_weights(run, random_weights: Optional[bool] = None, purpose: str = "predictions"):
     """The weights are given and on disk; empty weights are an error unless `random_weights`
     (--random-weights; None when the tool has no such flag)."""
-    run = RunConfig.of(cfg)
     key, weights = run.key("weights"), run.get("weights", "") or ""
     if not weights and not random_weights:
         output_dir = run.get("output_dir", "output") or "output"
@@ -202,16 +200,15 @@ def load_model(
 ) -> Tuple[torch.nn.Module, Dict]:
     """(the model of `cfg` in eval mode with its weights loaded strictly, the rest of its
     checkpoint); empty weights: see `check_weights`."""
-    check_weights(cfg, random_weights, purpose)
     run = RunConfig.of(cfg)
-    cfg = run.cfg
-    if run.lazy and is_classifier(cfg):
+    check_weights(run, random_weights, purpose)
+    if run.lazy and is_classifier(run):
         raise ValueError(
             f"{CLASSIFIER_ARCH} from a LazyConfig is not supported: classifiers are yaml configs "
             "(tools/train_cls.py)"
         )
-    model = instantiate(cfg.model).to(run.get("device")) if run.lazy else build_model(cfg)
-    extras = load_for_eval(cfg, model) if run.get("weights") else {}
+    model = instantiate(run.cfg.model).to(run.get("device")) if run.lazy else build_model(run.cfg)
+    extras = load_for_eval(run, model) if run.get("weights") else {}
     return model.eval(), extras
 
 
@@ -243,13 +240,12 @@ def prepare_image(bgr: np.ndarray, fmt: str, augs: T.AugmentationList) -> Dict:
 def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) -> List[Dict]:
     """Detector inputs (float32 CHW, 0-255, resized for testing): `sample_image`, else the first
     `count` images of the first test dataset through the test loader."""
+    run = RunConfig.of(cfg)
     if sample_image:
         if not os.path.isfile(sample_image):
             raise FileNotFoundError(f"--sample-image {sample_image!r} does not exist")
         image = read_image_file(sample_image)
-        return [prepare_image(image, input_format(cfg), test_augmentations(cfg))]
-    run = RunConfig.of(cfg)
-    cfg = run.cfg
+        return [prepare_image(image, input_format(run), test_augmentations(run.cfg))]
     key, names = run.key("test_datasets"), run.datasets("test_datasets")
     if not names:
         raise ValueError(f"{key} is empty: give --sample-image IMAGE or a test dataset")
@@ -257,12 +253,12 @@ def detector_samples(cfg, sample_image: Optional[str] = None, count: int = 2) ->
     require_registered([name], key, ", or --sample-image IMAGE")
     prepare_datasets([name])
     if run.lazy:
-        cfg = copy.deepcopy(cfg)
+        cfg = copy.deepcopy(run.cfg)
         cfg.dataloader.test.num_workers = 0
         cfg.dataloader.test.dataset.names = name
         loader = instantiate(cfg.dataloader.test)
     else:
-        cfg = cfg.clone()
+        cfg = run.cfg.clone()
         cfg.defrost()
         cfg.DATALOADER.NUM_WORKERS = 0
         loader = build_detection_test_loader(cfg, name)

@@ -41,7 +41,7 @@ from .inference_setup import (
     set_score_threshold,
     test_augmentations,
 )
-from .run_settings import RunConfig, is_lazy
+from .run_settings import RunConfig
 from .trust import open_regular
 from .utils.owned_folder import MANIFEST_FILE, check_output_folder, prepare_output_folder
 
@@ -50,6 +50,7 @@ __all__ = [
     "RESULTS_FILE",
     "MANIFEST_FILE",
     "setup_cfg",
+    "setup_run_config",
     "split_overrides",
     "find_images",
     "check_output_folder",
@@ -72,34 +73,38 @@ RESULTS_FILE = "coco_instances_results.json"
 logger = logging.getLogger(__name__)
 
 
-def setup_cfg(
+def setup_cfg(*args, **kwargs):
+    """The config to predict with: that of `setup_run_config` (the same arguments)."""
+    return setup_run_config(*args, **kwargs).cfg
+
+
+def setup_run_config(
     config_file: str,
     opts: Sequence[str] = (),
     confidence_threshold: float = 0.5,
     allow_unsafe: bool = False,
     dataset: Optional[str] = None,
-):
-    """The config to predict with (a yaml config frozen), device resolved and weights checked;
-    with `dataset`, the test dataset is that one (its categories checked on loading)."""
-    cfg = load_any_config(config_file, opts, freeze=False, allow_unsafe=allow_unsafe)
-    resolve_device(cfg)
-    if not (is_lazy(cfg) and is_classifier(cfg)):
-        set_score_threshold(cfg, confidence_threshold)
-    check_weights(cfg, purpose="predictions")
+) -> RunConfig:
+    """The settings to predict with (`.cfg`: a yaml config frozen), device resolved and weights
+    checked; with `dataset`, the test dataset is that one (its categories checked on loading)."""
+    run = RunConfig(load_any_config(config_file, opts, freeze=False, allow_unsafe=allow_unsafe))
+    resolve_device(run)
+    if not (run.lazy and is_classifier(run)):
+        set_score_threshold(run.cfg, confidence_threshold)
+    check_weights(run, purpose="predictions")
     if dataset is not None:
-        if is_classifier(cfg):
+        if is_classifier(run):
             raise ValueError(
                 f"--dataset {dataset}: a classifier predicts on images (--input), not on a "
                 "detection dataset"
             )
         require_registered([dataset], "--dataset")
-        run = RunConfig(cfg)
         if run.datasets("test_datasets")[:1] != [dataset]:
             logger.info(f"predicting on dataset {dataset!r}: {run.key('test_datasets')} set to it")
         run.set("test_datasets", dataset if run.lazy else (dataset,))
-    if not is_lazy(cfg):
-        cfg.freeze()
-    return cfg
+    if not run.lazy:
+        run.cfg.freeze()
+    return run
 
 
 def split_overrides(words: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -172,14 +177,14 @@ class DetectionPredictor:
     """A detector on one BGR HWC uint8 image at a time, prepared as evaluation prepares it.
     Class names are `dataset`'s (checked; its category ids known), else the checkpoint's."""
 
-    def __init__(self, cfg, dataset: Optional[str] = None):
-        self.input_format = input_format(cfg)
-        self.aug = test_augmentations(cfg)
+    def __init__(self, run: RunConfig, dataset: Optional[str] = None):
+        self.input_format = input_format(run)
+        self.aug = test_augmentations(run.cfg)
         self.dataset = dataset
         if dataset:  # as --eval-only: the classes fit the model
-            check_datasets_fit_model([dataset], cfg, masks=False)
-        self.model, checkpoint = load_model(cfg)  # refuses other categories than trained
-        key, count = RunConfig.of(cfg).num_classes()
+            check_datasets_fit_model([dataset], run, masks=False)
+        self.model, checkpoint = load_model(run)  # refuses other categories than trained
+        key, count = run.num_classes()
         self.category_ids = None
         if dataset:
             meta = MetadataCatalog.get(dataset)
@@ -260,8 +265,9 @@ class ClassificationPredictor:
     """RandWireClassifier on one image at a time, prepared as its validation loader does (crop
     PRETRAIN.TEST_CROPS[0]); class names from the checkpoint."""
 
-    def __init__(self, cfg):
-        self.model, checkpoint = load_model(cfg)
+    def __init__(self, run: RunConfig):
+        cfg = run.cfg
+        self.model, checkpoint = load_model(run)
         self.transform = ResizeCenterCrop(cfg.PRETRAIN.TEST_CROPS[0], cfg.PRETRAIN.TEST_CROP_RATIO)
         self.input_format = cfg.INPUT.FORMAT
         classes = checkpoint.get("classes")
@@ -292,9 +298,10 @@ class ClassificationPredictor:
 
 def build_predictor(cfg, dataset: Optional[str] = None):
     """ClassificationPredictor for a yaml RandWireClassifier, else DetectionPredictor."""
-    if is_classifier(cfg) and not is_lazy(cfg):
-        return ClassificationPredictor(cfg)
-    return DetectionPredictor(cfg, dataset)
+    run = RunConfig.of(cfg)
+    if is_classifier(run) and not run.lazy:
+        return ClassificationPredictor(run)
+    return DetectionPredictor(run, dataset)
 
 
 def dataset_images(name: str) -> List[Tuple[str, int]]:

@@ -211,3 +211,99 @@ def test_an_evaluation_builds_its_run_config_once(tmp_path, monkeypatch):
     model = train_net.Trainer.build_model(run.cfg)
     train_net.load_for_eval(run, model)
     assert len(built) == 1
+
+
+@pytest.fixture
+def run_configs_built(monkeypatch):
+    """The RunConfigs constructed while the test runs (RunConfig.__init__ counted)."""
+    from randwire_d2.run_settings import RunConfig
+
+    built = []
+    init = RunConfig.__init__
+    monkeypatch.setattr(RunConfig, "__init__", lambda self, cfg: built.append(1) or init(self, cfg))
+    return built
+
+
+def test_a_yaml_training_builds_its_run_config_once(tiny_data, tmp_path, run_configs_built):
+    """tools/train_net.py (training) builds the run's RunConfig in setup and passes it down: the
+    checks, the set-up, the trainer, its hooks, the resume and the checkpoints read that one."""
+    from common import TINY_DET, as_args
+
+    out = str(tmp_path / "run")
+    opts = as_args(TINY_DET) + ["SOLVER.MAX_ITER", "1", "TEST.BEST_CHECKPOINT_METRIC", "auto"]
+    call_tool(
+        "train_net", "--config-file", DET_CONFIG, *_det_args(tiny_data, out), *opts, check=True
+    )
+    assert len(run_configs_built) == 1
+
+
+def test_a_pretraining_builds_its_run_config_once(cls_data_root, tmp_path, run_configs_built):
+    """tools/train_cls.py builds the run's RunConfig in setup and passes it down, training (the
+    trainer, its hooks, the resume, the checkpoints) or evaluating (--eval-only)."""
+    out = tmp_path / "run"
+    opts = tiny_opts(cls_data_root, out, epochs=1)
+    call_tool("train_cls", "--config-file", CLS_CONFIG, *opts, check=True)
+    assert len(run_configs_built) == 1
+    run_configs_built.clear()
+    weights = {"MODEL.WEIGHTS": str(out / "model_final.pth")}
+    opts = tiny_opts(cls_data_root, tmp_path / "eval", **weights)
+    call_tool("train_cls", "--config-file", CLS_CONFIG, "--eval-only", *opts, check=True)
+    assert len(run_configs_built) == 1
+
+
+def test_a_lazy_training_and_evaluation_build_their_run_config_once(
+    tiny_data, tmp_path, run_configs_built
+):
+    """tools/lazyconfig_train_net.py builds the run's RunConfig once, training or evaluating."""
+    folder, paths = tiny_data
+    data = [
+        a
+        for s in ("train", "val")
+        for a in ("--dataset", f"det_test_{s}", paths[s], os.path.join(folder, s))
+    ]
+    args = ["--config-file", LAZY_DET_CONFIG, *data, *TINY_LAZY, "train.device=cpu"]
+    args += ["dataloader.train.dataset.names=det_test_train", "train.max_iter=1"]
+    args += ["dataloader.test.dataset.names=det_test_val", "train.best_checkpoint.metric=auto"]
+    out = tmp_path / "run"
+    call_tool("lazyconfig_train_net", *args, f"train.output_dir={out}", check=True)
+    assert len(run_configs_built) == 1
+    run_configs_built.clear()
+    weights = f"train.init_checkpoint={out / 'model_final.pth'}"
+    evaluate = [f"train.output_dir={tmp_path / 'eval'}", weights]
+    call_tool("lazyconfig_train_net", "--eval-only", *args, *evaluate, check=True)
+    assert len(run_configs_built) == 1
+
+
+def test_a_prediction_builds_its_run_config_once(tiny_data, tmp_path, run_configs_built):
+    """tools/predict.py builds the RunConfig once (setup_run_config) and the predictor reads that
+    one: a detector on a dataset's images, a classifier on an image."""
+    from common import TINY_PREDICT_CLS, TINY_PREDICT_DET, load_tool, save_random_model, write_image
+
+    predict = load_tool("predict")
+    detector = save_random_model(DET_CONFIG, TINY_PREDICT_DET, tmp_path, "detector")
+    classifier = save_random_model(CLS_CONFIG, TINY_PREDICT_CLS, tmp_path, "classifier")
+    image = write_image(tmp_path / "images" / "a.jpg")
+    run_configs_built.clear()
+    argv = ["--config-file", DET_CONFIG, "--dataset", "det_test_val"]
+    assert len(predict.main(argv + [*TINY_PREDICT_DET, "MODEL.WEIGHTS", detector])) == 8
+    assert len(run_configs_built) == 1
+    run_configs_built.clear()
+    argv = ["--config-file", CLS_CONFIG, "--input", image, *TINY_PREDICT_CLS]
+    assert len(predict.main(argv + ["MODEL.WEIGHTS", classifier])) == 1
+    assert len(run_configs_built) == 1
+
+
+def test_an_export_builds_its_run_config_once(tmp_path, run_configs_built):
+    """tools/export_model.py builds the RunConfig once (setup) and passes it down: the checks, the
+    strict loading."""
+    from common import TINY_EXPORT_CLS, load_tool, save_model_final, tiny_export_model
+
+    weights = save_model_final(tiny_export_model(), CLS_CONFIG, TINY_EXPORT_CLS, tmp_path)
+    run_configs_built.clear()
+    out = tmp_path / "export"
+    load_tool("export_model").main(
+        ["--config-file", CLS_CONFIG, "--format", "onnx", "--input-size", "32", "--output"]
+        + [str(out), *TINY_EXPORT_CLS, "MODEL.WEIGHTS", weights]
+    )
+    assert (out / "model.onnx").is_file()
+    assert len(run_configs_built) == 1

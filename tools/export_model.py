@@ -67,7 +67,7 @@ from randwire_d2.limits import (
     MAX_IMAGE_SIDE,
     check_export_inputs,
 )
-from randwire_d2.run_settings import RunConfig, is_lazy
+from randwire_d2.run_settings import RunConfig
 from randwire_d2.utils.args import bounded_int
 
 
@@ -133,42 +133,43 @@ def build_parser():
     return parser
 
 
-def setup(args):
-    """The config (yaml or LazyConfig), after registering --dataset."""
+def setup(args) -> RunConfig:
+    """The run's settings (`.cfg`: its yaml or LazyConfig config), after registering --dataset.
+    Built once, passed down."""
     flags = [o for o in args.opts if o.startswith("--")]
     if flags:
         raise ValueError(f"{flags[0]} is among the overrides: options go before them")
     register_user_datasets(args.dataset)
-    cfg = load_any_config(args.config_file, args.opts, False, args.allow_unsafe_config)
-    resolve_device(cfg)
-    if not is_lazy(cfg):
-        cfg.MODEL.RANDWIRE.COMPILE = ""  # the export traces the eager trunk: no torch.compile
-        cfg.freeze()
-    return cfg
+    run = RunConfig(load_any_config(args.config_file, args.opts, False, args.allow_unsafe_config))
+    resolve_device(run)
+    if not run.lazy:
+        run.cfg.MODEL.RANDWIRE.COMPILE = ""  # the export traces the eager trunk: no torch.compile
+        run.cfg.freeze()
+    return run
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logger = setup_logger(name="randwire_d2")
     try:
-        cfg = setup(args)
+        run = setup(args)
     except KeyError as e:  # an override of a key the config lacks
         sys.exit(f"error: {e.args[0] if e.args else e}")
     except (ValueError, OSError) as e:  # a bad --dataset or config, named
         sys.exit(f"error: {e}")
-    classifier = is_classifier(cfg)
+    cfg = run.cfg
+    classifier = is_classifier(run)
     formats = args.format or (["pt2", "onnx"] if classifier else ["torchscript"])
     if classifier and args.sample_image:
         sys.exit("--sample-image is for detectors: a classifier is exported at --input-size")
     if not classifier and "pt2" in formats:
         arch = "a LazyConfig's detector"
-        if not is_lazy(cfg):
+        if not run.lazy:
             arch = f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}"
         sys.exit(
             f"--format pt2 is invalid for {arch}: detectors export by tracing (torchscript, "
             "onnx); pt2 is for RandWireClassifier"
         )
-    run = RunConfig(cfg)
     output = args.output or os.path.join(run.get("output_dir", "output") or "output", "export")
     try:
         if classifier:  # before building: the inputs' size is bounded
@@ -178,7 +179,7 @@ def main(argv=None):
             names, key = run.datasets("test_datasets"), run.key("test_datasets")
             require_registered(names[:1], key, ", or --sample-image IMAGE")
         prepare_export_folder(output, args.overwrite)
-        model, _ = load_model(cfg, args.random_weights, purpose="exports")
+        model, _ = load_model(run, args.random_weights, purpose="exports")
     except (ValueError, OSError) as e:  # FileNotFoundError, FileExistsError: named paths
         sys.exit(f"error: {e}")
     logger.info(f"exporting {type(model).__name__} as {formats} to {output}")
@@ -191,7 +192,7 @@ def main(argv=None):
             report = export_classifier(model, output, samples, formats)
             wrap, trace_args = ClassifierExport, (samples[0],)
         else:
-            samples = detector_samples(cfg, args.sample_image, args.num_samples)
+            samples = detector_samples(run, args.sample_image, args.num_samples)
             report = export_detector(model, output, samples, formats)
             wrap, trace_args = (lambda m: detector_adapter(m, samples[0])), (samples[0]["image"],)
     except (ExportMismatchError, ValueError, OSError) as e:  # a bad --sample-image, a full disk

@@ -21,17 +21,18 @@ from randwire_d2.config import load_lazy_config
 from randwire_d2.data.dataset_checks import register_user_datasets
 from randwire_d2.engine import argument_parser, launch
 from randwire_d2.engine.lazy import build_model, do_test, do_train, setup_lazy
+from randwire_d2.run_settings import RunConfig
 
 
 def main(args):
     register_user_datasets(args.dataset)
-    cfg = load_lazy_config(args.config_file, args.opts, args.allow_unsafe_config)
-    setup_lazy(cfg, args)
+    run = RunConfig(load_lazy_config(args.config_file, args.opts, args.allow_unsafe_config))
+    setup_lazy(run, args)  # built once, passed down
     if args.eval_only:
-        model = build_model(cfg)
-        load_for_eval(cfg, model, args.resume)
-        return do_test(cfg, model)
-    return do_train(cfg, args)
+        model = build_model(run.cfg)
+        load_for_eval(run, model, args.resume)
+        return do_test(run.cfg, model)
+    return do_train(run, args)
 
 
 if __name__ == "__main__":

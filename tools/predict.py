@@ -39,7 +39,7 @@ from randwire_d2.predict import (
     check_output_folder,
     find_images,
     predict,
-    setup_cfg,
+    setup_run_config,
     split_overrides,
 )
 from randwire_d2.utils.args import bounded_int
@@ -106,7 +106,7 @@ def main(argv=None):
                 )
             dataset = inputs[0]
             register_user_datasets([inputs] if len(inputs) == 3 else [])
-        cfg = setup_cfg(
+        run = setup_run_config(  # built once, passed down
             args.config_file,
             overrides,
             args.confidence_threshold,
@@ -114,7 +114,7 @@ def main(argv=None):
             dataset,
         )
         return predict(
-            build_predictor(cfg, dataset), images, args.video_input, args.output, args.topk
+            build_predictor(run, dataset), images, args.video_input, args.output, args.topk
         )
     except KeyError as e:  # an override of a key the config lacks
         sys.exit(f"error: {e.args[0] if e.args else e}")

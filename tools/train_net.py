@@ -50,7 +50,7 @@ def main(args):
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
-    trainer = Trainer(cfg)
+    trainer = Trainer(run)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

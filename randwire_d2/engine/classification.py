@@ -19,6 +19,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from ..checkpoint import load_for_eval
 from ..data.cls_loaders import build_cls_test_loader, build_cls_train_loader
 from ..data.dataset_checks import check_image_folder
+from ..run_settings import RunConfig
 from .cuda_graphs import GraphedStepTrainer, check_cuda_graphs
 from .evaluation import ClassificationEvaluator
 from .trainer import RandWireTrainer, broadcast_buffers
@@ -206,9 +207,10 @@ def describe_results(results: "OrderedDict", crops: Sequence[int]) -> str:
 def evaluate_checkpoint(cfg, resume: bool = False):
     """Top-1/top-5 of MODEL.WEIGHTS (with `resume`: the last checkpoint) on PRETRAIN.DATA_ROOT/val
     (no train/ folder needed); every weight must fit the model."""
+    cfg = (run := RunConfig.of(cfg)).cfg  # `cfg`: a config or its RunConfig
     classes, _ = check_image_folder(cfg.PRETRAIN.DATA_ROOT, ("val",))["val"]
     model = ClassificationTrainer.build_model(cfg)
-    loaded = load_for_eval(cfg, model, resume)
+    loaded = load_for_eval(run, model, resume)
     if "classes" in loaded and list(loaded["classes"]) != classes:
         raise ValueError(
             f"the checkpoint's classes {loaded['classes'][:5]}... ({len(loaded['classes'])}) "

@@ -39,7 +39,7 @@ class Trainer(RandWireTrainer):
     checkpoints that record the training dataset's categories."""
 
     def prepare(self, cfg):
-        self.categories = TrainCategories.of(cfg)
+        self.categories = TrainCategories.of(self.run)
         return super().prepare(cfg)
 
     def checkpointables(self) -> dict:

@@ -160,9 +160,8 @@ class BestCheckpoint(hooks.BestCheckpointer):
             )
 
 
-def best_checkpoint_hook(cfg, checkpointer, auto_metric: str) -> Optional[BestCheckpoint]:
+def best_checkpoint_hook(run, checkpointer, auto_metric: str) -> Optional[BestCheckpoint]:
     """BestCheckpoint for the best-checkpoint metric ("auto": `auto_metric`), None if unset."""
-    run = RunConfig.of(cfg)
     metric = run.get("best_metric", "") or ""
     if not metric:
         return None
@@ -208,7 +207,7 @@ class PendingEvaluation(hooks.HookBase):
             self.trainer.iter = storage.iter = iteration + 1
 
 
-def pending_evaluation_hook(cfg, registered, auto_metric: str) -> Optional[PendingEvaluation]:
+def pending_evaluation_hook(run, registered, auto_metric: str) -> Optional[PendingEvaluation]:
     """PendingEvaluation for the EvalHook among `registered` (None without one), judged by the
     BestCheckpoint's metric, else `auto_metric`."""
     evaluate = next((h for h in registered if isinstance(h, hooks.EvalHook)), None)
@@ -216,7 +215,6 @@ def pending_evaluation_hook(cfg, registered, auto_metric: str) -> Optional[Pendi
         return None
     best = next((h for h in registered if isinstance(h, BestCheckpoint)), None)
     writer = next((h for h in registered if isinstance(h, hooks.PeriodicWriter)), None)
-    run = RunConfig.of(cfg)
     # fmt: off
     return PendingEvaluation(
         run.get("output_dir"), run.get("eval_period") or 0, best.metric if best else auto_metric,
@@ -228,8 +226,7 @@ def pending_evaluation_hook(cfg, registered, auto_metric: str) -> Optional[Pendi
 def evaluation_metrics(cfg) -> Optional[Tuple[List[str], List[str]]]:
     """(the metric names `cfg`'s evaluation reports, the tasks that also report
     "<task>/AP-<category name>"), or None for a meta-architecture evaluated elsewhere."""
-    run = RunConfig.of(cfg)
-    cfg = run.cfg
+    cfg = (run := RunConfig.of(cfg)).cfg
     if not run.lazy and cfg.MODEL.META_ARCHITECTURE == "RandWireClassifier":
         tops = ["top1"] + ["top5"] * (cfg.MODEL.CLASSIFIER.NUM_CLASSES > 5)
         return [f"val_{crop}/{top}" for crop in cfg.PRETRAIN.TEST_CROPS for top in tops], []
@@ -247,7 +244,6 @@ def check_best_checkpoint(cfg) -> None:
     """At setup: the best-checkpoint mode is one of BEST_MODES, its metric "", "auto" or one
     that `evaluation_metrics` reports."""
     run = RunConfig.of(cfg)
-    cfg = run.cfg
     mode = run.get("best_mode", "max")
     if mode not in BEST_MODES:
         raise ValueError(

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from ..checkpoint import build_checkpointer
 from ..data.detection_loader import build_resumable_train_loader
+from ..run_settings import RunConfig
 from .hooks import (
     RunSeed,
     StepSeed,
@@ -151,6 +152,7 @@ def describe_lazy_schedule(cfg) -> str:
 
 def do_train(cfg, args):
     """Train `cfg.train.max_iter` iterations, evaluating every train.eval_period and at the end."""
+    cfg = (run := RunConfig.of(cfg)).cfg  # `cfg`: a LazyConfig or its RunConfig
     if comm.is_main_process():
         logger.info("Schedule:\n" + describe_lazy_schedule(cfg))
     model = build_model(cfg)
@@ -166,14 +168,14 @@ def do_train(cfg, args):
 
         model.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
     on_cuda = next(model.parameters()).device.type == "cuda"
-    trainer = step_trainer(model, train_loader, optimizer, amp_dtype(cfg, on_cuda))
+    trainer = step_trainer(model, train_loader, optimizer, amp_dtype(run, on_cuda))
     checkpointer = build_checkpointer(
         model,
         cfg.train.output_dir,
-        cfg=cfg,
+        cfg=run,
         trainer=trainer,
         run_seed=run_seed,
-        categories=TrainCategories.of(cfg),
+        categories=TrainCategories.of(run),
     )
     batch = cfg.dataloader.train.get("total_batch_size", 0)
     main = comm.is_main_process()
@@ -184,7 +186,7 @@ def do_train(cfg, args):
         StepSeed(run_seed),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
         hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-        best_checkpoint_hook(cfg, checkpointer, "bbox/AP"),
+        best_checkpoint_hook(run, checkpointer, "bbox/AP"),
         (
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),
@@ -194,10 +196,10 @@ def do_train(cfg, args):
             else None
         ),
     ]
-    registered.append(pending_evaluation_hook(cfg, registered, "bbox/AP"))
+    registered.append(pending_evaluation_hook(run, registered, "bbox/AP"))
     trainer.register_hooks(registered)
     start_iter, _ = resume_or_load(
-        cfg,
+        run,
         checkpointer,
         trainer,
         trainer,

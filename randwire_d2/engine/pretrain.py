@@ -26,6 +26,7 @@ from detectron2.utils import comm
 from ..config import explicit_keys, load_config
 from ..data.cls_demo import ensure_classification_demo
 from ..data.dataset_checks import check_image_folder
+from ..run_settings import RunConfig
 from .classification import ClassificationTrainer, check_gpu_keys, evaluate_checkpoint
 from .launch import argument_parser, launch
 from .output_dir import OutputDirInUse
@@ -51,11 +52,12 @@ def build_parser():
     return parser
 
 
-def setup(args, world_size=None):
-    """The config this run trains with (data checked, schedule resolved); then OUTPUT_DIR is
-    claimed and set up."""
-    cfg = load_config(args.config_file, args.opts, False, args.allow_unsafe_config)
-    resolve_device(cfg)
+def setup(args, world_size=None) -> RunConfig:
+    """The run's settings (`.cfg`: the config it trains with, data checked, schedule resolved);
+    then OUTPUT_DIR is claimed and set up. Built once, passed down."""
+    run = RunConfig(load_config(args.config_file, args.opts, False, args.allow_unsafe_config))
+    cfg = run.cfg
+    resolve_device(run)
     precision(cfg.PRETRAIN.AMP_DTYPE, "PRETRAIN.AMP_DTYPE")
     check_gpu_keys(cfg, runnable=not args.dry_run)
     root = cfg.PRETRAIN.DATA_ROOT
@@ -73,18 +75,18 @@ def setup(args, world_size=None):
         size = size or len(check_image_folder(root, ("train", "val"))["train"][1])
         world_size = world_size or comm.get_world_size()
         explicit = explicit_keys(args.config_file, args.opts, args.allow_unsafe_config)
-        cfg = resolve_schedule(cfg, size, world_size, explicit)
+        cfg = run.cfg = resolve_schedule(cfg, size, world_size, explicit)
         print(f"Schedule:\n{describe_schedule(cfg, size, world_size)}")
     if not args.dry_run:
-        setup_run(cfg, args)
-    return cfg
+        setup_run(run, args)
+    return run
 
 
 def main(args):
-    cfg = setup(args)
+    run = setup(args)
     if args.eval_only:
-        return evaluate_checkpoint(cfg, resume=args.resume)
-    trainer = ClassificationTrainer(cfg)
+        return evaluate_checkpoint(run, resume=args.resume)
+    trainer = ClassificationTrainer(run)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

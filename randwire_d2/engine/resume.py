@@ -20,26 +20,24 @@ def resume_or_load(
     checkpoint). `loop` holds `iter`, `step`'s data become `build_loader(start_iter)`;
     `data_order`: whether that loader continues an interrupted run's data."""
     run = RunConfig.of(cfg)
-    cfg = run.cfg
     with weights_download_named(run.key("weights"), run.get("weights")):
         extras = checkpointer.resume_or_load(run.get("weights"), resume=resume)
     resumed = extras.pop("__resumed_from__", None) or (resume and checkpointer.has_checkpoint())
     start_iter = loop.iter + 1 if resumed else 0
     if resumed:
-        check_resume(cfg, extras, start_iter)
+        check_resume(run, extras, start_iter)
     step.reset_data_loader(lambda: build_loader(start_iter))
     if resumed:
         truncate_metrics(run.get("output_dir"), start_iter)
         log_resume(start_iter, resumed, run_seed.seed, data_order)
     else:
-        check_frozen_stages_have_weights(cfg)
-        check_input_normalization(cfg, extras)
+        check_frozen_stages_have_weights(run)
+        check_input_normalization(run, extras)
     return start_iter, extras
 
 
-def check_frozen_stages_have_weights(cfg) -> None:
+def check_frozen_stages_have_weights(run) -> None:
     """Frozen stages without pretrained weights (they would stay random) are an error."""
-    run = RunConfig.of(cfg)
     freeze_at, weights = run.get("freeze_at", 0) or 0, run.get("weights")
     freeze_key, weights_key = run.key("freeze_at"), run.key("weights")
     if freeze_at > 0 and not weights:
@@ -50,10 +48,9 @@ def check_frozen_stages_have_weights(cfg) -> None:
         )
 
 
-def check_resume(cfg, checkpoint: dict, start_iter: int) -> None:
+def check_resume(run, checkpoint: dict, start_iter: int) -> None:
     """Refuse a resume that contradicts RESTORED state or leaves nothing to train; log the
     other changes it applies."""
-    run = RunConfig.of(cfg)
     old, new = run.saved_flat(checkpoint), run.flat()
     max_key, weights_key = run.key("max_iter"), run.key("weights")
     max_iter = new[max_key]

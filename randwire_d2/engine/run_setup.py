@@ -1,5 +1,5 @@
 """The checks every run applies before it builds anything, for both config systems (each takes
-a config or its RunConfig), and the set-up of its OUTPUT_DIR and logs."""
+a config or its RunConfig; amp_dtype the RunConfig), and the set-up of its OUTPUT_DIR and logs."""
 
 import logging
 from typing import Optional
@@ -64,10 +64,9 @@ def precision(name: str, key: str) -> torch.dtype:
     return AMP_DTYPES[name]
 
 
-def amp_dtype(cfg, on_cuda: bool, precision_key: Optional[str] = None) -> Optional[torch.dtype]:
-    """The AMP dtype (precision at `precision_key`, default float16), None for float32 (AMP off,
-    or on CPU with a warning)."""
-    run = RunConfig.of(cfg)
+def amp_dtype(run, on_cuda: bool, precision_key: Optional[str] = None) -> Optional[torch.dtype]:
+    """The AMP dtype of RunConfig `run` (precision at `precision_key`, default float16), None for
+    float32 (AMP off, or on CPU with a warning)."""
     if not run.get("amp", False):
         return None
     key = precision_key or run.key("amp_precision")

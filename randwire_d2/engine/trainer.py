@@ -13,6 +13,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import build_checkpointer
+from ..run_settings import RunConfig
 from .hooks import RunSeed, StepSeed, ThroughputHook, best_checkpoint_hook, pending_evaluation_hook
 from .output_dir import claim_output_dir, release_output_dir
 from .resume import resume_or_load
@@ -66,7 +67,8 @@ class RandWireTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = self.prepare(cfg)
+        self.run = RunConfig.of(cfg)  # the run's settings (`cfg` may be them), passed down
+        self.run.cfg = cfg = self.prepare(self.run.cfg)  # the config it trains with
         self._claimed = claim_output_dir(cfg.OUTPUT_DIR)
         self.run_seed = RunSeed(cfg.SEED)
         model = self.build_model(cfg)
@@ -76,13 +78,13 @@ class RandWireTrainer(DefaultTrainer):
             model, side_stream=self.captures_step(cfg), broadcast_buffers=False
         )
         on_cuda = next(model.parameters()).device.type == "cuda"
-        dtype = amp_dtype(cfg, on_cuda, self.amp_precision_key)
+        dtype = amp_dtype(self.run, on_cuda, self.amp_precision_key)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer, dtype)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = build_checkpointer(
             model,
             cfg.OUTPUT_DIR,
-            cfg=cfg,
+            cfg=self.run,
             trainer=weakref.proxy(self),
             run_seed=self.run_seed,
             **self.checkpointables(),
@@ -129,7 +131,7 @@ class RandWireTrainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         self.start_iter, extras = resume_or_load(
-            self.cfg,
+            self.run,
             self.checkpointer,
             self,
             self._trainer,
@@ -151,12 +153,12 @@ class RandWireTrainer(DefaultTrainer):
         ret = super().build_hooks()
         extra = [ThroughputHook(self.cfg.SOLVER.IMS_PER_BATCH), StepSeed(self.run_seed)]
         ret = ret[:2] + extra + ret[2:]  # after IterationTimer and LRScheduler
-        best = best_checkpoint_hook(self.cfg, self.checkpointer, self.main_metric(self.cfg))
+        best = best_checkpoint_hook(self.run, self.checkpointer, self.main_metric(self.cfg))
         at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
         if best is not None:
             ret.insert(at, best)
             at += 1
-        ret.insert(at, pending_evaluation_hook(self.cfg, ret, self.main_metric(self.cfg)))
+        ret.insert(at, pending_evaluation_hook(self.run, ret, self.main_metric(self.cfg)))
         return ret
 
     @classmethod
