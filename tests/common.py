@@ -395,6 +395,16 @@ def load_tool(name):
     return module
 
 
+def sweep_tool(capsys, *argv):
+    """tools/sweep.py's main(argv) in this process: (exit status, stdout, stderr)."""
+    try:
+        code = load_tool("sweep").main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_tool(name, *args, check=None, timeout=600, env=None, cwd=REPO, prefix=(sys.executable,)):
     """`python tools/<name>.py ARGS` in a fresh process (TOOL_ENV + `env`): the
     CompletedProcess, stdout and stderr as text. `check=True` asserts exit 0, `check=False`

@@ -1,15 +1,26 @@
-"""randwire_d2/data/imagefolder.py: reading images (16-bit, too large) and unreadable ones."""
+"""randwire_d2/data/imagefolder.py: reading images, bad ones, transforms, epoch/shard samplers."""
 
 import logging
+import os
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from common import DET_CONFIG, TINY_PREDICT_DET, load_tool, save_random_model, write_image
 from PIL import Image
 
 import randwire_d2.data.imagefolder as imagefolder
-from randwire_d2.data.imagefolder import ImageFolderDataset, ResizeCenterCrop
+from randwire_d2.data.cls_demo import generate_classification_demo
+from randwire_d2.data.imagefolder import (
+    EpochBatchSampler,
+    ImageFolderDataset,
+    RandomResizedCropFlip,
+    ResizeCenterCrop,
+    ShardBatchSampler,
+    scan_image_folder,
+)
+from randwire_d2.data.shapes import CLASSES
 from randwire_d2.predict import read_image_file
 
 predict_tool = load_tool("predict")
@@ -122,3 +133,67 @@ def test_too_many_bad_images_stop_the_run(bad_samples):
     only_bad = ImageFolderDataset(bad_samples[1:5], ResizeCenterCrop(16), max_bad_images=100)
     with pytest.raises(RuntimeError, match="4 of 4 images are unreadable"):
         only_bad[(0, 0)]
+
+
+# Data ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("cls_demo") / "data")
+    return generate_classification_demo(folder, {"train": 3, "val": 2}, image_size=40)
+
+
+def test_demo_data_is_deterministic_imagefolder_of_the_detection_classes(demo_folder, tmp_path):
+    classes, samples = scan_image_folder(os.path.join(demo_folder, "train"))
+    assert classes == sorted(CLASSES) and len(samples) == 15
+    assert len(scan_image_folder(os.path.join(demo_folder, "val"))[1]) == 10
+    again = generate_classification_demo(
+        str(tmp_path / "again"), {"train": 3, "val": 2}, image_size=40
+    )
+    for path, _ in samples:
+        other = os.path.join(again, os.path.relpath(path, demo_folder))
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(other)))
+    image = np.asarray(Image.open(samples[0][0]))
+    assert image.shape == (40, 40, 3) and image.dtype == np.uint8
+    with pytest.raises(ValueError, match="image_size=8 is invalid"):
+        generate_classification_demo(str(tmp_path / "bad"), {"train": 1}, image_size=8)
+
+
+def test_epoch_order_is_a_permutation_shared_by_any_process_count():
+    one = EpochBatchSampler(103, 8, seed=3, max_iter=30)
+    assert one.iters_per_epoch == 12
+    epoch0 = [i for it in range(12) for i, _ in one.batch_at(it)]
+    assert len(set(epoch0)) == 96  # no image twice in an epoch
+    assert epoch0 != [i for it in range(12, 24) for i, _ in one.batch_at(it)]  # reshuffled
+    # Four processes split every global batch; together they see exactly one process's batch.
+    parts = [
+        list(EpochBatchSampler(103, 8, seed=3, rank=r, world_size=4, max_iter=30)) for r in range(4)
+    ]
+    for it, batch in enumerate(one):
+        assert sum((p[it] for p in parts), []) == batch
+    # Resuming at iteration 17 continues the same order; another seed gives another order.
+    assert list(EpochBatchSampler(103, 8, seed=3, start_iter=17, max_iter=30)) == list(one)[17:]
+    assert list(EpochBatchSampler(103, 8, seed=4, max_iter=30)) != list(one)
+    with pytest.raises(ValueError, match="IMS_PER_BATCH=8 is invalid for 3 processes"):
+        EpochBatchSampler(103, 8, seed=3, world_size=3, max_iter=30)
+
+
+def test_shards_cover_the_val_set_once():
+    shards = [sum(ShardBatchSampler(10, 3, r, 4), []) for r in range(4)]
+    assert sorted(sum(shards, [])) == list(range(10))
+
+
+def test_augmentation_is_keyed_on_the_draw_seed(demo_folder):
+    _, samples = scan_image_folder(os.path.join(demo_folder, "train"))
+    train = ImageFolderDataset(samples, RandomResizedCropFlip(32, (0.3, 1.0)))
+    a, b, c = train[(0, 11)], train[(0, 11)], train[(0, 12)]
+    assert a["image"].shape == (3, 32, 32) and a["image"].dtype == torch.uint8
+    assert torch.equal(a["image"], b["image"]) and not torch.equal(a["image"], c["image"])
+    assert a["label"] == samples[0][1]
+    # Eval: the central 0.8 of the image, resized; BGR reverses the channels.
+    val = ImageFolderDataset(samples, ResizeCenterCrop(32, 0.8))
+    image = np.asarray(Image.open(samples[0][0]))
+    assert torch.equal(val[0]["image"].permute(1, 2, 0), torch.from_numpy(image[4:36, 4:36].copy()))
+    bgr = ImageFolderDataset(samples, ResizeCenterCrop(32, 0.8), image_format="BGR")
+    assert torch.equal(bgr[0]["image"], val[0]["image"].flip(0))

@@ -1,5 +1,6 @@
 """randwire_d2/modeling (randwire.py, ops.py, fpn.py): the trunk as Fig. 2 and Table 1 build it."""
 
+import numpy as np
 import pytest
 import torch
 from common import image_batch as batch
@@ -8,7 +9,7 @@ from common import tiny_cls_cfg as tiny_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
-from randwire_d2.graphs import NetworkWiring, StageWiring
+from randwire_d2.graphs import NetworkWiring, StageWiring, sample_stages
 from randwire_d2.modeling import (
     NODE_OPS,
     Node,
@@ -300,3 +301,59 @@ def test_stages_after_last_out_feature_are_not_built():
 def test_docs_name_what_exists():
     assert "register_node_op(" in ops.__doc__ and "NODE_OPS.register" not in ops.__doc__
     assert "one builder" not in randwire.build_randwire_backbone.__doc__
+
+
+def tiny_trunk(drop_edge_prob):
+    wiring = sample_stages("ws", {"conv3": 8, "conv4": 8, "conv5": 8}, 1, K=4, P=0.75)
+    return RandWire(wiring=wiring, channels=8, regime="small", drop_edge_prob=drop_edge_prob)
+
+
+# Edge removal (Sec. 4.2) ---------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_edge_removal_only_touches_edges_into_nodes_of_input_degree_above_one():
+    trunk = tiny_trunk(drop_edge_prob=1.0).train()
+    removable = {(n, e) for n, s in trunk.wired_stages().items() for e in s.removable_edges()}
+    torch.manual_seed(0)
+    drawn = [trunk._sample_removed_edge() for _ in range(2000)]
+    assert all(d is not None for d in drawn)  # p = 1: one edge per minibatch
+    for stage, (node, position) in drawn:
+        preds = trunk.wired_stages()[stage].preds[node]
+        assert len(preds) > 1 and 0 <= position < len(preds)
+    # Every eligible edge can be drawn, and no other.
+    assert set(drawn) == removable
+    single_input = [
+        (n, v)
+        for n, s in trunk.wired_stages().items()
+        for v, p in enumerate(s.preds)
+        if len(p) <= 1
+    ]
+    assert single_input and not {(n, v) for n, (v, _) in drawn} & set(single_input)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_edge_removal_never_runs_in_eval():
+    trunk = tiny_trunk(drop_edge_prob=1.0).eval()
+    assert all(trunk._sample_removed_edge() is None for _ in range(200))
+    reference = tiny_trunk(drop_edge_prob=0.0).eval()
+    reference.load_state_dict(trunk.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(trunk(x)["conv5"], reference(x)["conv5"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_edge_removal_probability_and_training_effect():
+    trunk = tiny_trunk(drop_edge_prob=0.1).train()
+    torch.manual_seed(0)
+    rate = np.mean([trunk._sample_removed_edge() is not None for _ in range(4000)])
+    assert rate == pytest.approx(0.1, abs=0.02)
+    # A removed edge contributes nothing to its target node's aggregation.
+    node = Node(3, 4, 4, 1, "sep_conv3x3", "BN").eval()
+    xs = [torch.randn(1, 4, 8, 8) for _ in range(3)]
+    with torch.no_grad():
+        removed = node(xs, removed=1)
+        zeroed = node([xs[0], torch.zeros_like(xs[1]), xs[2]])
+        assert torch.allclose(removed, zeroed, atol=1e-6)
+        assert not torch.allclose(removed, node(xs), atol=1e-4)

@@ -1,40 +1,41 @@
-"""tools/sweep.py never lies: bounded plans (a seed range is refused before it is expanded),
-corrupt or out-of-range results are "run again" (rerun and --collect), inputs the sweep would drop
-are errors, and a run another sweep holds is "in progress elsewhere", not a failure (issue 11's
-defects 3, 11, 12, 13). Training is a stand-in script: these are the sweep's decisions, not
-train_cls's (test_sweep.py trains for real)."""
+"""randwire_d2/sweep/runner.py: runs trained, skipped, resumed, refused, submitted (submitit)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
-import tracemalloc
+import time
 
 import pytest
 from common import CLS_CONFIG as DEMO
-from common import REPO, TOOL_ENV, load_tool, tiny_opts
+from common import REPO, TOOL_ENV, load_tool, read_metrics
+from common import sweep_tool as sweep
+from common import tiny_opts, tool_path
 
 import randwire_d2.sweep.runner as sweep_runner
+from randwire_d2.data.cls_demo import generate_classification_demo
 from randwire_d2.engine import OutputDirInUse
 from randwire_d2.engine.pretrain import EXIT_OUTPUT_DIR_IN_USE
-from randwire_d2.graphs import parse_seeds
-from randwire_d2.sweep import expand, parse_generators, save_plan, submit_sweep
+from randwire_d2.sweep import expand, run_state, submit_sweep
 
-SWEEP = load_tool("sweep")
+SWEEP = tool_path("sweep")
+# fmt: off
+TINY = ["MODEL.RANDWIRE.NUM_NODES", "6", "MODEL.RANDWIRE.CHANNELS", "8",
+        "MODEL.CLASSIFIER.HEAD_CHANNELS", "32", "SOLVER.IMS_PER_BATCH", "16",
+        "PRETRAIN.WARMUP_EPOCHS", "1", "PRETRAIN.TRAIN_CROP", "32", "PRETRAIN.TEST_CROPS", "[32]",
+        "DATALOADER.NUM_WORKERS", "0", "PRETRAIN.EVAL_PERIOD_EPOCHS", "0"]
+# fmt: on
 RUN = "er_P0.2-sep_conv3x3-C16-small-s{}"  # the runs of ER_02 below, by seed
 ER_02 = ["--config-file", DEMO, "--generators", "er:P=0.2"]
 GOOD = {"val_32": {"top1": 60.0, "top5": 100.0}}
 
 
-def sweep(capsys, *argv):
-    """tools/sweep.py main(argv) in this process: (exit code, stdout, stderr)."""
-    try:
-        code = SWEEP.main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep_data") / "demo"
+    return generate_classification_demo(str(folder), {"train": 4, "val": 2}, image_size=32)
 
 
 def prepare(folder, seeds, opts=()):
@@ -127,37 +128,68 @@ def hold():
         proc.wait(timeout=10)
 
 
-# Defect 3: a plan's size is bounded before anything is expanded.
-
-
-def test_a_seed_range_is_bounded_before_it_is_expanded(capsys):
-    with pytest.raises(ValueError, match=r"--seeds '1-2000000' .*2000000 seeds.*at most 10000"):
-        parse_seeds("1-2000000")
-    tracemalloc.start()
+@pytest.mark.slow
+def test_killed_sweep_continues_and_trains_each_run_once(data_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "sweep"
+    args = ["--config-file", DEMO, "--generators", "er:P=0.2", "--generators", "ws:K=2,P=0.5"]
+    args += ["--seeds", "1", "--output", str(out), "--data-root", data_root]
+    args += TINY + ["PRETRAIN.EPOCHS", "30", "PRETRAIN.CHECKPOINT_PERIOD_EPOCHS", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, SWEEP, *args],
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # killed with its train_cls child, as a cancelled job is
+    )
+    first, second = (
+        out / "er_P0.2-sep_conv3x3-C8-small-s1",
+        out / "ws_K2_P0.5-sep_conv3x3-C8-small-s1",
+    )
     try:
-        with pytest.raises(ValueError, match=r"--seeds '1-1000000000' .*at most 10000"):
-            parse_seeds("1-1000000000")
-        peak = tracemalloc.get_traced_memory()[1]
+        deadline = time.time() + 300
+        while time.time() < deadline and not (second / "last_checkpoint").exists():
+            time.sleep(0.2)
+        assert run_state(str(first)) == "finished"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     finally:
-        tracemalloc.stop()
-    assert peak < 2**20  # nothing of the billion seeds was built
-    code, out, err = sweep(capsys, *ER_02, "--seeds", "1-1000000000", "--dry-run")
-    assert code == 2 and out == ""
-    assert "--seeds '1-1000000000'" in err and "at most 10000" in err and "Traceback" not in err
-    with pytest.raises(ValueError, match=r"--seeds '1,1' .*seed 1 twice"):
-        parse_seeds("1,1")
-    with pytest.raises(ValueError, match=r"--seeds '4294967296' .*outside \[0, 2147483648\)"):
-        parse_seeds("4294967296")
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert run_state(str(second)) == "interrupted"
+    finished_at = os.path.getmtime(first / "results.json")
+    # The killed sweep ran as a user runs it; the reruns run here (each run still trains in its
+    # own process, as the sweep starts it).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", REPO)
+    code, text, _ = sweep(capsys, *args)
+    assert code == 0
+    assert "1 of 2 runs finished; training 1" in text
+    assert os.path.getmtime(first / "results.json") == finished_at  # not trained again
+    for run in (first, second):
+        iterations = [it for it, r in read_metrics(run) if "total_loss" in r]
+        assert iterations == list(range(30)), run  # each iteration once, resumed not restarted
+    assert "| ER(0.2) | sep_conv3x3 | 8 | 1/1 |" in text
+    code, again, _ = sweep(capsys, *args)
+    assert code == 0
+    assert "0 of 2" not in again and "2 of 2 runs finished; training 0" in again
+    # --collect draws the same table from disk.
+    code, collected, _ = sweep(capsys, "--collect", str(out))
+    assert code == 0 and "| WS(2, 0.5) | sep_conv3x3 | 8 | 1/1 |" in collected
+    assert os.path.getsize(out / "fig3.png") > 0
 
 
-def test_the_runs_of_a_sweep_are_bounded(capsys):
-    with pytest.raises(ValueError, match=r"6000 runs .* at most 2000 per sweep"):
-        expand([DEMO], parse_generators(["er:P=0.1,0.2"]), seeds=range(1, 3001))
-    ks = ",".join(str(k) for k in range(2, 3002, 2))  # 1500 values of K
-    with pytest.raises(ValueError, match=r"--generators 'ws:K=2,4,.*3000 settings.*at most 2000"):
-        parse_generators([f"ws:K={ks},P=0,0.5"])
-    code, out, err = sweep(capsys, *ER_02, "--generators", "er:P=0.3", "--seeds", "1-1500")
-    assert code == 2 and "3000 runs" in err and "at most 2000 per sweep" in err
+@pytest.mark.slow
+def test_submitit_local_executor_trains_a_run(data_root, tmp_path):
+    opts = ["PRETRAIN.DATA_ROOT", data_root, *TINY, "PRETRAIN.EPOCHS", "2"]
+    runs = expand([DEMO], [("er", {"P": 0.2})], seeds=[1], opts=opts)
+    failed = submit_sweep(runs, str(tmp_path), cluster="local", wait=True, timeout_min=10)
+    assert failed == {}
+    assert run_state(str(tmp_path / runs[0].name)) == "finished"
+    with open(tmp_path / "jobs.json") as f:
+        assert list(json.load(f)) == [runs[0].name]
+    with open(tmp_path / runs[0].name / "results.json") as f:
+        assert 0 <= json.load(f)["val_32"]["top1"] <= 100
 
 
 # Defect 11: corrupt or out-of-range results are "run again", named.
@@ -183,91 +215,6 @@ def test_a_corrupt_or_out_of_range_result_is_trained_again(tmp_path, fake_train,
     for run in (first, second, third):
         assert json.loads((run / "results.json").read_text())["val_32"]["top1"] == 50.0
     assert "| ER(0.2) | sep_conv3x3 | 16 | 3/3 |" in out and "50.00 ± 0.00" in out
-
-
-def test_collect_skips_corrupt_and_out_of_range_results(tmp_path, capsys):
-    folder = tmp_path / "sweep"
-    runs = expand([DEMO], [("er", {"P": 0.2})], seeds=[1, 2, 3, 4, 5])
-    save_plan(runs, str(folder), {r.name: (1e6, 1e5) for r in runs})
-    write(str(folder / RUN.format(1) / "results.json"), json.dumps(GOOD))
-    write(str(folder / RUN.format(2) / "results.json"), '{"val_32": {"top1": 6')
-    bad = {"val_32": {"top1": 99999, "top5": 100}}
-    write(str(folder / RUN.format(3) / "results.json"), json.dumps(bad))
-    write(str(folder / RUN.format(4) / "results.json"), json.dumps({"val_32": {"top1": "60"}}))
-    write(str(folder / RUN.format(5) / "results.json"), "\xff\xfe not utf-8 \x00")
-    code, out, err = sweep(capsys, "--collect", str(folder))
-    assert code == 0 and "Traceback" not in err
-    for s in (2, 3, 4, 5):
-        path = folder / RUN.format(s) / "results.json"
-        assert f"warning: {path}" in err
-    assert "val_32/top1 = 99999 is outside [0, 100]" in err
-    assert err.count("left out of the report: it needs to be run again") == 4
-    assert "| ER(0.2) | sep_conv3x3 | 16 | 1/5 |" in out
-    assert "60.00 ± 0.00" in out  # the one good run only: 99999 is not averaged in
-
-
-# Defect 12: sweep inputs the sweep would drop or misread are errors.
-
-
-@pytest.mark.parametrize(
-    "text, match",
-    [
-        ("er", r"--generators 'er' lacks parameter P: er needs P \(e.g. er:P=0.2\)"),
-        ("ba:", r"--generators 'ba:' lacks parameter M: ba needs M \(e.g. ba:M=5\)"),
-        ("ws:K=4", r"--generators 'ws:K=4' lacks parameter P: ws needs K and P"),
-        ("ws:P=0.5", r"--generators 'ws:P=0.5' lacks parameter K: ws needs K and P"),
-        ("er:Q=0.2", r"--generators 'er:Q=0.2' has unknown parameter Q: er needs P"),
-        ("er:P=0.1,P=0.2", r"--generators 'er:P=0.1,P=0.2' gives parameter P twice"),
-        ("er:P=0.1,,0.2", r"--generators 'er:P=0.1,,0.2' .*'' is not a number"),
-        ("er:P=nan", r"--generators 'er:P=nan' .*'nan' is not a number"),
-        ("mine:X=", r"--generators 'mine:X=' .*'' is not a number"),
-        ("mine:X=abc", r"--generators 'mine:X=abc' .*'abc' is not a number"),
-        ("mine:=1", r"--generators 'mine:=1' .*'' is not a parameter name"),
-        (":P=0.2", r"--generators ':P=0.2' .*'' is not a generator name"),
-    ],
-)
-def test_a_generator_setting_must_be_complete_and_well_formed(text, match):
-    with pytest.raises(ValueError, match=match):
-        parse_generators([text])
-
-
-def test_generator_errors_reach_the_command_line_as_errors(capsys):
-    code, out, err = sweep(capsys, "--config-file", DEMO, "--generators", "er", "--dry-run")
-    assert code == 2 and out == "" and "Traceback" not in err
-    assert "--generators 'er' lacks parameter P: er needs P (e.g. er:P=0.2)" in err
-
-
-def test_an_empty_seed_range_is_an_error(capsys):
-    with pytest.raises(ValueError, match=r"--seeds '5-1' .*empty \(5 > 1\).*LO <= HI"):
-        parse_seeds("5-1")
-    code, out, err = sweep(capsys, *ER_02, "--seeds", "5-1", "--dry-run")
-    assert code == 2 and out == "" and "--seeds '5-1'" in err
-
-
-@pytest.mark.parametrize(
-    "override, flags, message",
-    [
-        (["MODEL.RANDWIRE.SEED", "7"], [], "MODEL.RANDWIRE.SEED is set per run by --seeds"),
-        (["SEED", "7"], [], "SEED is set per run by --seeds"),
-        (["OUTPUT_DIR", "/tmp/x"], [], "OUTPUT_DIR is set per run by --output"),
-        (["MODEL.RANDWIRE.GENERATOR", "ba"], [], "GENERATOR is set per run by --generators"),
-        (["MODEL.RANDWIRE.ER_P", "0.3"], [], "ER_P is set per run by --generators"),
-        (["MODEL.RANDWIRE.WS_K", "6"], [], "WS_K is set per run by --generators"),
-        (["MODEL.RANDWIRE.GENERATOR_PARAMS.X", "1"], [], "is set per run by --generators"),
-        (["MODEL.RANDWIRE.WIRING_FILE", "w.json"], [], "by --generators and --seeds"),
-        (["MODEL.RANDWIRE.NODE_OP", "conv3x3"], [], "NODE_OP is set per run by --node-ops"),
-        (["MODEL.RANDWIRE.CHANNELS", "20"], ["--match-flops"], "set per run by --match-flops"),
-    ],
-)
-def test_overrides_the_sweep_sets_per_run_are_refused(override, flags, message, capsys):
-    code, out, err = sweep(capsys, *ER_02, "--seeds", "1", *flags, "--dry-run", *override)
-    assert code == 2 and out == "" and "Traceback" not in err
-    assert message in err and f"override {' '.join(override)} is refused" in err
-
-
-def test_channels_without_match_flops_are_the_config_s():
-    runs = expand([DEMO], [("er", {"P": 0.2})], seeds=[1], opts=["MODEL.RANDWIRE.CHANNELS", "20"])
-    assert runs[0].name == "er_P0.2-sep_conv3x3-C20-small-s1"
 
 
 # Defect 13: a run another sweep holds is in progress elsewhere, not a failure.
