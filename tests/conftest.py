@@ -3,6 +3,9 @@ import os
 # The Triton node kernels run on CPU tensors through Triton's interpreter, which Triton selects
 # when a kernel is defined: set before anything imports randwire_d2.modeling.kernels.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# One OpenMP thread per process, the tools the tests start included: two pytest-xdist workers
+# share two cores, and oversubscribed OpenMP threads spin-wait (tests that need more set them).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import dataclasses  # noqa: E402
 

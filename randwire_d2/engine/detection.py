@@ -20,7 +20,6 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Instances
 from detectron2.utils import comm
-from detectron2.utils.visualizer import Visualizer
 
 from .. import data as _data  # noqa: F401  (registers the embedded demo datasets)
 from ..data.detection_loader import build_resumable_train_loader
@@ -111,6 +110,8 @@ def draw_instances(
     if names and count > len(names):
         names += [str(i) for i in range(len(names), count)]
         metadata = Metadata(**dict(metadata.as_dict(), thing_classes=names))
+    from detectron2.utils.visualizer import Visualizer  # matplotlib: imported when drawing only
+
     return Visualizer(rgb, metadata, scale=scale).draw_instance_predictions(instances).get_image()
 
 
