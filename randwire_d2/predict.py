@@ -49,7 +49,6 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "RESULTS_FILE",
     "MANIFEST_FILE",
-    "setup_cfg",
     "setup_run_config",
     "split_overrides",
     "find_images",
@@ -71,11 +70,6 @@ MAX_DRAWN_SIDE = 1333
 # COCO results of a dataset's records (the name COCOEvaluator gives them).
 RESULTS_FILE = "coco_instances_results.json"
 logger = logging.getLogger(__name__)
-
-
-def setup_cfg(*args, **kwargs):
-    """The config to predict with: that of `setup_run_config` (the same arguments)."""
-    return setup_run_config(*args, **kwargs).cfg
 
 
 def setup_run_config(

@@ -52,6 +52,6 @@ def test_train_cls_generates_the_demo_data_on_a_fresh_clone(tmp_path, monkeypatc
     monkeypatch.setattr(cls_demo, "DEMO_CLS_PARAMS", tiny)
     train_cls = load_tool("train_cls")
     argv = ["--config-file", CLS_CONFIG, "--dry-run", "SOLVER.IMS_PER_BATCH", "4"]
-    cfg = train_cls.setup(train_cls.build_parser().parse_args(argv), world_size=1)
+    cfg = train_cls.setup(train_cls.build_parser().parse_args(argv), world_size=1).cfg
     assert cfg.PRETRAIN.DATA_ROOT == "datasets/randwire_demo_cls"
     assert len(os.listdir(tmp_path / "datasets/randwire_demo_cls/train")) == 5

@@ -57,7 +57,7 @@ from randwire_d2.predict import (
     predict,
     read_image_file,
     read_video,
-    setup_cfg,
+    setup_run_config,
 )
 
 predict_tool = load_tool("predict")
@@ -130,12 +130,12 @@ def test_tool_draws_and_writes_a_json_per_image_for_a_glob(demo_root, detector_w
 @pytest.mark.slow
 def test_detection_predictor_equals_default_predictor(demo_root, detector_weights):
     """DetectionPredictor is Detectron2's DefaultPredictor with the strict checkpointer."""
-    cfg = setup_cfg(DET_CONFIG, TINY + ["MODEL.WEIGHTS", detector_weights], 0.1)
-    predictor = build_predictor(cfg)
+    run = setup_run_config(DET_CONFIG, TINY + ["MODEL.WEIGHTS", detector_weights], 0.1)
+    predictor = build_predictor(run)
     assert isinstance(predictor, DetectionPredictor)
     image = read_image_file(val_images(demo_root, 1)[0])
     ours = predictor(image)["instances"]
-    theirs = DefaultPredictor(cfg)(image)["instances"]
+    theirs = DefaultPredictor(run.cfg)(image)["instances"]
     assert len(ours) > 0 and torch.equal(ours.scores, theirs.scores)
     assert torch.equal(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
 
@@ -144,7 +144,9 @@ def test_detection_predictor_equals_default_predictor(demo_root, detector_weight
 def test_mask_model_writes_rle_segmentations(demo_root, tmp_path):
     opts = TINY + ["MODEL.ROI_MASK_HEAD.CONV_DIM", "8"]
     weights = save_random_model(MASK_CONFIG, opts, tmp_path)
-    predictor = build_predictor(setup_cfg(MASK_CONFIG, opts + ["MODEL.WEIGHTS", weights], 0.1))
+    predictor = build_predictor(
+        setup_run_config(MASK_CONFIG, opts + ["MODEL.WEIGHTS", weights], 0.1)
+    )
     results = predict(predictor, val_images(demo_root, 2), output=str(tmp_path / "out"))
     check_detections(results, masks=True)
     # 2 pictures, their 2 results, and their list
@@ -159,8 +161,8 @@ def test_video_input(demo_root, detector_weights, tmp_path):
     for path in val_images(demo_root, 3):
         writer.write(cv2.imread(path))
     writer.release()
-    cfg = setup_cfg(DET_CONFIG, TINY + ["MODEL.WEIGHTS", detector_weights], 0.1)
-    results = predict(build_predictor(cfg), video=video, output=str(tmp_path / "out"))
+    run = setup_run_config(DET_CONFIG, TINY + ["MODEL.WEIGHTS", detector_weights], 0.1)
+    results = predict(build_predictor(run), video=video, output=str(tmp_path / "out"))
     # One result per frame, with its index; a frame has no COCO image id.
     assert [r["frame"] for r in results] == [0, 1, 2] and {r["file_name"] for r in results} == {
         video
@@ -188,7 +190,7 @@ def classifier(tmp_path_factory):
 
 def test_classifier_topk_equals_evaluation(classifier, tmp_path, capsys):
     cfg, weights, samples = classifier
-    predictor = build_predictor(setup_cfg(CLS_CONFIG, _opts(cfg, weights)))
+    predictor = build_predictor(setup_run_config(CLS_CONFIG, _opts(cfg, weights)))
     assert isinstance(predictor, ClassificationPredictor)
     records = predict(predictor, [p for p, _ in samples], output=str(tmp_path), topk=3)
     printed = capsys.readouterr().out
@@ -231,14 +233,14 @@ def test_bad_inputs_are_named(classifier, detector_weights, tmp_path):
     with pytest.raises(ValueError, match="clip.avi"):
         read_video(str(not_a_video))
     with pytest.raises(ValueError, match="MODEL.WEIGHTS"):
-        setup_cfg(DET_CONFIG, TINY)
+        setup_run_config(DET_CONFIG, TINY)
     with pytest.raises(ValueError, match="confidence-threshold"):
-        setup_cfg(DET_CONFIG, TINY + ["MODEL.WEIGHTS", detector_weights], 1.5)
+        setup_run_config(DET_CONFIG, TINY + ["MODEL.WEIGHTS", detector_weights], 1.5)
     # A classifier checkpoint (same wiring) is not a detector's weights: refused, not half-loaded
     # (training maps its trunk into a detector; predicting needs every tensor).
     cfg, weights, _ = classifier
     with pytest.raises(ValueError, match="do not fit"):
-        build_predictor(setup_cfg(DET_CONFIG, TINY + ["MODEL.WEIGHTS", weights], 0.1))
+        build_predictor(setup_run_config(DET_CONFIG, TINY + ["MODEL.WEIGHTS", weights], 0.1))
 
 
 # ---------------------------------------------------------------------------------------------

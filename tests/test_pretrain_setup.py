@@ -18,7 +18,7 @@ def test_explicit_solver_keys_win_over_the_epoch_schedule(cls_data_root, tmp_pat
     opts = tiny_opts(cls_data_root, tmp_path, epochs=50)
     opts += ["SOLVER.MAX_ITER", "7", "SOLVER.BASE_LR", "0.01", "SOLVER.CHECKPOINT_PERIOD", "3"]
     args = train_cls.build_parser().parse_args(["--config-file", CLS_CONFIG, "--dry-run", *opts])
-    cfg = train_cls.setup(args, world_size=1)
+    cfg = train_cls.setup(args, world_size=1).cfg
     assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR, cfg.SOLVER.CHECKPOINT_PERIOD) == (7, 0.01, 3)
     err = caplog.text
     assert "SOLVER.MAX_ITER=7 is given explicitly: it is used instead of the 50" in err

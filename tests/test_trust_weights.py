@@ -64,13 +64,13 @@ def test_a_pkl_payload_never_runs_in_any_weights_loader(evil_pkl, tmp_path):
         assert not marker.exists()
     # predict and export load through the same strict checkpointer
     from randwire_d2.inference_setup import load_model
-    from randwire_d2.predict import build_predictor, setup_cfg
+    from randwire_d2.predict import build_predictor, setup_run_config
 
     cfg = tiny_cfg("MODEL.WEIGHTS", path)
     with pytest.raises(CheckpointError, match="could run code"):
         load_model(cfg)
     with pytest.raises(CheckpointError, match="could run code"):
-        build_predictor(setup_cfg(DET_CONFIG, TINY_DET + ["MODEL.WEIGHTS", path]))
+        build_predictor(setup_run_config(DET_CONFIG, TINY_DET + ["MODEL.WEIGHTS", path]))
     # the LazyConfig tool's --eval-only
     from randwire_d2.checkpoint import load_for_eval
     from randwire_d2.engine.lazy import build_model as build_lazy

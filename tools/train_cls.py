@@ -8,19 +8,13 @@ import sys
 # The entry point is the package's (also `python -m randwire_d2.engine.pretrain`; importing the
 # package first quiets the deprecation notes of Detectron2's imports). Its exit status
 # EXIT_OUTPUT_DIR_IN_USE says another live process holds OUTPUT_DIR.
-from randwire_d2.engine import pretrain
 from randwire_d2.engine.pretrain import (  # noqa: F401
     EXIT_OUTPUT_DIR_IN_USE,
     build_parser,
     cli,
     main,
+    setup,
 )
-
-
-def setup(args, world_size=None):
-    """The config this run trains with: that of the RunConfig the package's setup builds."""
-    return pretrain.setup(args, world_size).cfg
-
 
 if __name__ == "__main__":
     status = cli()
