@@ -2,14 +2,12 @@
 (medians over rounds) and the table writer."""
 
 import contextlib
-import importlib.util
 import math
 import os
 import platform
 import statistics
 import sys
 import time
-from types import ModuleType
 from typing import Dict, List, Sequence
 
 # First: registers the RandWire backbones, and quiets the notes Detectron2's imports print.
@@ -58,16 +56,6 @@ def machine(device=None) -> str:
     if device is not None and torch.device(device).type == "cuda":
         text = f"{torch.cuda.get_device_name(device)}, {text}"
     return text
-
-
-def import_tool(name: str) -> ModuleType:
-    """tools/`name`.py (a folder of scripts, not a package) as the module `name`."""
-    if name not in sys.modules:
-        path = os.path.join(ROOT, "tools", f"{name}.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence], align: str = "") -> str:

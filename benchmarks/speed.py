@@ -578,9 +578,9 @@ def compare_runs(rows, variants, args) -> dict:
 
 
 def train_step(args) -> int:
+    from randwire_d2.engine import pretrain
     from randwire_d2.engine.trainer import release_output_dir
 
-    train_cls = bc.import_tool("train_cls")
     if not args.config_file:
         raise SystemExit("train-step: --config-file is required")
     opts, keys = list(args.opts), args.opts[::2]
@@ -599,7 +599,7 @@ def train_step(args) -> int:
     try:
         for label, extra in variants:
             argv = ["--config-file", args.config_file, *opts, *extra, "OUTPUT_DIR", output_dir]
-            cfg = train_cls.setup(train_cls.build_parser().parse_args(argv))
+            cfg = pretrain.setup(pretrain.build_parser().parse_args(argv)).cfg
             release_output_dir(cfg.OUTPUT_DIR)  # each trainer claims it for its run
             for run in args.runs:
                 print(f"== {label} {RUNS[run]}".strip(), file=sys.stderr, flush=True)
